@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 RunnerState = Literal["pending", "running", "succeeded", "failed"]
 
@@ -77,3 +78,18 @@ class Rollout(Protocol):
 
     def versions(self, model_name: str) -> list[str]:
         """The versions currently deployed."""
+
+
+# Optional capabilities a Rollout may offer; the job uses them when present (isinstance checks).
+
+
+@runtime_checkable
+class SmokeTestable(Protocol):
+    def smoke_test(self, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str]) -> None:
+        """Send real images to ``version`` explicitly (not the default); raise if any answer is wrong."""
+
+
+@runtime_checkable
+class DefaultAware(Protocol):
+    def default_version(self, model_name: str) -> str | None:
+        """The version that answers unversioned requests now, or None when the model is not served."""

@@ -1,0 +1,91 @@
+"""Classification metrics, and evaluating a saved run on any labelled images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from graft.artifact import load_model
+from graft.transforms import eval_transform
+
+
+def classification_report(targets: Sequence[int], preds: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    k = len(labels)
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for t, p in zip(targets, preds, strict=True):
+        cm[t, p] += 1
+    tp = cm.diag().float()
+    support = cm.sum(1).float()
+    predicted = cm.sum(0).float()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    n = int(cm.sum())
+    per_class = {
+        label: {
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
+    present = support > 0
+    return {
+        "accuracy": int(cm.diag().sum()) / n if n else 0.0,
+        "n": n,
+        "macro_f1": float(f1[present].mean()) if bool(present.any()) else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "labels": list(labels),
+    }
+
+
+@torch.no_grad()
+def predict_paths(
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32
+) -> tuple[list[int], list[str]]:
+    """Top-1 class index for each image, and the run's labels."""
+    from training.data import ImageDataset, collate
+
+    model, card = load_model(run_dir, device)
+    ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(card.preprocessing))
+    preds = [-1] * len(paths)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    for x, idx in loader:
+        if x.numel() == 0:
+            continue
+        out = model(x.to(device)).argmax(1).cpu()
+        for i, p in zip(idx.tolist(), out.tolist(), strict=True):
+            preds[i] = p
+    return preds, card.labels
+
+
+def evaluate_run(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a run folder on ``(path, label)`` pairs.
+
+    Samples whose label the model does not know are reported under ``unknown_labels`` and left
+    out of the metrics; images that fail to decode are counted under ``unreadable``.
+    """
+    preds, labels = predict_paths(Path(run_dir), [p for p, _ in samples], device)
+    pos = {label: i for i, label in enumerate(labels)}
+    targets, kept, unknown, unreadable = [], [], set(), 0
+    for (_, label), pred in zip(samples, preds, strict=True):
+        if label not in pos:
+            unknown.add(label)
+        elif pred < 0:
+            unreadable += 1
+        else:
+            targets.append(pos[label])
+            kept.append(pred)
+    report = classification_report(targets, kept, labels)
+    report["unknown_labels"] = sorted(unknown)
+    report["unreadable"] = unreadable
+    report["predictions"] = [labels[p] if p >= 0 else None for p in preds]
+    return report

@@ -1,0 +1,178 @@
+"""Export a run folder: ONNX (verified against PyTorch on real images) and a TorchServe ``.mar``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graft.artifact import MODEL_JSON, ONNX_FILE, load_model, read_card, write_card
+from graft.errors import ArtifactError, ExportError
+from graft.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HANDLER_FILE = REPO_ROOT / "handlers" / "image_classifier.py"
+# Packages copied into every archive so the handler runs the code the model was exported with.
+PACKED_PACKAGES = ("handlers", "graft")
+ONNX_TOLERANCE = 1e-4
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    max_abs_diff: float
+    top1_agreement: float
+    images: int
+    real_images: bool
+    opset: int = OPSET
+
+
+def _check_images(run_dir: Path, explicit: Sequence[Path] | None, limit: int = 16) -> list[Path]:
+    """Real images to verify the export on: the ones given, else the run's validation data."""
+    from training.data import is_readable_image, load_manifest
+
+    if explicit:
+        return [Path(p) for p in explicit][:limit]
+    source = read_card(run_dir).lineage.dataset_path
+    if not source or not Path(source).exists():
+        return []
+    src = Path(source)
+    if src.is_file():
+        try:
+            return [s.path for s in load_manifest(src).val][:limit]
+        except Exception:  # an old manifest may point at moved files; fall back to synthetic inputs
+            return []
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    step = max(1, len(files) // limit)
+    return [p for p in files[::step] if is_readable_image(p)][:limit]
+
+
+def _inputs(run_dir: Path, images: Sequence[Path]) -> torch.Tensor:
+    from training.data import load_rgb
+
+    card = read_card(run_dir)
+    tf = eval_transform(card.preprocessing)
+    if images:
+        return torch.stack([tf(load_rgb(p)) for p in images])
+    log.warning("no real images to verify the ONNX export on; using random inputs (pass --check-images DIR)")
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 3, card.preprocessing.crop, card.preprocessing.crop, generator=g)
+
+
+def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> OnnxCheck:
+    """Write ``RUN_DIR/model.onnx`` (input ``input`` N×3×H×W, output ``logits``, dynamic N) and verify it."""
+    import onnxruntime as ort
+
+    run_dir = Path(run_dir)
+    model, card = load_model(run_dir)
+    if hasattr(model, "set_swish"):
+        model.set_swish(memory_efficient=False)  # the memory-efficient autograd op has no ONNX form
+    images = _check_images(run_dir, check_images)
+    x = _inputs(run_dir, images)
+    path = run_dir / ONNX_FILE
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        opset_version=OPSET,
+        dynamo=False,  # the TorchScript exporter: ~0.3 s, exact enough, no onnxscript needed
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = sess.run(["logits"], {"input": x.numpy()})[0]
+    diff = float(abs(ref - got).max())
+    agree = float((ref.argmax(1) == got.argmax(1)).mean())
+    check = OnnxCheck(diff, agree, len(x), real_images=bool(images))
+    log.info("ONNX check on %d images: max |logit diff| %.2e, top-1 agreement %.3f", len(x), diff, agree)
+    if diff > ONNX_TOLERANCE:
+        raise ExportError(
+            f"ONNX logits differ from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:.0e}) on {len(x)} images; "
+            "the model uses an operation the exporter does not translate faithfully"
+        )
+    card_data = card.model_dump()
+    card_data.setdefault("export", {})["onnx"] = asdict(check)
+    write_card(run_dir, type(card).model_validate(card_data))
+    return check
+
+
+def _archiver() -> list[str]:
+    exe = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "model_archiver.model_packaging"]
+
+
+def build_mar(
+    run_dir: Path, model_store: Path, name: str, version: str, model_config: dict[str, Any] | None = None
+) -> Path:
+    """Package the run folder, the handler and its packages into ``MODEL_STORE/NAME-VERSION.mar``."""
+    from handlers.config import model_config_yaml
+
+    run_dir, model_store = Path(run_dir), Path(model_store)
+    card = read_card(run_dir)
+    files = [run_dir / MODEL_JSON]
+    backend = (model_config or {}).get("backend", "onnx")
+    if (run_dir / ONNX_FILE).is_file():
+        files.append(run_dir / ONNX_FILE)
+    elif backend == "onnx":
+        raise ArtifactError(f"{run_dir / ONNX_FILE} is missing: run the ONNX export first, or choose backend torch")
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="graft-mar-") as tmp:
+        staging = Path(tmp)
+        for pkg in PACKED_PACKAGES:
+            shutil.copytree(REPO_ROOT / pkg, staging / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        config = staging / "model-config.yaml"
+        config.write_text(model_config_yaml(**(model_config or {})))
+        extra = [*map(str, files), *(str(staging / p) for p in PACKED_PACKAGES)]
+        cmd = [
+            *_archiver(),
+            "--model-name", name,
+            "--version", version,
+            "--handler", str(HANDLER_FILE),
+            "--serialized-file", str(run_dir / card.weights_file),
+            "--extra-files", ",".join(extra),
+            "--config-file", str(config),
+            "--export-path", str(staging),
+            "--force",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ExportError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        # torch-model-archiver names the file after the model; versioned names let one store hold many.
+        mar = model_store / f"{name}-{version}.mar"
+        tmp_mar = model_store / f".{name}-{version}.mar.tmp"
+        shutil.move(str(staging / f"{name}.mar"), tmp_mar)
+        tmp_mar.replace(mar)  # atomic within the store: TorchServe never sees half an archive
+    log.info("wrote %s", mar)
+    return mar
+
+
+def export_run(
+    run_dir: Path,
+    model_store: Path,
+    name: str,
+    version: str,
+    check_images: Sequence[Path] | None = None,
+    model_config: dict[str, Any] | None = None,
+    onnx: bool = True,
+) -> Path:
+    """ONNX export with verification, then the ``.mar``: what ``graft export`` does."""
+    if onnx:
+        export_onnx(run_dir, check_images)
+    mar = build_mar(run_dir, model_store, name, version, model_config)
+    summary = {"mar": str(mar), "onnx": str(Path(run_dir) / ONNX_FILE) if onnx else None}
+    log.info("export: %s", json.dumps(summary))
+    return mar
