@@ -15,7 +15,7 @@ from graft import __version__
 from graft.errors import GraftError
 
 # Modules that contribute subcommands; imported when the parser is built, not at import time.
-_COMMAND_MODULES = ("training.cli", "graft.serving", "admin.cli")
+_COMMAND_MODULES = ("training.cli", "graft.serving", "admin.cli", "graft.demo")
 
 log = logging.getLogger("graft")
 

@@ -120,7 +120,8 @@ def _efficientnet_lite0_entry() -> Backbone:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
             raise BackboneError(
-                "efficientnet_lite0 needs the 'efficientnet-lite-pytorch' package: pip install efficientnet-lite-pytorch"
+                "efficientnet_lite0 needs the 'efficientnet-lite-pytorch' package: "
+                "pip install efficientnet-lite-pytorch"
             ) from e
         return EfficientNet.from_name("efficientnet-lite0")
 
@@ -170,9 +171,7 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
     """The output layer: the last Linear (or 1x1 Conv for SqueezeNet) registered in the model."""
     last: tuple[str, nn.Module] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (
-            isinstance(module, nn.Conv2d) and name.startswith("classifier")
-        ):
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and name.startswith("classifier")):
             last = (name, module)
     if last is None:
         raise BackboneError(f"cannot find a classifier head in {type(model).__name__}")
@@ -193,9 +192,10 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
         new = nn.Linear(old.in_features, num_classes)
     else:
         assert isinstance(old, nn.Conv2d)
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
+        kh, kw = old.kernel_size[0], old.kernel_size[-1]
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=(kh, kw))
         if hasattr(model, "num_classes"):
-            model.num_classes = num_classes
+            setattr(model, "num_classes", num_classes)  # noqa: B010 - SqueezeNet reads it in forward
     _set_submodule(model, path, new)
     return path
 

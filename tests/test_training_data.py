@@ -46,7 +46,9 @@ def test_train_val_layout_is_used_as_is(hymenoptera: Path) -> None:
     assert len(d.train) == 245 and d.skipped == 0
 
 
-def test_unreadable_and_non_image_files_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_and_non_image_files_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = _flat_dataset(tmp_path / "d", {"a": 4, "b": 4})
     (root / "a" / "notes.txt").write_text("not an image")
     (root / "b" / "fake.jpg").write_bytes(b"\xff\xd8\xff garbage")

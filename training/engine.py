@@ -83,7 +83,9 @@ def _phases(cfg: TrainConfig, start: Start) -> list[Phase]:
     return phases
 
 
-def _loaders(cfg: TrainConfig, data: DatasetSplit, rt: Runtime, pre: Any, augment: bool) -> tuple[DataLoader, DataLoader]:
+def _loaders(
+    cfg: TrainConfig, data: DatasetSplit, rt: Runtime, pre: Any, augment: bool
+) -> tuple[DataLoader, DataLoader]:
     train_items, val_items = data.index(data.train), data.index(data.val)
     train_ds = ImageDataset(train_items, train_transform(pre, augment))
     val_ds = ImageDataset(val_items, eval_transform(pre))
@@ -136,7 +138,9 @@ class _Trainer:
             tr = compute_features(*args, plain, self.rt.device, "train features", self.channels_last)
             va = compute_features(*args, self.val_loader, self.rt.device, "val features", self.channels_last)
             self._features = (*tr, *va)
-            log.info("feature cache: %d + %d feature vectors in %.1fs", len(tr[0]), len(va[0]), time.perf_counter() - t0)
+            log.info(
+                "feature cache: %d + %d feature vectors in %.1fs", len(tr[0]), len(va[0]), time.perf_counter() - t0
+            )
         return self._features
 
     def run_phase(self, phase: Phase) -> None:
@@ -175,7 +179,9 @@ class _Trainer:
             return max(1, math.ceil(n / self.rt.world_size / self.cfg.batch_size))
         return max(1, len(self.train_loader))
 
-    def _epoch(self, phase: Phase, module: nn.Module, head: nn.Module, opt: Any, sched: Any) -> tuple[EpochStats, EpochStats]:
+    def _epoch(
+        self, phase: Phase, module: nn.Module, head: nn.Module, opt: Any, sched: Any
+    ) -> tuple[EpochStats, EpochStats]:
         cfg, rt = self.cfg, self.rt
         if phase.cached:
             ftr, ytr, fva, yva = self.features()
@@ -283,8 +289,6 @@ def fit(cfg: TrainConfig) -> FitResult:
             metrics = {}
             if rt.is_main:
                 metrics = write_run_folder(run_dir, cfg, data, trainer, phases, final, started, wall)
-            return FitResult(
-                run_dir, final.accuracy, trainer.best.epoch, any(p.cached for p in phases), wall, metrics
-            )
+            return FitResult(run_dir, final.accuracy, trainer.best.epoch, any(p.cached for p in phases), wall, metrics)
     finally:
         shutdown_runtime(rt)

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO_ROOT / "handlers" / "image_classifier.py"
-# Packages copied into every archive so the handler runs the code the model was exported with.
-PACKED_PACKAGES = ("handlers", "graft")
+# Code copied into every archive so the handler runs the code the model was exported with:
+# the handler package whole, and the light core of graft it imports (no CLI, no launcher).
+GRAFT_CORE = ("__init__.py", "artifact.py", "errors.py", "transforms.py", "zoo.py")
 ONNX_TOLERANCE = 1e-4
 OPSET = 17
 
@@ -132,11 +133,16 @@ def build_mar(
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="graft-mar-") as tmp:
         staging = Path(tmp)
-        for pkg in PACKED_PACKAGES:
-            shutil.copytree(REPO_ROOT / pkg, staging / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # torch-model-archiver copies a directory's *contents* into the archive root, so the packages
+        # go one level down to arrive as packages (handlers/, graft/) rather than loose files.
+        code = staging / "code"
+        shutil.copytree(REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (code / "graft").mkdir()
+        for module in GRAFT_CORE:
+            shutil.copy2(REPO_ROOT / "graft" / module, code / "graft" / module)
         config = staging / "model-config.yaml"
         config.write_text(model_config_yaml(**(model_config or {})))
-        extra = [*map(str, files), *(str(staging / p) for p in PACKED_PACKAGES)]
+        extra = [*map(str, files), str(code)]
         cmd = [
             *_archiver(),
             "--model-name", name,

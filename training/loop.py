@@ -45,7 +45,7 @@ def train_epoch(
     sched: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: nn.Module,
     rt: Runtime,
-    set_mode: Callable[[], None],
+    set_mode: Callable[[], object],
     amp: bool = True,
     channels_last: bool = False,
     desc: str = "train",
@@ -68,8 +68,8 @@ def train_epoch(
         correct += int((out.argmax(1) == y).sum())
         n += len(y)
         bar.set_postfix(loss=f"{total_loss / max(n, 1):.4f}")
-    total_loss, correct, count = all_reduce_sum(rt, [total_loss, float(correct), float(n)])
-    return EpochStats(total_loss / max(count, 1), correct / max(count, 1), int(count))
+    loss_sum, correct_sum, count = all_reduce_sum(rt, [total_loss, float(correct), float(n)])
+    return EpochStats(loss_sum / max(count, 1), correct_sum / max(count, 1), int(count))
 
 
 @torch.no_grad()

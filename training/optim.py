@@ -28,7 +28,9 @@ def stage_learning_rates(plan: FreezePlan, lr: float, decay: float) -> list[Grou
     return list(reversed(specs))
 
 
-def build_optimizer(model: nn.Module, plan: FreezePlan, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, list[GroupSpec]]:
+def build_optimizer(
+    model: nn.Module, plan: FreezePlan, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[GroupSpec]]:
     params = dict(model.named_parameters())
     specs = stage_learning_rates(plan, cfg.lr, cfg.lr_decay)
     groups = []

@@ -89,6 +89,10 @@ def write_run_folder(
     plot_curves(trainer.history, run_dir / "curves.png")
     plot_confusion(report["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
     log.info(
-        "best val accuracy %.4f at epoch %d; run folder %s (%.1fs)", report["accuracy"], trainer.best.epoch, run_dir, wall
+        "best val accuracy %.4f at epoch %d; run folder %s (%.1fs)",
+        report["accuracy"],
+        trainer.best.epoch,
+        run_dir,
+        wall,
     )
     return metrics

@@ -63,7 +63,8 @@ def create_or_warm_start(cfg: TrainConfig, labels: list[str]) -> Start:
     head_path, old_head = find_head(parent)
     old_state = {k: v.clone() for k, v in old_head.state_dict().items()}
     replace_head(parent, len(labels))
-    _, new_head = find_head(parent)
+    new_head = find_head(parent)[1]
+    assert isinstance(new_head.weight, torch.Tensor) and isinstance(new_head.bias, torch.Tensor)
     kept = [label for label in labels if label in card.labels]
     with torch.no_grad():
         for label in kept:
