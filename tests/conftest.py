@@ -15,7 +15,9 @@ MOBILENET_V2 = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
-        pytest.skip(f"{what} not found at {path}: these tests need ../shared beside the checkout (see ../shared/README.md)")
+        pytest.skip(
+            f"{what} not found at {path}: these tests need ../shared beside the checkout (see ../shared/README.md)"
+        )
     return path
 
 
