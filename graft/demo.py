@@ -21,9 +21,12 @@ def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15) -> dict[str, 
     from training.export import export_run
 
     workdir = Path(workdir)
-    data = fashion_mnist_folder(workdir / "data" / "fashion-mnist", per_class=per_class, val_per_class=per_class // 3)
+    data_dir = workdir / "data" / "fashion-mnist"
+    data = fashion_mnist_folder(data_dir, per_class=per_class, val_per_class=per_class // 3)
     run_dir = workdir / "runs" / "fashion-lite0"
-    result = fit(TrainConfig(data=data, output=run_dir, backbone="efficientnet_lite0", weights="imagenet", epochs=epochs))
+    result = fit(
+        TrainConfig(data=data, output=run_dir, backbone="efficientnet_lite0", weights="imagenet", epochs=epochs)
+    )
     mar = export_run(run_dir, workdir / "model_store", "fashion", "1", model_config={"backend": "onnx"})
     return {
         "dataset": str(data),

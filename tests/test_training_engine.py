@@ -102,7 +102,7 @@ def test_partial_unfreeze_with_head_warmup_trains_the_last_stage(
     phases = card.recipe["phases"]
     assert [p["name"] for p in phases] == ["head-warmup", "main"]
     assert phases[0]["feature_cache"] is True and phases[1]["feature_cache"] is False
-    assert phases[1]["learning_rates"] == pytest.approx({"features.18": 1e-4, "head": 1e-3})
+    assert phases[1]["learning_rates"] == pytest.approx({"features.18": 3e-4, "head": 3e-3})
     trained = load_file(str(tmp_path / "model.safetensors"))
     original = torch.load(mobilenet_weights, weights_only=True)
     assert torch.equal(trained["features.17.conv.0.0.weight"], original["features.17.conv.0.0.weight"])

@@ -12,37 +12,45 @@ log = logging.getLogger(__name__)
 
 
 def _add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="fine-tune a zoo backbone on an image folder or a dataset manifest")
+    from training.config import TrainConfig
+
+    # Defaults live in TrainConfig alone; flags left out fall back to them (shown in --help).
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a zoo backbone on an image folder or a dataset manifest",
+        epilog="defaults: "
+        + ", ".join(f"{k}={f.default}" for k, f in TrainConfig.model_fields.items() if f.default is not None),
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="DIR/<label>/*.jpg, or DIR/train/<label> + DIR/val/<label>")
     src.add_argument("--manifest", type=Path, help="a dataset manifest (written by the admin service)")
     p.add_argument("--output", "-o", type=Path, required=True, help="run folder to write")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="zoo name (graft backbones lists them)")
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | path to a state_dict")
+    p.add_argument("--backbone", help="zoo name (graft backbones lists them)")
+    p.add_argument("--weights", help="imagenet | none | path to a state_dict")
     p.add_argument("--init-from", type=Path, help="warm start from a run folder")
     frz = p.add_mutually_exclusive_group()
     frz.add_argument("--freeze-until", help="freeze the stem through this stage (inclusive), e.g. layer3")
     frz.add_argument("--trainable-stages", type=int, help="train the last N backbone stages (0 = head only)")
-    p.add_argument("--frozen-bn", choices=["eval", "train"], default="eval", help="BatchNorm mode in frozen stages")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--head-warmup-epochs", type=int, default=0, help="head-only epochs before unfreezing")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
-    p.add_argument("--lr-decay", type=float, default=1.0, help="per-stage LR ratio from head towards stem")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--schedule", choices=["cosine", "onecycle", "constant"], default="cosine")
-    p.add_argument("--warmup-epochs", type=float, default=0.5)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience (0 = off)")
+    p.add_argument("--frozen-bn", choices=["eval", "train"], help="BatchNorm mode in frozen stages (default eval)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--head-warmup-epochs", type=int, help="head-only epochs before unfreezing")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="head learning rate")
+    p.add_argument("--lr-decay", type=float, help="per-stage LR ratio from head towards stem")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "constant"])
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--patience", type=int, help="early stopping patience (0 = off)")
     p.add_argument("--augment", action="store_true", help="random resized crops and flips (disables the cache)")
     p.add_argument("--no-feature-cache", action="store_true", help="always run the whole network")
-    p.add_argument("--balance", choices=["loss", "sampler", "none"], default="loss")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--balance", choices=["loss", "sampler", "none"])
+    p.add_argument("--val-fraction", type=float)
     p.add_argument("--max-per-class", type=int, help="use at most N images per class and split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--num-workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--num-workers", type=int, help="data loader processes")
     p.set_defaults(func=_run_train)
 
 

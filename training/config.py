@@ -31,7 +31,7 @@ class TrainConfig(BaseModel):
 
     # optimisation
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0, description="learning rate of the head")
+    lr: float = Field(3e-3, gt=0, description="learning rate of the head")
     lr_decay: float = Field(1.0, gt=0, le=1, description="per-stage ratio from the head towards the stem")
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)

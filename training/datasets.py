@@ -50,9 +50,8 @@ def fashion_mnist_folder(dest: Path, per_class: int = 150, val_per_class: int = 
         for k, name in enumerate(FASHION_MNIST_LABELS):
             out = dest / split / name
             out.mkdir(parents=True, exist_ok=True)
-            for i, idx in enumerate(np.flatnonzero(labels == k)[:n]):
+            for idx in np.flatnonzero(labels == k)[:n]:
                 Image.fromarray(images[idx], mode="L").save(out / f"{prefix}-{idx:05d}.png")
-            log.debug("%s/%s: %d images", split, name, min(n, i + 1))
     marker.touch()
     log.info("Fashion-MNIST: %d train + %d val images per class in %s", per_class, val_per_class, dest)
     return dest

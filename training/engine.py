@@ -59,11 +59,12 @@ class _Best:
         self.loss = math.inf
         self.epoch = 0
         self.state: dict[str, torch.Tensor] = {}
+        self.val = EpochStats(math.inf, 0.0, 0)
 
     def update(self, epoch: int, val: EpochStats, model: nn.Module) -> bool:
         better = val.accuracy > self.accuracy or (val.accuracy == self.accuracy and val.loss < self.loss)
         if better:
-            self.accuracy, self.loss, self.epoch = val.accuracy, val.loss, epoch
+            self.accuracy, self.loss, self.epoch, self.val = val.accuracy, val.loss, epoch, val
             self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return better
 
@@ -284,7 +285,8 @@ def fit(cfg: TrainConfig) -> FitResult:
             for phase in phases:
                 trainer.run_phase(phase)
             trainer.model.load_state_dict(trainer.best.state)
-            final = eval_epoch(trainer.model, trainer.val_loader, trainer.loss_fn, rt, cfg.amp, trainer.channels_last)
+            # The best epoch's validation pass already holds every prediction the report needs.
+            final = trainer.best.val
             wall = time.perf_counter() - t0
             metrics = {}
             if rt.is_main:

@@ -136,7 +136,9 @@ def build_mar(
         # torch-model-archiver copies a directory's *contents* into the archive root, so the packages
         # go one level down to arrive as packages (handlers/, graft/) rather than loose files.
         code = staging / "code"
-        shutil.copytree(REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         (code / "graft").mkdir()
         for module in GRAFT_CORE:
             shutil.copy2(REPO_ROOT / "graft" / module, code / "graft" / module)
