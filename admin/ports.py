@@ -10,9 +10,9 @@ export, promote) is the same whichever implementation the settings select.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 RunnerState = Literal["pending", "running", "succeeded", "failed"]

@@ -1,0 +1,135 @@
+"""Settings of the admin service: one pydantic-settings object, read from ``GRAFT_*`` variables.
+
+Nothing is read at import time: :func:`load_settings` builds the object when a caller asks for it,
+so tests and ``graft serve`` can pass overrides without touching the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIN_TOKEN_LENGTH = 16
+
+
+class AdminSettings(BaseSettings):
+    """Every knob of the control plane. Environment: ``GRAFT_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore", validate_default=True)
+
+    # --- HTTP service
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8090, ge=0, le=65535)
+    # --- auth: a token from the environment or from a secret file (Kubernetes mounts secrets as files)
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    samples_token: SecretStr | None = None
+    samples_token_file: Path | None = None
+    insecure_dev: bool = False  # no auth at all; only for a laptop, and it says so loudly
+    # --- storage
+    state_dir: Path = Path("runs/admin")  # SQLite file, samples, jobs, run folders
+    model_store: Path = Path("model_store")
+    model_name: str = Field(default="graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # --- the data the first model was trained on, replayed in every retraining
+    base_data: Path | None = None  # image folder: DIR/train|val/<label> (val = holdout) or DIR/<label>
+    base_manifest: Path | None = None  # or a dataset manifest (its val items are holdout)
+    initial_run: Path | None = None  # run folder of the model in service when the registry is empty
+    initial_version: str = Field(default="1", pattern=r"^[0-9]+$")
+    # --- samples
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_batch_files: int = Field(default=64, gt=0)
+    max_batch_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # a whole batch request
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # --- retraining
+    runner: Literal["local", "kubernetes"] = "local"
+    train_args: dict[str, Any] = Field(default_factory=dict)  # default recipe flags for every job
+    # The program before "train ...": default [python, -m, graft.cli]; e.g. torchrun for several GPUs.
+    train_command: list[str] | None = None
+    job_timeout_s: float = Field(default=3600.0, gt=0)
+    job_poll_s: float = Field(default=1.0, gt=0)
+    auto_retrain_after: int = Field(default=0, ge=0)  # 0 = off
+    eval_device: str = "cpu"
+    # --- the gate
+    gate_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_floor: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_min_holdout: int = Field(default=1, ge=1)
+    # --- rollout (TorchServe management API)
+    rollout: Literal["torchserve", "kubernetes", "none"] = "torchserve"
+    torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_inference_url: str = "http://127.0.0.1:8080"
+    torchserve_key_file: Path | None = None  # key_file.json; None = TorchServe runs without tokens
+    torchserve_timeout_s: float = Field(default=300.0, gt=0)
+    keep_versions: int = Field(default=2, ge=1)  # the default plus rollback targets kept loaded
+    # After a swap, the old version's queue must empty and its last batch finish before it is unregistered.
+    drain_grace_s: float = Field(default=5.0, ge=0.0)
+    smoke_images: int = Field(default=4, ge=1)
+
+    @field_validator("admin_token", "samples_token")
+    @classmethod
+    def _strip_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        return SecretStr(v.get_secret_value().strip())
+
+    def resolved_admin_token(self) -> str | None:
+        return _token(self.admin_token, self.admin_token_file, "admin")
+
+    def resolved_samples_token(self) -> str | None:
+        return _token(self.samples_token, self.samples_token_file, "samples")
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "admin.sqlite3"
+
+    def check(self) -> None:
+        """Refuse settings the service must not start with; called by ``create_app``."""
+        admin, samples = self.resolved_admin_token(), self.resolved_samples_token()
+        if self.insecure_dev:
+            log.warning(
+                "INSECURE: the admin API runs without authentication (insecure_dev); never do this in production"
+            )
+            return
+        if admin is None:
+            raise ConfigError(
+                "no admin token: set GRAFT_ADMIN_TOKEN or GRAFT_ADMIN_TOKEN_FILE "
+                "(or start with the insecure development flag on a machine of your own)"
+            )
+        for name, value in (("admin", admin), ("samples", samples)):
+            if value is not None and len(value) < MIN_TOKEN_LENGTH:
+                raise ConfigError(f"the {name} token is shorter than {MIN_TOKEN_LENGTH} characters: use a random one")
+        if samples is not None and samples == admin:
+            raise ConfigError("the samples token must differ from the admin token: it is the less privileged one")
+        if self.base_data is not None and self.base_manifest is not None:
+            raise ConfigError("give base_data or base_manifest, not both")
+
+
+def _token(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    try:
+        text = Path(file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the {name} token file {file}: {e}") from e
+    if not text:
+        raise ConfigError(f"the {name} token file {file} is empty")
+    return text
+
+
+def load_settings(**overrides: Any) -> AdminSettings:
+    """Settings from the environment, with explicit ``overrides`` (None values ignored) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return AdminSettings(**given)
+    except ValueError as e:  # pydantic's ValidationError: one readable line instead of a traceback
+        raise ConfigError(f"invalid admin settings: {e}") from e
