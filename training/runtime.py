@@ -45,7 +45,9 @@ def init_runtime(device: str = "auto") -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # one process per GPU: torchrun's LOCAL_RANK picks which
+        device = f"cuda:{local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
