@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,6 @@ class TokenKeys:
     inference: str
     management: str
     api: str
-
-
-# --------------------------------------------------------------------------- store and config
 
 
 def version_key(version: str) -> tuple[Any, ...]:
@@ -169,19 +167,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) members of a process group."""
     import psutil
 
-    pids = []
-    for proc in psutil.process_iter():
+    def member(proc: psutil.Process) -> bool:
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return pids
+            return os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE
+        except (OSError, psutil.Error):  # gone meanwhile
+            return False
 
-
-# --------------------------------------------------------------------------- the server
+    return [p.pid for p in psutil.process_iter() if member(p)]
 
 
 class TorchServe:
@@ -189,27 +184,16 @@ class TorchServe:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="graft-serve-")).resolve()
+        # Created (mode 0700) by prepare(), not here: constructing a TorchServe has no side effects.
+        default = Path(tempfile.gettempdir()) / f"graft-serve-{uuid.uuid4().hex[:12]}"
+        self.workdir = Path(config.workdir or default).resolve()
+        self.key_file = self.workdir / KEY_FILE
+        self.inference_url = config.inference_address.rstrip("/")
+        self.management_url = config.management_address.rstrip("/")
+        self.metrics_url = config.metrics_address.rstrip("/")
         self.archives: list[Archive] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
-
-    # urls and keys
-    @property
-    def inference_url(self) -> str:
-        return self.config.inference_address.rstrip("/")
-
-    @property
-    def management_url(self) -> str:
-        return self.config.management_address.rstrip("/")
-
-    @property
-    def metrics_url(self) -> str:
-        return self.config.metrics_address.rstrip("/")
-
-    @property
-    def key_file(self) -> Path:
-        return self.workdir / KEY_FILE
 
     def keys(self) -> TokenKeys | None:
         return read_keys(self.workdir) if self.config.auth else None
@@ -260,8 +244,9 @@ class TorchServe:
         if not self.archives:
             log.warning("no .mar in %s: TorchServe starts with no model (register one through the management API)",
                         store)
-        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)  # key_file.json lands here
+        (self.workdir / "tmp").mkdir(exist_ok=True)
         metrics = self.workdir / "metrics.yaml"
         metrics.write_text(metrics_config_yaml())
         props = self.workdir / "config.properties"
@@ -385,21 +370,13 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-# --------------------------------------------------------------------------- graft serve
-
-
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
-        model_store=Path(args.model_store),
-        inference_address=args.inference_address,
-        management_address=args.management_address,
-        metrics_address=args.metrics_address,
-        grpc_inference_port=args.grpc_inference_port,
-        grpc_management_port=args.grpc_management_port,
-        auth=not args.no_auth,
-        token_expiration_min=args.token_expiration_min,
-        workdir=Path(args.workdir) if args.workdir else None,
-        die_with_parent=True,
+        model_store=Path(args.model_store), inference_address=args.inference_address,
+        management_address=args.management_address, metrics_address=args.metrics_address,
+        grpc_inference_port=args.grpc_inference_port, grpc_management_port=args.grpc_management_port,
+        auth=not args.no_auth, token_expiration_min=args.token_expiration_min,
+        workdir=Path(args.workdir) if args.workdir else None, die_with_parent=True,
     )
 
 
@@ -430,8 +407,12 @@ def run_foreground(server: TorchServe, ready_timeout: float) -> int:
         log.info("stopping")
         return 0
     finally:
+        # A second Ctrl-C / SIGTERM must not interrupt the stop half-way and orphan the workers.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, sigint)
 
 
 def serve(args: argparse.Namespace) -> int:

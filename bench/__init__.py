@@ -1,0 +1,1 @@
+"""Benchmarks (plain Python scripts, not tests)."""
