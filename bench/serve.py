@@ -173,7 +173,7 @@ def build_store(work: Path, workers: int, batch: int, delay_ms: int) -> tuple[Pa
 
 
 def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from graft.serving import ServeConfig, TorchServe
+    from graft.torchserve import ServeConfig, TorchServe
 
     inf, mgmt, met, g1, g2 = free_ports(5)
     cfg = ServeConfig(model_store=store, workdir=work / "ts", inference_address=f"http://127.0.0.1:{inf}",

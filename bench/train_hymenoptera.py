@@ -42,7 +42,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "momentum": 0.9,
         "weight_decay": 0.0,
-        "schedule": "constant",
+        "schedule": "step",  # StepLR(7, 0.1)
+        "step_epochs": 7,
+        "step_gamma": 0.1,
         "warmup_epochs": 0,
         "batch_size": 4,
         "epochs": 25,

@@ -92,6 +92,17 @@ def test_discriminative_learning_rates_land_in_the_optimizer() -> None:
     assert [s.stage for s in specs] == ["layer2", "layer3", "layer4", "head"]
 
 
+def test_step_schedule_drops_by_gamma_every_n_epochs() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_schedule(opt, "step", total_steps=30, warmup_steps=0, steps_per_epoch=2, step_epochs=7, gamma=0.1)
+    seen = []
+    for _ in range(30):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[13] == pytest.approx(1.0) and seen[14] == pytest.approx(0.1) and seen[28] == pytest.approx(0.01)
+
+
 @pytest.mark.parametrize("kind", ["cosine", "onecycle"])
 def test_schedules_warm_up_then_decay(kind: str) -> None:
     p = nn.Parameter(torch.zeros(1))

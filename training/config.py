@@ -36,7 +36,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    step_epochs: int = Field(7, gt=0, description="step schedule: epochs between LR drops")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: factor per drop")
     warmup_epochs: float = Field(0.5, ge=0)
     head_warmup_epochs: int = Field(0, ge=0, description="head-only epochs before the trainable stages unfreeze")
     epochs: int = Field(15, gt=0)

@@ -55,3 +55,24 @@ def fashion_mnist_folder(dest: Path, per_class: int = 150, val_per_class: int = 
     marker.touch()
     log.info("Fashion-MNIST: %d train + %d val images per class in %s", per_class, val_per_class, dest)
     return dest
+
+
+def fashion_mnist_pngs(start: int, count: int, source: Path | None = None) -> dict[str, list[bytes]]:
+    """PNG bytes of training images ``start .. start+count`` of each class (for posting as new samples).
+
+    :func:`fashion_mnist_folder` uses the first ``per_class`` images of each class; asking for
+    ``start=per_class`` gives images the first model never saw.
+    """
+    import io
+
+    src = Path(source or FASHION_MNIST_DIR)
+    images = _read_idx(src / "train-images-idx3-ubyte.gz")
+    labels = _read_idx(src / "train-labels-idx1-ubyte.gz")
+    out: dict[str, list[bytes]] = {}
+    for k, name in enumerate(FASHION_MNIST_LABELS):
+        out[name] = []
+        for idx in np.flatnonzero(labels == k)[start : start + count]:
+            buf = io.BytesIO()
+            Image.fromarray(images[idx], mode="L").save(buf, "PNG")
+            out[name].append(buf.getvalue())
+    return out

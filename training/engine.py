@@ -157,7 +157,13 @@ class _Trainer:
         )
         steps_per_epoch = self._steps_per_epoch(phase)
         sched = build_schedule(
-            opt, cfg.schedule, steps_per_epoch * phase.epochs, round(cfg.warmup_epochs * steps_per_epoch)
+            opt,
+            cfg.schedule,
+            steps_per_epoch * phase.epochs,
+            round(cfg.warmup_epochs * steps_per_epoch),
+            steps_per_epoch,
+            cfg.step_epochs,
+            cfg.step_gamma,
         )
         head = self.model.get_submodule(self.head_root)
         train_module: nn.Module = head if phase.cached else self.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -156,7 +157,12 @@ def build_mar(
             "--export-path", str(staging),
             "--force",
         ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # torch-model-archiver stages files in $TMPDIR/<model name> (and deletes that folder first): two
+        # exports of the same name at once would mix or delete each other's files without a private one.
+        private_tmp = staging / "archiver-tmp"
+        private_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(private_tmp)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise ExportError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         # torch-model-archiver names the file after the model; versioned names let one store hold many.

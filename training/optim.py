@@ -52,9 +52,19 @@ def build_optimizer(
 
 
 def build_schedule(
-    opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int
+    opt: torch.optim.Optimizer,
+    kind: str,
+    total_steps: int,
+    warmup_steps: int,
+    steps_per_epoch: int = 1,
+    step_epochs: int = 7,
+    gamma: float = 0.1,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule. Cosine and constant get a linear warm-up; one-cycle has its own."""
+    """Per-step schedule. Cosine, step and constant get a linear warm-up; one-cycle has its own.
+
+    ``step`` multiplies the learning rate by ``gamma`` every ``step_epochs`` epochs (the PyTorch
+    transfer-learning tutorial's StepLR(7, 0.1)).
+    """
     total_steps = max(1, total_steps)
     if kind == "onecycle":
         max_lrs = [g["lr"] for g in opt.param_groups]
@@ -66,6 +76,8 @@ def build_schedule(
             return (step + 1) / warmup_steps
         if kind == "constant":
             return 1.0
+        if kind == "step":
+            return float(gamma ** (step // max(1, steps_per_epoch * step_epochs)))
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
