@@ -34,7 +34,7 @@ from kubernetes.client.rest import ApiException
 from admin.kube_config import KubeConfig, api_error, load_api_client
 from admin.kube_pins import DEFAULTS_ENV, format_defaults, parse_defaults
 from graft.errors import ArtifactError, ClusterError, ConflictError, NotFoundError, RolloutError, UserInputError
-from graft.serving import version_key
+from graft.torchserve import version_key
 
 log = logging.getLogger(__name__)
 

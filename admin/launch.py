@@ -106,6 +106,11 @@ class AdminServer:
                 return int(sock.getsockname()[1])
         return self.settings.admin_port
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped (``graft serve`` watches it beside TorchServe)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self, timeout: float = 30.0) -> AdminServer:
         # uvicorn installs no signal handlers outside the main thread: the caller keeps Ctrl-C.
         self._thread = threading.Thread(target=self.server.run, name="graft-admin", daemon=True)

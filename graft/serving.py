@@ -1,408 +1,146 @@
-"""TorchServe, configured and run by graft: the launcher library and the ``graft serve`` command.
+"""``graft serve``: TorchServe and the admin service in one foreground process; Ctrl-C stops both.
 
-:class:`TorchServe` writes a ``config.properties`` into its own work folder (secure defaults: local
-addresses, token authorization on, ``allowed_urls`` limited to the model store, Prometheus metrics
-with the handler's metrics declared), starts the Java frontend in its own process group, waits
-until every archive's workers are READY, makes the newest version of each model the default, and
-stops the whole process tree. The admin service and the tests use the same class.
-
-The frontend is started with ``java`` directly, as ``torchserve`` would, minus its global pid file in
-/tmp (which lets only one TorchServe run per machine) and with a private ``java.io.tmpdir`` so
-the workers' Unix sockets (``.ts.sock.<port>``) of two instances cannot collide.
+TorchServe comes first (graft/torchserve.py); once every model is ready the admin starts beside it
+(admin/launch.py, on 127.0.0.1:8090 by default), since it needs TorchServe's URLs and key file. What
+the admin can check without TorchServe (its token, its port) is checked before anything starts, so a
+missing token costs no minutes of model loading. ``--no-admin`` runs TorchServe alone: the Kubernetes
+inference pods do, the admin having its own Deployment there.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from graft.errors import ServeError
+from graft.errors import ConfigError, ServeError
+from graft.torchserve import ServeConfig, TorchServe, check_extra_properties, port_in_use
+
+if TYPE_CHECKING:
+    from admin.launch import AdminServer
+    from admin.settings import AdminSettings
 
 log = logging.getLogger(__name__)
 
-KEY_FILE = "key_file.json"
 
-
-@dataclass
-class ServeConfig:
-    model_store: Path
-    inference_address: str = "http://127.0.0.1:8080"
-    management_address: str = "http://127.0.0.1:8081"
-    metrics_address: str = "http://127.0.0.1:8082"
-    # gRPC servers always start in TorchServe 0.12; keep them local and on ports we choose.
-    grpc_inference_port: int = 7070
-    grpc_management_port: int = 7071
-    grpc_address: str = "127.0.0.1"
-    auth: bool = True
-    token_expiration_min: int = 60
-    # Frontend limit on a whole request body; the handler's per-image limit (max_body_bytes) is lower.
-    max_request_bytes: int = 16 * 1024 * 1024
-    workdir: Path | None = None  # None: a fresh private temporary folder
-    java: str = "java"
-    # SIGTERM to the frontend if this process dies (Linux). Only for a launcher that stays on the thread
-    # that started it (the CLI): the kernel ties it to the starting thread, not the process.
-    die_with_parent: bool = False
-    extra_properties: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    name: str
-    version: str
-
-
-@dataclass(frozen=True)
-class TokenKeys:
-    inference: str
-    management: str
-    api: str
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """Natural order: "10" after "9", "1.10" after "1.9"; numbers before words at the same position."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-_+]", version))
-
-
-def scan_store(store: Path) -> list[Archive]:
-    """Every ``.mar`` in the store with the model name and version from its manifest."""
-    out = []
-    for path in sorted(Path(store).glob("*.mar")):
-        try:
-            with zipfile.ZipFile(path) as z:
-                model = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]
-            out.append(Archive(path, str(model["modelName"]), str(model.get("modelVersion", "1.0"))))
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-            log.warning("skipping %s: not a readable model archive (%s)", path.name, e)
-    return out
-
-
-def latest_versions(archives: list[Archive]) -> dict[str, str]:
-    latest: dict[str, str] = {}
-    for a in archives:
-        if a.name not in latest or version_key(a.version) > version_key(latest[a.name]):
-            latest[a.name] = a.version
-    return latest
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    parts = urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
-        raise ServeError(f"address {address!r} must look like http://HOST:PORT")
-    return parts.hostname, parts.port
-
-
-def config_properties(cfg: ServeConfig, metrics_config: Path, archives: list[Archive]) -> str:
-    store = Path(cfg.model_store).resolve()
-    props = {
-        "inference_address": cfg.inference_address,
-        "management_address": cfg.management_address,
-        "metrics_address": cfg.metrics_address,
-        "grpc_inference_address": cfg.grpc_address,
-        "grpc_inference_port": str(cfg.grpc_inference_port),
-        "grpc_management_address": cfg.grpc_address,
-        "grpc_management_port": str(cfg.grpc_management_port),
-        "model_store": str(store),
-        "load_models": ",".join(a.path.name for a in archives),
-        # Registration may only name archives inside the store, never fetch from elsewhere.
-        "allowed_urls": "file://" + re.escape(str(store)) + r"/[^/]+\.mar",
-        "enable_model_api": "true",
-        "disable_token_authorization": "false" if cfg.auth else "true",
-        "token_expiration_min": str(cfg.token_expiration_min),
-        "metrics_mode": "prometheus",
-        "metrics_config": str(metrics_config),
-        "max_request_size": str(cfg.max_request_bytes),
-        # No pip installs from archives, no TS_* environment overriding this file.
-        "install_py_dep_per_model": "false",
-        "enable_envvars_config": "false",
-        **cfg.extra_properties,
-    }
-    if not archives:
-        del props["load_models"]
-    return "".join(f"{k}={v}\n" for k, v in props.items())
-
-
-def read_keys(workdir: Path) -> TokenKeys:
-    """The tokens TorchServe wrote to ``WORKDIR/key_file.json``."""
-    path = Path(workdir) / KEY_FILE
+def read_properties(path: Path) -> dict[str, str]:
+    """The keys of a Java properties file (``key=value``, ``key: value`` or ``key value``; ``#``/``!``
+    comments; a trailing backslash continues a line), refused when one is graft's own."""
     try:
-        doc = json.loads(path.read_text())
-        return TokenKeys(doc["inference"]["key"], doc["management"]["key"], doc["API"]["key"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ServeError(f"cannot read TorchServe keys from {path}: {e}") from e
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) members of a process group."""
-    import psutil
-
-    def member(proc: psutil.Process) -> bool:
-        try:
-            return os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE
-        except (OSError, psutil.Error):  # gone meanwhile
-            return False
-
-    return [p.pid for p in psutil.process_iter() if member(p)]
-
-
-class TorchServe:
-    """One TorchServe instance; use as a context manager or call start / wait_ready / stop."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        # Created (mode 0700) by prepare(), not here: constructing a TorchServe has no side effects.
-        default = Path(tempfile.gettempdir()) / f"graft-serve-{uuid.uuid4().hex[:12]}"
-        self.workdir = Path(config.workdir or default).resolve()
-        self.key_file = self.workdir / KEY_FILE
-        self.inference_url = config.inference_address.rstrip("/")
-        self.management_url = config.management_address.rstrip("/")
-        self.metrics_url = config.metrics_address.rstrip("/")
-        self.archives: list[Archive] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._pgid: int | None = None
-
-    def keys(self) -> TokenKeys | None:
-        return read_keys(self.workdir) if self.config.auth else None
-
-    def headers(self, kind: str = "inference") -> dict[str, str]:
-        """``Authorization`` for the inference or management API (empty with auth off)."""
-        keys = self.keys()
-        if keys is None:
-            return {}
-        return {"Authorization": f"Bearer {keys.inference if kind == 'inference' else keys.management}"}
-
-    def renew_key(self, kind: str = "management") -> None:
-        """Ask for a fresh inference or management key with the API key (TorchServe rewrites key_file.json)."""
-        import httpx
-
-        keys = self.keys()
-        if keys is None:
-            return
-        r = httpx.get(f"{self.management_url}/token", params={"type": kind},
-                      headers={"Authorization": f"Bearer {keys.api}"}, timeout=10)
-        if r.status_code != 200:
-            raise ServeError(f"renewing the {kind} key failed: {r.status_code} {r.text[:200]}")
-
-    def management(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A management API call; renews an expired management key once."""
-        import httpx
-
-        for attempt in (0, 1):
-            r = httpx.request(method, f"{self.management_url}{path}", headers=self.headers("management"),
-                              timeout=kwargs.pop("timeout", 60), **kwargs)
-            if attempt == 0 and self.config.auth and r.status_code == 400 and "InvalidKeyException" in r.text:
-                self.renew_key("management")
-                continue
-            return r
-        raise AssertionError("unreachable")
-
-    # lifecycle
-    def prepare(self) -> list[str]:
-        """Write config.properties and the metrics config; return the java command line."""
-        from handlers.metrics import metrics_config_yaml
-
-        store = Path(self.config.model_store)
-        if not store.is_dir():
-            raise ServeError(f"model store {store} is not a folder")
-        if shutil.which(self.config.java) is None:
-            raise ServeError(f"'{self.config.java}' not found: TorchServe's frontend needs a Java 17 runtime")
-        self.archives = scan_store(store)
-        if not self.archives:
-            log.warning("no .mar in %s: TorchServe starts with no model (register one through the management API)",
-                        store)
-        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.workdir, 0o700)  # key_file.json lands here
-        (self.workdir / "tmp").mkdir(exist_ok=True)
-        metrics = self.workdir / "metrics.yaml"
-        metrics.write_text(metrics_config_yaml())
-        props = self.workdir / "config.properties"
-        props.write_text(config_properties(self.config, metrics, self.archives))
-        import ts
-
-        ts_home = Path(ts.__file__).resolve().parent.parent
-        return [
-            self.config.java, f"-Dmodel_server_home={ts_home}", f"-Djava.io.tmpdir={self.workdir / 'tmp'}",
-            "-cp", f".:{ts_home / 'ts' / 'frontend' / '*'}", "org.pytorch.serve.ModelServer",
-            "--python", sys.executable, "-f", str(props), "-s", str(store.resolve()), "-ncs",
-        ]
-
-    def _check_ports(self) -> None:
-        c = self.config
-        endpoints = [_host_port(a) for a in (c.inference_address, c.management_address, c.metrics_address)]
-        endpoints += [(c.grpc_address, c.grpc_inference_port), (c.grpc_address, c.grpc_management_port)]
-        busy = [f"{h}:{p}" for h, p in endpoints if port_in_use(h, p)]
-        if busy:
-            raise ServeError(f"address in use: {', '.join(busy)} (another TorchServe?); choose other addresses/ports")
-
-    def start(self) -> None:
-        if self.proc is not None:
-            raise ServeError("already started")
-        cmd = self.prepare()
-        self._check_ports()
-        self.key_file.unlink(missing_ok=True)  # never read a previous run's tokens
-        if not self.config.auth:
-            log.warning("token authorization is OFF (--no-auth): anyone who can reach the ports can use every API")
-        out = open(self.workdir / "torchserve.out", "wb")  # noqa: SIM115 - owned by the child from here on
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() signals the whole tree at once
-            umask=0o077, preexec_fn=_die_with_parent if self.config.die_with_parent else None,
-        )
-        out.close()
-        self._pgid = self.proc.pid
-        log.info("TorchServe starting (pid %d), work folder %s", self.proc.pid, self.workdir)
-
-    def log_tail(self, lines: int = 40) -> str:
-        path = self.workdir / "torchserve.out"
-        text = path.read_text(errors="replace") if path.is_file() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def ready_versions(self) -> set[tuple[str, str]]:
-        """(model, version) pairs with at least one READY worker."""
-        ready = set()
-        r = self.management("GET", "/models", params={"limit": 1000})
-        for m in r.json().get("models", []) if r.status_code == 200 else []:
-            detail = self.management("GET", f"/models/{m['modelName']}/all")
-            for v in detail.json() if detail.status_code == 200 else []:
-                if any(w.get("status") == "READY" for w in v.get("workers", [])):
-                    ready.add((str(v["modelName"]), str(v["modelVersion"])))
-        return ready
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        """Wait until every archive's workers are READY, then make each model's newest version the default."""
-        import httpx
-
-        if self.proc is None:
-            raise ServeError("not started")
-        expected = {(a.name, a.version) for a in self.archives}
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise ServeError(f"TorchServe exited with code {self.proc.returncode}:\n{self.log_tail()}")
-            missing = expected
-            if self.key_file.exists() or not self.config.auth:  # the key file appears once the frontend is up
-                try:
-                    missing = expected - self.ready_versions()
-                    if not missing:
-                        break
-                except (httpx.TransportError, ValueError, ServeError):  # starting up; key file half-written
-                    pass
-            if time.monotonic() > deadline:
-                raise ServeError(f"not ready after {timeout:.0f}s, waiting for {sorted(missing)}:\n{self.log_tail()}")
-            time.sleep(0.5)
-        for name, version in latest_versions(self.archives).items():
-            r = self.management("PUT", f"/models/{name}/{version}/set-default")
-            if r.status_code != 200:
-                raise ServeError(f"could not make {name} v{version} the default: {r.status_code} {r.text[:200]}")
-        defaults = sorted(latest_versions(self.archives).items())
-        log.info("ready: %s", ", ".join(f"{n} v{v}" for n, v in defaults) or "no models")
-
-    def process_tree(self) -> list[int]:
-        """Live processes of this TorchServe (frontend, workers, metric collectors)."""
-        return _group_pids(self._pgid) if self._pgid is not None else []
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout``; verify nothing survives."""
-        if self.proc is None or self._pgid is None:
-            return
-        pgid = self._pgid
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("TorchServe did not stop within %.0fs; killing it", timeout)
-        deadline = time.monotonic() + 10  # workers exit on their own once the frontend's socket closes
-        while self.process_tree() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        _signal_group(pgid, signal.SIGKILL)
-        self.proc.wait()
-        left = self.process_tree()
-        self.proc = None
-        self.key_file.unlink(missing_ok=True)  # tokens are secrets; TorchServe's own --stop removes them too
-        if left:
-            raise ServeError(f"processes survived the stop: {left}")
-        log.info("TorchServe stopped")
-
-    def __enter__(self) -> TorchServe:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is already empty
-        os.killpg(pgid, sig)
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ServeError(f"cannot read the TorchServe configuration {path}: {e}") from e
+    props: dict[str, str] = {}
+    for line in re.sub(r"\\\r?\n[ \t\f]*", "", text).splitlines():
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        m = re.match(r"([^=:\s]+)\s*[=:]?\s*(.*)", line)
+        if m is None:  # a line starting with a separator: no key
+            raise ServeError(f"{path}: cannot read the line {line!r} (expected key=value)")
+        props[m.group(1)] = m.group(2)
+    try:
+        check_extra_properties(props)
+    except ServeError as e:
+        raise ServeError(f"{path}: {e}") from e
+    return props
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    from admin.kube_pins import DEFAULTS_ENV, parse_defaults
+
+    pins = parse_defaults(os.environ.get(DEFAULTS_ENV))
+    if pins:
+        log.info("default versions pinned by %s: %s", DEFAULTS_ENV, ", ".join(f"{n} v{v}" for n, v in pins.items()))
     return ServeConfig(
         model_store=Path(args.model_store), inference_address=args.inference_address,
         management_address=args.management_address, metrics_address=args.metrics_address,
         grpc_inference_port=args.grpc_inference_port, grpc_management_port=args.grpc_management_port,
         auth=not args.no_auth, token_expiration_min=args.token_expiration_min,
         workdir=Path(args.workdir) if args.workdir else None, die_with_parent=True,
-    )
+        extra_properties=read_properties(Path(args.ts_config)) if args.ts_config else {},
+        default_versions=pins,
+    )  # fmt: skip
 
 
-def announce(server: TorchServe) -> None:
+def admin_preflight(args: argparse.Namespace) -> AdminSettings:
+    """The admin's settings, checked as far as they do not depend on TorchServe (token, port)."""
+    from admin.launch import settings_from_args
+
+    settings = settings_from_args(args, model_store=Path(args.model_store).resolve())
+    try:
+        settings.check()  # ConfigError without a token (unless --admin-insecure-dev)
+    except ConfigError as e:
+        raise ConfigError(f"admin service: {e}; --no-admin serves without it") from e
+    host, port = settings.admin_host, settings.admin_port
+    if port and port_in_use(host, port):  # port 0 = any free port, always available
+        raise ConfigError(f"admin address {host}:{port} is in use: choose another --admin-port (or --no-admin)")
+    return settings
+
+
+def admin_settings_for(settings: AdminSettings, server: TorchServe) -> AdminSettings:
+    """The admin's settings pointed at this (ready) TorchServe."""
+    # model_copy, not settings_from_args: with --no-auth the key file must be None, which load_settings
+    # would drop in favour of a GRAFT_TORCHSERVE_KEY_FILE from the environment.
+    pointed = settings.model_copy(update={
+        "torchserve_management_url": server.management_url,
+        "torchserve_inference_url": server.inference_url,
+        "torchserve_key_file": server.key_file if server.config.auth else None,
+    })  # fmt: skip
+    if server.config.extra_properties.get("enable_model_api", "").strip().lower() == "false":
+        log.warning("enable_model_api=false: the admin cannot register new model versions with this TorchServe")
+    return pointed
+
+
+def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
     log.info("inference  %s  (POST /predictions/NAME, Content-Type: application/octet-stream)", server.inference_url)
     log.info("management %s", server.management_url)
     log.info("metrics    %s/metrics (Prometheus)", server.metrics_url)
     if server.config.auth:
         log.info("keys in %s: send 'Authorization: Bearer <inference.key>' (management.key for management;"
                  " API.key renews them via GET %s/token?type=inference)", server.key_file, server.management_url)
+    if admin is not None:
+        log.info("admin      %s  (Authorization: Bearer <admin token>; API docs at %s/docs)", admin.url, admin.url)
 
 
-def run_foreground(server: TorchServe, ready_timeout: float) -> int:
-    """Start, wait until ready, block until Ctrl-C / SIGTERM or the server dies; always stop."""
+def _watch(server: TorchServe, admin: AdminServer | None) -> int:
+    """Block until TorchServe or the admin stops on its own: both are meant to run until Ctrl-C."""
+    assert server.proc is not None
+    while True:
+        code = server.proc.poll()
+        if code is not None:
+            log.error("TorchServe exited on its own with code %d:\n%s", code, server.log_tail())
+            return 1
+        if admin is not None and not admin.running:
+            log.error("the admin service stopped on its own (see the log above)")
+            return 1
+        time.sleep(0.5)
+
+
+def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: AdminSettings | None = None) -> int:
+    """Start TorchServe, wait until ready, start the admin (unless None); block until Ctrl-C / SIGTERM or
+    one of them dies; always stop both, the admin first (it talks to TorchServe)."""
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _term)
+    admin: AdminServer | None = None
     try:
         server.start()
         server.wait_ready(ready_timeout)
-        announce(server)
-        assert server.proc is not None
-        code = server.proc.wait()
-        log.error("TorchServe exited on its own with code %d:\n%s", code, server.log_tail())
-        return 1
+        if admin_settings is not None:
+            from admin.launch import AdminServer
+
+            # Assigned before start(): a Ctrl-C while it starts still stops it below.
+            admin = AdminServer(admin_settings_for(admin_settings, server))
+            admin.start()
+        announce(server, admin)
+        return _watch(server, admin)
     except KeyboardInterrupt:
         log.info("stopping")
         return 0
@@ -410,18 +148,28 @@ def run_foreground(server: TorchServe, ready_timeout: float) -> int:
         # A second Ctrl-C / SIGTERM must not interrupt the stop half-way and orphan the workers.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        server.stop()
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, sigint)
+        try:
+            if admin is not None:
+                admin.stop()
+        finally:
+            server.stop()
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, sigint)
 
 
 def serve(args: argparse.Namespace) -> int:
-    return run_foreground(TorchServe(config_from_args(args)), args.ready_timeout)
+    # Everything that can be refused without TorchServe is refused before it starts.
+    config = config_from_args(args)
+    admin_settings = None if args.no_admin else admin_preflight(args)
+    return run_foreground(TorchServe(config), args.ready_timeout, admin_settings)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve every .mar of a model store with TorchServe (foreground)",
-                       description="Start TorchServe with graft's configuration; Ctrl-C stops everything.")
+    from admin.launch import add_admin_arguments
+
+    p = sub.add_parser("serve", help="serve a model store with TorchServe, and the admin service beside it",
+                       description="Start TorchServe with graft's configuration, then the admin service (unless "
+                                   "--no-admin); Ctrl-C stops everything.")
     p.add_argument("--model-store", required=True, help="folder of NAME-VERSION.mar archives")
     p.add_argument("--inference-address", default="http://127.0.0.1:8080")
     p.add_argument("--management-address", default="http://127.0.0.1:8081")
@@ -429,7 +177,11 @@ def register(sub: Any) -> None:
     p.add_argument("--grpc-inference-port", type=int, default=7070)
     p.add_argument("--grpc-management-port", type=int, default=7071)
     p.add_argument("--workdir", help="where config, logs and key_file.json go (default: a new temporary folder)")
+    p.add_argument("--ts-config", help="properties file merged into TorchServe's config.properties "
+                                       "(workers, queues, timeouts...; graft's own keys are refused)")
     p.add_argument("--no-auth", action="store_true", help="turn token authorization off (local experiments only)")
     p.add_argument("--token-expiration-min", type=int, default=60)
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for every model's workers")
+    p.add_argument("--no-admin", action="store_true", help="TorchServe only, without the admin service")
+    add_admin_arguments(p)
     p.set_defaults(func=serve)

@@ -8,10 +8,6 @@ by ``training.export.export_run``, the code behind ``graft export``.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -87,29 +83,12 @@ def train_tiny_run(run_dir: Path, per_class: int = 12, steps: int = 150, seed: i
     return run_dir
 
 
-@contextmanager
-def private_tmpdir() -> Iterator[None]:
-    """torch-model-archiver stages files in $TMPDIR/<model name>: two exports of the same name running at
-    once (another test session, the admin's tests) would mix their files. A private TMPDIR keeps them apart."""
-    old = os.environ.get("TMPDIR")
-    with tempfile.TemporaryDirectory(prefix="graft-archiver-") as tmp:
-        os.environ["TMPDIR"] = tmp
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = old
-
-
 def export(run_dir: Path, store: Path, name: str, version: str, **model_config: object) -> Path:
     """``graft export``'s code path: verified ONNX export, then ``STORE/NAME-VERSION.mar``."""
     from training.export import export_run
 
-    with private_tmpdir():
-        return export_run(run_dir, store, name, version, check_images=[p for p, _ in images("val", 4)],
-                          model_config=dict(model_config))
+    return export_run(run_dir, store, name, version, check_images=[p for p, _ in images("val", 4)],
+                      model_config=dict(model_config))
 
 
 MODEL = "antsbees"

@@ -77,7 +77,7 @@ class Predictions:
 
 @pytest.fixture
 def world(tmp_path: Path, hymenoptera: Path, mobilenet_weights: Path, java: str) -> Iterator[dict[str, Any]]:
-    from graft.serving import ServeConfig, TorchServe
+    from graft.torchserve import ServeConfig, TorchServe
     from tests.test_admin_torchserve import free_ports
 
     base = tmp_path / "base"

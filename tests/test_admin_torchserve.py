@@ -54,7 +54,7 @@ class Served:
     """One TorchServe for the module; each test uses its own model name in the shared store."""
 
     def __init__(self, root: Path):
-        from graft.serving import ServeConfig, TorchServe
+        from graft.torchserve import ServeConfig, TorchServe
 
         self.root = root
         self.store = root / "store"

@@ -6,20 +6,23 @@ import base64
 import io
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from graft.serving import ServeConfig, TorchServe
+from graft.torchserve import ServeConfig, TorchServe, read_keys
 from tests._artifacts import MODEL, REPO, cached_store, images, reference_probs, shared_missing_reason
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
@@ -201,7 +204,8 @@ def test_stop_leaves_no_process_behind(server):
 
 
 def test_graft_serve_foreground_no_auth_and_ctrl_c(tmp_path, caplog):
-    """The ``serve`` subcommand end to end: warning for --no-auth, 'ready', Ctrl-C stops the whole tree."""
+    """The ``serve`` subcommand end to end (TorchServe alone): warning for --no-auth, 'ready', Ctrl-C stops
+    the whole tree."""
     store = tmp_path / "store"
     store.mkdir()
     cfg = config(store, tmp_path / "w")
@@ -210,7 +214,7 @@ def test_graft_serve_foreground_no_auth_and_ctrl_c(tmp_path, caplog):
         "p = argparse.ArgumentParser(); serving.register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); "
         "setup_logging(); sys.exit(a.func(a))"
     )
-    cmd = [sys.executable, "-c", runner, "serve", "--model-store", str(store), "--no-auth",
+    cmd = [sys.executable, "-c", runner, "serve", "--model-store", str(store), "--no-auth", "--no-admin",
            "--workdir", str(cfg.workdir),
            "--inference-address", cfg.inference_address, "--management-address", cfg.management_address,
            "--metrics-address", cfg.metrics_address, "--grpc-inference-port", str(cfg.grpc_inference_port),
@@ -239,6 +243,102 @@ def test_graft_serve_foreground_no_auth_and_ctrl_c(tmp_path, caplog):
 
     time.sleep(0.5)
     assert not [p for p in java if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for line in stream:  # read all along, so a full stderr pipe never blocks the server
+        lines.append(line)
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:  # gone meanwhile
+        return False
+
+
+def _wait_for_line(proc: subprocess.Popen[str], lines: list[str], pattern: str, timeout: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = next((m for m in map(re.compile(pattern).search, list(lines)) if m), None)
+        if found:
+            return found
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"no line matching {pattern!r} (exit code {proc.poll()}):\n{''.join(lines)[-4000:]}")
+
+
+def _serve_argv(cfg: ServeConfig) -> list[str]:
+    """``graft serve`` on the store, work folder and free ports of ``cfg``."""
+    return [sys.executable, "-m", "graft.cli", "serve", "--model-store", str(cfg.model_store),
+            "--workdir", str(cfg.workdir), "--inference-address", cfg.inference_address,
+            "--management-address", cfg.management_address, "--metrics-address", cfg.metrics_address,
+            "--grpc-inference-port", str(cfg.grpc_inference_port),
+            "--grpc-management-port", str(cfg.grpc_management_port), "--ready-timeout", "240"]
+
+
+def test_graft_serve_runs_torchserve_and_the_admin_together(artifacts, tmp_path):
+    """One command, the whole service: TorchServe with tokens, a --ts-config and a pinned default, the admin
+    beside it on a free port; Ctrl-C stops both with exit code 0 and nothing left behind."""
+    import psutil
+
+    run, cached = artifacts
+    store = tmp_path / "store"
+    store.mkdir()
+    for version in ("1", "2"):
+        shutil.copy(cached / f"{MODEL}-{version}.mar", store)
+    ts_config = tmp_path / "ts.properties"
+    ts_config.write_text("# cluster tuning\njob_queue_size=50\n")
+    cfg = config(store, tmp_path / "w")
+    token = "serve-admin-token-0123456789"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    env |= {"GRAFT_ADMIN_TOKEN": token, "GRAFT_MODEL_NAME": MODEL, "GRAFT_DEFAULT_VERSIONS": f"{MODEL}=1"}
+    cmd = [*_serve_argv(cfg), "--ts-config", str(ts_config), "--admin-port", "0",
+           "--admin-state-dir", str(tmp_path / "admin"), "--initial-run", str(run), "--initial-version", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
+    reader.start()
+    tree: list[psutil.Process] = []
+    try:
+        admin = _wait_for_line(proc, lines, r"admin +(http://127\.0\.0\.1:\d+) ", 300).group(1)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 3  # the Java frontend and one worker per version
+        assert httpx.get(f"{admin}/healthz", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{admin}/v1/models", timeout=10).status_code == 401
+        r = httpx.get(f"{admin}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_name"] == MODEL and r.json()["default"] == "1"
+        assert [m["version"] for m in r.json()["models"]] == ["1"]
+        # The admin reaches TorchServe with its keys and finds the pinned default it expects.
+        deadline = time.monotonic() + 60
+        while (ready := httpx.get(f"{admin}/readyz", timeout=10)).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ready.status_code == 200, ready.text
+        keys = read_keys(cfg.workdir)
+        served = httpx.get(f"{cfg.management_address}/models/{MODEL}", timeout=10,
+                           headers={"Authorization": f"Bearer {keys.management}"}).json()
+        assert [v["modelVersion"] for v in served] == ["1"]  # pinned, although 2 is newer
+        # ... and set by graft serve before the admin started, not repaired by the admin's reconciliation.
+        assert any(f"ready: {MODEL} v1" in line for line in lines) and not any("reconciled" in x for x in lines)
+        assert "job_queue_size=50" in (cfg.workdir / "config.properties").read_text().splitlines()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0, "".join(lines)[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+    time.sleep(0.5)
+    left = [p.pid for p in tree if _alive(p)]
+    for pid in left:  # clean up what this test started before failing on it
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert not (cfg.workdir / "key_file.json").exists()
+    assert "Traceback" not in "".join(lines)
 
 
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -82,6 +82,28 @@ def test_mar_carries_handler_weights_card_onnx_and_config(run_dir: Path, tmp_pat
     assert card["labels"] == ["ants", "bees"]
 
 
+def test_archiver_stages_in_a_private_tmpdir(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch-model-archiver stages in $TMPDIR/<model name>: two exports of one name must not share it."""
+    import training.export as export
+
+    seen: list[str] = []
+    real_run = subprocess.run
+
+    def spy(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        env = kw.get("env")
+        assert isinstance(env, dict)
+        seen.append(env["TMPDIR"])
+        assert Path(env["TMPDIR"]).is_dir()
+        return real_run(cmd, **kw)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(export.subprocess, "run", spy)
+    for i in (1, 2):
+        mar = export.build_mar(run_dir, tmp_path / f"store{i}", "same", str(i), {"backend": "torch"})
+        with zipfile.ZipFile(mar) as z:
+            assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == str(i)
+    assert len(set(seen)) == 2 and all(not Path(t).exists() for t in seen)  # private, and cleaned up
+
+
 def test_cli_trains_and_exports_end_to_end(hymenoptera: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train = subprocess.run(
