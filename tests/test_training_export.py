@@ -129,3 +129,22 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lite0_onnx_matches_the_model_as_served(hymenoptera: Path, tmp_path: Path) -> None:
+    # Regression: efficientnet_lite's set_swish() also swaps its ReLU6 for Swish, so an export that
+    # called it unconditionally produced an ONNX model that agreed with itself but not with the model
+    # the torch backend serves (logits off by ~50).
+    import onnxruntime as ort
+
+    from training.export import export_onnx
+
+    fit(TrainConfig(data=hymenoptera, output=tmp_path, backbone="efficientnet_lite0", max_per_class=3, epochs=1))
+    export_onnx(tmp_path)
+    model, card = load_model(tmp_path)  # fresh, as the handler loads it
+    files = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4]
+    x = torch.stack([eval_transform(card.preprocessing)(load_rgb(f)) for f in files])
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(sess.run(["logits"], {"input": x.numpy()})[0] - ref).max() < 1e-4

@@ -78,8 +78,11 @@ def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> On
 
     run_dir = Path(run_dir)
     model, card = load_model(run_dir)
-    if hasattr(model, "set_swish"):
-        model.set_swish(memory_efficient=False)  # the memory-efficient autograd op has no ONNX form
+    reference, _ = load_model(run_dir)  # untouched: what the torch backend serves
+    if type(getattr(model, "_swish", None)).__name__ == "MemoryEfficientSwish":
+        # The custom autograd op has no ONNX form; the plain Swish is the same function. (Only then:
+        # set_swish would also replace the ReLU6 of the Lite models.)
+        model.set_swish(memory_efficient=False)
     images = _check_images(run_dir, check_images)
     x = _inputs(run_dir, images)
     path = run_dir / ONNX_FILE
@@ -95,7 +98,7 @@ def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> On
     )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        ref = model(x).numpy()
+        ref = reference(x).numpy()
     got = sess.run(["logits"], {"input": x.numpy()})[0]
     diff = float(abs(ref - got).max())
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
