@@ -9,7 +9,7 @@ Liveness only asks whether the frontend answers ``/ping`` at all: a worker that 
 restarted by TorchServe itself, and restarting the pod for it would only add downtime.
 
 Standard library only (it runs every few seconds); on Kubernetes TorchServe runs without tokens
-(see docs/readme/deploy.md), so no key is sent. Exit 0 = pass, 1 = fail, with the reason on stderr.
+(see README.md, "Deploy to Kubernetes"), so no key is sent. Exit 0 = pass, 1 = fail, with the reason on stderr.
 """
 
 from __future__ import annotations

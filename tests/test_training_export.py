@@ -63,10 +63,19 @@ def test_export_fails_loudly_above_tolerance(run_dir: Path, monkeypatch: pytest.
         export.export_onnx(run_dir)
 
 
+def z_text(mar: Path, name: str) -> str:
+    with zipfile.ZipFile(mar) as z:
+        return z.read(name).decode()
+
+
 def test_mar_carries_handler_weights_card_onnx_and_config(run_dir: Path, tmp_path: Path) -> None:
     from training.export import export_run
 
-    mar = export_run(run_dir, tmp_path / "store", "antbee", "2", model_config={"backend": "onnx", "batch_size": 4})
+    reqs = Path(__file__).resolve().parent.parent / "deploy" / "kserve" / "requirements.txt"
+    mar = export_run(
+        run_dir, tmp_path / "store", "antbee", "2", model_config={"backend": "onnx", "batch_size": 4},
+        requirements_file=reqs,
+    )  # fmt: skip
     assert mar == tmp_path / "store" / "antbee-2.mar"
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
@@ -78,6 +87,7 @@ def test_mar_carries_handler_weights_card_onnx_and_config(run_dir: Path, tmp_pat
     assert "handlers/__init__.py" in names and "graft/artifact.py" in names and "graft/zoo.py" in names
     assert not any(n.startswith(("training/", "admin/", "graft/cli")) for n in names)
     assert manifest["model"]["modelName"] == "antbee" and manifest["model"]["modelVersion"] == "2"
+    assert z_text(mar, manifest["model"]["requirementsFile"]) == reqs.read_text()
     assert config["batchSize"] == 4 and config["handler"]["backend"] == "onnx"
     assert card["labels"] == ["ants", "bees"]
 

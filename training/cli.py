@@ -80,6 +80,9 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--check-images", type=Path, help="folder of images to verify the ONNX export on")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX (only with --backend torch)")
+    p.add_argument(
+        "--requirements-file", type=Path, help="pip requirements carried in the .mar (e.g. for KServe's runtime)"
+    )
     p.set_defaults(func=_run_export)
 
 
@@ -95,7 +98,16 @@ def _run_export(args: argparse.Namespace) -> int:
         "max_batch_delay_ms": args.max_batch_delay,
         "workers": args.workers,
     }
-    mar = export_run(args.run_dir, args.model_store, args.name, args.version, images, config, onnx=not args.no_onnx)
+    mar = export_run(
+        args.run_dir,
+        args.model_store,
+        args.name,
+        args.version,
+        images,
+        config,
+        onnx=not args.no_onnx,
+        requirements_file=args.requirements_file,
+    )
     print(json.dumps({"mar": str(mar), "onnx": None if args.no_onnx else str(args.run_dir / "model.onnx")}))
     return 0
 

@@ -121,7 +121,12 @@ def _archiver() -> list[str]:
 
 
 def build_mar(
-    run_dir: Path, model_store: Path, name: str, version: str, model_config: dict[str, Any] | None = None
+    run_dir: Path,
+    model_store: Path,
+    name: str,
+    version: str,
+    model_config: dict[str, Any] | None = None,
+    requirements_file: Path | None = None,
 ) -> Path:
     """Package the run folder, the handler and its packages into ``MODEL_STORE/NAME-VERSION.mar``."""
     from handlers.config import model_config_yaml
@@ -160,6 +165,9 @@ def build_mar(
             "--export-path", str(staging),
             "--force",
         ]  # fmt: skip
+        if requirements_file is not None:
+            # For servers that install per-model dependencies (KServe's stock runtime image).
+            cmd += ["--requirements-file", str(requirements_file)]
         # torch-model-archiver stages files in $TMPDIR/<model name> (and deletes that folder first): two
         # exports of the same name at once would mix or delete each other's files without a private one.
         private_tmp = staging / "archiver-tmp"
@@ -185,11 +193,12 @@ def export_run(
     check_images: Sequence[Path] | None = None,
     model_config: dict[str, Any] | None = None,
     onnx: bool = True,
+    requirements_file: Path | None = None,
 ) -> Path:
     """ONNX export with verification, then the ``.mar``: what ``graft export`` does."""
     if onnx:
         export_onnx(run_dir, check_images)
-    mar = build_mar(run_dir, model_store, name, version, model_config)
+    mar = build_mar(run_dir, model_store, name, version, model_config, requirements_file)
     summary = {"mar": str(mar), "onnx": str(Path(run_dir) / ONNX_FILE) if onnx else None}
     log.info("export: %s", json.dumps(summary))
     return mar
