@@ -7,13 +7,13 @@ its digest. A job trains and is judged on exactly the snapshot it took, whatever
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from admin.samples import FORMATS, SampleStore, split_for
+from graft.artifact import file_sha256
 from graft.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,13 @@ class Snapshot:
         return [i for i in self.items if i.split == "train"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _scan(root: Path, split: str | None, holdout_fraction: float) -> list[Item]:
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(class_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES:
                 # A flat folder is split like collected samples: by content hash, never by chance.
-                s = split or ("val" if split_for(_sha256(f), holdout_fraction) == "holdout" else "train")
+                s = split or ("val" if split_for(file_sha256(f), holdout_fraction) == "holdout" else "train")
                 items.append(Item(f.resolve(), class_dir.name, s))
     return items
 
@@ -89,7 +81,7 @@ def take_snapshot(store: SampleStore, base: list[Item]) -> Snapshot:
     """Base items plus samples up to now. A sample whose bytes equal a base image keeps the base split,
     so an image of the base holdout posted again as a sample cannot leak into training."""
     upto = store.max_seq()
-    base_by_hash = {_sha256(i.path): i for i in base if i.path.is_file()}
+    base_by_hash = {file_sha256(i.path): i for i in base if i.path.is_file()}
     missing = len(base) - len(base_by_hash)
     if missing:
         log.warning("snapshot: %d base image(s) missing or duplicated; left out", missing)

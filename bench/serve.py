@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -142,16 +141,6 @@ def worker_pids(server: Any, model: str) -> list[int]:
 # --------------------------------------------------------------------------- orchestration
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def build_store(work: Path, workers: int, batch: int, delay_ms: int) -> tuple[Path, Path]:
     import yaml
 
@@ -173,7 +162,7 @@ def build_store(work: Path, workers: int, batch: int, delay_ms: int) -> tuple[Pa
 
 
 def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from graft.torchserve import ServeConfig, TorchServe
+    from graft.torchserve import ServeConfig, TorchServe, free_ports
 
     inf, mgmt, met, g1, g2 = free_ports(5)
     cfg = ServeConfig(model_store=store, workdir=work / "ts", inference_address=f"http://127.0.0.1:{inf}",

@@ -107,12 +107,18 @@ def code_version() -> str:
     return f"graft {__version__}" + (f" ({sha})" if sha else "")
 
 
-def file_digest(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return f"{algo}:{h.hexdigest()}"
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>``: the form digests take in ``model.json``."""
+    return f"sha256:{file_sha256(path)}"
 
 
 def write_card(run_dir: Path, card: ModelCard) -> Path:

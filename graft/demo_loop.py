@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,24 +20,14 @@ log = logging.getLogger(__name__)
 MODEL = "fashion"
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @contextmanager
 def running_service(workdir: Path, store: Path, data: Path, run_dir: Path) -> Iterator[tuple[Any, httpx.Client]]:
     """TorchServe serving the store, and the admin API beside it; both stopped on exit."""
     from admin.launch import AdminServer
     from admin.settings import load_settings
-    from graft.torchserve import ServeConfig, TorchServe
+    from graft.torchserve import ServeConfig, TorchServe, free_ports
 
-    inf, mgmt, met, g1, g2, adm = _free_ports(6)
+    inf, mgmt, met, g1, g2, adm = free_ports(6)
     ts = TorchServe(
         ServeConfig(
             model_store=store, inference_address=f"http://127.0.0.1:{inf}",

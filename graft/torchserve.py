@@ -64,6 +64,17 @@ class ServeConfig:
         check_extra_properties(self.extra_properties)
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct local ports that were free a moment ago (for tests, benchmarks and the demo)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @dataclass(frozen=True)
 class Archive:
     path: Path

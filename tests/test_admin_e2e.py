@@ -77,8 +77,7 @@ class Predictions:
 
 @pytest.fixture
 def world(tmp_path: Path, hymenoptera: Path, mobilenet_weights: Path, java: str) -> Iterator[dict[str, Any]]:
-    from graft.torchserve import ServeConfig, TorchServe
-    from tests.test_admin_torchserve import free_ports
+    from graft.torchserve import ServeConfig, TorchServe, free_ports
 
     base = tmp_path / "base"
     for label in ("ants", "bees"):

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,21 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 SLOW = 0.3  # seconds per prediction of the "swap" toy model: requests are in flight at every swap
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Served:
     """One TorchServe for the module; each test uses its own model name in the shared store."""
 
     def __init__(self, root: Path):
-        from graft.torchserve import ServeConfig, TorchServe
+        from graft.torchserve import ServeConfig, TorchServe, free_ports
 
         self.root = root
         self.store = root / "store"
@@ -190,8 +179,10 @@ class Hammer:
 
 
 def admin_settings(served: Served, tmp_path: Path, name: str, **extra: Any) -> AdminSettings:
-    base = tmp_path / "base"
+    from graft.torchserve import free_ports
     from tests.test_admin_jobs import png
+
+    base = tmp_path / "base"
 
     seed = 50_000
     for split in ("train", "val"):

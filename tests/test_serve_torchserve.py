@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from graft.torchserve import ServeConfig, TorchServe, read_keys
+from graft.torchserve import ServeConfig, TorchServe, free_ports, read_keys
 from tests._artifacts import MODEL, REPO, cached_store, images, reference_probs, shared_missing_reason
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
@@ -34,16 +33,6 @@ if shared_missing_reason():
 
 VAL = images("val", per_class=4, offset=20)
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def config(store: Path, workdir: Path, **kw) -> ServeConfig:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from graft.artifact import utc_now
+from graft.artifact import file_sha256, utc_now
 from graft.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -98,17 +98,9 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dataset_digest(samples: Iterable[Sample]) -> str:
     """A digest of the content (bytes, labels, splits), independent of where the files live."""
-    rows = sorted(f"{_file_sha256(s.path)} {s.label} {s.split}" for s in samples)
+    rows = sorted(f"{file_sha256(s.path)} {s.label} {s.split}" for s in samples)
     return "sha256:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
