@@ -22,7 +22,7 @@ from graft.transforms import eval_transform, train_transform
 from graft.zoo import find_head, model_stages
 from training.config import TrainConfig
 from training.data import DatasetSplit, ImageDataset, class_weights, collate
-from training.features import compute_features, feature_batches
+from training.features import Split, compute_features, describe, feature_batches, split_model
 from training.freeze import FreezePlan, apply_freeze, plan_freeze, set_train_mode
 from training.loop import EpochStats, eval_epoch, train_epoch
 from training.optim import GroupSpec, build_optimizer, build_schedule
@@ -69,8 +69,13 @@ class _Best:
         return better
 
 
+# Past this, cached activations of an early cut would not fit comfortably in memory: run the network.
+MAX_CACHE_BYTES = 4 * 2**30
+
+
 def _cache_allowed(cfg: TrainConfig, plan: FreezePlan) -> bool:
-    return cfg.feature_cache == "auto" and plan.head_only and cfg.frozen_bn == "eval" and not cfg.augment
+    """The frozen prefix is a fixed function of the image: eval mode and no random augmentation."""
+    return cfg.feature_cache == "auto" and bool(plan.frozen) and cfg.frozen_bn == "eval" and not cfg.augment
 
 
 def _phases(cfg: TrainConfig, start: Start) -> list[Phase]:
@@ -126,28 +131,48 @@ class _Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.total_epochs = 0
-        self._features: tuple[torch.Tensor, ...] | None = None
+        self._caches: dict[tuple[str, ...], tuple[Split, tuple[torch.Tensor, ...]] | None] = {}
         self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
 
-    def features(self) -> tuple[torch.Tensor, ...]:
-        if self._features is None:
-            log.info("feature cache: the frozen backbone runs once per image; the head trains on cached features")
-            t0 = time.perf_counter()
-            # No augmentation reaches the cache (checked by _cache_allowed): the eval transform is exact.
-            plain, _ = _loaders(self.cfg, self.data, self.rt, self.start.preprocessing, augment=False)
-            args = (self.model, self.head_root)
-            tr = compute_features(*args, plain, self.rt.device, "train features", self.channels_last)
-            va = compute_features(*args, self.val_loader, self.rt.device, "val features", self.channels_last)
-            self._features = (*tr, *va)
+    def cache(self, phase: Phase) -> tuple[Split, tuple[torch.Tensor, ...]] | None:
+        """The split and cached (train features, targets, val features, targets) of a phase; None if none."""
+        key = phase.plan.frozen
+        if key not in self._caches:
+            self._caches[key] = self._build_cache(phase)
+        return self._caches[key]
+
+    def _build_cache(self, phase: Phase) -> tuple[Split, tuple[torch.Tensor, ...]] | None:
+        split = split_model(self.model, phase.plan, self.head_root)
+        if split is None:
             log.info(
-                "feature cache: %d + %d feature vectors in %.1fs", len(tr[0]), len(va[0]), time.perf_counter() - t0
+                "feature cache: the model cannot be cut after %s; running the whole network", phase.plan.frozen[-1]
             )
-        return self._features
+            return None
+        crop = self.start.preprocessing.crop
+        with torch.no_grad():
+            probe = split.prefix.eval()(torch.zeros(1, 3, crop, crop, device=self.rt.device))
+        size = probe.numel() * 4 * (len(self.data.train) + len(self.data.val))
+        if size > MAX_CACHE_BYTES:
+            log.info("feature cache: %.1f GiB of activations at the %s is too much; running the whole network",
+                     size / 2**30, split.boundary)  # fmt: skip
+            return None
+        t0 = time.perf_counter()
+        # No augmentation reaches the cache (checked by _cache_allowed): the eval transform is exact.
+        plain, _ = _loaders(self.cfg, self.data, self.rt, self.start.preprocessing, augment=False)
+        tr = compute_features(split.prefix, plain, self.rt.device, "train features", self.channels_last)
+        va = compute_features(split.prefix, self.val_loader, self.rt.device, "val features", self.channels_last)
+        log.info(
+            "feature cache: the frozen stages ran once per image; cached the %s: %s + %s in %.1fs",
+            split.boundary, describe(tr[0]), describe(va[0]), time.perf_counter() - t0,
+        )  # fmt: skip
+        return split, (*tr, *va)
 
     def run_phase(self, phase: Phase) -> None:
         cfg, rt = self.cfg, self.rt
         apply_freeze(self.model, phase.plan)
         opt, phase.groups = build_optimizer(self.model, phase.plan, cfg)
+        cached = self.cache(phase) if phase.cached else None
+        phase.cached = cached is not None
         log.info(
             "phase %s: %d epochs, %s; learning rates %s",
             phase.name,
@@ -165,14 +190,13 @@ class _Trainer:
             cfg.step_epochs,
             cfg.step_gamma,
         )
-        head = self.model.get_submodule(self.head_root)
-        train_module: nn.Module = head if phase.cached else self.model
+        train_module: nn.Module = cached[0].suffix if cached else self.model
         if rt.distributed:
             train_module = DDP(train_module, device_ids=[rt.device.index] if rt.cuda else None)
         stale = 0
         for _ in range(phase.epochs):
             self.epoch += 1
-            tr, va = self._epoch(phase, train_module, head, opt, sched)
+            tr, va = self._epoch(phase, train_module, opt, sched)
             improved = self.best.update(self.epoch, va, self.model)
             self._record(phase, tr, va, opt, improved)
             stale = 0 if improved else stale + 1
@@ -181,30 +205,33 @@ class _Trainer:
                 break
 
     def _steps_per_epoch(self, phase: Phase) -> int:
-        if phase.cached:
-            n = len(self.features()[0])
+        cached = self.cache(phase) if phase.cached else None
+        if cached:
+            n = len(cached[1][0])
             return max(1, math.ceil(n / self.rt.world_size / self.cfg.batch_size))
         return max(1, len(self.train_loader))
 
-    def _epoch(
-        self, phase: Phase, module: nn.Module, head: nn.Module, opt: Any, sched: Any
-    ) -> tuple[EpochStats, EpochStats]:
+    def _epoch(self, phase: Phase, module: nn.Module, opt: Any, sched: Any) -> tuple[EpochStats, EpochStats]:
         cfg, rt = self.cfg, self.rt
-        if phase.cached:
-            ftr, ytr, fva, yva = self.features()
+
+        def set_mode() -> None:
+            set_train_mode(self.model, phase.plan, cfg.frozen_bn)
+
+        cached = self.cache(phase) if phase.cached else None
+        if cached:
+            split, (ftr, ytr, fva, yva) = cached
             g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
             weights = None
             if cfg.balance == "sampler":
                 weights = class_weights(ytr.tolist(), len(self.data.labels))[ytr]
             batches = feature_batches(ftr, ytr, cfg.batch_size, g, True, rt.rank, rt.world_size, weights)
-            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, head.train, cfg.amp, False, self._desc())
-            va = eval_epoch(head, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp)
+            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc())
+            va = eval_epoch(
+                split.suffix, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp
+            )
             return tr, va
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(self.epoch)
-
-        def set_mode() -> None:
-            set_train_mode(self.model, phase.plan, cfg.frozen_bn)
 
         tr = train_epoch(
             module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, self._desc()
