@@ -1,8 +1,10 @@
 """Dataset snapshots: the initial training data plus every collected sample, frozen in a manifest.
 
-The manifest follows docs/architecture.md (items ``{path, label, split}``, split ``train`` | ``val``,
-``val`` being the holdout) and is written by ``training.data.write_manifest``, which also computes
-its digest. A job trains and is judged on exactly the snapshot it took, whatever arrives meanwhile.
+The manifest follows docs/architecture.md (items ``{path, label, split}``, split ``train`` |
+``holdout``) and is written by ``training.data.write_manifest``, which also computes its digest.
+Training never reads the holdout, not even for early stopping: it carves its validation split out of
+the training items, so the gate judges both models on images neither was selected on. A job trains
+and is judged on exactly the snapshot it took, whatever arrives meanwhile.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _VAL_DIRS = ("val", "valid", "validation")
 class Item:
     path: Path
     label: str
-    split: str  # "train" or "val" (the holdout)
+    split: str  # "train" or "holdout"
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Snapshot:
 
     @property
     def holdout(self) -> list[Item]:
-        return [i for i in self.items if i.split == "val"]
+        return [i for i in self.items if i.split == "holdout"]
 
     @property
     def train(self) -> list[Item]:
@@ -53,7 +55,7 @@ def _scan(root: Path, split: str | None, holdout_fraction: float) -> list[Item]:
         for f in sorted(class_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES:
                 # A flat folder is split like collected samples: by content hash, never by chance.
-                s = split or ("val" if split_for(file_sha256(f), holdout_fraction) == "holdout" else "train")
+                s = split or ("holdout" if split_for(file_sha256(f), holdout_fraction) == "holdout" else "train")
                 items.append(Item(f.resolve(), class_dir.name, s))
     return items
 
@@ -63,7 +65,11 @@ def base_items(base_data: Path | None, base_manifest: Path | None, holdout_fract
     if base_manifest is not None:
         try:
             body = json.loads(Path(base_manifest).read_text())
-            return [Item(Path(i["path"]), str(i["label"]), str(i["split"])) for i in body["items"]]
+            # A base manifest's "val" (the first model's validation data) is holdout from then on.
+            return [
+                Item(Path(i["path"]), str(i["label"]), "train" if i["split"] == "train" else "holdout")
+                for i in body["items"]
+            ]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"cannot read the base manifest {base_manifest}: {e}") from e
     if base_data is None:
@@ -73,7 +79,7 @@ def base_items(base_data: Path | None, base_manifest: Path | None, holdout_fract
         raise DatasetError(f"base data folder {root} does not exist")
     val_dir = next((root / n for n in _VAL_DIRS if (root / n).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
-        return _scan(root / "train", "train", holdout_fraction) + _scan(val_dir, "val", holdout_fraction)
+        return _scan(root / "train", "train", holdout_fraction) + _scan(val_dir, "holdout", holdout_fraction)
     return _scan(root, None, holdout_fraction)
 
 
@@ -90,7 +96,7 @@ def take_snapshot(store: SampleStore, base: list[Item]) -> Snapshot:
     for path, label, split, sha in samples:
         if sha in base_by_hash:
             continue
-        items.append(Item(path, label, "val" if split == "holdout" else "train"))
+        items.append(Item(path, label, "holdout" if split == "holdout" else "train"))
     labels = sorted({i.label for i in items if i.split == "train"})
     return Snapshot(items, upto, len(samples), labels=labels)
 

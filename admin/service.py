@@ -171,10 +171,11 @@ class AdminService:
     def _smoke_images(self, labels: list[str]) -> list[Path]:
         """Holdout images for a manual promotion: collected holdout samples first, then base holdout."""
         samples = [s for s in self.store.snapshot(self.store.max_seq()) if s[2] == "holdout"]
-        items = [Item(p, label, "val") for p, label, _, _ in samples]
+        items = [Item(p, label, "holdout") for p, label, _, _ in samples]
         try:
             st = self.settings
-            items += [i for i in base_items(st.base_data, st.base_manifest, st.holdout_fraction) if i.split == "val"]
+            base = base_items(st.base_data, st.base_manifest, st.holdout_fraction)
+            items += [i for i in base if i.split == "holdout"]
         except GraftError as e:
             log.warning("base data unavailable for the smoke test: %s", e)
         return smoke_images(items, labels, self.settings.smoke_images)

@@ -154,10 +154,10 @@ def test_snapshot_keeps_base_split_for_reposted_base_images(tmp_path: Path, stor
             (d / "x.png").write_bytes(image_bytes((color[0], shade, color[2]), "PNG"))
     items = base_items(base, None, 0.2)
     assert sorted((i.label, i.split) for i in items) == [
+        ("ants", "holdout"),
         ("ants", "train"),
-        ("ants", "val"),
+        ("bees", "holdout"),
         ("bees", "train"),
-        ("bees", "val"),
     ]
     # Post a base holdout image again as a sample: whatever its hash split says, it stays holdout.
     val_ants = (base / "val" / "ants" / "x.png").read_bytes()
@@ -165,7 +165,7 @@ def test_snapshot_keeps_base_split_for_reposted_base_images(tmp_path: Path, stor
     store.add(image_bytes((9, 9, 9)), "bees")
     snap = take_snapshot(store, items)
     assert len(snap.items) == 5 and snap.num_samples == 2
-    assert sum(1 for i in snap.items if i.split == "val" and i.label == "ants") == 1
+    assert sum(1 for i in snap.items if i.split == "holdout" and i.label == "ants") == 1
     assert snap.labels == ["ants", "bees"]
 
 

@@ -95,6 +95,21 @@ def test_manifest_round_trip_and_digest(tmp_path: Path) -> None:
     assert write_manifest(items2, tmp_path / "m2.json") == digest
 
 
+def test_manifest_holdout_never_reaches_training(tmp_path: Path) -> None:
+    root = _flat_dataset(tmp_path / "d", {"x": 10, "y": 10})
+    files = sorted(root.rglob("*.jpg"))
+    items = [
+        {"path": str(p), "label": p.parent.name, "split": "holdout" if int(p.stem) < 3 else "train"} for p in files
+    ]
+    write_manifest(items, tmp_path / "m.json")
+    d = load_manifest(tmp_path / "m.json", val_fraction=0.25, seed=3)
+    holdout = {Path(i["path"]) for i in items if i["split"] == "holdout"}
+    used = {s.path for s in d.train + d.val}
+    assert not used & holdout and len(used) == 14
+    # no val items in the manifest: a stratified quarter of the train items validates
+    assert sorted(s.label for s in d.val) == ["x", "x", "y", "y"]
+
+
 def test_class_weights_balance_inverse_frequency() -> None:
     w = class_weights([0, 0, 0, 1], 2)
     assert w[1] / w[0] == pytest.approx(3.0)

@@ -22,7 +22,8 @@ from graft.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
+# "holdout" items in a manifest are for judging models only: training never reads them.
+SPLITS = ("train", "val", "holdout")
 _VAL_DIR_NAMES = ("val", "valid", "validation")
 
 
@@ -169,7 +170,11 @@ def write_manifest(items: Iterable[Sample | dict[str, Any]], path: Path) -> str:
     return digest
 
 
-def load_manifest(path: Path, max_per_class: int | None = None, seed: int = 0) -> DatasetSplit:
+def load_manifest(
+    path: Path, max_per_class: int | None = None, seed: int = 0, val_fraction: float = 0.2
+) -> DatasetSplit:
+    """Train/val items of a manifest. Holdout items are left out; without val items, a stratified
+    ``val_fraction`` of the train items becomes the validation split (by seed)."""
     path = Path(path)
     try:
         body = json.loads(path.read_text())
@@ -177,7 +182,14 @@ def load_manifest(path: Path, max_per_class: int | None = None, seed: int = 0) -
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"cannot read dataset manifest {path}: {e}") from e
     kept = [s for s in items if s.split in SPLITS and s.path.is_file() and is_readable_image(s.path)]
-    return _finish(_cap(kept, max_per_class, seed), len(items) - len(kept), str(path.resolve()))
+    skipped = len(items) - len(kept)
+    holdout = [s for s in kept if s.split == "holdout"]
+    kept = [s for s in kept if s.split != "holdout"]
+    if holdout:
+        log.info("manifest: %d holdout item(s) left out of training", len(holdout))
+    if not any(s.split == "val" for s in kept):
+        kept = stratified_split(kept, val_fraction, seed)
+    return _finish(_cap(kept, max_per_class, seed), skipped, str(path.resolve()))
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def load_data(cfg: TrainConfig) -> DatasetSplit:
     if cfg.manifest is not None:
-        data = load_manifest(cfg.manifest, cfg.max_per_class, cfg.seed)
+        data = load_manifest(cfg.manifest, cfg.max_per_class, cfg.seed, cfg.val_fraction)
     else:
         assert cfg.data is not None
         data = load_image_folder(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_per_class)
