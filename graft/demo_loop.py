@@ -83,7 +83,7 @@ def serve_and_retrain(workdir: Path, store: Path, data: Path, run_dir: Path, sta
 
     probe = next((data / "val" / "sneaker").iterdir()).read_bytes()
     with running_service(workdir, store, data, run_dir) as (ts, api):
-        _wait(api, "/readyz", lambda b: b.get("ready", b.get("status")) in (True, "ready", "ok"), 120)
+        _wait(api, "/readyz", lambda b: b.get("status") == "ready", 120)
         before = _predict(ts, probe)
         log.info("serving v%s: a sneaker photo -> %s", before["model_version"], before["predictions"][0])
         new = fashion_mnist_pngs(start, extra)

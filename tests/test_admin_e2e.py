@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import SecretStr
 
 from admin.launch import AdminServer
 from admin.settings import AdminSettings
+from tests._streams import PredictionStream
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 
@@ -39,40 +39,6 @@ def jpegs(root: Path, split: str, label: str) -> list[Path]:
 def graft(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "graft.cli", *args], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-
-
-class Predictions:
-    """Two clients sending real JPEGs to the default version throughout, recording every failure."""
-
-    def __init__(self, url: str, headers: dict[str, str], image: bytes):
-        self.url, self.headers, self.image = url, headers, image
-        self.ok, self.errors, self.versions = 0, [], []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(2)]
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=120) as c:
-            while not self._stop.is_set():
-                try:
-                    r = c.post(self.url, content=self.image, headers=self.headers)
-                    if r.status_code == 200:
-                        self.ok += 1
-                        self.versions.append(str(r.json()["model_version"]))
-                    else:
-                        self.errors.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as e:
-                    self.errors.append(repr(e))
-                self._stop.wait(0.05)  # leave the CPU to training; still many requests per swap
-
-    def __enter__(self) -> Predictions:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
 
 
 @pytest.fixture
@@ -138,7 +104,13 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
     url = f"{ts.inference_url}/predictions/{NAME}"
     headers = {**ts.headers("inference"), "Content-Type": "application/octet-stream"}
     probe = jpegs(data, "val", "bees")[-1].read_bytes()
-    with Predictions(url, headers, probe) as stream:
+    stream = PredictionStream(
+        lambda c: c.post(url, content=probe, headers=headers),
+        lambda r: str(r.json()["model_version"]),
+        pause_s=0.05,  # leave the CPU to training; still many requests per swap
+        timeout_s=120,
+    )
+    with stream:
         # 1. The rest of a training subset arrives as labelled samples; retrain; the better model goes in.
         for label in ("ants", "bees"):
             post_batch(api, jpegs(data, "train", label)[2:14], label)
@@ -168,7 +140,7 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         time.sleep(1)
         assert httpx.post(url, content=probe, headers=headers, timeout=60).json()["model_version"] == "1"
     assert stream.errors == [], stream.errors[:5]
-    assert stream.ok > 20 and {"1", "2"} <= set(stream.versions)
+    assert stream.ok > 20 and {"1", "2"} <= stream.versions
     models = api.get("/v1/models").json()
     assert models["default"] == "1" and [m["status"] for m in models["models"]] == ["accepted", "accepted", "rejected"]
     assert models["models"][1]["parent_version"] == "1" and models["models"][1]["lineage"]["dataset_digest"]

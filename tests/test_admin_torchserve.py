@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from admin.settings import AdminSettings
 from admin.testing import fake_evaluate, toy_export, write_toy_card
 from admin.torchserve import TorchServeRollout
 from graft.errors import ConflictError, UpstreamError
+from tests._streams import PredictionStream
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 
@@ -139,43 +139,9 @@ def test_expired_management_key_is_renewed(served: Served) -> None:
         assert r.status_code == 400 and "InvalidKeyException" in r.text, "the old key is dead: renewal was real"
 
 
-class Hammer:
-    """Client threads sending predictions to the default version without pause, counting failures."""
-
-    def __init__(self, served: Served, name: str, threads: int = 3):
-        self.served, self.name = served, name
-        self.ok = 0
-        self.errors: list[str] = []
-        self.versions: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=20) as c:
-            while not self._stop.is_set():
-                try:
-                    r = self.served.predict(c, self.name)
-                    good = r.status_code == 200
-                    with self._lock:
-                        if good:
-                            self.ok += 1
-                            self.versions.add(r.json()[0]["version"])
-                        else:
-                            self.errors.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as e:
-                    with self._lock:
-                        self.errors.append(repr(e))
-
-    def __enter__(self) -> Hammer:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
+def hammer(served: Served, name: str, threads: int) -> PredictionStream:
+    """Client threads sending predictions to the default version without pause."""
+    return PredictionStream(lambda c: served.predict(c, name), lambda r: str(r.json()[0]["version"]), threads, 0, 20)
 
 
 def admin_settings(served: Served, tmp_path: Path, name: str, **extra: Any) -> AdminSettings:
@@ -219,7 +185,7 @@ def test_zero_failed_predictions_across_promotion_and_rollback(served: Served, t
     with (
         AdminServer(st, runner=runner, app_kwargs=extra) as admin,
         httpx.Client(base_url=admin.url, headers=ADMIN, timeout=120) as api,
-        Hammer(served, "swap", threads=4) as hammer,
+        hammer(served, "swap", threads=4) as stream,
     ):
         wait_ready(api)
         time.sleep(1)
@@ -234,8 +200,8 @@ def test_zero_failed_predictions_across_promotion_and_rollback(served: Served, t
         r = api.post("/v1/models/2/promote")
         assert r.status_code == 200, r.text
         time.sleep(1)
-    assert hammer.errors == [], hammer.errors[:5]
-    assert hammer.ok > 20 and hammer.versions == {"1", "2"}, (hammer.ok, hammer.versions)
+    assert stream.errors == [], stream.errors[:5]
+    assert stream.ok > 20 and stream.versions == {"1", "2"}, (stream.ok, stream.versions)
 
 
 def _admin_cmd(st: AdminSettings) -> tuple[list[str], dict[str, str]]:

@@ -120,6 +120,19 @@ def _archiver() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "model_archiver.model_packaging"]
 
 
+def _stage_code(code: Path) -> Path:
+    """The handler package and graft's core, laid out to arrive in the archive as packages.
+
+    torch-model-archiver copies a directory's *contents* into the archive root, so the packages go
+    one level down (``code/handlers``, ``code/graft``) rather than arriving as loose files.
+    """
+    shutil.copytree(REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (code / "graft").mkdir()
+    for module in GRAFT_CORE:
+        shutil.copy2(REPO_ROOT / "graft" / module, code / "graft" / module)
+    return code
+
+
 def build_mar(
     run_dir: Path,
     model_store: Path,
@@ -142,15 +155,7 @@ def build_mar(
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="graft-mar-") as tmp:
         staging = Path(tmp)
-        # torch-model-archiver copies a directory's *contents* into the archive root, so the packages
-        # go one level down to arrive as packages (handlers/, graft/) rather than loose files.
-        code = staging / "code"
-        shutil.copytree(
-            REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
-        (code / "graft").mkdir()
-        for module in GRAFT_CORE:
-            shutil.copy2(REPO_ROOT / "graft" / module, code / "graft" / module)
+        code = _stage_code(staging / "code")
         config = staging / "model-config.yaml"
         config.write_text(model_config_yaml(**(model_config or {})))
         extra = [*map(str, files), str(code)]
