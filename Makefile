@@ -24,9 +24,10 @@ venv:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 
-lint: ## ruff and mypy on the packages
+lint: ## ruff, mypy on the packages, and the layer rules (import-linter)
 	$(BIN)/ruff check graft training handlers admin tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: ## the whole suite (real TorchServe included)
 	$(BIN)/python -m pytest -q

@@ -12,9 +12,11 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from admin.launch import add_admin_arguments
+    from admin.server import add_admin_arguments
 
-    p = sub.add_parser("admin", help="run the admin service (samples, retraining, gated promotion)")
+    p = sub.add_parser(
+        "admin", help="run the admin service (samples, retraining, gated promotion)", allow_abbrev=False
+    )
     add_admin_arguments(p)
     p.add_argument("--model-store", type=Path, help="TorchServe's model store, where .mar files are written")
     p.add_argument("--model-name", help="TorchServe model name (default graft)")
@@ -28,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from admin.launch import AdminServer, settings_from_args
+    from admin.server import AdminServer, settings_from_args
 
     settings = settings_from_args(
         args,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from graft.errors import ConfigError
+from graft.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class AdminSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     # --- retraining
     runner: Literal["local", "kubernetes"] = "local"
-    train_args: dict[str, Any] = Field(default_factory=dict)  # default recipe flags for every job
+    # Default training settings of every job (GRAFT_TRAIN_ARGS='{"epochs": 10}'): TrainConfig recipe fields only.
+    train_args: dict[str, Any] = Field(default_factory=dict)
     # The program before "train ...": default [python, -m, graft.cli]; e.g. torchrun for several GPUs.
     train_command: list[str] | None = None
     job_timeout_s: float = Field(default=3600.0, gt=0)
@@ -72,6 +73,15 @@ class AdminSettings(BaseSettings):
     # After a swap, the old version's queue must empty and its last batch finish before it is unregistered.
     drain_grace_s: float = Field(default=5.0, ge=0.0)
     smoke_images: int = Field(default=4, ge=1)
+
+    @field_validator("train_args")
+    @classmethod
+    def _recipe_only(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from training.config import recipe_fields
+
+        if unknown := sorted(set(v) - set(recipe_fields())):
+            raise ValueError(f"train_args {unknown} are not training settings a job may set; known: {recipe_fields()}")
+        return v
 
     @field_validator("admin_token", "samples_token")
     @classmethod

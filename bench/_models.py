@@ -34,8 +34,8 @@ def categories() -> list[str]:
 
 def imagenet_run(run_dir: Path, weights: Path = WEIGHTS, check_images: list[Path] | None = None) -> Path:
     """A graft run folder (model.safetensors, model.json, model.onnx) holding the ImageNet MobileNetV2."""
-    from graft.artifact import Lineage, ModelCard, PreprocessingSpec, save_weights, write_card
-    from graft.zoo import build_model, get_backbone, load_state_dict_file
+    from graft.core.artifact import Lineage, ModelCard, save_weights, write_card
+    from graft.core.zoo import build_model, get_backbone, load_state_dict_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model("mobilenet_v2", 1000)
@@ -44,7 +44,7 @@ def imagenet_run(run_dir: Path, weights: Path = WEIGHTS, check_images: list[Path
     pre = get_backbone("mobilenet_v2").preprocessing
     write_card(run_dir, ModelCard(
         backbone="mobilenet_v2", num_classes=1000, labels=[f"{i}:{c}" for i, c in enumerate(categories())],
-        preprocessing=PreprocessingSpec(**pre.to_dict()), recipe={"benchmark": True},
+        preprocessing=pre, recipe={"benchmark": True},
         lineage=Lineage(dataset_digest="sha256:imagenet", pretrained_weights=str(weights)),
     ))
     from training.export import export_onnx

@@ -53,7 +53,7 @@ def synthetic_jpegs(n: int) -> list[bytes]:
 def model_dir(work: Path, data: Path) -> Path:
     """A run folder + model-config.yaml: the ImageNet MobileNetV2 when ../shared has it, else random weights."""
     from bench._models import WEIGHTS, imagenet_run
-    from handlers.config import model_config_yaml
+    from graft.core.handler_settings import model_config_yaml
 
     checks = sorted(data.rglob("*.jpg"))[:8] if data.is_dir() else []
     if WEIGHTS.is_file():
@@ -72,7 +72,7 @@ def _random_run(run: Path) -> Path:
 
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    from graft.zoo import build_model
+    from graft.core.zoo import build_model
 
     path = run.parent / "random.pth"
     torch.save(build_model("mobilenet_v2", 1000).state_dict(), path)
@@ -82,7 +82,7 @@ def _random_run(run: Path) -> Path:
 def handler(run: Path, gpu: int | None, **settings: Any) -> Any:
     import yaml
 
-    from handlers.local import LocalHandler
+    from graft.inprocess import LocalHandler
 
     cfg = yaml.safe_load((run / "model-config.yaml").read_text())
     cfg["handler"].update(settings)
@@ -120,7 +120,7 @@ def throughput(h: Any, images: list[bytes], batch: int, seconds: float = 2.0) ->
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False)
     p.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA, help="folder of JPEGs")
     p.add_argument("--compare", type=int, default=64, help="images compared CPU vs GPU")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds per throughput point")

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 RECIPES = {
     "cached head": {},
     "last 2 stages + warm-up": {"trainable_stages": 2, "head_warmup_epochs": 2, "lr_decay": 0.3},
-    "all stages, no cache": {"trainable_stages": 19, "feature_cache": "off", "lr": 1e-3, "augment": True},
+    "all stages, no cache": {"trainable_stages": 19, "feature_cache": False, "lr": 1e-3, "augment": True},
 }
 
 
@@ -35,7 +35,7 @@ def main() -> int:
 
     from training import TrainConfig, fit
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("data", type=Path)
     ap.add_argument("weights", type=Path)
     ap.add_argument("--epochs", type=int, default=6)

@@ -53,7 +53,7 @@ def in_process(run_dir: Path, backend: str, batch: int, duration: float, images:
     """Decode + preprocess + infer, batch after batch, on every core this process may use."""
     import torch
 
-    from graft.artifact import read_card
+    from graft.core.artifact import read_card
     from handlers.backends import make_backend
     from handlers.preprocess import Preprocessor
 
@@ -134,7 +134,7 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 def worker_pids(server: Any, model: str) -> list[int]:
-    r = server.management("GET", f"/models/{model}")
+    r = server.client.management("GET", f"/models/{model}")
     return [int(w["pid"]) for v in r.json() for w in v.get("workers", []) if w.get("pid")]
 
 
@@ -145,7 +145,7 @@ def build_store(work: Path, workers: int, batch: int, delay_ms: int) -> tuple[Pa
     import yaml
 
     from bench._models import imagenet_run, stock_mar
-    from handlers.config import model_config_yaml
+    from graft.core.handler_settings import model_config_yaml
     from training.export import build_mar
 
     checks = sorted(DATA.rglob("*.jpg"))[:8]
@@ -162,7 +162,7 @@ def build_store(work: Path, workers: int, batch: int, delay_ms: int) -> tuple[Pa
 
 
 def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from graft.torchserve import ServeConfig, TorchServe, free_ports
+    from graft.torchserve.launcher import ServeConfig, TorchServe, free_ports
 
     inf, mgmt, met, g1, g2 = free_ports(5)
     cfg = ServeConfig(model_store=store, workdir=work / "ts", inference_address=f"http://127.0.0.1:{inf}",
@@ -222,7 +222,7 @@ def table(results: dict[str, Any], ceiling: dict[str, Any], conc: list[int]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--duration", type=float, default=20, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=3)

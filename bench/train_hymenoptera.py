@@ -49,7 +49,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "epochs": 25,
         "augment": True,
-        "feature_cache": "off",
+        "feature_cache": False,
         "patience": 0,
         "balance": "none",
     },
@@ -87,7 +87,7 @@ def _spawn(name: str, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--skip-baseline", action="store_true", help="only graft's recipes (seconds, not minutes)")

@@ -12,16 +12,18 @@ import sys
 from collections.abc import Sequence
 
 from graft import __version__
-from graft.errors import GraftError
+from graft.core.errors import GraftError
 
 # Modules that contribute subcommands; imported when the parser is built, not at import time.
-_COMMAND_MODULES = ("training.cli", "graft.serving", "admin.cli", "graft.demo")
+_COMMAND_MODULES = ("training.cli", "graft.serve", "admin.cli", "graft.demo")
 
 log = logging.getLogger("graft")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graft", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="graft", description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False
+    )
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

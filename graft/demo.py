@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class: int = 40) -> dict[str, Any]:
     from training import TrainConfig, fit
-    from training.datasets import fashion_mnist_folder
     from training.export import export_run
+    from training.fashion_mnist import fashion_mnist_folder
 
     workdir = Path(workdir)
     data_dir = workdir / "data" / "fashion-mnist"
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="train and export on Fashion-MNIST, offline, end to end")
+    p = sub.add_parser("demo", help="train and export on Fashion-MNIST, offline, end to end", allow_abbrev=False)
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
     p.add_argument("--per-class", type=int, default=60, help="training images per class")
     p.add_argument("--epochs", type=int, default=15)

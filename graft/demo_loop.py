@@ -23,9 +23,9 @@ MODEL = "fashion"
 @contextmanager
 def running_service(workdir: Path, store: Path, data: Path, run_dir: Path) -> Iterator[tuple[Any, httpx.Client]]:
     """TorchServe serving the store, and the admin API beside it; both stopped on exit."""
-    from admin.launch import AdminServer
+    from admin.server import AdminServer
     from admin.settings import load_settings
-    from graft.torchserve import ServeConfig, TorchServe, free_ports
+    from graft.torchserve.launcher import ServeConfig, TorchServe, free_ports
 
     inf, mgmt, met, g1, g2, adm = free_ports(6)
     ts = TorchServe(
@@ -79,7 +79,7 @@ def _wait(api: httpx.Client, path: str, done: Any, timeout: float) -> dict[str, 
 
 def serve_and_retrain(workdir: Path, store: Path, data: Path, run_dir: Path, start: int, extra: int) -> dict[str, Any]:
     """Serve v1, post ``extra`` new images per class, retrain, and report what the gate decided."""
-    from training.datasets import fashion_mnist_pngs
+    from training.fashion_mnist import fashion_mnist_pngs
 
     probe = next((data / "val" / "sneaker").iterdir()).read_bytes()
     with running_service(workdir, store, data, run_dir) as (ts, api):

@@ -1,7 +1,7 @@
 """Inference backends: PyTorch eager and ONNX Runtime, same input (float NCHW) and output (logits).
 
 Both are built from the unpacked archive directory. PyTorch weights load through
-``graft.artifact.load_model`` (safetensors, no pickle), never through ``torch.load``.
+``graft.core.artifact.load_model`` (safetensors, no pickle), never through ``torch.load``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import torch
 
-from graft.artifact import ONNX_FILE, load_model
-from graft.errors import ArtifactError
+from graft.core.artifact import ONNX_FILE, load_model
+from graft.core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Encoded images -> model input tensors on the worker's device, one result (or error) per image.
 
-The transform is ``graft.transforms.eval_transform(card.preprocessing)``: exactly what training
+The transform is ``graft.core.transforms.eval_transform(card.preprocessing)``: exactly what training
 validated with. What this module adds is only *how* pixels get decoded: PIL with JPEG draft
 (reduced-size decoding) on the CPU, or nvjpeg on the GPU for JPEGs that end cleanly.
 """
@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-from graft.errors import BadInputError, GraftError
-from graft.transforms import PreprocessingLike, eval_transform
-from handlers.decode import decode_jpegs_gpu, decode_rgb, gpu_decodable, header, open_image
+from graft.core.errors import BadInputError, GraftError
+from graft.core.images import decode_rgb, header, open_image
+from graft.core.preprocessing import Preprocessing
+from graft.core.transforms import eval_transform
+from handlers.gpu_decode import decode_jpegs_gpu, gpu_decodable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def _ends_cleanly(payload: bytes) -> bool:
 class Preprocessor:
     def __init__(
         self,
-        preprocessing: PreprocessingLike,
+        preprocessing: Preprocessing,
         device: torch.device,
         max_pixels: int,
         fast_decode: bool = True,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graft.errors import (
+from graft.core.errors import (
     BadBase64Error,
     BadInputError,
     BodyTooLargeError,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from graft.errors import GraftError
+from graft.core.errors import GraftError
 
 SCORE_DECIMALS = 6
 

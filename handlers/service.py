@@ -9,17 +9,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
+from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from graft.artifact import read_card
-from graft.errors import BadInputError, GraftError
+from graft.core.artifact import read_card
+from graft.core.errors import BadInputError, GraftError
+from graft.core.handler_settings import HandlerSettings, settings_from_yaml
 from handlers.backends import Backend, make_backend
-from handlers.config import HandlerSettings, settings_from_yaml, worker_threads
 from handlers.metrics import HandlerMetrics
 from handlers.preprocess import Preprocessor
 from handlers.requests import ParsedRequest, parse_request
@@ -40,6 +42,20 @@ def limit_threads(threads: int) -> None:
     # Only settable before the first inter-op parallel work; a reused process may have done some.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
+
+
+def worker_threads(settings: HandlerSettings, model_yaml_config: Mapping[str, Any] | None) -> int:
+    """Threads one worker may use: the explicit setting, else the cores shared by the model's workers."""
+    if settings.threads:
+        return settings.threads
+    cfg = model_yaml_config or {}
+    try:
+        workers = max(1, int(cfg.get("maxWorkers") or cfg.get("minWorkers") or 1))
+    except (TypeError, ValueError):
+        workers = 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
 
 
 def _model_version(context: Any) -> str:

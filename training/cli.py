@@ -1,75 +1,84 @@
-"""``graft train``, ``graft export`` and ``graft backbones``: argument parsing only."""
+"""``graft train``, ``graft export`` and ``graft backbones``: argument parsing only.
+
+``graft train``'s flags are generated from :class:`training.config.TrainConfig`'s fields (name, type,
+choices, help), so every setting has exactly one flag and a field without a flag cannot exist.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Short aliases kept from earlier versions of the command line.
+_ALIASES = {"output": ["-o"]}
 
-def _add_train(sub: Any) -> None:
+
+def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    """(argparse type, choices) for a field annotation: ``X | None`` -> X, ``Literal[...]`` -> choices."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _flag_type(inner[0]) if len(inner) == 1 else (str, None)
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), [str(a) for a in args]
+    return annotation, None
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults stay None so a flag given overrides ``--config`` only then."""
     from training.config import TrainConfig
 
-    # Defaults live in TrainConfig alone; flags left out fall back to them (shown in --help).
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, choices = _flag_type(field.annotation)
+        default = "" if field.is_required() else f" (default {field.get_default()})"
+        help_ = (field.description or "") + default
+        names = [flag, *_ALIASES.get(name, [])]
+        if kind is bool:
+            parser.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(*names, dest=name, type=kind, choices=choices, default=None, help=help_)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """``--config FILE`` (if any), then every flag given, validated as one TrainConfig."""
+    from training.config import TrainConfig, build_config, read_config_file
+
+    values: dict[str, Any] = read_config_file(args.config) if args.config is not None else {}
+    values.update({k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k, None) is not None})
+    return build_config(values)
+
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune a zoo backbone on an image folder or a dataset manifest",
-        epilog="defaults: "
-        + ", ".join(f"{k}={f.default}" for k, f in TrainConfig.model_fields.items() if f.default is not None),
+        description="Give --data or --manifest, and --output; or a --config JSON file of the same settings "
+        "(flags override it).",
+        allow_abbrev=False,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="DIR/<label>/*.jpg, or DIR/train/<label> + DIR/val/<label>")
-    src.add_argument("--manifest", type=Path, help="a dataset manifest (written by the admin service)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="run folder to write")
-    p.add_argument("--backbone", help="zoo name (graft backbones lists them)")
-    p.add_argument("--weights", help="imagenet | none | path to a state_dict")
-    p.add_argument("--init-from", type=Path, help="warm start from a run folder")
-    frz = p.add_mutually_exclusive_group()
-    frz.add_argument("--freeze-until", help="freeze the stem through this stage (inclusive), e.g. layer3")
-    frz.add_argument("--trainable-stages", type=int, help="train the last N backbone stages (0 = head only)")
-    p.add_argument("--frozen-bn", choices=["eval", "train"], help="BatchNorm mode in frozen stages (default eval)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--head-warmup-epochs", type=int, help="head-only epochs before unfreezing")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="head learning rate")
-    p.add_argument("--lr-decay", type=float, help="per-stage LR ratio from head towards stem")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "constant"])
-    p.add_argument("--step-epochs", type=int, help="step schedule: epochs between LR drops")
-    p.add_argument("--step-gamma", type=float, help="step schedule: factor per drop")
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--patience", type=int, help="early stopping patience (0 = off)")
-    p.add_argument("--augment", action="store_true", help="random resized crops and flips (disables the cache)")
-    p.add_argument("--no-feature-cache", action="store_true", help="always run the whole network")
-    p.add_argument("--balance", choices=["loss", "sampler", "none"])
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--max-per-class", type=int, help="use at most N images per class and split")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--num-workers", type=int, help="data loader processes")
+    p.add_argument("--config", type=Path, help="JSON file of training settings (the admin's jobs use this)")
+    add_config_flags(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from training import fit
-    from training.config import TrainConfig
 
-    fields = set(TrainConfig.model_fields)
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    values["feature_cache"] = "off" if args.no_feature_cache else "auto"
-    result = fit(TrainConfig(**values))
+    result = fit(config_from_args(args))
     print(json.dumps({"run_dir": str(result.run_dir), "val_accuracy": result.val_accuracy}))
     return 0
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="export a run folder to ONNX and a TorchServe .mar")
+    p = sub.add_parser("export", help="export a run folder to ONNX and a TorchServe .mar", allow_abbrev=False)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--model-store", type=Path, default=Path("model_store"))
     p.add_argument("--name", required=True, help="TorchServe model name")
@@ -113,12 +122,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_backbones(sub: Any) -> None:
-    p = sub.add_parser("backbones", help="list the zoo's backbones")
+    p = sub.add_parser("backbones", help="list the zoo's backbones", allow_abbrev=False)
     p.set_defaults(func=_run_backbones)
 
 
 def _run_backbones(args: argparse.Namespace) -> int:
-    from graft.zoo import list_backbones
+    from graft.core.zoo import list_backbones
 
     print("\n".join(list_backbones()))
     return 0

@@ -1,37 +1,32 @@
-"""Datasets: image folders and manifests, deterministic stratified splits, robust decoding."""
+"""Datasets: image folders and manifests, deterministic stratified splits, robust decoding.
+
+Manifests and their items are :mod:`graft.core.manifest`'s; images decode under
+:mod:`graft.core.images`' policy, the one the handler and the admin apply too.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from graft.artifact import file_sha256, utc_now
-from graft.errors import DatasetError
+from graft.core.errors import BadInputError, DatasetError
+from graft.core.images import is_readable_image, load_rgb
+from graft.core.manifest import Item, Split, dataset_digest, read_manifest
 
 log = logging.getLogger(__name__)
 
-# "holdout" items in a manifest are for judging models only: training never reads them.
-SPLITS = ("train", "val", "holdout")
 _VAL_DIR_NAMES = ("val", "valid", "validation")
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: str
-    split: str  # "train" or "val"
+__all__ = [
+    "DatasetSplit", "ImageDataset", "Item", "is_readable_image", "load_image_folder", "load_manifest", "load_rgb",
+]  # fmt: skip
 
 
 @dataclass
@@ -39,13 +34,13 @@ class DatasetSplit:
     """Everything training needs to know about the data, plus its fingerprint."""
 
     labels: list[str]
-    train: list[Sample]
-    val: list[Sample]
+    train: list[Item]
+    val: list[Item]
     digest: str
     skipped: int = 0
     source: str = ""
 
-    def index(self, samples: Sequence[Sample]) -> list[tuple[Path, int]]:
+    def index(self, samples: Sequence[Item]) -> list[tuple[Path, int]]:
         pos = {label: i for i, label in enumerate(self.labels)}
         return [(s.path, pos[s.label]) for s in samples]
 
@@ -54,64 +49,48 @@ class DatasetSplit:
         return {label: c.get(label, 0) for label in self.labels}
 
 
-def is_readable_image(path: Path) -> bool:
-    """Cheap header check (no full decode): rejects non-images and unknown formats."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-
-
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan_class_folder(root: Path, split: str) -> tuple[list[Sample], int]:
-    samples: list[Sample] = []
+def _scan_class_folder(root: Path, split: Split) -> tuple[list[Item], int]:
+    samples: list[Item] = []
     skipped = 0
     for cdir in _class_dirs(root):
         for f in sorted(cdir.rglob("*")):
             if not f.is_file() or f.name.startswith("."):
                 continue
             if is_readable_image(f):
-                samples.append(Sample(f.resolve(), cdir.name, split))
+                samples.append(Item(f.resolve(), cdir.name, split))
             else:
                 skipped += 1
                 log.debug("skipping unreadable file %s", f)
     return samples, skipped
 
 
-def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> list[Sample]:
+def stratified_split(samples: Sequence[Item], val_fraction: float, seed: int) -> list[Item]:
     """Assign ``val`` to about ``val_fraction`` of each class, the same way for the same seed."""
-    by_label: dict[str, list[Sample]] = {}
+    by_label: dict[str, list[Item]] = {}
     for s in sorted(samples, key=lambda s: (s.label, str(s.path))):
         by_label.setdefault(s.label, []).append(s)
-    out: list[Sample] = []
+    out: list[Item] = []
     for label, items in sorted(by_label.items()):
         rng = random.Random(f"{seed}:{label}")
         order = list(range(len(items)))
         rng.shuffle(order)
         n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
         val_idx = set(order[:n_val])
-        out.extend(Sample(s.path, s.label, "val" if i in val_idx else "train") for i, s in enumerate(items))
+        out.extend(Item(s.path, s.label, "val" if i in val_idx else "train") for i, s in enumerate(items))
     return out
 
 
-def dataset_digest(samples: Iterable[Sample]) -> str:
-    """A digest of the content (bytes, labels, splits), independent of where the files live."""
-    rows = sorted(f"{file_sha256(s.path)} {s.label} {s.split}" for s in samples)
-    return "sha256:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()
-
-
-def _cap(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sample]:
+def _cap(samples: list[Item], max_per_class: int | None, seed: int) -> list[Item]:
     if max_per_class is None:
         return samples
-    groups: dict[tuple[str, str], list[Sample]] = {}
+    groups: dict[tuple[str, str], list[Item]] = {}
     for s in samples:
         groups.setdefault((s.label, s.split), []).append(s)
-    out: list[Sample] = []
+    out: list[Item] = []
     for key in sorted(groups):
         items = sorted(groups[key], key=lambda s: str(s.path))
         random.Random(f"{seed}:{key}").shuffle(items)
@@ -119,7 +98,7 @@ def _cap(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sa
     return out
 
 
-def _finish(samples: list[Sample], skipped: int, source: str) -> DatasetSplit:
+def _finish(samples: list[Item], skipped: int, source: str) -> DatasetSplit:
     labels = sorted({s.label for s in samples})
     if len(labels) < 2:
         raise DatasetError(f"{source}: found {len(labels)} class(es) with readable images; need at least 2")
@@ -151,37 +130,14 @@ def load_image_folder(
     return _finish(_cap(samples, max_per_class, seed), skipped, str(root.resolve()))
 
 
-def write_manifest(items: Iterable[Sample | dict[str, Any]], path: Path) -> str:
-    """Write an immutable dataset snapshot; returns its digest."""
-    samples = [i if isinstance(i, Sample) else Sample(Path(i["path"]), str(i["label"]), str(i["split"])) for i in items]
-    for s in samples:
-        if s.split not in SPLITS:
-            raise DatasetError(f"manifest item {s.path}: split must be one of {SPLITS}, not {s.split!r}")
-    digest = dataset_digest(samples)
-    body = {
-        "digest": digest,
-        "created_at": utc_now(),
-        "items": [{"path": str(Path(s.path).resolve()), "label": s.label, "split": s.split} for s in samples],
-    }
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    tmp.replace(path)
-    return digest
-
-
 def load_manifest(
     path: Path, max_per_class: int | None = None, seed: int = 0, val_fraction: float = 0.2
 ) -> DatasetSplit:
     """Train/val items of a manifest. Holdout items are left out; without val items, a stratified
     ``val_fraction`` of the train items becomes the validation split (by seed)."""
     path = Path(path)
-    try:
-        body = json.loads(path.read_text())
-        items = [Sample(Path(i["path"]), str(i["label"]), str(i["split"])) for i in body["items"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DatasetError(f"cannot read dataset manifest {path}: {e}") from e
-    kept = [s for s in items if s.split in SPLITS and s.path.is_file() and is_readable_image(s.path)]
+    items, _ = read_manifest(path)
+    kept = [s for s in items if s.path.is_file() and is_readable_image(s.path)]
     skipped = len(items) - len(kept)
     holdout = [s for s in kept if s.split == "holdout"]
     kept = [s for s in kept if s.split != "holdout"]
@@ -190,15 +146,6 @@ def load_manifest(
     if not any(s.split == "val" for s in kept):
         kept = stratified_split(kept, val_fraction, seed)
     return _finish(_cap(kept, max_per_class, seed), skipped, str(path.resolve()))
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode to RGB: grayscale, palette, RGBA and CMYK all converted; GIFs give their first frame."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # palette-with-transparency notices
-        with Image.open(path) as im:
-            im.seek(0)
-            return im.convert("RGB")
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int] | None]):
@@ -215,7 +162,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int] | None]):
         path, target = self.items[i]
         try:
             return self.transform(load_rgb(path)), target
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, BadInputError, ValueError) as e:
             log.warning("skipping %s: %s", path, e)
             return None
 

@@ -17,9 +17,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from graft.artifact import utc_now
-from graft.transforms import eval_transform, train_transform
-from graft.zoo import find_head, model_stages
+from graft.core.transforms import eval_transform, train_transform
+from graft.core.util import utc_now
+from graft.core.zoo import find_head, model_stages
 from training.config import TrainConfig
 from training.data import DatasetSplit, ImageDataset, class_weights, collate
 from training.features import Split, compute_features, describe, feature_batches, split_model
@@ -27,7 +27,7 @@ from training.freeze import FreezePlan, apply_freeze, plan_freeze, set_train_mod
 from training.loop import EpochStats, eval_epoch, train_epoch
 from training.optim import GroupSpec, build_optimizer, build_schedule
 from training.runtime import Runtime, init_runtime, seed_everything, shutdown_runtime
-from training.setup import Start, create_or_warm_start, load_data
+from training.start import Start, create_or_warm_start, load_data
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ MAX_CACHE_BYTES = 4 * 2**30
 
 def _cache_allowed(cfg: TrainConfig, plan: FreezePlan) -> bool:
     """The frozen prefix is a fixed function of the image: eval mode and no random augmentation."""
-    return cfg.feature_cache == "auto" and bool(plan.frozen) and cfg.frozen_bn == "eval" and not cfg.augment
+    return cfg.feature_cache and bool(plan.frozen) and cfg.frozen_bn == "eval" and not cfg.augment
 
 
 def _phases(cfg: TrainConfig, start: Start) -> list[Phase]:

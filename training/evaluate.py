@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from graft.artifact import load_model
-from graft.transforms import eval_transform
+from graft.core.artifact import load_model
+from graft.core.transforms import eval_transform
 
 
 def classification_report(targets: Sequence[int], preds: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:

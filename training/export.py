@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from graft.artifact import MODEL_JSON, ONNX_FILE, load_model, read_card, write_card
-from graft.errors import ArtifactError, ExportError
-from graft.transforms import eval_transform
+from graft.core.artifact import MODEL_JSON, ONNX_FILE, load_model, read_card, write_card
+from graft.core.errors import ArtifactError, ExportError
+from graft.core.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO_ROOT / "handlers" / "image_classifier.py"
-# Code copied into every archive so the handler runs the code the model was exported with:
-# the handler package whole, and the light core of graft it imports (no CLI, no launcher).
-GRAFT_CORE = ("__init__.py", "artifact.py", "errors.py", "transforms.py", "zoo.py")
+# Code copied into every archive so the handler runs the code the model was exported with: whole packages,
+# the handlers and graft's core (import-linter keeps the handlers from importing anything else of ours).
+ARCHIVED_PACKAGES = ("handlers", "graft/core")
 ONNX_TOLERANCE = 1e-4
 OPSET = 17
 
@@ -42,7 +42,8 @@ class OnnxCheck:
 
 def _check_images(run_dir: Path, explicit: Sequence[Path] | None, limit: int = 16) -> list[Path]:
     """Real images to verify the export on: the ones given, else the run's validation data."""
-    from training.data import is_readable_image, load_manifest
+    from graft.core.images import is_readable_image
+    from training.data import load_manifest
 
     if explicit:
         return [Path(p) for p in explicit][:limit]
@@ -61,7 +62,7 @@ def _check_images(run_dir: Path, explicit: Sequence[Path] | None, limit: int = 1
 
 
 def _inputs(run_dir: Path, images: Sequence[Path]) -> torch.Tensor:
-    from training.data import load_rgb
+    from graft.core.images import load_rgb
 
     card = read_card(run_dir)
     tf = eval_transform(card.preprocessing)
@@ -124,12 +125,13 @@ def _stage_code(code: Path) -> Path:
     """The handler package and graft's core, laid out to arrive in the archive as packages.
 
     torch-model-archiver copies a directory's *contents* into the archive root, so the packages go
-    one level down (``code/handlers``, ``code/graft``) rather than arriving as loose files.
+    one level down (``code/handlers``, ``code/graft/core``) rather than arriving as loose files.
+    ``graft/__init__.py`` comes along so that ``graft.core`` imports as a subpackage.
     """
-    shutil.copytree(REPO_ROOT / "handlers", code / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (code / "graft").mkdir()
-    for module in GRAFT_CORE:
-        shutil.copy2(REPO_ROOT / "graft" / module, code / "graft" / module)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ARCHIVED_PACKAGES:
+        shutil.copytree(REPO_ROOT / package, code / package, ignore=skip)
+    shutil.copy2(REPO_ROOT / "graft" / "__init__.py", code / "graft" / "__init__.py")
     return code
 
 
@@ -142,7 +144,7 @@ def build_mar(
     requirements_file: Path | None = None,
 ) -> Path:
     """Package the run folder, the handler and its packages into ``MODEL_STORE/NAME-VERSION.mar``."""
-    from handlers.config import model_config_yaml
+    from graft.core.handler_settings import model_config_yaml
 
     run_dir, model_store = Path(run_dir), Path(model_store)
     card = read_card(run_dir)

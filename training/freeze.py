@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from graft.errors import FreezeSpecError
-from graft.zoo import Stage
+from graft.core.errors import FreezeSpecError
+from graft.core.zoo import Stage
 
 log = logging.getLogger(__name__)
 

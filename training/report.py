@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graft.artifact import METRICS_JSON, Lineage, ModelCard, PreprocessingSpec, save_weights, utc_now, write_card
+from graft.core.artifact import METRICS_JSON, Lineage, ModelCard, save_weights, write_card
+from graft.core.util import utc_now
 from training.config import TrainConfig
 from training.data import DatasetSplit
 from training.evaluate import classification_report
@@ -70,7 +71,7 @@ def write_run_folder(
         backbone=trainer.start.backbone,
         num_classes=len(data.labels),
         labels=data.labels,
-        preprocessing=PreprocessingSpec(**pre.to_dict()),
+        preprocessing=pre,
         recipe=_recipe(cfg, trainer, phases),
         metrics={k: metrics[k] for k in ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "macro_f1")},
         lineage=Lineage(

@@ -1,0 +1,328 @@
+"""Retraining jobs: one at a time, each a background thread that drives the job runner.
+
+Lifecycle: ``queued`` -> ``running`` (phases: snapshot, training, evaluating, exporting, deploying,
+smoke_test, switching) -> ``succeeded`` (promoted) | ``rejected`` (the gate said no) | ``failed``.
+Every transition is written to SQLite before it is acted on, so a restart finds each job where it
+was; :meth:`JobManager.recover` then marks unfinished ones ``failed`` ("interrupted").
+
+The job's :class:`training.config.TrainConfig` is built and validated when the job is asked for, so a
+bad setting is a 422 at the API and never a failed job; the job writes it to ``JOB_DIR/train-config.json``
+and the runner runs ``graft train --config`` on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from admin.domain.gate import GateDecision, decide
+from admin.domain.promotion import Promoter
+from admin.domain.recipe import RetrainRequest, build_train_config
+from admin.domain.snapshot import Snapshot, base_items, take_snapshot, write_snapshot
+from admin.metrics import AdminMetrics
+from admin.runners.base import JobRunner, TrainRequest
+from admin.runners.local import kill_orphan
+from admin.settings import AdminSettings
+from admin.store.jobs import JobStore
+from admin.store.registry import Registry
+from admin.store.rows import Job, JobStatus, ModelVersion
+from admin.store.samples import SampleStore
+from graft.core.artifact import ModelCard, read_card
+from graft.core.errors import ConflictError, GraftError, NotFoundError
+from graft.core.manifest import Item
+from graft.core.util import utc_now
+from training.config import TrainConfig, write_config_file
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+CONFIG_FILE = "train-config.json"
+
+
+def default_evaluate(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
+) -> tuple[list[str | None], list[str]]:
+    """Top-1 label per image (None when unreadable) and the run's labels, via the training library."""
+    from training.evaluate import evaluate_run
+
+    report = evaluate_run(run_dir, list(samples), device)
+    return list(report["predictions"]), list(report["labels"])
+
+
+class JobInterruptedError(GraftError):
+    """The job was cancelled or the service is shutting down."""
+
+
+class TrainingFailedError(GraftError):
+    """The training run ended without a model (its log tail is in the message)."""
+
+
+@dataclass
+class JobServices:
+    """Everything a job touches, built once by the app."""
+
+    settings: AdminSettings
+    jobs: JobStore
+    samples: SampleStore
+    registry: Registry
+    runner: JobRunner
+    promoter: Promoter
+    metrics: AdminMetrics
+    evaluate: EvaluateFn = default_evaluate
+
+
+class JobManager:
+    def __init__(self, services: JobServices):
+        self.s = services
+        self._threads: dict[str, threading.Thread] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ API
+    def start(self, request: RetrainRequest, trigger: str = "api") -> Job:
+        """Queue a job and start its thread; ConflictError (409) while another job is active,
+        ConfigInvalidError (422) when the request makes an invalid training configuration."""
+        job_id = uuid.uuid4().hex[:12]
+        job_dir = (self.s.settings.state_dir / "jobs" / job_id).resolve()
+        champion = self.s.registry.champion()
+        config = build_train_config(
+            job_dir / "manifest.json", job_dir / "run", champion, self.s.settings.train_args, request
+        )
+        with self._lock:
+            def reserve() -> str:
+                version = self.s.registry.next_version()
+                self.s.registry.create(
+                    version, status="training", source="job", job_id=job_id,
+                    parent_version=champion.version if champion else None,
+                )  # fmt: skip
+                return version
+
+            version = self.s.jobs.create(job_id, trigger, request.model_dump(exclude_defaults=True), job_dir, reserve)
+            self.s.jobs.update(job_id, config=config.model_dump(mode="json", exclude_unset=True))
+            self._cancel[job_id] = threading.Event()
+            thread = threading.Thread(target=self._run, args=(job_id, config), name=f"job-{job_id}", daemon=True)
+            self._threads[job_id] = thread
+        self.s.metrics.job_running.set(1)
+        thread.start()
+        log.info("job %s queued (%s): candidate version %s", job_id, trigger, version)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        job = self.s.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}: POST /v1/retrain starts one, GET /v1/jobs lists them")
+        return job
+
+    def recent(self, limit: int = 50) -> list[Job]:
+        return self.s.jobs.recent(limit)
+
+    def active(self) -> str | None:
+        return self.s.jobs.active_id()
+
+    def last_snapshot_seq(self) -> int:
+        return self.s.jobs.last_snapshot_seq()
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if not job.active:
+            raise ConflictError(f"job {job_id} has already finished ({job.status})")
+        event = self._cancel.get(job_id)
+        if event is not None:
+            event.set()
+        return job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> None:
+        thread = self._threads.get(job_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the running job (it ends ``failed``, interrupted) and wait for its thread."""
+        self._stopping = True
+        for event in self._cancel.values():
+            event.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+
+    def recover(self) -> list[str]:
+        """At start-up: jobs a previous process left active are failed as interrupted; champion untouched."""
+        jobs = self.s.jobs.unfinished()
+        for job in jobs:
+            if job.pid:
+                kill_orphan(job.pid, str(job.job_dir or "."))
+            try:
+                self.s.runner.cancel(job.id)
+            except GraftError as e:
+                log.warning("job %s: could not cancel its training run: %s", job.id, e)
+            reason = (
+                f"interrupted: the admin service stopped while the job was in phase '{job.phase}'; "
+                "the model in service was not changed"
+            )
+            self._finish(job.id, "failed", reason, record_metrics=False)
+        if jobs:
+            log.warning("marked %d interrupted job(s) as failed", len(jobs))
+        return [j.id for j in jobs]
+
+    # ------------------------------------------------------------------ the job thread
+    def _run(self, job_id: str, config: TrainConfig) -> None:
+        started = time.monotonic()
+        try:
+            self.s.jobs.update(job_id, status="running", phase="snapshot", started_at=utc_now())
+            self._execute(job_id, config)
+        except JobInterruptedError as e:
+            self._finish(job_id, "failed", f"interrupted: {e}; the model in service was not changed")
+        except GraftError as e:
+            self._finish(job_id, "failed", f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug must fail the job, never kill the service
+            log.exception("job %s crashed", job_id)
+            self._finish(job_id, "failed", f"internal error: {type(e).__name__}: {e}")
+        finally:
+            job = self.s.jobs.get(job_id)
+            outcome = job.status if job else "failed"
+            self.s.metrics.job_duration.labels(outcome=outcome).observe(time.monotonic() - started)
+            self.s.metrics.job_running.set(0)
+            self._cancel.pop(job_id, None)
+
+    def _execute(self, job_id: str, config: TrainConfig) -> None:
+        job = self.get(job_id)
+        assert job.candidate_version is not None and job.job_dir is not None
+        version, job_dir = job.candidate_version, job.job_dir
+        snap = self._snapshot(job_id, job_dir)
+        champion = self.s.registry.champion()
+        run_dir = self._train(job_id, job_dir, config)
+        self._check_cancel(job_id)
+        decision, card = self._evaluate(job_id, version, run_dir, snap, champion)
+        if not decision.passed:
+            self.s.registry.update(version, status="rejected")
+            self._finish(job_id, "rejected", decision.reason)
+            return
+        self.s.registry.update(version, status="accepted")
+        self._check_cancel(job_id)  # last moment to stop: from here on the swap runs to its end
+        images = smoke_images(snap.holdout, card.labels, self.s.settings.smoke_images)
+        self.s.promoter.put_in_service(
+            version, "promote", images, job_id=job_id, on_phase=lambda p: self.s.jobs.update(job_id, phase=p)
+        )
+        self.s.metrics.serving_accuracy.set(decision.candidate_all.accuracy)
+        self._finish(job_id, "succeeded", f"promoted version {version}: {decision.reason}", promoted=True)
+
+    def _snapshot(self, job_id: str, job_dir: Path) -> Snapshot:
+        st = self.s.settings
+        base = base_items(st.base_data, st.base_manifest, st.holdout_fraction)
+        snap = write_snapshot(take_snapshot(self.s.samples, base), job_dir / "manifest.json")
+        self.s.jobs.update(job_id, progress=0.05, dataset_digest=snap.digest, max_sample_seq=snap.max_sample_seq)
+        log.info("job %s: snapshot %s: %d train, %d holdout", job_id, snap.digest, len(snap.train), len(snap.holdout))
+        return snap
+
+    def _train(self, job_id: str, job_dir: Path, config: TrainConfig) -> Path:
+        self.s.jobs.update(job_id, phase="training")
+        config.output.mkdir(parents=True, exist_ok=True)
+        config_file = write_config_file(config, job_dir / CONFIG_FILE)
+        inputs = tuple(p for p in (config.manifest, config.init_from) if p is not None)
+        request = TrainRequest(job_id=job_id, config_file=config_file, output_dir=config.output, inputs=inputs)
+        self.s.runner.submit(request)
+        pid = getattr(self.s.runner, "pid", lambda _j: None)(job_id)
+        if pid:
+            self.s.jobs.update(job_id, pid=pid)
+        self._poll_training(job_id)
+        return config.output
+
+    def _poll_training(self, job_id: str) -> None:
+        deadline = time.monotonic() + self.s.settings.job_timeout_s
+        cancel = self._cancel[job_id]
+        while True:
+            status = self.s.runner.status(job_id)
+            self.s.jobs.update(job_id, progress=round(0.05 + 0.75 * status.progress, 4))
+            if status.state == "succeeded":
+                return
+            if status.state == "failed":
+                raise TrainingFailedError(status.message or "training failed")
+            if cancel.is_set() or time.monotonic() > deadline:
+                self.s.runner.cancel(job_id)
+                if not cancel.is_set():
+                    raise JobInterruptedError(f"training ran past {self.s.settings.job_timeout_s:.0f}s")
+                self._check_cancel(job_id)
+            cancel.wait(self.s.settings.job_poll_s)
+
+    def _check_cancel(self, job_id: str) -> None:
+        if self._cancel[job_id].is_set():
+            raise JobInterruptedError("the admin service is stopping" if self._stopping else "cancelled")
+
+    def _evaluate(
+        self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None
+    ) -> tuple[GateDecision, ModelCard]:
+        self.s.jobs.update(job_id, phase="evaluating", progress=0.8)
+        card = read_card(run_dir)
+        self.s.registry.update(
+            version,
+            run_dir=run_dir.resolve(),
+            labels=card.labels,
+            recipe={"backbone": card.backbone, **card.recipe},
+            lineage=card.lineage.model_dump(mode="json"),
+            dataset_digest=snap.digest,
+            max_sample_seq=snap.max_sample_seq,
+            num_train=len(snap.train),
+            num_holdout=len(snap.holdout),
+            metrics={"training": card.metrics},
+        )
+        holdout = [(i.path, i.label) for i in snap.holdout]
+        st = self.s.settings
+        cand_pred, cand_labels = self.s.evaluate(run_dir, holdout, st.eval_device)
+        champ_pred = champ_labels = None
+        if champion is not None and champion.run_dir is not None:
+            champ_pred, champ_labels = self.s.evaluate(champion.run_dir, holdout, st.eval_device)
+        truth = [label for _, label in holdout]
+        decision = decide(
+            truth, cand_pred, cand_labels, champ_pred, champ_labels,
+            tolerance=st.gate_tolerance, floor=st.gate_floor, min_holdout=st.gate_min_holdout,
+        )  # fmt: skip
+        if decision.champion is not None:
+            self.s.metrics.serving_accuracy.set(decision.champion.accuracy)
+        self.s.registry.update(version, metrics={"training": card.metrics, "holdout": decision.candidate_all.as_dict()})
+        self.s.jobs.update(
+            job_id,
+            progress=0.9,
+            gate=decision.as_dict(),
+            champion_version=champion.version if champion else None,
+            candidate_metrics=decision.candidate.as_dict(),
+            champion_metrics=decision.champion.as_dict() if decision.champion else None,
+        )
+        log.info("job %s: %s", job_id, decision.reason)
+        return decision, card
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _finish(
+        self, job_id: str, status: JobStatus, reason: str, promoted: bool = False, record_metrics: bool = True
+    ) -> None:
+        job = self.s.jobs.get(job_id)
+        fields: dict[str, object] = {"status": status, "reason": reason, "promoted": int(promoted),
+                                     "finished_at": utc_now(), "pid": None}  # fmt: skip
+        if status != "failed":
+            fields["progress"] = 1.0  # a failed job keeps the progress it reached
+        self.s.jobs.update(job_id, **fields)
+        if job is not None and status == "failed" and job.candidate_version:
+            model = self.s.registry.find(job.candidate_version)
+            if model is not None and model.status == "training":
+                self.s.registry.update(job.candidate_version, status="failed")
+        if record_metrics:
+            self.s.metrics.jobs.labels(outcome=status).inc()
+        log.info("job %s %s: %s", job_id, status, reason.splitlines()[0] if reason else "")
+
+
+def smoke_images(holdout: Sequence[Item], labels: Sequence[str], n: int) -> list[Path]:
+    """Real holdout images of labels the model knows, spread over the labels (round robin)."""
+    by_label: dict[str, list[Path]] = {}
+    for item in holdout:
+        if item.label in labels and item.path.is_file():
+            by_label.setdefault(item.label, []).append(item.path)
+    out: list[Path] = []
+    while len(out) < n and any(by_label.values()):
+        for label in sorted(by_label):
+            if by_label[label] and len(out) < n:
+                out.append(by_label[label].pop(0))
+    return out

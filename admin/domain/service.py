@@ -1,0 +1,258 @@
+"""The admin service object: builds the parts from settings and runs start-up recovery.
+
+``create_app`` owns one of these. Start-up is synchronous and cheap (open SQLite, fail interrupted
+jobs, import the initial model); agreeing with TorchServe happens in a background thread, because
+``graft serve`` may start the admin while TorchServe is still loading its models.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
+from admin.domain.promotion import ExportFn, Promoter, default_export
+from admin.domain.recipe import RetrainRequest
+from admin.domain.samples import SampleIntake, Upload
+from admin.domain.snapshot import base_items
+from admin.metrics import AdminMetrics
+from admin.rollouts.base import Rollout
+from admin.runners.base import JobRunner
+from admin.settings import AdminSettings
+from admin.store.db import Database
+from admin.store.jobs import JobStore
+from admin.store.registry import Registry
+from admin.store.rows import Deployment, ModelVersion, StoredSample
+from admin.store.samples import SampleStore
+from graft.core.artifact import read_card
+from graft.core.errors import ConflictError, GraftError
+from graft.core.manifest import Item
+
+log = logging.getLogger(__name__)
+
+
+def build_runner(settings: AdminSettings) -> JobRunner:
+    if settings.runner == "kubernetes":
+        from admin.runners import kubernetes
+
+        return kubernetes.build_runner(settings)
+    from admin.runners.local import LocalJobRunner
+
+    return LocalJobRunner(command=settings.train_command)
+
+
+def build_rollout(settings: AdminSettings) -> Rollout | None:
+    if settings.rollout == "none":
+        return None
+    if settings.rollout == "kubernetes":
+        from admin.rollouts import kubernetes
+
+        return kubernetes.build_rollout(settings)
+    from admin.rollouts.torchserve import TorchServeRollout
+
+    return TorchServeRollout(
+        settings.torchserve_management_url,
+        settings.torchserve_inference_url,
+        settings.torchserve_key_file,
+        settings.torchserve_timeout_s,
+        drain_grace_s=settings.drain_grace_s,
+    )
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A version as the API shows it: the row, plus whether it serves and since when."""
+
+    model: ModelVersion
+    default: bool
+    promoted_at: str | None
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    labels: dict[str, dict[str, int]]
+    total: int
+    train: int
+    holdout: int
+    since_champion: int
+    champion_version: str | None
+
+
+class AdminService:
+    def __init__(
+        self,
+        settings: AdminSettings,
+        runner: JobRunner | None = None,
+        rollout: Rollout | None = None,
+        evaluate: EvaluateFn = default_evaluate,
+        export: ExportFn = default_export,
+    ):
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = AdminMetrics()
+        self.db = Database(settings.db_path)
+        self.samples = SampleStore(self.db, settings.state_dir)
+        self.intake = SampleIntake(self.samples, settings.holdout_fraction, settings.max_image_pixels)
+        self.registry = Registry(self.db, settings.model_store, settings.model_name)
+        self.rollout = rollout if rollout is not None else build_rollout(settings)
+        self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export)
+        services = JobServices(
+            settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
+            self.promoter, self.metrics, evaluate,
+        )  # fmt: skip
+        self.jobs = JobManager(services)
+        self.reconciled = threading.Event()
+        self.reconcile_error: str | None = None
+        self._stop = threading.Event()
+        self._reconciler: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Synchronous start-up: nothing here waits on the network."""
+        self.jobs.recover()
+        if self.registry.is_empty() and self.settings.initial_run is not None:
+            self.import_model(self.settings.initial_run, self.settings.initial_version)
+        self._refresh_sample_gauges()
+        if self.rollout is None or self.registry.default_version() is None:
+            self.reconciled.set()
+
+    def start_background(self) -> None:
+        if self.reconciled.is_set() or self._reconciler is not None:
+            return
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="admin-reconcile", daemon=True)
+        self._reconciler.start()
+
+    def _reconcile_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self.promoter.reconcile()
+                self.reconcile_error = None
+                self.reconciled.set()
+                return
+            except GraftError as e:
+                self.reconcile_error = str(e)
+                log.warning("TorchServe not reconciled yet (%s); retrying in %.0fs", e, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.jobs.shutdown()
+        if self._reconciler is not None:
+            self._reconciler.join(5)
+        close = getattr(self.rollout, "close", None)
+        if callable(close):
+            close()
+        self.db.close()
+
+    # ------------------------------------------------------------------ samples
+    def add_samples(self, uploads: Sequence[Upload], labels: Sequence[str]) -> list[StoredSample]:
+        """Validate every upload, store them all or none, count them, and maybe trigger a job."""
+        try:
+            stored = self.intake.accept(uploads, labels)
+        except GraftError as e:
+            self.metrics.samples_rejected.labels(reason=type(e).__name__).inc()
+            raise
+        for s in stored:
+            self.metrics.samples_received.labels(label=s.label, split=s.split, duplicate=str(s.duplicate).lower()).inc()
+            if not s.duplicate:
+                self.metrics.samples_stored.labels(label=s.label, split=s.split).inc()
+        if any(not s.duplicate for s in stored):
+            self.after_new_sample()
+        return stored
+
+    def stats(self) -> SampleStats:
+        counts = self.samples.counts()
+        champion = self.registry.champion()
+        return SampleStats(
+            labels=counts,
+            total=sum(sum(v.values()) for v in counts.values()),
+            train=sum(v["train"] for v in counts.values()),
+            holdout=sum(v["holdout"] for v in counts.values()),
+            since_champion=self.samples.count_since(champion.max_sample_seq if champion else 0),
+            champion_version=champion.version if champion else None,
+        )
+
+    def after_new_sample(self) -> None:
+        """The optional policy trigger: a job after N new samples (off when auto_retrain_after is 0)."""
+        n = self.settings.auto_retrain_after
+        if n <= 0 or self.jobs.active() is not None:
+            return
+        champion = self.registry.champion()
+        since = max(self.jobs.last_snapshot_seq(), champion.max_sample_seq if champion else 0)
+        if self.samples.count_since(since) >= n:
+            try:
+                job = self.jobs.start(RetrainRequest(), trigger="auto")
+                log.info("auto-retrain: %d new samples since the last snapshot started job %s", n, job.id)
+            except ConflictError:
+                pass  # another request won the race: that job will see these samples too
+
+    def _refresh_sample_gauges(self) -> None:
+        for label, splits in self.samples.counts().items():
+            for split, n in splits.items():
+                self.metrics.samples_stored.labels(label=label, split=split).set(n)
+
+    # ------------------------------------------------------------------ models
+    def import_model(self, run_dir: Path, version: str) -> ModelVersion:
+        """Register an existing run folder (the first model, trained by hand) as the default."""
+        card = read_card(run_dir)  # ArtifactError when it is not a run folder
+        mar = self.settings.model_store / f"{self.settings.model_name}-{version}.mar"
+        self.registry.create(
+            version,
+            status="accepted",
+            source="import",
+            run_dir=Path(run_dir).resolve(),
+            mar_path=mar.resolve() if mar.is_file() else None,
+            labels=card.labels,
+            recipe={"backbone": card.backbone, **card.recipe},
+            lineage=card.lineage.model_dump(mode="json"),
+            metrics={"training": card.metrics},
+            dataset_digest=card.lineage.dataset_digest,
+            num_train=card.lineage.num_train,
+            num_holdout=card.lineage.num_val,
+        )
+        self.registry.record_default(version, "import")
+        log.info("imported %s as version %s (the default)", run_dir, version)
+        return self.registry.get(version)
+
+    def promote(self, version: str, force: bool = False) -> ModelVersion:
+        model = self.registry.get(version)
+        if model.status in ("training", "failed"):
+            raise ConflictError(f"version {version} is {model.status}: only a trained model can be promoted")
+        if model.status == "rejected" and not force:
+            raise ConflictError(f"version {version} was rejected by the gate; pass force=true to promote it anyway")
+        self.promoter.put_in_service(version, "promote", self._smoke_images(model.labels))
+        return self.registry.get(version)
+
+    def rollback(self) -> ModelVersion:
+        target = self.registry.rollback_target()
+        model = self.registry.get(target)
+        self.promoter.put_in_service(target, "rollback", self._smoke_images(model.labels))
+        return self.registry.get(target)
+
+    def _smoke_images(self, labels: list[str]) -> list[Path]:
+        """Holdout images for a manual promotion: collected holdout samples first, then base holdout."""
+        items = [Item(s.path, s.label, s.split) for s in self.samples.snapshot(self.samples.max_seq())]
+        items = [i for i in items if i.split == "holdout"]
+        try:
+            st = self.settings
+            base = base_items(st.base_data, st.base_manifest, st.holdout_fraction)
+            items += [i for i in base if i.split == "holdout"]
+        except GraftError as e:
+            log.warning("base data unavailable for the smoke test: %s", e)
+        return smoke_images(items, labels, self.settings.smoke_images)
+
+    def model_view(self, version: str) -> ModelView:
+        return ModelView(self.registry.get(version), self.registry.default_version() == version,
+                         self.registry.promoted_at(version))  # fmt: skip
+
+    def models(self) -> list[ModelView]:
+        default = self.registry.default_version()
+        return [ModelView(m, m.version == default, self.registry.promoted_at(m.version)) for m in self.registry.all()]
+
+    def history(self) -> list[Deployment]:
+        return self.registry.history()

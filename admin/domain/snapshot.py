@@ -1,0 +1,96 @@
+"""Dataset snapshots: the initial training data plus every collected sample, frozen in a manifest.
+
+The manifest follows docs/architecture.md (items ``{path, label, split}``, split ``train`` |
+``holdout``) and is written by :func:`graft.core.manifest.write_manifest`, which also computes its digest.
+Training never reads the holdout, not even for early stopping: it carves its validation split out of
+the training items, so the gate judges both models on images neither was selected on. A job trains
+and is judged on exactly the snapshot it took, whatever arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from admin.domain.samples import split_for
+from admin.store.samples import SampleStore
+from graft.core.errors import DatasetError
+from graft.core.images import IMAGE_SUFFIXES
+from graft.core.manifest import Item, Split, read_manifest, write_manifest
+from graft.core.util import file_sha256
+
+log = logging.getLogger(__name__)
+
+_VAL_DIRS = ("val", "valid", "validation")
+
+
+@dataclass
+class Snapshot:
+    items: list[Item]
+    max_sample_seq: int
+    num_samples: int
+    digest: str = ""
+    manifest: Path | None = None
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def holdout(self) -> list[Item]:
+        return [i for i in self.items if i.split == "holdout"]
+
+    @property
+    def train(self) -> list[Item]:
+        return [i for i in self.items if i.split == "train"]
+
+
+def _scan(root: Path, split: Split | None, holdout_fraction: float) -> list[Item]:
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                # A flat folder is split like collected samples: by content hash, never by chance.
+                s = split or split_for(file_sha256(f), holdout_fraction)
+                items.append(Item(f.resolve(), class_dir.name, s))
+    return items
+
+
+def base_items(base_data: Path | None, base_manifest: Path | None, holdout_fraction: float) -> list[Item]:
+    """The data the first model was trained on; its ``val`` part stays holdout forever."""
+    if base_manifest is not None:
+        items, _ = read_manifest(Path(base_manifest))
+        # A base manifest's "val" (the first model's validation data) is holdout from then on.
+        return [Item(i.path, i.label, "train" if i.split == "train" else "holdout") for i in items]
+    if base_data is None:
+        return []
+    root = Path(base_data)
+    if not root.is_dir():
+        raise DatasetError(f"base data folder {root} does not exist")
+    val_dir = next((root / n for n in _VAL_DIRS if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        return _scan(root / "train", "train", holdout_fraction) + _scan(val_dir, "holdout", holdout_fraction)
+    return _scan(root, None, holdout_fraction)
+
+
+def take_snapshot(store: SampleStore, base: list[Item]) -> Snapshot:
+    """Base items plus samples up to now. A sample whose bytes equal a base image keeps the base split,
+    so an image of the base holdout posted again as a sample cannot leak into training."""
+    upto = store.max_seq()
+    base_by_hash = {file_sha256(i.path): i for i in base if i.path.is_file()}
+    missing = len(base) - len(base_by_hash)
+    if missing:
+        log.warning("snapshot: %d base image(s) missing or duplicated; left out", missing)
+    items = list(base_by_hash.values())
+    samples = store.snapshot(upto)
+    items += [Item(s.path, s.label, s.split) for s in samples if s.id not in base_by_hash]
+    labels = sorted({i.label for i in items if i.split == "train"})
+    return Snapshot(items, upto, len(samples), labels=labels)
+
+
+def write_snapshot(snapshot: Snapshot, path: Path) -> Snapshot:
+    """Freeze the snapshot as a manifest with the training library's own writer (same digest rules)."""
+    if len(snapshot.labels) < 2:
+        raise DatasetError(f"need training images of at least 2 labels to train; have {snapshot.labels}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.digest = write_manifest(snapshot.items, path)
+    snapshot.manifest = path
+    return snapshot

@@ -1,0 +1,154 @@
+"""Running the admin service: ``graft admin`` on its own, or beside TorchServe from ``graft serve``.
+
+The seam for ``graft serve``::
+
+    add_admin_arguments(parser)                       # --admin-host/--admin-port/--admin-state-dir/...
+    settings = settings_from_args(args, torchserve_management_url=..., torchserve_inference_url=...,
+                                  torchserve_key_file=..., model_store=...)
+    with AdminServer(settings) as admin:              # uvicorn in a thread; start() returns once it listens
+        ...                                           # TorchServe runs in the foreground
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from admin.rollouts.base import Rollout
+from admin.runners.base import JobRunner
+from admin.settings import AdminSettings, load_settings
+from graft.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# (flag, settings field, type, help). Defaults stay None so GRAFT_* variables apply when a flag is absent.
+_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--admin-host", "admin_host", str, "admin API address (default 127.0.0.1)"),
+    ("--admin-port", "admin_port", int, "admin API port (default 8090; 0 = any free port)"),
+    ("--admin-state-dir", "state_dir", Path, "SQLite file, samples, jobs and run folders (default runs/admin)"),
+    ("--admin-token-file", "admin_token_file", Path, "file holding the admin token (else GRAFT_ADMIN_TOKEN)"),
+    ("--samples-token-file", "samples_token_file", Path, "file holding the samples-only token"),
+    ("--base-data", "base_data", Path, "image folder the first model was trained on (replayed; its val/ is holdout)"),
+    ("--base-manifest", "base_manifest", Path, "or the dataset manifest the first model was trained on"),
+    ("--initial-run", "initial_run", Path, "run folder of the model in service, imported when the registry is empty"),
+    ("--initial-version", "initial_version", str, "its version (default 1)"),
+    ("--auto-retrain-after", "auto_retrain_after", int, "start a job after N new samples (default 0 = off)"),
+    ("--gate-tolerance", "gate_tolerance", float, "allowed holdout accuracy drop vs the champion (default 0)"),
+    ("--gate-floor", "gate_floor", float, "minimum holdout accuracy to promote (default 0)"),
+]
+
+
+def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("admin service")
+    for flag, field, type_, help_ in _FLAGS:
+        group.add_argument(
+            flag, dest=f"admin_{field}" if not field.startswith("admin_") else field, type=type_, help=help_
+        )
+    group.add_argument(
+        "--admin-insecure-dev",
+        dest="admin_insecure_dev",
+        action="store_true",
+        default=None,
+        help="run the admin API without tokens (local experiments only; says so loudly)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> AdminSettings:
+    """Settings from the environment, then the flags given, then ``extra`` (what ``graft serve`` knows)."""
+    values: dict[str, Any] = {}
+    for _flag, field, _type, _help in _FLAGS:
+        dest = f"admin_{field}" if not field.startswith("admin_") else field
+        values[field] = getattr(args, dest, None)
+    values["insecure_dev"] = getattr(args, "admin_insecure_dev", None)
+    values.update(extra)
+    return load_settings(**values)
+
+
+class AdminServer:
+    """uvicorn serving ``create_app(settings)`` in a background thread of this process."""
+
+    def __init__(
+        self,
+        settings: AdminSettings,
+        *,
+        runner: JobRunner | None = None,
+        rollout: Rollout | None = None,
+        app_kwargs: dict[str, Any] | None = None,
+    ):
+        from admin.api.app import create_app
+
+        self.settings = settings
+        self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
+        config = uvicorn.Config(
+            self.app, host=settings.admin_host, port=settings.admin_port, log_level="warning", lifespan="on",
+            # One request body at a time per connection is enough; uploads are bounded by the app itself.
+            timeout_graceful_shutdown=10,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.settings.admin_host, self.port
+        return f"http://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.server, "servers", None) or []
+        for srv in servers:
+            for sock in srv.sockets:
+                return int(sock.getsockname()[1])
+        return self.settings.admin_port
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped (``graft serve`` watches it beside TorchServe)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 30.0) -> AdminServer:
+        # uvicorn installs no signal handlers outside the main thread: the caller keeps Ctrl-C.
+        self._thread = threading.Thread(target=self.server.run, name="graft-admin", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise ConfigError(
+                    f"the admin service could not start on {self.settings.admin_host}:{self.settings.admin_port}"
+                )
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the admin service did not start within {timeout:.0f}s")
+            time.sleep(0.05)
+        log.info("admin API on %s (docs at %s/docs)", self.url, self.url)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread is None:
+            return
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._thread = None
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C in the main thread stops it)."""
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            log.info("stopping the admin service")
+        finally:
+            self.stop()
+
+    def __enter__(self) -> AdminServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

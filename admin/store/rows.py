@@ -1,0 +1,111 @@
+"""Typed rows of the admin's SQLite store: what the store hands the domain, instead of dicts and tuples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SampleSplit = Literal["train", "holdout"]
+ModelStatus = Literal["training", "failed", "rejected", "accepted"]
+JobStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
+DeployAction = Literal["import", "promote", "rollback"]
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class StoredSample(_Row):
+    """The outcome of storing one upload: new, or the same bytes already stored under the same label."""
+
+    id: str  # sha256 of the bytes: the content address and public id
+    label: str
+    split: SampleSplit
+    duplicate: bool
+    seq: int
+
+
+class SampleRef(_Row):
+    """A stored sample as a dataset snapshot sees it."""
+
+    id: str
+    label: str
+    split: SampleSplit
+    path: Path  # absolute
+    seq: int
+
+
+class SampleMeta(_Row):
+    """A stored sample's public metadata."""
+
+    id: str
+    label: str
+    split: SampleSplit
+    size: int
+    format: str
+    width: int
+    height: int
+    received_at: str
+
+
+class ModelVersion(_Row):
+    version: str
+    status: ModelStatus
+    source: str  # "job" or "import"
+    job_id: str | None = None
+    parent_version: str | None = None
+    run_dir: Path | None = None
+    mar_path: Path | None = None
+    labels: list[str] = []
+    metrics: dict[str, Any] = {}
+    lineage: dict[str, Any] = {}
+    recipe: dict[str, Any] = {}
+    dataset_digest: str | None = None
+    num_train: int = 0
+    num_holdout: int = 0
+    max_sample_seq: int = 0
+    deployed: bool = False
+    created_at: str
+    updated_at: str
+
+
+class Deployment(_Row):
+    """One change of the default; ``previous_seq`` is the entry a rollback returns to."""
+
+    seq: int
+    version: str
+    action: DeployAction
+    previous_seq: int | None
+    job_id: str | None
+    at: str
+
+
+class Job(_Row):
+    id: str
+    status: JobStatus
+    phase: str
+    progress: float
+    trigger: str
+    params: dict[str, Any] = {}
+    config: dict[str, Any] | None = None  # the TrainConfig the job trains with (None before it is built)
+    candidate_version: str | None = None
+    champion_version: str | None = None
+    candidate_metrics: dict[str, Any] | None = None
+    champion_metrics: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    promoted: bool = False
+    reason: str = ""
+    dataset_digest: str | None = None
+    max_sample_seq: int | None = None
+    job_dir: Path | None = None
+    pid: int | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_JOB_STATUSES

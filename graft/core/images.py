@@ -1,0 +1,162 @@
+"""The one image-acceptance policy: which formats, how many pixels, what shape, and one decode function.
+
+Uploads to the admin, requests to the handler and files read by training all pass through here, so
+an image one part accepts the others accept too. Images come from untrusted clients: the pixel limit
+is checked on the header, before any pixel is decoded, and without touching ``PIL.Image.MAX_IMAGE_PIXELS``
+(the process-wide guard stays on). Every refusal is a typed :class:`graft.core.errors.BadInputError`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from graft.core.errors import (
+    BadInputError,
+    EmptyBodyError,
+    NotAnImageError,
+    TooManyPixelsError,
+    TruncatedImageError,
+    UnsupportedFormatError,
+)
+
+# PIL plugin ids tried on open. Multi-picture JPEGs (MPO, written by many cameras) open through the JPEG
+# plugin and report format "MPO": they are JPEGs whose first picture is the photo.
+PLUGINS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+ACCEPTED = "JPEG, PNG, WebP, BMP, GIF"
+JPEG_FORMATS = ("JPEG", "MPO")
+# Format PIL reports -> the file extension a stored copy gets.
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+# Below PIL's own 89 Mpx warning: an explicit decompression-bomb guard for every part of graft.
+MAX_IMAGE_PIXELS = 50_000_000
+# Resize scales the short side up to the model's size; a very thin image would become huge. 50:1 keeps the
+# resized area under 50 x resize^2 pixels while letting panoramas and tall screenshots through.
+MAX_ASPECT_RATIO = 50
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def _identify_other(data: bytes) -> str | None:
+    """The format name when PIL recognises bytes we do not accept, else None."""
+    try:
+        # Header parsing only (no pixel decoding) to tell "unsupported format" from "not an image".
+        with Image.open(io.BytesIO(data)) as img:
+            return str(img.format)
+    except Exception:  # any parser failure on untrusted bytes just means "not recognised"
+        return None
+
+
+def check_dimensions(width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    if width < 1 or height < 1:
+        raise TruncatedImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise TooManyPixelsError(
+            f"image has {width}x{height} = {width * height} pixels, the limit is {max_pixels}; send a smaller image"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise TooManyPixelsError(
+            f"image is {width}x{height}; aspect ratios beyond {MAX_ASPECT_RATIO}:1 are refused"
+            " (resizing its short side would allocate too much)"
+        )
+
+
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Parse the header of an accepted format and check the limits; pixels are not decoded yet."""
+    if not data:
+        raise EmptyBodyError("empty image: there are no bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is the policy; PIL's warning would only duplicate it in the log.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=PLUGINS)
+    except Image.DecompressionBombError as e:
+        raise TooManyPixelsError(f"image too large: {e}") from e
+    except UnidentifiedImageError as e:
+        other = _identify_other(data)
+        if other is not None:
+            raise UnsupportedFormatError(f"unsupported image format {other}; send one of {ACCEPTED}") from e
+        raise NotAnImageError(f"not an image ({len(data)} bytes, starting {data[:8]!r}); send one of {ACCEPTED}") from e
+    except Exception as e:  # a malformed header can raise anything from a format plugin
+        raise TruncatedImageError(f"image header is truncated or corrupt: {e}") from e
+    if img.format not in EXTENSIONS:  # a plugin may report a sub-format we have not vetted
+        img.close()
+        raise UnsupportedFormatError(f"unsupported image format {img.format}; send one of {ACCEPTED}")
+    try:
+        check_dimensions(img.width, img.height, max_pixels)
+    except BadInputError:
+        img.close()
+        raise
+    return img
+
+
+def header(img: Image.Image) -> Header:
+    return Header(format=str(img.format), width=img.width, height=img.height, mode=img.mode)
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decode to RGB: grayscale, palette, RGBA and CMYK converted; GIF and WebP give their first frame.
+
+    ``draft_size``: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both sides stay
+    >= ``draft_size`` (the model's resize target), which skips most of the work for large photos.
+    """
+    img = open_image(data, max_pixels)
+    try:
+        if draft_size and img.format in JPEG_FORMATS:
+            img.draft(None, (draft_size, draft_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # palette-with-transparency notices
+            img.seek(0)
+            return img.convert("RGB")
+    except Exception as e:  # truncated streams raise OSError, broken chunks SyntaxError/ValueError/zlib errors
+        raise TruncatedImageError(f"image data is truncated or corrupt ({img.format}): {e}") from e
+    finally:
+        img.close()
+
+
+def inspect(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Header:
+    """Accept or refuse bytes as an image by decoding them (a header check lets truncated files through).
+
+    Large JPEGs decode at reduced size (draft): cheaper, and truncation is still detected.
+    """
+    img = open_image(data, max_pixels)
+    head = header(img)
+    try:
+        if img.format in JPEG_FORMATS:
+            img.draft("RGB", (min(img.width, 512), min(img.height, 512)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            img.load()
+    except Exception as e:
+        raise TruncatedImageError(f"the image cannot be decoded (truncated or corrupt): {e}") from e
+    finally:
+        img.close()
+    return head
+
+
+def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A file decoded to RGB under the same policy (training and evaluation read images this way)."""
+    return decode_rgb(Path(path).read_bytes(), max_pixels)
+
+
+def is_readable_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> bool:
+    """Cheap header check of a file (no full decode): refuses non-images, other formats and bombs."""
+    try:
+        open_image(Path(path).read_bytes(), max_pixels).close()
+        return True
+    except (BadInputError, OSError):
+        return False

@@ -1,0 +1,164 @@
+"""``graft serve``: TorchServe and the admin service in one foreground process; Ctrl-C stops both.
+
+TorchServe comes first (graft/torchserve/launcher.py); once every model is ready the admin starts beside it
+(admin/launch.py, on 127.0.0.1:8090 by default), since it needs TorchServe's URLs and key file. What
+the admin can check without TorchServe (its token, its port) is checked before anything starts, so a
+missing token costs no minutes of model loading. ``--no-admin`` runs TorchServe alone: the Kubernetes
+inference pods do, the admin having its own Deployment there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from graft.core.errors import ConfigError
+from graft.torchserve.launcher import ServeConfig, TorchServe, port_in_use
+from graft.torchserve.properties import read_properties
+
+if TYPE_CHECKING:
+    from admin.server import AdminServer
+    from admin.settings import AdminSettings
+
+log = logging.getLogger(__name__)
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
+
+    pins = parse_defaults(os.environ.get(DEFAULTS_ENV))
+    if pins:
+        log.info("default versions pinned by %s: %s", DEFAULTS_ENV, ", ".join(f"{n} v{v}" for n, v in pins.items()))
+    return ServeConfig(
+        model_store=Path(args.model_store), inference_address=args.inference_address,
+        management_address=args.management_address, metrics_address=args.metrics_address,
+        grpc_inference_port=args.grpc_inference_port, grpc_management_port=args.grpc_management_port,
+        auth=not args.no_auth, token_expiration_min=args.token_expiration_min,
+        workdir=Path(args.workdir) if args.workdir else None, die_with_parent=True,
+        extra_properties=read_properties(Path(args.ts_config)) if args.ts_config else {},
+        default_versions=pins,
+    )  # fmt: skip
+
+
+def admin_preflight(args: argparse.Namespace) -> AdminSettings:
+    """The admin's settings, checked as far as they do not depend on TorchServe (token, port)."""
+    from admin.server import settings_from_args
+
+    settings = settings_from_args(args, model_store=Path(args.model_store).resolve())
+    try:
+        settings.check()  # ConfigError without a token (unless --admin-insecure-dev)
+    except ConfigError as e:
+        raise ConfigError(f"admin service: {e}; --no-admin serves without it") from e
+    host, port = settings.admin_host, settings.admin_port
+    if port and port_in_use(host, port):  # port 0 = any free port, always available
+        raise ConfigError(f"admin address {host}:{port} is in use: choose another --admin-port (or --no-admin)")
+    return settings
+
+
+def admin_settings_for(settings: AdminSettings, server: TorchServe) -> AdminSettings:
+    """The admin's settings pointed at this (ready) TorchServe."""
+    # model_copy, not settings_from_args: with --no-auth the key file must be None, which load_settings
+    # would drop in favour of a GRAFT_TORCHSERVE_KEY_FILE from the environment.
+    pointed = settings.model_copy(update={
+        "torchserve_management_url": server.management_url,
+        "torchserve_inference_url": server.inference_url,
+        "torchserve_key_file": server.key_file if server.config.auth else None,
+    })  # fmt: skip
+    if server.config.extra_properties.get("enable_model_api", "").strip().lower() == "false":
+        log.warning("enable_model_api=false: the admin cannot register new model versions with this TorchServe")
+    return pointed
+
+
+def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
+    log.info("inference  %s  (POST /predictions/NAME, Content-Type: application/octet-stream)", server.inference_url)
+    log.info("management %s", server.management_url)
+    log.info("metrics    %s/metrics (Prometheus)", server.metrics_url)
+    if server.config.auth:
+        log.info("keys in %s: send 'Authorization: Bearer <inference.key>' (management.key for management;"
+                 " API.key renews them via GET %s/token?type=inference)", server.key_file, server.management_url)
+    if admin is not None:
+        log.info("admin      %s  (Authorization: Bearer <admin token>; API docs at %s/docs)", admin.url, admin.url)
+
+
+def _watch(server: TorchServe, admin: AdminServer | None) -> int:
+    """Block until TorchServe or the admin stops on its own: both are meant to run until Ctrl-C."""
+    assert server.proc is not None
+    while True:
+        code = server.proc.poll()
+        if code is not None:
+            log.error("TorchServe exited on its own with code %d:\n%s", code, server.log_tail())
+            return 1
+        if admin is not None and not admin.running:
+            log.error("the admin service stopped on its own (see the log above)")
+            return 1
+        time.sleep(0.5)
+
+
+def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: AdminSettings | None = None) -> int:
+    """Start TorchServe, wait until ready, start the admin (unless None); block until Ctrl-C / SIGTERM or
+    one of them dies; always stop both, the admin first (it talks to TorchServe)."""
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    admin: AdminServer | None = None
+    try:
+        server.start()
+        server.wait_ready(ready_timeout)
+        if admin_settings is not None:
+            from admin.server import AdminServer
+
+            # Assigned before start(): a Ctrl-C while it starts still stops it below.
+            admin = AdminServer(admin_settings_for(admin_settings, server))
+            admin.start()
+        announce(server, admin)
+        return _watch(server, admin)
+    except KeyboardInterrupt:
+        log.info("stopping")
+        return 0
+    finally:
+        # A second Ctrl-C / SIGTERM must not interrupt the stop half-way and orphan the workers.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if admin is not None:
+                admin.stop()
+        finally:
+            server.stop()
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, sigint)
+
+
+def serve(args: argparse.Namespace) -> int:
+    # Everything that can be refused without TorchServe is refused before it starts.
+    config = config_from_args(args)
+    admin_settings = None if args.no_admin else admin_preflight(args)
+    return run_foreground(TorchServe(config), args.ready_timeout, admin_settings)
+
+
+def register(sub: Any) -> None:
+    from admin.server import add_admin_arguments
+
+    p = sub.add_parser("serve", help="serve a model store with TorchServe, and the admin service beside it",
+                       description="Start TorchServe with graft's configuration, then the admin service (unless "
+                                   "--no-admin); Ctrl-C stops everything.", allow_abbrev=False)
+    p.add_argument("--model-store", required=True, help="folder of NAME-VERSION.mar archives")
+    p.add_argument("--inference-address", default="http://127.0.0.1:8080")
+    p.add_argument("--management-address", default="http://127.0.0.1:8081")
+    p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
+    p.add_argument("--grpc-inference-port", type=int, default=7070)
+    p.add_argument("--grpc-management-port", type=int, default=7071)
+    p.add_argument("--workdir", help="where config, logs and key_file.json go (default: a new temporary folder)")
+    p.add_argument("--ts-config", help="properties file merged into TorchServe's config.properties "
+                                       "(workers, queues, timeouts...; graft's own keys are refused)")
+    p.add_argument("--no-auth", action="store_true", help="turn token authorization off (local experiments only)")
+    p.add_argument("--token-expiration-min", type=int, default=60)
+    p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for every model's workers")
+    p.add_argument("--no-admin", action="store_true", help="TorchServe only, without the admin service")
+    add_admin_arguments(p)
+    p.set_defaults(func=serve)

@@ -1,0 +1,41 @@
+"""The inference pod's exec probes (graft/torchserve/probe.py) against a fake TorchServe over HTTP.
+
+Checked by hand against a real TorchServe 0.12 too: ``/ping`` answered "Healthy" for about 8 s while
+the model's workers were still loading, and ``ready`` passed only once a worker was READY.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from graft.torchserve import probe as kube_probe
+from tests.support.fake_kube import FakeServer, FakeTorchServe
+
+
+@pytest.mark.parametrize(
+    ("ping", "workers", "ready"),
+    [
+        (200, {"graft": ["READY"]}, True),
+        (200, {"graft": ["UNLOADING", "READY"], "other": ["READY"]}, True),
+        (200, {"graft": ["READY"], "other": ["STARTED"]}, False),  # /ping was Healthy, a model is not loaded
+        (200, {}, False),  # no model registered at all
+        (500, {"graft": ["READY"]}, False),
+    ],
+)
+def test_readiness_needs_a_ready_worker_for_every_model(ping: int, workers: dict[str, list[str]], ready: bool) -> None:
+    ts = FakeTorchServe(ping_status=ping, workers=workers)
+    with FakeServer(ts) as url:
+        assert kube_probe.main(["ready", "--inference", url, "--management", url]) == (0 if ready else 1)
+
+
+def test_liveness_only_needs_the_frontend_to_answer() -> None:
+    with FakeServer(FakeTorchServe(ping_status=500)) as url:
+        assert kube_probe.main(["live", "--inference", url]) == 0
+    assert kube_probe.main(["live", "--inference", url, "--timeout", "1"]) == 1  # server gone
+
+
+@pytest.mark.parametrize(("pins", "ready"), [("graft=1", True), ("graft=2", False), ("graft=1,other=3", False)])
+def test_readiness_waits_for_the_pinned_default(monkeypatch: pytest.MonkeyPatch, pins: str, ready: bool) -> None:
+    monkeypatch.setenv("GRAFT_DEFAULT_VERSIONS", pins)
+    with FakeServer(FakeTorchServe(workers={"graft": ["READY"]})) as url:
+        assert kube_probe.main(["ready", "--inference", url, "--management", url]) == (0 if ready else 1)
