@@ -19,7 +19,6 @@ def register(sub: Any) -> None:
     )
     add_admin_arguments(p)
     p.add_argument("--model-store", type=Path, help="TorchServe's model store, where .mar files are written")
-    p.add_argument("--model-name", help="TorchServe model name (default graft)")
     p.add_argument("--torchserve-management", help="management API URL (default http://127.0.0.1:8081)")
     p.add_argument("--torchserve-inference", help="inference API URL (default http://127.0.0.1:8080)")
     p.add_argument(
@@ -35,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(
         args,
         model_store=args.model_store,
-        model_name=args.model_name,
         torchserve_management_url=args.torchserve_management,
         torchserve_inference_url=args.torchserve_inference,
         torchserve_key_file=args.torchserve_key_file,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ import uvicorn
 
 from admin.rollouts.base import Rollout
 from admin.runners.base import JobRunner
-from admin.settings import AdminSettings, load_settings
+from admin.settings import DEV_TOKEN_FILE, AdminSettings, load_settings
 from graft.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--admin-port", "admin_port", int, "admin API port (default 8090; 0 = any free port)"),
     ("--admin-state-dir", "state_dir", Path, "SQLite file, samples, jobs and run folders (default runs/admin)"),
     ("--admin-token-file", "admin_token_file", Path, "file holding the admin token (else GRAFT_ADMIN_TOKEN)"),
+    ("--model-name", "model_name", str, "the TorchServe model the admin manages (default: the one in the store)"),
     ("--samples-token-file", "samples_token_file", Path, "file holding the samples-only token"),
     ("--base-data", "base_data", Path, "image folder the first model was trained on (replayed; its val/ is holdout)"),
     ("--base-manifest", "base_manifest", Path, "or the dataset manifest the first model was trained on"),
@@ -52,11 +55,11 @@ def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
             flag, dest=f"admin_{field}" if not field.startswith("admin_") else field, type=type_, help=help_
         )
     group.add_argument(
-        "--admin-insecure-dev",
-        dest="admin_insecure_dev",
+        "--dev-token",
+        dest="admin_dev_token",
         action="store_true",
-        default=None,
-        help="run the admin API without tokens (local experiments only; says so loudly)",
+        help=f"one machine, development: without an admin token, generate one into STATE_DIR/{DEV_TOKEN_FILE} "
+        "(mode 0600) and use it, instead of refusing to start",
     )
 
 
@@ -66,9 +69,25 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> AdminSettings:
     for _flag, field, _type, _help in _FLAGS:
         dest = f"admin_{field}" if not field.startswith("admin_") else field
         values[field] = getattr(args, dest, None)
-    values["insecure_dev"] = getattr(args, "admin_insecure_dev", None)
     values.update(extra)
-    return load_settings(**values)
+    settings = load_settings(**values)
+    wants_dev_token = getattr(args, "admin_dev_token", False) and not settings.insecure_dev
+    if wants_dev_token and settings.resolved_admin_token() is None:
+        settings = settings.model_copy(update={"admin_token_file": dev_token_file(settings.state_dir)})
+    return settings
+
+
+def dev_token_file(state_dir: Path) -> Path:
+    """``STATE_DIR/admin.token``: a random admin token, created once with mode 0600 and reused after."""
+    path = Path(state_dir) / DEV_TOKEN_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        log.warning("development token: generated an admin token in %s (mode 0600)", path)
+    log.info("admin token in %s: send 'Authorization: Bearer $(cat %s)'", path, path)
+    return path
 
 
 class AdminServer:

@@ -18,6 +18,8 @@ from graft.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_LENGTH = 16
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEV_TOKEN_FILE = "admin.token"
 
 
 class AdminSettings(BaseSettings):
@@ -37,7 +39,12 @@ class AdminSettings(BaseSettings):
     # --- storage
     state_dir: Path = Path("runs/admin")  # SQLite file, samples, jobs, run folders
     model_store: Path = Path("model_store")
-    model_name: str = Field(default="graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # The TorchServe model the admin manages. None: the one model name in the store (refused when there are
+    # several), remembered in the registry from then on.
+    model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    # Where retired archives go: out of the model store, so a restart loads only what serves or may be rolled
+    # back to (None: STATE_DIR/archive).
+    archive_dir: Path | None = None
     # --- the data the first model was trained on, replayed in every retraining
     base_data: Path | None = None  # image folder: DIR/train|val/<label> (val = holdout) or DIR/<label>
     base_manifest: Path | None = None  # or a dataset manifest (its val items are holdout)
@@ -99,6 +106,10 @@ class AdminSettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "admin.sqlite3"
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or self.state_dir / "archive"
 
     def check(self) -> None:
         """Refuse settings the service must not start with; called by ``create_app``."""

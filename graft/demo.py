@@ -28,10 +28,6 @@ def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class
     result = fit(
         TrainConfig(data=data, output=run_dir, backbone="efficientnet_lite0", weights="imagenet", epochs=epochs)
     )
-    store = workdir / "model_store"
-    for old in store.glob("fashion-*.mar"):  # a rerun starts from version 1 again
-        old.unlink()
-    mar = export_run(run_dir, store, "fashion", "1", model_config={"backend": "onnx"})
     summary: dict[str, Any] = {
         "dataset": str(data),
         "run_dir": str(run_dir),
@@ -39,17 +35,21 @@ def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class
         "feature_cache": result.used_feature_cache,
         "train_seconds": round(result.wall_time_s, 1),
         "onnx": str(run_dir / "model.onnx"),
-        "mar": str(mar),
         "plots": [str(run_dir / "curves.png"), str(run_dir / "confusion_matrix.png")],
     }
-    if new_per_class:
-        import shutil
+    if not new_per_class:  # --no-serve: export only (graft serve RUN_DIR exports on its own)
+        store = workdir / "model_store"
+        for old in store.glob("fashion-*.mar"):  # a rerun starts from version 1 again
+            old.unlink()
+        summary["mar"] = str(export_run(run_dir, store, "fashion", "1", model_config={"backend": "onnx"}))
+        return summary
+    import shutil
 
-        from graft.demo_loop import serve_and_retrain
+    from graft.demo_loop import serve_and_retrain
 
-        for state in ("admin", "torchserve"):  # the loop's state is the demo's own: start clean
-            shutil.rmtree(workdir / state, ignore_errors=True)
-        summary["loop"] = serve_and_retrain(workdir, store, data, run_dir, start=per_class, extra=new_per_class)
+    shutil.rmtree(workdir / "admin", ignore_errors=True)  # the loop's state is the demo's own: start clean
+    summary["loop"] = serve_and_retrain(workdir, data, run_dir, start=per_class, extra=new_per_class)
+    summary["mar"] = summary["loop"].pop("mar")
     return summary
 
 
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         job = loop["job"]
         verdict = "promoted" if job["promoted"] else "kept out of service"
         print(
-            f"Served it with TorchServe (version {loop['answered_before']} answered), posted "
+            f"Served it with `graft serve {summary['run_dir']}` (version {loop['answered_before']} answered), posted "
             f"{loop['samples'].get('since_champion', '?')} new labelled images through the admin API and retrained: "
             f"the candidate was {verdict} ({job['status']}: {job['reason']}). "
             f"Version {loop['answered_after']} answers now."

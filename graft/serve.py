@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -24,24 +23,29 @@ from graft.torchserve.properties import read_properties
 if TYPE_CHECKING:
     from admin.server import AdminServer
     from admin.settings import AdminSettings
+    from graft.serve_plan import Served
 
 log = logging.getLogger(__name__)
 
 
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
+def config_from_args(
+    args: argparse.Namespace, served: Served | None = None, workdir: Path | None = None
+) -> ServeConfig:
+    """TorchServe's configuration for these arguments and this plan (default: the --no-admin plan)."""
+    if served is None:
+        from admin.server import settings_from_args
+        from graft.serve_plan import plan_without_admin
 
-    pins = parse_defaults(os.environ.get(DEFAULTS_ENV))
-    if pins:
-        log.info("default versions pinned by %s: %s", DEFAULTS_ENV, ", ".join(f"{n} v{v}" for n, v in pins.items()))
+        served = plan_without_admin(Path(args.run_dir) if args.run_dir else None, args.model_store,
+                                    settings_from_args(args))  # fmt: skip
     return ServeConfig(
-        model_store=Path(args.model_store), inference_address=args.inference_address,
+        model_store=served.store, inference_address=args.inference_address,
         management_address=args.management_address, metrics_address=args.metrics_address,
         grpc_inference_port=args.grpc_inference_port, grpc_management_port=args.grpc_management_port,
         auth=not args.no_auth, token_expiration_min=args.token_expiration_min,
-        workdir=Path(args.workdir) if args.workdir else None, die_with_parent=True,
+        workdir=Path(args.workdir) if args.workdir else workdir, die_with_parent=True,
         extra_properties=read_properties(Path(args.ts_config)) if args.ts_config else {},
-        default_versions=pins,
+        default_versions=served.pins, only_versions=served.only,
     )  # fmt: skip
 
 
@@ -49,11 +53,12 @@ def admin_preflight(args: argparse.Namespace) -> AdminSettings:
     """The admin's settings, checked as far as they do not depend on TorchServe (token, port)."""
     from admin.server import settings_from_args
 
-    settings = settings_from_args(args, model_store=Path(args.model_store).resolve())
+    settings = settings_from_args(args)
     try:
-        settings.check()  # ConfigError without a token (unless --admin-insecure-dev)
+        settings.check()  # ConfigError without a token (unless --dev-token made one)
     except ConfigError as e:
-        raise ConfigError(f"admin service: {e}; --no-admin serves without it") from e
+        raise ConfigError(f"admin service: {e}; or --dev-token on a machine of your own; --no-admin serves "
+                          "without it") from e  # fmt: skip
     host, port = settings.admin_host, settings.admin_port
     if port and port_in_use(host, port):  # port 0 = any free port, always available
         raise ConfigError(f"admin address {host}:{port} is in use: choose another --admin-port (or --no-admin)")
@@ -135,25 +140,39 @@ def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: Adm
 
 
 def serve(args: argparse.Namespace) -> int:
-    # Everything that can be refused without TorchServe is refused before it starts.
-    config = config_from_args(args)
-    admin_settings = None if args.no_admin else admin_preflight(args)
-    return run_foreground(TorchServe(config), args.ready_timeout, admin_settings)
+    # Everything that can be refused without TorchServe is refused before it starts: the token, the port,
+    # which model the admin manages, and what the store holds.
+    from admin.server import settings_from_args
+    from graft.serve_plan import plan_with_admin, plan_without_admin
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.no_admin:
+        served = plan_without_admin(run_dir, args.model_store, settings_from_args(args))
+        return run_foreground(TorchServe(config_from_args(args, served, None)), args.ready_timeout)
+    served = plan_with_admin(run_dir, args.model_store, admin_preflight(args))
+    assert served.settings is not None
+    # A stable work folder: a restart finds (and stops) what an earlier run left behind, and its stale keys.
+    config = config_from_args(args, served, served.settings.state_dir / "torchserve")
+    return run_foreground(TorchServe(config), args.ready_timeout, served.settings)
 
 
 def register(sub: Any) -> None:
     from admin.server import add_admin_arguments
 
-    p = sub.add_parser("serve", help="serve a model store with TorchServe, and the admin service beside it",
+    p = sub.add_parser("serve", help="serve a run folder or a model store with TorchServe, and the admin beside it",
                        description="Start TorchServe with graft's configuration, then the admin service (unless "
                                    "--no-admin); Ctrl-C stops everything.", allow_abbrev=False)
-    p.add_argument("--model-store", required=True, help="folder of NAME-VERSION.mar archives")
+    p.add_argument("run_dir", nargs="?", help="a run folder (graft train's output): exported into "
+                                              "STATE_DIR/model-store on the first start and served")
+    p.add_argument("--model-store", help="folder of NAME-VERSION.mar archives (default with a run folder: "
+                                         "STATE_DIR/model-store)")
     p.add_argument("--inference-address", default="http://127.0.0.1:8080")
     p.add_argument("--management-address", default="http://127.0.0.1:8081")
     p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
     p.add_argument("--grpc-inference-port", type=int, default=7070)
     p.add_argument("--grpc-management-port", type=int, default=7071)
-    p.add_argument("--workdir", help="where config, logs and key_file.json go (default: a new temporary folder)")
+    p.add_argument("--workdir", help="where config, logs and key_file.json go (default: STATE_DIR/torchserve; "
+                                     "with --no-admin a new temporary folder)")
     p.add_argument("--ts-config", help="properties file merged into TorchServe's config.properties "
                                        "(workers, queues, timeouts...; graft's own keys are refused)")
     p.add_argument("--no-auth", action="store_true", help="turn token authorization off (local experiments only)")

@@ -118,20 +118,25 @@ def _add_probes(app: FastAPI, service: AdminService) -> None:
 
     @app.get("/readyz", tags=["probes"])
     def readyz() -> Any:
-        """Readiness: SQLite answers and the server has been brought in line with the registry."""
+        """Readiness: SQLite answers, the admin knows the model in service, and TorchServe's default is the
+        registry's. ``detail`` says why not; ``warnings`` what works in a reduced way (no base data...)."""
         checks = {
             "database": service.db.ping(),
+            "champion": service.registry.default_version() is not None,
             "reconciled": service.reconciled.is_set(),
         }
+        ok = all(checks.values())
         body: dict[str, Any] = {
-            "status": "ready" if all(checks.values()) else "not ready",
+            "status": "ready" if ok else "not ready",
             "checks": checks,
+            "model_name": service.model_name,
             "default_version": service.registry.default_version(),
             "job": service.jobs.active(),
+            "warnings": service.warnings,
         }
-        if service.reconcile_error:
-            body["detail"] = service.reconcile_error
-        return JSONResponse(body, status_code=200 if all(checks.values()) else 503)
+        if problems := service.ready_problems():
+            body["detail"] = "; ".join(problems)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

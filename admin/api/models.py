@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["models"], responses=ERRORS, dependencies
 def list_models(request: Request) -> ModelsOut:
     svc = service(request)
     return ModelsOut(
-        model_name=svc.settings.model_name,
+        model_name=svc.model_name or "",
         default=svc.registry.default_version(),
         models=[ModelOut.of(v) for v in svc.models()],
         history=[DeploymentOut.of(d) for d in svc.history()],

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from admin.domain.adoption import BaseData
 from admin.domain.gate import GateDecision, decide
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
@@ -73,6 +74,7 @@ class JobServices:
     runner: JobRunner
     promoter: Promoter
     metrics: AdminMetrics
+    base: Callable[[], BaseData]  # the first model's data as the service knows it now
     evaluate: EvaluateFn = default_evaluate
 
 
@@ -81,6 +83,7 @@ class JobManager:
         self.s = services
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
+        self._notes: dict[str, list[str]] = {}  # what the job report must say beside the gate's reason
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -212,8 +215,10 @@ class JobManager:
         self._finish(job_id, "succeeded", f"promoted version {version}: {decision.reason}", promoted=True)
 
     def _snapshot(self, job_id: str, job_dir: Path) -> Snapshot:
-        st = self.s.settings
-        base = base_items(st.base_data, st.base_manifest, st.holdout_fraction)
+        source = self.s.base()
+        base = base_items(source.data, source.manifest, self.s.settings.holdout_fraction)
+        if source.warnings:
+            self._notes[job_id] = list(source.warnings)
         snap = write_snapshot(take_snapshot(self.s.samples, base), job_dir / "manifest.json")
         self.s.jobs.update(job_id, progress=0.05, dataset_digest=snap.digest, max_sample_seq=snap.max_sample_seq)
         log.info("job %s: snapshot %s: %d train, %d holdout", job_id, snap.digest, len(snap.train), len(snap.holdout))
@@ -300,6 +305,8 @@ class JobManager:
         self, job_id: str, status: JobStatus, reason: str, promoted: bool = False, record_metrics: bool = True
     ) -> None:
         job = self.s.jobs.get(job_id)
+        notes = self._notes.pop(job_id, [])
+        reason = "; ".join([reason, *notes])
         fields: dict[str, object] = {"status": status, "reason": reason, "promoted": int(promoted),
                                      "finished_at": utc_now(), "pid": None}  # fmt: skip
         if status != "failed":

@@ -10,6 +10,7 @@ registry's again, so a half-finished promotion cannot survive a restart.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,24 +43,34 @@ class Promoter:
         metrics: AdminMetrics,
         keep_versions: int,
         export: ExportFn = default_export,
+        archive_dir: Path | None = None,
     ):
         self.registry = registry
         self.rollout = rollout
         self.metrics = metrics
         self.keep_versions = keep_versions
         self.export = export
+        # Retired archives move here, out of the store: a restart loads only what serves or may come back.
+        self.archive_dir = archive_dir
         self.lock = threading.Lock()
 
     @property
     def name(self) -> str:
-        return self.registry.model_name
+        return self.registry.name
 
     def ensure_mar(self, model: ModelVersion, check_images: Sequence[Path]) -> Path:
         """The version's ``.mar`` in the model store, exported from its run folder when missing."""
         expected = self.registry.model_store / f"{self.name}-{model.version}.mar"
-        for candidate in (model.mar_path, expected):
-            if candidate and Path(candidate).is_file():
-                return Path(candidate)
+        if expected.is_file():
+            return expected
+        archived = self.archive_dir / expected.name if self.archive_dir else None
+        if archived is not None and archived.is_file():
+            shutil.move(archived, expected)  # a rollback target comes back into the store
+            self.registry.update(model.version, mar_path=expected)
+            log.info("restored %s from %s", expected.name, self.archive_dir)
+            return expected
+        if model.mar_path and model.mar_path.is_file():
+            return model.mar_path
         if model.run_dir is None or not model.run_dir.is_dir():
             raise ArtifactError(f"version {model.version} has no .mar and no run folder to export it from")
         mar = self.export(model.run_dir, self.registry.model_store, self.name, model.version, check_images)
@@ -122,6 +133,18 @@ class Promoter:
             self.registry.update(version, deployed=0)
         except GraftError as e:
             log.warning("could not retire version %s: %s", version, e)
+            return
+        self._archive(version)
+
+    def _archive(self, version: str) -> None:
+        """Move a retired version's archive out of the store (it stays restorable for a rollback)."""
+        mar = self.registry.model_store / f"{self.name}-{version}.mar"
+        if self.archive_dir is None or not mar.is_file():
+            return
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(mar, self.archive_dir / mar.name)
+        self.registry.update(version, mar_path=self.archive_dir / mar.name)
+        log.info("moved %s to %s", mar.name, self.archive_dir)
 
     def _retire_old(self) -> None:
         """Unregister known versions outside the keep set; a failure here is logged, never fatal."""

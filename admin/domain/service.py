@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from admin.domain.adoption import BaseData, adopt, import_run, resolve_base
 from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
 from admin.domain.promotion import ExportFn, Promoter, default_export
 from admin.domain.recipe import RetrainRequest
@@ -27,7 +28,6 @@ from admin.store.jobs import JobStore
 from admin.store.registry import Registry
 from admin.store.rows import Deployment, ModelVersion, StoredSample
 from admin.store.samples import SampleStore
-from graft.core.artifact import read_card
 from graft.core.errors import ConflictError, GraftError
 from graft.core.manifest import Item
 
@@ -96,12 +96,14 @@ class AdminService:
         self.db = Database(settings.db_path)
         self.samples = SampleStore(self.db, settings.state_dir)
         self.intake = SampleIntake(self.samples, settings.holdout_fraction, settings.max_image_pixels)
-        self.registry = Registry(self.db, settings.model_store, settings.model_name)
+        self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
+        self.base = BaseData()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
-        self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export)
+        archive = settings.archive_path if settings.rollout == "torchserve" else None
+        self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export, archive)
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
-            self.promoter, self.metrics, evaluate,
+            self.promoter, self.metrics, lambda: self.base, evaluate,
         )  # fmt: skip
         self.jobs = JobManager(services)
         self.reconciled = threading.Event()
@@ -111,13 +113,31 @@ class AdminService:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Synchronous start-up: nothing here waits on the network."""
+        """Synchronous start-up: nothing here waits on the network. ConfigError when the model it should
+        manage is ambiguous (several in the store, none named) or named but absent: it must not guess."""
         self.jobs.recover()
-        if self.registry.is_empty() and self.settings.initial_run is not None:
-            self.import_model(self.settings.initial_run, self.settings.initial_version)
+        self.adopt()
         self._refresh_sample_gauges()
-        if self.rollout is None or self.registry.default_version() is None:
+
+    def adopt(self) -> bool:
+        """Know the model in service (adopting it when the registry is empty) and its base data."""
+        if adopt(self.settings, self.db, self.registry) is None:
+            store, name = self.settings.model_store, self.settings.model_name or "NAME"
+            self.reconcile_error = (f"no model in service yet: export one into the model store {store} "
+                                    f"(graft export RUN_DIR --name {name} --model-store {store}) or start with "
+                                    "--initial-run RUN_DIR")  # fmt: skip
+            return False
+        champion = self.registry.champion()
+        self.base = resolve_base(self.settings, self.db, champion.run_dir if champion else None)
+        for warning in self.base.warnings:
+            log.warning("%s", warning)
+        if self.rollout is None:
             self.reconciled.set()
+        return True
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.base.warnings)
 
     def start_background(self) -> None:
         if self.reconciled.is_set() or self._reconciler is not None:
@@ -126,18 +146,30 @@ class AdminService:
         self._reconciler.start()
 
     def _reconcile_loop(self) -> None:
+        """Until TorchServe's default is the registry's: adopt a model once one appears, then reconcile."""
         delay = 1.0
         while not self._stop.is_set():
             try:
-                self.promoter.reconcile()
-                self.reconcile_error = None
-                self.reconciled.set()
-                return
-            except GraftError as e:
+                if self.registry.default_version() is not None or self.adopt():
+                    if self.rollout is not None:
+                        self.promoter.reconcile()
+                    self.reconcile_error = None
+                    self.reconciled.set()
+                    return
+            except GraftError as e:  # ConfigError included: the store may change under an operator's hands
                 self.reconcile_error = str(e)
-                log.warning("TorchServe not reconciled yet (%s); retrying in %.0fs", e, delay)
+                log.warning("not ready (%s); retrying in %.0fs", e, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, 30.0)
+
+    def ready_problems(self) -> list[str]:
+        """Why the service is not ready: no champion yet, or TorchServe's default is not the registry's."""
+        problems = []
+        if self.registry.default_version() is None:
+            problems.append(self.reconcile_error or "no model in service yet")
+        elif not self.reconciled.is_set():
+            problems.append(f"TorchServe's default is not the registry's yet: {self.reconcile_error or 'checking'}")
+        return problems
 
     def close(self) -> None:
         self._stop.set()
@@ -198,26 +230,8 @@ class AdminService:
 
     # ------------------------------------------------------------------ models
     def import_model(self, run_dir: Path, version: str) -> ModelVersion:
-        """Register an existing run folder (the first model, trained by hand) as the default."""
-        card = read_card(run_dir)  # ArtifactError when it is not a run folder
-        mar = self.settings.model_store / f"{self.settings.model_name}-{version}.mar"
-        self.registry.create(
-            version,
-            status="accepted",
-            source="import",
-            run_dir=Path(run_dir).resolve(),
-            mar_path=mar.resolve() if mar.is_file() else None,
-            labels=card.labels,
-            recipe={"backbone": card.backbone, **card.recipe},
-            lineage=card.lineage.model_dump(mode="json"),
-            metrics={"training": card.metrics},
-            dataset_digest=card.lineage.dataset_digest,
-            num_train=card.lineage.num_train,
-            num_holdout=card.lineage.num_val,
-        )
-        self.registry.record_default(version, "import")
-        log.info("imported %s as version %s (the default)", run_dir, version)
-        return self.registry.get(version)
+        """Register an existing run folder as the default (the registry must know its model name)."""
+        return import_run(self.registry, run_dir, version)
 
     def promote(self, version: str, force: bool = False) -> ModelVersion:
         model = self.registry.get(version)
@@ -239,8 +253,7 @@ class AdminService:
         items = [Item(s.path, s.label, s.split) for s in self.samples.snapshot(self.samples.max_seq())]
         items = [i for i in items if i.split == "holdout"]
         try:
-            st = self.settings
-            base = base_items(st.base_data, st.base_manifest, st.holdout_fraction)
+            base = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
             items += [i for i in base if i.split == "holdout"]
         except GraftError as e:
             log.warning("base data unavailable for the smoke test: %s", e)
@@ -249,6 +262,10 @@ class AdminService:
     def model_view(self, version: str) -> ModelView:
         return ModelView(self.registry.get(version), self.registry.default_version() == version,
                          self.registry.promoted_at(version))  # fmt: skip
+
+    @property
+    def model_name(self) -> str | None:
+        return self.registry.model_name
 
     def models(self) -> list[ModelView]:
         default = self.registry.default_version()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from admin.runners.base import RunnerStatus, TrainRequest
 from graft.core.errors import UpstreamError
+from graft.core.util import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class LocalJobRunner:
                     stdin=subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,  # its own process group: cancel() stops the whole tree
+                    # Dies with the admin (even on kill -9): an orphaned trainer would hold a GPU for nothing.
+                    preexec_fn=die_with_parent(signal.SIGKILL),
                 )
         except OSError as e:
             raise UpstreamError(f"cannot start the training process {argv[0]}: {e}") from e

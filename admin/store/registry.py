@@ -20,16 +20,22 @@ _JSON_FIELDS = ("labels", "metrics", "lineage", "recipe")
 
 
 class Registry:
-    def __init__(self, db: Database, model_store: Path, model_name: str):
+    def __init__(self, db: Database, model_store: Path, model_name: str | None):
         self.db = db
         self.model_store = Path(model_store)
-        self.model_name = model_name
+        self.model_name = model_name  # None until the service knows which model it manages
+
+    @property
+    def name(self) -> str:
+        if self.model_name is None:
+            raise ConflictError("no model is in service yet: there is no model name to act on")
+        return self.model_name
 
     # ------------------------------------------------------------------ versions
     def next_version(self) -> str:
         """One above every version known to the registry or present as a ``.mar`` in the store."""
         numbers = [int(r["version"]) for r in self.db.all("SELECT version FROM models") if r["version"].isdigit()]
-        prefix = f"{self.model_name}-"
+        prefix = f"{self.name}-"
         for mar in self.model_store.glob(f"{prefix}*.mar") if self.model_store.is_dir() else []:
             tail = mar.stem[len(prefix) :]
             if tail.isdigit():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import signal
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,3 +54,20 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
             os.fsync(dir_fd)  # the rename itself survives a crash
         finally:
             os.close(dir_fd)
+
+
+def _set_pdeathsig(sig: int) -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child receive ``sig`` when its parent dies, even by SIGKILL (Linux).
+
+    The kernel ties it to the *thread* that forked: start such children from a thread that outlives them.
+    None where prctl is not available (not Linux).
+    """
+    if not os.path.exists("/proc/self"):
+        return None
+    return functools.partial(_set_pdeathsig, sig)

@@ -25,11 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.core.errors import ServeError, UpstreamError
+from graft.core.util import die_with_parent
 from graft.torchserve.client import KEY_FILE, KeyKind, TokenKeys, TorchServeClient, load_keys
 from graft.torchserve.properties import check_extra_properties, config_properties, host_port
 from graft.torchserve.store import Archive, default_versions, scan_store
 
 log = logging.getLogger(__name__)
+
+PID_FILE = "torchserve.pid"
 
 
 @dataclass
@@ -53,8 +56,12 @@ class ServeConfig:
     die_with_parent: bool = False
     # More TorchServe properties (``graft serve --ts-config``); never one of PROTECTED_PROPERTIES.
     extra_properties: dict[str, str] = field(default_factory=dict)
-    # Pinned default version per model (``GRAFT_DEFAULT_VERSIONS``); unpinned models get their newest.
+    # Pinned default version per model (``GRAFT_DEFAULT_VERSIONS`` or the admin's registry); unpinned models
+    # get their newest.
     default_versions: dict[str, str] = field(default_factory=dict)
+    # The versions to load, per model (the default and its rollback targets); models not named load every
+    # archive in the store.
+    only_versions: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_extra_properties(self.extra_properties)
@@ -87,12 +94,6 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -146,7 +147,8 @@ class TorchServe:
             raise ServeError(f"model store {store} is not a folder")
         if shutil.which(self.config.java) is None:
             raise ServeError(f"'{self.config.java}' not found: TorchServe's frontend needs a Java 17 runtime")
-        self.archives = scan_store(store)
+        only = self.config.only_versions
+        self.archives = [a for a in scan_store(store) if a.name not in only or a.version in only[a.name]]
         self.defaults = default_versions(self.archives, self.config.default_versions)  # before Java starts
         if not self.archives:
             log.warning("no .mar in %s: TorchServe starts with no model (register one via the management API)", store)
@@ -174,10 +176,35 @@ class TorchServe:
         if busy:
             raise ServeError(f"address in use: {', '.join(busy)} (another TorchServe?); choose other addresses/ports")
 
+    def _stop_leftover(self) -> None:
+        """A TorchServe an earlier run left in this work folder (its parent was killed -9): stop it first.
+
+        The pid file names its process group; the leader must still be Java started with this folder's
+        config.properties, so a recycled pid is spared.
+        """
+        try:
+            pgid = int((self.workdir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return
+        marker = str(self.workdir / "config.properties")
+        try:
+            cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmdline = ""
+        if marker in cmdline:
+            log.warning("stopping TorchServe (pid %d) left over from an earlier run in %s", pgid, self.workdir)
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _group_pids(pgid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            _signal_group(pgid, signal.SIGKILL)
+        (self.workdir / PID_FILE).unlink(missing_ok=True)
+
     def start(self) -> None:
         if self.proc is not None:
             raise ServeError("already started")
         cmd = self.prepare()
+        self._stop_leftover()
         self._check_ports()
         self.key_file.unlink(missing_ok=True)  # never read a previous run's tokens
         if not self.config.auth:
@@ -186,10 +213,11 @@ class TorchServe:
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() signals the whole tree at once
-            umask=0o077, preexec_fn=_die_with_parent if self.config.die_with_parent else None,
+            umask=0o077, preexec_fn=die_with_parent(signal.SIGTERM) if self.config.die_with_parent else None,
         )
         out.close()
         self._pgid = self.proc.pid
+        (self.workdir / PID_FILE).write_text(f"{self.proc.pid}\n")
         log.info("TorchServe starting (pid %d), work folder %s", self.proc.pid, self.workdir)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -246,6 +274,7 @@ class TorchServe:
         left = self.process_tree()
         self.proc = None
         self.key_file.unlink(missing_ok=True)  # tokens are secrets; TorchServe's own --stop removes them too
+        (self.workdir / PID_FILE).unlink(missing_ok=True)
         if left:
             raise ServeError(f"processes survived the stop: {left}")
         log.info("TorchServe stopped")

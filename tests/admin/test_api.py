@@ -14,17 +14,21 @@ from admin.server import AdminServer
 from admin.settings import AdminSettings
 from graft.core.errors import ConfigError
 from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
-from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
+from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export, write_toy_card
 from tests.support.images import jpeg, noise_png
-from tests.support.waiting import error_of
+from tests.support.waiting import error_of, wait_ready
 
 
 def settings(tmp_path: Path, **overrides: Any) -> AdminSettings:
+    """A service whose model in service is a toy run (a valid card, labels ants and bees)."""
+    initial = write_toy_card(tmp_path / "initial", ["ants", "bees"], 0.6).labels and tmp_path / "initial"
     values: dict[str, Any] = {
         "admin_token": ADMIN_TOKEN,
         "samples_token": SAMPLES_TOKEN,
         "state_dir": tmp_path / "state",
         "model_store": tmp_path / "store",
+        "model_name": "graft",
+        "initial_run": initial,
         "rollout": "none",
     }
     values.update(overrides)
@@ -37,6 +41,7 @@ def client(tmp_path: Path, free_port: int) -> Iterator[httpx.Client]:
     st = settings(tmp_path, admin_port=free_port, max_upload_bytes=4000, max_batch_files=4)
     extra = {"evaluate": fake_evaluate, "export": placeholder_export}
     with AdminServer(st, rollout=FakeRollout(), app_kwargs=extra) as server, httpx.Client(base_url=server.url) as c:
+        wait_ready(c)
         yield c
 
 
@@ -87,7 +92,9 @@ def test_samples_token_may_post_samples(client: httpx.Client) -> None:
 def test_probes_metrics_and_docs_need_no_token(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "reconciled": True}
+    checks = {"database": True, "champion": True, "reconciled": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == checks
+    assert ready.json()["model_name"] == "graft" and ready.json()["default_version"] == "1"
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     for path in ("/v1/samples", "/v1/samples/batch", "/v1/retrain", "/v1/jobs/{job_id}", "/v1/models", "/v1/rollback"):
@@ -113,7 +120,7 @@ def test_post_sample_stores_and_recognises_duplicates(client: httpx.Client) -> N
     clash = post_sample(client, data, "bees")
     assert clash.status_code == 409 and "already stored" in error_of(clash)["message"]
     stats = client.get("/v1/samples/stats", headers=ADMIN).json()
-    assert stats["total"] == 1 and stats["since_champion"] == 1 and stats["champion_version"] is None
+    assert stats["total"] == 1 and stats["since_champion"] == 1 and stats["champion_version"] == "1"
     meta = client.get(f"/v1/samples/{body['id']}", headers=ADMIN).json()
     assert meta["format"] == "JPEG" and (meta["width"], meta["height"]) == (24, 16) and meta["size"] == len(data)
     assert client.get("/v1/samples/" + "0" * 64, headers=ADMIN).status_code == 404

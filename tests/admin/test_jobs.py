@@ -46,6 +46,7 @@ class Env:
             "admin_port": self.port,
             "state_dir": self.tmp / "state",
             "model_store": self.store,
+            "model_name": "graft",
             "base_data": self.base,
             "initial_run": self.initial,
             "job_poll_s": 0.1,

@@ -78,8 +78,9 @@ def fake_train(argv: Sequence[str]) -> int:
 
 
 def write_toy_card(
-    run_dir: Path, labels: Sequence[str], quality: float, digest: str = "sha256:test", parent: Path | None = None
-) -> ModelCard:
+    run_dir: Path, labels: Sequence[str], quality: float, digest: str = "sha256:test", parent: Path | None = None,
+    dataset_path: Path | None = None,
+) -> ModelCard:  # fmt: skip
     card = ModelCard.model_validate(
         {
             "backbone": "fake",
@@ -88,7 +89,8 @@ def write_toy_card(
             "preprocessing": {"resize": 8, "crop": 8, "mean": [0.5] * 3, "std": [0.5] * 3},
             "recipe": {"backbone": "fake", "weights": "none"},
             "metrics": {"val_accuracy": quality},
-            "lineage": {"dataset_digest": digest, "parent_model": str(parent) if parent else None},
+            "lineage": {"dataset_digest": digest, "parent_model": str(parent) if parent else None,
+                        "dataset_path": str(dataset_path) if dataset_path else None},
             "fake_quality": quality,
         }
     )
@@ -112,6 +114,20 @@ def fake_evaluate(
         wrong = labels[(labels.index(label) + 1) % len(labels)] if label in labels else labels[0]
         preds.append(label if right else wrong)
     return preds, labels
+
+
+def card_mar(run_dir: Path, store: Path, name: str, version: str) -> Path:
+    """A zip shaped like a graft archive (manifest, model.json, weights): what adoption reads, no handler."""
+    import zipfile
+
+    store.mkdir(parents=True, exist_ok=True)
+    mar = store / f"{name}-{version}.mar"
+    manifest = {"model": {"modelName": name, "modelVersion": version, "handler": "image_classifier.py"}}
+    with zipfile.ZipFile(mar, "w") as z:
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        z.write(run_dir / "model.json", "model.json")
+        z.writestr("model.safetensors", b"toy weights")
+    return mar
 
 
 def placeholder_export(run_dir: Path, model_store: Path, name: str, version: str, check: Sequence[Path]) -> Path:
