@@ -49,3 +49,25 @@ class AdminMetrics:
         self.rollout_failures = Counter(
             "graft_admin_rollout_failures", "Deploys or swaps that failed (the champion kept serving)", registry=r
         )
+        # Production feedback: captured traffic, the review queue, drift against the champion's holdout.
+        self.captures = Gauge("graft_admin_captures", "Indexed captures of served inputs, by status", ["status"],
+                              registry=r)  # fmt: skip
+        self.drift_psi = Gauge(
+            "graft_admin_drift_psi",
+            "Population stability index of the latest window's predicted classes against the champion's holdout "
+            "(NaN below the minimum number of captures)",
+            registry=r,
+        )
+        self.drift_window_captures = Gauge(
+            "graft_admin_drift_window_captures", "Captures of the champion in the latest drift window", registry=r
+        )
+        self.drift_confidence = Gauge(
+            "graft_admin_drift_mean_confidence", "Mean top-1 probability", ["source"], registry=r
+        )
+        self.drift_low_margin = Gauge(
+            "graft_admin_drift_low_margin_share", "Share of answers with a top-1/top-2 margin below low_margin",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.drift_share = Gauge(
+            "graft_admin_drift_predicted_share", "Share of top-1 answers per label", ["label", "source"], registry=r
+        )

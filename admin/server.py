@@ -107,8 +107,9 @@ class AdminServer:
         self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
         config = uvicorn.Config(
             self.app, host=settings.admin_host, port=settings.admin_port, log_level="warning", lifespan="on",
-            # One request body at a time per connection is enough; uploads are bounded by the app itself.
             timeout_graceful_shutdown=10,
+            # Bounded: past max_connections uvicorn answers 503; idle keep-alive connections close after 5 s.
+            limit_concurrency=settings.max_connections, timeout_keep_alive=5,
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graft.core.errors import ConfigError
+from graft.core.images import MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class AdminSettings(BaseSettings):
     insecure_dev: bool = False  # no auth at all; only for a laptop, and it says so loudly
     # --- storage
     state_dir: Path = Path("runs/admin")  # SQLite file, samples, jobs, run folders
+    # Where the SQLite file lives when not in state_dir: SQLite in WAL mode needs a local or block volume
+    # (ReadWriteOnce), not a network file system; the samples and run folders may live on one.
+    db_dir: Path | None = None
     model_store: Path = Path("model_store")
     # The TorchServe model the admin manages. None: the one model name in the store (refused when there are
     # several), remembered in the registry from then on.
@@ -55,7 +59,15 @@ class AdminSettings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_batch_files: int = Field(default=64, gt=0)
     max_batch_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # a whole batch request
-    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a whole request body must arrive within this
+    max_connections: int = Field(default=64, gt=0)  # concurrent connections; 503 beyond (uvicorn)
+    api_docs: bool = False  # /docs, /redoc, /openapi.json (behind the admin token) for development
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, gt=0)
+    # Decoded pixels one upload request may cost, counted on the headers before anything is decoded.
+    max_batch_pixels: int = Field(default=256_000_000, gt=0)
+    # --- labels (the admin owns the label set; see admin/domain/labels.py)
+    min_label_samples: int = Field(default=10, ge=1)  # training samples before a new label takes part
+    promote_new_labels: bool = False  # a candidate that adds labels waits for an admin unless this is on
     # --- retraining
     runner: Literal["local", "kubernetes"] = "local"
     # Default training settings of every job (GRAFT_TRAIN_ARGS='{"epochs": 10}'): TrainConfig recipe fields only.
@@ -80,6 +92,19 @@ class AdminSettings(BaseSettings):
     # After a swap, the old version's queue must empty and its last batch finish before it is unregistered.
     drain_grace_s: float = Field(default=5.0, ge=0.0)
     smoke_images: int = Field(default=4, ge=1)
+    # --- production feedback: captured traffic, the review queue, shadow replay and drift
+    # Where the inference workers write captures (graft serve --capture-rate; None: STATE_DIR/captures).
+    capture_dir: Path | None = None
+    capture_scan_s: float = Field(default=5.0, gt=0)  # how often new captures are indexed
+    # Replayed to a candidate before it becomes the default (0 = no replay); optional gate on the agreement.
+    replay_captures: int = Field(default=300, ge=0)
+    replay_min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    drift_window_s: float = Field(default=3600.0, gt=0)  # one window of traffic compared with the holdout
+    drift_min_captures: int = Field(default=30, ge=1)  # a window with fewer captures has no verdict
+    low_margin: float = Field(default=0.2, gt=0.0, lt=1.0)  # an answer with a smaller top-1/top-2 margin is unsure
+    # Start a job when the latest window's PSI reaches this (None = off), at most once per cooldown.
+    retrain_on_drift_psi: float | None = Field(default=None, gt=0.0)
+    drift_retrain_cooldown_s: float = Field(default=6 * 3600.0, ge=0.0)
 
     @field_validator("train_args")
     @classmethod
@@ -105,11 +130,15 @@ class AdminSettings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "admin.sqlite3"
+        return (self.db_dir or self.state_dir) / "admin.sqlite3"
 
     @property
     def archive_path(self) -> Path:
         return self.archive_dir or self.state_dir / "archive"
+
+    @property
+    def capture_path(self) -> Path:
+        return self.capture_dir or self.state_dir / "captures"
 
     def check(self) -> None:
         """Refuse settings the service must not start with; called by ``create_app``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -46,7 +47,31 @@ def config_from_args(
         workdir=Path(args.workdir) if args.workdir else workdir, die_with_parent=True,
         extra_properties=read_properties(Path(args.ts_config)) if args.ts_config else {},
         default_versions=served.pins, only_versions=served.only,
+        environment=capture_environment(args, served.settings),
     )  # fmt: skip
+
+
+def capture_environment(args: argparse.Namespace, settings: AdminSettings | None) -> dict[str, str]:
+    """The workers' capture settings (graft/core/handler_settings.py): into the admin's capture folder."""
+    rate = getattr(args, "capture_rate", None)
+    if rate is None:
+        return {}
+    if settings is None:  # --no-admin: the folder an admin started later on this state folder reads
+        from admin.server import settings_from_args
+
+        settings = settings_from_args(args)
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"--capture-rate {rate}: give the share of requests to keep, between 0 and 1")
+    budget = getattr(args, "capture_budget_mb", None)
+    if budget is not None and budget < 1:
+        raise ConfigError("--capture-budget-mb must be at least 1")
+    folder = settings.capture_path
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"GRAFT_CAPTURE_RATE": str(rate), "GRAFT_CAPTURE_DIR": str(folder.resolve())}
+    if budget is not None:
+        env["GRAFT_CAPTURE_BUDGET_MB"] = str(budget)
+    log.info("capture: %.1f%% of served inputs into %s", 100 * rate, folder)
+    return env
 
 
 def admin_preflight(args: argparse.Namespace) -> AdminSettings:
@@ -156,6 +181,14 @@ def serve(args: argparse.Namespace) -> int:
     return run_foreground(TorchServe(config), args.ready_timeout, served.settings)
 
 
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
 def register(sub: Any) -> None:
     from admin.server import add_admin_arguments
 
@@ -179,5 +212,10 @@ def register(sub: Any) -> None:
     p.add_argument("--token-expiration-min", type=int, default=60)
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for every model's workers")
     p.add_argument("--no-admin", action="store_true", help="TorchServe only, without the admin service")
+    p.add_argument("--capture-rate", type=float, default=_env_float("GRAFT_CAPTURE_RATE"),
+                   help="keep this share of served inputs (0..1) with the model's answers for the admin's review "
+                        "queue, replay and drift (default: GRAFT_CAPTURE_RATE, else off)")
+    p.add_argument("--capture-budget-mb", type=int, help="disk the captures may use (default 1024); the oldest "
+                                                         "go first")
     add_admin_arguments(p)
     p.set_defaults(func=serve)

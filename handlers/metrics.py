@@ -9,7 +9,16 @@ import logging
 from collections import Counter
 from typing import Any
 
-from graft.core.metrics import BATCH_SIZE, INFERENCE, PREDICTIONS, PREPROCESS, REJECTED, SPECS, MetricSpec
+from graft.core.metrics import (
+    BATCH_SIZE,
+    CAPTURES,
+    INFERENCE,
+    PREDICTIONS,
+    PREPROCESS,
+    REJECTED,
+    SPECS,
+    MetricSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +70,6 @@ class HandlerMetrics:
 
     def rejected(self, reason: str) -> None:
         self._emit(REJECTED, 1, [reason])
+
+    def captured(self, outcome: str) -> None:
+        self._emit(CAPTURES, 1, [outcome])

@@ -57,10 +57,10 @@ def parse_topk(value: Any) -> int:
     k = -1
     if isinstance(value, int) and not isinstance(value, bool):
         k = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 9:  # no 5000-digit ints
         k = int(value.strip())
     if k < 1:
-        raise BadInputError(f"topk must be a positive integer, got {value!r}")
+        raise BadInputError(f"topk must be a positive integer, got {str(value)[:20]!r}")
     return k
 
 
@@ -128,9 +128,13 @@ def _from_body(body: Any, content_type: str, max_bytes: int, max_instances: int)
     if content_type.startswith("application/json") or _looks_like_json(raw):
         try:
             doc = json.loads(raw)
+        except RecursionError as e:
+            raise BadInputError("JSON body is nested too deeply") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             if content_type.startswith("application/json"):
                 raise BadInputError(f"body is not valid JSON: {e}") from e
+        except ValueError as e:  # valid JSON Python refuses to read, e.g. an integer of thousands of digits
+            raise BadInputError(f"JSON body cannot be read: {e}") from e
         else:
             return _from_json(doc, max_bytes, max_instances)
     if len(raw) > max_bytes:

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from graft.core.artifact import read_card
+from graft.core.capture import NO_CAPTURE_HEADER
 from graft.core.errors import BadInputError, GraftError
-from graft.core.handler_settings import HandlerSettings, settings_from_yaml
+from graft.core.handler_settings import HandlerSettings, settings_from_yaml, with_environment
 from handlers.backends import Backend, make_backend
+from handlers.capture import CaptureWriter
 from handlers.metrics import HandlerMetrics
 from handlers.preprocess import Preprocessor
 from handlers.requests import ParsedRequest, parse_request
@@ -58,6 +60,16 @@ def worker_threads(settings: HandlerSettings, model_yaml_config: Mapping[str, An
 
 
 
+def _request_id(context: Any, idx: int) -> str:
+    ids = getattr(context, "request_ids", None) or {}
+    return str(ids.get(idx, "")) if isinstance(ids, dict) else ""
+
+
+def _no_capture(context: Any, idx: int) -> bool:
+    wanted = NO_CAPTURE_HEADER.lower()
+    return any(str(k).lower() == wanted for k in _headers(context, idx))
+
+
 def _model_version(context: Any) -> str:
     manifest = getattr(context, "manifest", None) or {}
     return str((manifest.get("model") or {}).get("modelVersion", "0"))
@@ -77,7 +89,7 @@ class ImageClassifierService:
     def initialize(self, context: Any) -> None:
         props = context.system_properties
         model_dir = Path(props["model_dir"])
-        self.settings: HandlerSettings = settings_from_yaml(context.model_yaml_config)
+        self.settings: HandlerSettings = with_environment(settings_from_yaml(context.model_yaml_config), os.environ)
         self.device = pick_device(props.get("gpu_id"))
         threads = worker_threads(self.settings, context.model_yaml_config)
         limit_threads(threads)
@@ -92,6 +104,7 @@ class ImageClassifierService:
             self.card.preprocessing, self.device, self.settings.max_image_pixels, self.settings.fast_decode, gpu_decode
         )
         self.metrics = HandlerMetrics(context.metrics, self.model_name, self.model_version, self.backend.name)
+        self.capture = self._capture_writer()
         if self.settings.warmup:
             self._warmup(int(props.get("batch_size") or 1))
         self.initialized = True
@@ -100,6 +113,15 @@ class ImageClassifierService:
             self.model_name, self.model_version, self.backend.name, self.device, threads, gpu_decode,
             len(self.card.labels),
         )
+
+    def _capture_writer(self) -> CaptureWriter | None:
+        st = self.settings
+        if st.capture_rate <= 0 or not st.capture_dir:
+            return None
+        log.info("capturing %.1f%% of inputs into %s (budget %d MB)", 100 * st.capture_rate, st.capture_dir,
+                 st.capture_budget_mb)  # fmt: skip
+        return CaptureWriter(Path(st.capture_dir), self.model_name, self.model_version, self.card.labels,
+                             st.capture_rate, st.capture_budget_mb * 2**20, self.metrics.captured)  # fmt: skip
 
     def _warmup(self, batch_size: int) -> None:
         from PIL import Image
@@ -136,6 +158,9 @@ class ImageClassifierService:
             else:
                 mine, rows = rows[: len(tensors[i])], rows[len(tensors[i]) :]
                 out.append(self._answer(context, i, requests[i], mine, n_images))
+                if self.capture is not None and not _no_capture(context, i):
+                    for payload, row in zip(requests[i].payloads, mine, strict=True):
+                        self.capture.offer(payload, row.tolist(), _request_id(context, i))
         return out
 
     def _preprocess(self, requests: dict[int, ParsedRequest], errors: dict[int, GraftError]) -> dict[int, list[Any]]:

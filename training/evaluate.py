@@ -67,6 +67,25 @@ def predict_paths(
     return preds, card.labels
 
 
+@torch.no_grad()
+def predict_probabilities(
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32
+) -> tuple[list[list[float]], list[str]]:
+    """Class probabilities for each image ([] when unreadable), and the run's labels."""
+    from training.data import ImageDataset, collate
+
+    model, card = load_model(run_dir, device)
+    ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(card.preprocessing))
+    out: list[list[float]] = [[] for _ in paths]
+    for x, idx in DataLoader(ds, batch_size=batch_size, collate_fn=collate):
+        if x.numel() == 0:
+            continue
+        probs = model(x.to(device)).float().softmax(1).cpu()
+        for i, row in zip(idx.tolist(), probs.tolist(), strict=True):
+            out[i] = row
+    return out, card.labels
+
+
 def evaluate_run(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu") -> dict[str, Any]:
     """Evaluate a run folder on ``(path, label)`` pairs.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import torch
 from graft.core.artifact import MODEL_JSON, ONNX_FILE, load_model, read_card, write_card
 from graft.core.errors import ArtifactError, ExportError
 from graft.core.transforms import eval_transform
+from graft.core.util import child_env
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def build_mar(
         # exports of the same name at once would mix or delete each other's files without a private one.
         private_tmp = staging / "archiver-tmp"
         private_tmp.mkdir()
-        env = {**os.environ, "TMPDIR": str(private_tmp)}
+        env = child_env({"TMPDIR": str(private_tmp)})
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise ExportError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")

@@ -19,8 +19,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from admin.api import jobs, models, samples
+from admin.api import drift, jobs, labels, models, review, samples
 from admin.api.auth import TokenAuth
+from admin.api.guard import Guard
+from admin.domain.drift import ProbabilitiesFn, default_probabilities
 from admin.domain.jobs import EvaluateFn, default_evaluate
 from admin.domain.promotion import ExportFn, default_export
 from admin.domain.service import AdminService
@@ -73,14 +75,16 @@ def create_app(
     rollout: Rollout | None = None,
     evaluate: EvaluateFn = default_evaluate,
     export: ExportFn = default_export,
+    probabilities: ProbabilitiesFn = default_probabilities,
 ) -> FastAPI:
     """Build the app and its service (SQLite opened, interrupted jobs failed, initial model imported).
 
-    ``runner``/``rollout``/``evaluate``/``export`` replace the defaults chosen from the settings.
+    ``runner``/``rollout``/``evaluate``/``export``/``probabilities`` replace the defaults chosen from the settings.
     """
     settings = settings or load_settings()
     settings.check()  # refuses to start without an admin token, unless insecure_dev
-    service = AdminService(settings, runner=runner, rollout=rollout, evaluate=evaluate, export=export)
+    service = AdminService(settings, runner=runner, rollout=rollout, evaluate=evaluate, export=export,
+                           probabilities=probabilities)  # fmt: skip
     service.open()
 
     @asynccontextmanager
@@ -89,22 +93,27 @@ def create_app(
         yield
         service.close()
 
+    docs = settings.api_docs  # off outside development: the API's shape is nobody else's business
     app = FastAPI(
         title="graft admin",
         version=__version__,
         description="Collect labelled samples, retrain, gate and promote models served by TorchServe.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = service
     app.state.settings = settings
     app.state.auth = TokenAuth(
         settings.resolved_admin_token(), settings.resolved_samples_token(), insecure=settings.insecure_dev
     )
+    app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings)
     app.add_exception_handler(GraftError, _graft_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (samples, jobs, models):
+    for module in (samples, labels, jobs, models, review, drift):
         app.include_router(module.router)
     _add_probes(app, service)
     return app

@@ -44,6 +44,19 @@ class TokenAuth:
         raise AuthenticationError("invalid bearer token")
 
 
+def bearer_token(header: str | None, strict: bool = True) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None without one. Another scheme or a bare
+    token is refused (when ``strict``) with a message that says what is wrong with it."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if strict:
+        raise AuthenticationError("malformed Authorization header: use 'Authorization: Bearer <token>'")
+    return None
+
+
 def _auth(request: Request) -> TokenAuth:
     auth: TokenAuth = request.app.state.auth
     return auth

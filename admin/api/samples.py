@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from admin.api.auth import require_admin, require_sampler
+from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
 from admin.api.schemas import BatchOut, SampleMetaOut, SampleOut, StatsOut
 from admin.api.uploads import read_form
@@ -35,12 +35,12 @@ _MULTIPART_DOC = {
 router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=ERRORS)
 
 
-async def _receive(request: Request, batch: bool) -> list[StoredSample]:
+async def _receive(request: Request, batch: bool, role: Role) -> list[StoredSample]:
     svc = service(request)
     st = svc.settings
     try:
         if batch:
-            uploads, labels = await read_form(request, st.max_upload_bytes, st.max_batch_files, st.max_batch_bytes)
+            uploads, labels = await read_form(request, st.max_upload_bytes, st.max_batch_files)
         else:
             uploads, labels = await read_form(request, st.max_upload_bytes, 1)
         if not labels:
@@ -48,25 +48,24 @@ async def _receive(request: Request, batch: bool) -> list[StoredSample]:
     except GraftError as e:
         svc.metrics.samples_rejected.labels(reason=type(e).__name__).inc()
         raise
-    return await run_in_threadpool(svc.add_samples, uploads, labels)
+    return await run_in_threadpool(svc.add_samples, uploads, labels, role in ("admin", "insecure"))
 
 
 @router.post(
-    "", status_code=201, response_model=SampleOut, dependencies=[Depends(require_sampler)],
-    openapi_extra=_MULTIPART_DOC, summary="Store one labelled image (admin or samples token)",
+    "", status_code=201, response_model=SampleOut, openapi_extra=_MULTIPART_DOC,
+    summary="Store one labelled image (admin or samples token; the samples token may use known labels only)",
 )  # fmt: skip
-async def post_sample(request: Request) -> SampleOut:
+async def post_sample(request: Request, role: Annotated[Role, Depends(require_sampler)]) -> SampleOut:
     # 201 for a duplicate too, as the API promises; ``duplicate`` says nothing new was stored.
-    return SampleOut.of((await _receive(request, batch=False))[0])
+    return SampleOut.of((await _receive(request, False, role))[0])
 
 
 @router.post(
-    "/batch", status_code=201, response_model=BatchOut, dependencies=[Depends(require_sampler)],
-    openapi_extra=_MULTIPART_DOC,
+    "/batch", status_code=201, response_model=BatchOut, openapi_extra=_MULTIPART_DOC,
     summary="Store many images: repeated 'file' parts, one 'label' or one per file; all of them or none",
 )  # fmt: skip
-async def post_samples_batch(request: Request) -> BatchOut:
-    stored = await _receive(request, batch=True)
+async def post_samples_batch(request: Request, role: Annotated[Role, Depends(require_sampler)]) -> BatchOut:
+    stored = await _receive(request, True, role)
     dups = sum(s.duplicate for s in stored)
     return BatchOut(items=[SampleOut.of(s) for s in stored], created=len(stored) - dups, duplicates=dups)
 

@@ -77,7 +77,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
-    status: Literal["queued", "running", "succeeded", "rejected", "failed"]
+    status: Literal["queued", "running", "succeeded", "held", "rejected", "failed"]
     phase: str
     progress: float
     trigger: str
@@ -88,6 +88,9 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] = Field(description="candidate and champion on the same holdout")
     new_labels: list[str]
     gate: dict[str, Any] | None
+    replay: dict[str, Any] | None = Field(
+        default=None, description="the candidate on the champion's captured traffic (shadow replay), when it ran"
+    )
     promoted: bool
     reason: str
     dataset: DatasetRef
@@ -102,7 +105,8 @@ class JobOut(BaseModel):
             params=job.params, config=job.config, candidate_version=job.candidate_version,
             champion_version=job.champion_version,
             metrics={"candidate": job.candidate_metrics, "champion": job.champion_metrics},
-            new_labels=list((job.gate or {}).get("new_labels", [])), gate=job.gate, promoted=job.promoted,
+            new_labels=list((job.gate or {}).get("new_labels", [])), gate=job.gate, replay=job.replay,
+            promoted=job.promoted,
             reason=job.reason, dataset=DatasetRef(digest=job.dataset_digest, max_sample_seq=job.max_sample_seq),
             created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         )  # fmt: skip
@@ -129,6 +133,7 @@ class ModelOut(BaseModel):
     deployed: bool
     labels: list[str]
     metrics: dict[str, Any]
+    replay: dict[str, Any] | None = Field(default=None, description="its shadow replay before promotion")
     lineage: dict[str, Any]
     recipe: dict[str, Any]
     parent_version: str | None
@@ -144,7 +149,8 @@ class ModelOut(BaseModel):
         m = view.model
         return cls(
             version=m.version, status=m.status, source=m.source, default=view.default, deployed=m.deployed,
-            labels=m.labels, metrics=m.metrics, lineage=m.lineage, recipe=m.recipe, parent_version=m.parent_version,
+            labels=m.labels, metrics=m.metrics, replay=m.metrics.get("replay"), lineage=m.lineage, recipe=m.recipe,
+            parent_version=m.parent_version,
             job_id=m.job_id, dataset_digest=m.dataset_digest, num_train=m.num_train, num_holdout=m.num_holdout,
             created_at=m.created_at, promoted_at=view.promoted_at,
         )  # fmt: skip

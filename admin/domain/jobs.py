@@ -1,7 +1,7 @@
 """Retraining jobs: one at a time, each a background thread that drives the job runner.
 
 Lifecycle: ``queued`` -> ``running`` (phases: snapshot, training, evaluating, exporting, deploying,
-smoke_test, switching) -> ``succeeded`` (promoted) | ``rejected`` (the gate said no) | ``failed``.
+smoke_test, replaying, switching) -> ``succeeded`` (promoted) | ``rejected`` (the gate said no) | ``failed``.
 Every transition is written to SQLite before it is acted on, so a restart finds each job where it
 was; :meth:`JobManager.recover` then marks unfinished ones ``failed`` ("interrupted").
 
@@ -24,7 +24,8 @@ from admin.domain.adoption import BaseData
 from admin.domain.gate import GateDecision, decide
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
-from admin.domain.snapshot import Snapshot, base_items, take_snapshot, write_snapshot
+from admin.domain.replay import ReplayRejectedError, ReplayReport, check
+from admin.domain.snapshot import Snapshot, base_items, hold_back_new_labels, take_snapshot, write_snapshot
 from admin.metrics import AdminMetrics
 from admin.runners.base import JobRunner, TrainRequest
 from admin.runners.local import kill_orphan
@@ -42,6 +43,7 @@ from training.config import TrainConfig, write_config_file
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+ShadowFn = Callable[[str, str | None], ReplayReport | None]  # (candidate, champion) -> the replay, if any
 CONFIG_FILE = "train-config.json"
 
 
@@ -76,6 +78,7 @@ class JobServices:
     metrics: AdminMetrics
     base: Callable[[], BaseData]  # the first model's data as the service knows it now
     evaluate: EvaluateFn = default_evaluate
+    shadow: ShadowFn | None = None
 
 
 class JobManager:
@@ -206,20 +209,51 @@ class JobManager:
             self._finish(job_id, "rejected", decision.reason)
             return
         self.s.registry.update(version, status="accepted")
+        if decision.new_labels and not self.s.settings.promote_new_labels:
+            reason = (f"held for an admin: {decision.reason}; a candidate that adds labels is put in service only "
+                      f"by an admin: POST /v1/models/{version}/promote")  # fmt: skip
+            self._finish(job_id, "held", reason)
+            return
         self._check_cancel(job_id)  # last moment to stop: from here on the swap runs to its end
         images = smoke_images(snap.holdout, card.labels, self.s.settings.smoke_images)
-        self.s.promoter.put_in_service(
-            version, "promote", images, job_id=job_id, on_phase=lambda p: self.s.jobs.update(job_id, phase=p)
-        )
+        try:
+            self.s.promoter.put_in_service(version, "promote", images, job_id=job_id,
+                                           on_phase=lambda p: self.s.jobs.update(job_id, phase=p),
+                                           vet=self._shadow_replay(job_id, champion))  # fmt: skip
+        except ReplayRejectedError as e:
+            self.s.registry.update(version, status="rejected")
+            self._finish(job_id, "rejected", f"{e}; {decision.reason}")
+            return
         self.s.metrics.serving_accuracy.set(decision.candidate_all.accuracy)
         self._finish(job_id, "succeeded", f"promoted version {version}: {decision.reason}", promoted=True)
+
+    def _shadow_replay(self, job_id: str, champion: ModelVersion | None) -> Callable[[ModelVersion], None] | None:
+        """The promoter's last check: the champion's captured traffic replayed to the candidate."""
+        shadow = self.s.shadow
+        if shadow is None:
+            return None
+
+        def vet(candidate: ModelVersion) -> None:
+            self.s.jobs.update(job_id, phase="replaying")
+            report = shadow(candidate.version, champion.version if champion else None)
+            if report is None:
+                return
+            self.s.jobs.update(job_id, replay=report.as_dict())
+            metrics = {**self.s.registry.get(candidate.version).metrics, "replay": report.as_dict()}
+            self.s.registry.update(candidate.version, metrics=metrics)
+            check(report, self.s.settings.replay_min_agreement)
+
+        return vet
 
     def _snapshot(self, job_id: str, job_dir: Path) -> Snapshot:
         source = self.s.base()
         base = base_items(source.data, source.manifest, self.s.settings.holdout_fraction)
-        if source.warnings:
-            self._notes[job_id] = list(source.warnings)
-        snap = write_snapshot(take_snapshot(self.s.samples, base), job_dir / "manifest.json")
+        notes = list(source.warnings)
+        snap = take_snapshot(self.s.samples, base)
+        champion = self.s.registry.champion()
+        notes += hold_back_new_labels(snap, champion.labels if champion else [], self.s.settings.min_label_samples)
+        self._notes[job_id] = notes
+        snap = write_snapshot(snap, job_dir / "manifest.json")
         self.s.jobs.update(job_id, progress=0.05, dataset_digest=snap.digest, max_sample_seq=snap.max_sample_seq)
         log.info("job %s: snapshot %s: %d train, %d holdout", job_id, snap.digest, len(snap.train), len(snap.holdout))
         return snap

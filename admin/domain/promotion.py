@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ExportFn = Callable[[Path, Path, str, str, Sequence[Path]], Path]
 PhaseFn = Callable[[str], None]
+VetFn = Callable[[ModelVersion], None]  # last word before the switch: raise to keep the champion
 
 
 def default_export(run_dir: Path, model_store: Path, name: str, version: str, check_images: Sequence[Path]) -> Path:
@@ -44,6 +45,7 @@ class Promoter:
         keep_versions: int,
         export: ExportFn = default_export,
         archive_dir: Path | None = None,
+        on_default: Callable[[ModelVersion], None] = lambda _m: None,
     ):
         self.registry = registry
         self.rollout = rollout
@@ -52,6 +54,7 @@ class Promoter:
         self.export = export
         # Retired archives move here, out of the store: a restart loads only what serves or may come back.
         self.archive_dir = archive_dir
+        self.on_default = on_default  # told each model put in service (its labels join the label set)
         self.lock = threading.Lock()
 
     @property
@@ -84,8 +87,12 @@ class Promoter:
         smoke_images: Sequence[Path],
         job_id: str | None = None,
         on_phase: PhaseFn | None = None,
+        vet: VetFn | None = None,
     ) -> None:
-        """Make ``version`` the default, or raise with the champion still the default."""
+        """Make ``version`` the default, or raise with the champion still the default.
+
+        ``vet`` runs once the version answers by its explicit version (the shadow replay): raising there
+        retires it and leaves the champion serving."""
         phase = on_phase or (lambda _p: None)
         with self.lock:
             model = self.registry.get(version)
@@ -95,7 +102,7 @@ class Promoter:
             phase("exporting")
             mar = self.ensure_mar(model, smoke_images)
             if self.rollout is not None:
-                self._deploy_and_test(model, mar, smoke_images, phase)
+                self._deploy_and_test(model, mar, smoke_images, phase, vet)
                 phase("switching")
                 self.rollout.set_default(self.name, version)
             try:
@@ -104,12 +111,15 @@ class Promoter:
                 if self.rollout is not None and previous is not None:
                     self.rollout.set_default(self.name, previous)  # the server follows the registry, always
                 raise
+            self.on_default(model)
             self.metrics.promotions.labels(action=action).inc()
             self.metrics.serving_version.set(float(version) if version.isdigit() else -1)
             log.info("version %s is now the default (%s; was %s)", version, action, previous)
             self._retire_old()
 
-    def _deploy_and_test(self, model: ModelVersion, mar: Path, images: Sequence[Path], phase: PhaseFn) -> None:
+    def _deploy_and_test(
+        self, model: ModelVersion, mar: Path, images: Sequence[Path], phase: PhaseFn, vet: VetFn | None
+    ) -> None:
         assert self.rollout is not None
         version = model.version
         was_deployed = version in self.rollout.versions(self.name)
@@ -125,6 +135,13 @@ class Promoter:
             if not was_deployed:
                 self._retire_quietly(version)
             raise
+        if vet is not None:
+            try:
+                vet(model)
+            except Exception:  # a refusal, not a failed rollout: the candidate goes, the champion stays
+                if not was_deployed:
+                    self._retire_quietly(version)
+                raise
 
     def _retire_quietly(self, version: str) -> None:
         assert self.rollout is not None

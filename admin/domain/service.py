@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from admin.domain.adoption import BaseData, adopt, import_run, resolve_base
+from admin.domain.drift import ProbabilitiesFn, default_probabilities
+from admin.domain.feedback import Feedback
 from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
+from admin.domain.labels import LabelSet
 from admin.domain.promotion import ExportFn, Promoter, default_export
 from admin.domain.recipe import RetrainRequest
 from admin.domain.samples import SampleIntake, Upload
@@ -25,10 +28,12 @@ from admin.runners.base import JobRunner
 from admin.settings import AdminSettings
 from admin.store.db import Database
 from admin.store.jobs import JobStore
+from admin.store.labels import LabelStore
 from admin.store.registry import Registry
 from admin.store.rows import Deployment, ModelVersion, StoredSample
 from admin.store.samples import SampleStore
 from graft.core.errors import ConflictError, GraftError
+from graft.core.images import fingerprint
 from graft.core.manifest import Item
 
 log = logging.getLogger(__name__)
@@ -89,21 +94,29 @@ class AdminService:
         rollout: Rollout | None = None,
         evaluate: EvaluateFn = default_evaluate,
         export: ExportFn = default_export,
+        probabilities: ProbabilitiesFn = default_probabilities,
     ):
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = AdminMetrics()
         self.db = Database(settings.db_path)
         self.samples = SampleStore(self.db, settings.state_dir)
-        self.intake = SampleIntake(self.samples, settings.holdout_fraction, settings.max_image_pixels)
+        self.labels = LabelSet(LabelStore(self.db))
+        self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
+                                   settings.max_batch_pixels, self._base_holdout_phashes)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
+        self._base_phashes: tuple[BaseData, list[int]] | None = None
+        self._base_lock = threading.Lock()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
         archive = settings.archive_path if settings.rollout == "torchserve" else None
-        self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export, archive)
+        self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export, archive,
+                                 on_default=lambda model: self.labels.adopt(model.labels))  # fmt: skip
+        self.feedback = Feedback(settings, self.db, self.samples, self.registry, self.metrics, self.add_samples,
+                                 self.holdout_images, self._start_job, self.rollout, probabilities)  # fmt: skip
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
-            self.promoter, self.metrics, lambda: self.base, evaluate,
+            self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow,
         )  # fmt: skip
         self.jobs = JobManager(services)
         self.reconciled = threading.Event()
@@ -117,6 +130,8 @@ class AdminService:
         manage is ambiguous (several in the store, none named) or named but absent: it must not guess."""
         self.jobs.recover()
         self.adopt()
+        if n := self.samples.backfill_fingerprints(_fingerprint):
+            log.info("fingerprinted %d sample(s) stored before fingerprints existed", n)
         self._refresh_sample_gauges()
 
     def adopt(self) -> bool:
@@ -128,6 +143,8 @@ class AdminService:
                                     "--initial-run RUN_DIR")  # fmt: skip
             return False
         champion = self.registry.champion()
+        if champion is not None:
+            self.labels.adopt(champion.labels)
         self.base = resolve_base(self.settings, self.db, champion.run_dir if champion else None)
         for warning in self.base.warnings:
             log.warning("%s", warning)
@@ -140,6 +157,7 @@ class AdminService:
         return list(self.base.warnings)
 
     def start_background(self) -> None:
+        self.feedback.start()
         if self.reconciled.is_set() or self._reconciler is not None:
             return
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="admin-reconcile", daemon=True)
@@ -173,6 +191,7 @@ class AdminService:
 
     def close(self) -> None:
         self._stop.set()
+        self.feedback.stop()
         self.jobs.shutdown()
         if self._reconciler is not None:
             self._reconciler.join(5)
@@ -182,10 +201,13 @@ class AdminService:
         self.db.close()
 
     # ------------------------------------------------------------------ samples
-    def add_samples(self, uploads: Sequence[Upload], labels: Sequence[str]) -> list[StoredSample]:
-        """Validate every upload, store them all or none, count them, and maybe trigger a job."""
+    def add_samples(self, uploads: Sequence[Upload], labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
+        """Validate every upload, store them all or none, count them, and maybe trigger a job.
+
+        ``may_add_labels``: the caller is an admin, whose new labels join the label set; anyone else may
+        use known labels only."""
         try:
-            stored = self.intake.accept(uploads, labels)
+            stored = self.intake.accept(uploads, labels, may_add_labels)
         except GraftError as e:
             self.metrics.samples_rejected.labels(reason=type(e).__name__).inc()
             raise
@@ -223,6 +245,23 @@ class AdminService:
             except ConflictError:
                 pass  # another request won the race: that job will see these samples too
 
+    def _start_job(self, trigger: str) -> object:
+        return self.jobs.start(RetrainRequest(), trigger=trigger)
+
+    def _base_holdout_phashes(self) -> list[int]:
+        """Perceptual hashes of the base holdout (computed once per base data): uploads near them stay holdout."""
+        with self._base_lock:
+            if self._base_phashes is None or self._base_phashes[0] != self.base:
+                hashes = []
+                items = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
+                for item in (i for i in items if i.split == "holdout"):
+                    try:
+                        hashes.append(fingerprint(item.path.read_bytes(), self.settings.max_image_pixels).phash)
+                    except (OSError, GraftError):
+                        continue
+                self._base_phashes = (self.base, hashes)
+            return self._base_phashes[1]
+
     def _refresh_sample_gauges(self) -> None:
         for label, splits in self.samples.counts().items():
             for split, n in splits.items():
@@ -248,16 +287,24 @@ class AdminService:
         self.promoter.put_in_service(target, "rollback", self._smoke_images(model.labels))
         return self.registry.get(target)
 
-    def _smoke_images(self, labels: list[str]) -> list[Path]:
-        """Holdout images for a manual promotion: collected holdout samples first, then base holdout."""
+    def _holdout(self) -> list[Item]:
+        """The holdout as a job would see it now: collected holdout samples first, then the base holdout."""
         items = [Item(s.path, s.label, s.split) for s in self.samples.snapshot(self.samples.max_seq())]
         items = [i for i in items if i.split == "holdout"]
         try:
             base = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
             items += [i for i in base if i.split == "holdout"]
         except GraftError as e:
-            log.warning("base data unavailable for the smoke test: %s", e)
-        return smoke_images(items, labels, self.settings.smoke_images)
+            log.warning("base data unavailable: %s", e)
+        return items
+
+    def holdout_images(self, labels: Sequence[str]) -> list[Path]:
+        known = set(labels)
+        return [i.path for i in self._holdout() if i.label in known and i.path.is_file()]
+
+    def _smoke_images(self, labels: list[str]) -> list[Path]:
+        """Holdout images for a manual promotion, spread over the labels."""
+        return smoke_images(self._holdout(), labels, self.settings.smoke_images)
 
     def model_view(self, version: str) -> ModelView:
         return ModelView(self.registry.get(version), self.registry.default_version() == version,
@@ -273,3 +320,8 @@ class AdminService:
 
     def history(self) -> list[Deployment]:
         return self.registry.history()
+
+
+def _fingerprint(data: bytes) -> tuple[str, str]:
+    fp = fingerprint(data)
+    return fp.pixels_sha, fp.phash_hex

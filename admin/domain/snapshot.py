@@ -94,3 +94,18 @@ def write_snapshot(snapshot: Snapshot, path: Path) -> Snapshot:
     snapshot.digest = write_manifest(snapshot.items, path)
     snapshot.manifest = path
     return snapshot
+
+
+def hold_back_new_labels(snapshot: Snapshot, known: list[str], min_samples: int) -> list[str]:
+    """Leave out labels the model in service does not know that have fewer than ``min_samples`` training
+    images (a class needs evidence before it takes part); returns what the job report must say."""
+    counts: dict[str, int] = {}
+    for item in snapshot.train:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    small = sorted(label for label, n in counts.items() if label not in known and n < min_samples)
+    if not small:
+        return []
+    snapshot.items = [i for i in snapshot.items if i.label not in small]
+    snapshot.labels = [label for label in snapshot.labels if label not in small]
+    listed = ", ".join(f"{label} ({counts[label]})" for label in small)
+    return [f"new label(s) left out until they have {min_samples} training samples: {listed}"]

@@ -41,3 +41,9 @@ class SmokeTestable(Protocol):
 class DefaultAware(Protocol):
     def default_version(self, model_name: str) -> str | None:
         """The version that answers unversioned requests now, or None when the model is not served."""
+
+
+@runtime_checkable
+class Replayable(Protocol):
+    def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
+        """``version``'s answer to one encoded image, [(label, score)] most probable first, never captured."""

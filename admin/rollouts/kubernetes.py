@@ -251,6 +251,12 @@ class KubernetesRollout:
         with TorchServeClient(self.cfg.inference_url, self.cfg.inference_url, None) as ts:
             smoke_test(ts, model_name, version, images, labels)
 
+    def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
+        from admin.rollouts.torchserve import predict_top
+
+        with TorchServeClient(self.cfg.inference_url, self.cfg.inference_url, None) as ts:
+            return predict_top(ts, model_name, version, payload)
+
     def retire(self, model_name: str, version: str) -> None:
         _check_names(model_name, version)
         if version == self.default_version(model_name):

@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from graft.core.errors import ConflictError, UpstreamError
+from graft.core.capture import NO_CAPTURE_HEADER
+from graft.core.errors import BadInputError, ConflictError, UpstreamError
 from graft.torchserve.client import TorchServeClient, message_of
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,25 @@ class TorchServeRollout:
     def smoke_test(self, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str]) -> None:
         smoke_test(self.client, model_name, version, images, labels)
 
+    def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
+        return predict_top(self.client, model_name, version, payload)
+
+
+def predict_top(client: TorchServeClient, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
+    """``version``'s top-k answer to one image, never captured: [(label, score)], most probable first.
+
+    BadInputError when the server refused the input (4xx), UpstreamError when it failed."""
+    r = client.predict(model_name, payload, version=version, headers={NO_CAPTURE_HEADER: "1"})
+    if 400 <= r.status_code < 500:
+        raise BadInputError(f"version {version} refused the input: {r.status_code} {message_of(r)}")
+    if r.status_code != 200:
+        raise UpstreamError(f"version {version} answered {r.status_code}: {message_of(r)}")
+    try:
+        predictions = r.json()["predictions"]
+        return [(str(p["label"]), float(p["score"])) for p in predictions]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UpstreamError(f"version {version} answered without a top-k list") from e
+
 
 def smoke_test(
     client: TorchServeClient, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str]
@@ -140,7 +160,7 @@ def smoke_test(
     """Each image to ``/predictions/NAME/VERSION``: 200, JSON, and only labels the model has."""
     known = set(labels)
     for path in images:
-        r = client.predict(model_name, Path(path).read_bytes(), version=version)
+        r = client.predict(model_name, Path(path).read_bytes(), version=version, headers={NO_CAPTURE_HEADER: "1"})
         if r.status_code != 200:
             raise UpstreamError(
                 f"smoke test: {Path(path).name} got {r.status_code} from version {version}: {message_of(r)}"

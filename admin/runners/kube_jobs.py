@@ -50,6 +50,11 @@ def _check_under(path: Path, root: Path, what: str) -> None:
         )
 
 
+def _relative(path: Path, cfg: KubeConfig) -> str:
+    """``path`` inside the data volume (checked to be under it by build_job)."""
+    return str(PurePosixPath(os.path.normpath(path)).relative_to(PurePosixPath(os.path.normpath(cfg.data_mount_path))))
+
+
 def _security_context() -> client.V1SecurityContext:
     return client.V1SecurityContext(
         allow_privilege_escalation=False,
@@ -87,7 +92,12 @@ def _container(request: TrainRequest, cfg: KubeConfig) -> client.V1Container:
         ),
         security_context=_security_context(),
         volume_mounts=[
-            client.V1VolumeMount(name="data", mount_path=str(cfg.data_mount_path)),
+            # The data volume read-only (samples, manifests, the config, a parent run; the admin's database
+            # is not on it), and the job's own run folder the one writable place on it.
+            client.V1VolumeMount(name="data", mount_path=str(cfg.data_mount_path), read_only=True),
+            client.V1VolumeMount(
+                name="data", mount_path=str(request.output_dir), sub_path=_relative(request.output_dir, cfg)
+            ),
             client.V1VolumeMount(name="tmp", mount_path="/tmp"),
             client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
         ],

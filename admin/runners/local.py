@@ -21,7 +21,7 @@ from pathlib import Path
 
 from admin.runners.base import RunnerStatus, TrainRequest
 from graft.core.errors import UpstreamError
-from graft.core.util import die_with_parent
+from graft.core.util import child_env, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class LocalJobRunner:
         request.output_dir.mkdir(parents=True, exist_ok=True)
         log_path = request.output_dir.parent / LOG_NAME
         argv = [*self.command, *request.argv()]
-        env = {**os.environ, **(self.env or {})}
+        env = child_env(self.env)  # no admin or samples token in a process that decodes uploads
         try:
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(

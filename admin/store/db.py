@@ -16,26 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
-_SCHEMA = """
+_SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: "since the champion was trained"
-    sha256      TEXT NOT NULL UNIQUE,               -- content address, and the public id
-    label       TEXT NOT NULL,
-    split       TEXT NOT NULL CHECK (split IN ('train', 'holdout')),
-    path        TEXT NOT NULL,                      -- relative to the state folder
-    size        INTEGER NOT NULL,
-    format      TEXT NOT NULL,
-    width       INTEGER NOT NULL,
-    height      INTEGER NOT NULL,
-    received_at TEXT NOT NULL
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: "since the champion was trained"
+    sha256       TEXT NOT NULL UNIQUE,               -- content address of the bytes, and the public id
+    label        TEXT NOT NULL,
+    split        TEXT NOT NULL CHECK (split IN ('train', 'holdout')),
+    path         TEXT NOT NULL,                      -- relative to the state folder
+    size         INTEGER NOT NULL,
+    format       TEXT NOT NULL,
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    received_at  TEXT NOT NULL,
+    pixels_sha   TEXT,                               -- sha256 of the decoded pixels: the split follows it
+    phash        TEXT                                -- 64-bit perceptual hash (hex): near-duplicates
 );
 CREATE INDEX IF NOT EXISTS samples_label ON samples (label, split);
+"""
 
+_JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
     id                TEXT PRIMARY KEY,
-    status            TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'rejected', 'failed')),
+    status            TEXT NOT NULL
+                      CHECK (status IN ('queued', 'running', 'succeeded', 'held', 'rejected', 'failed')),
     phase             TEXT NOT NULL DEFAULT 'queued',
     progress          REAL NOT NULL DEFAULT 0,
     trigger           TEXT NOT NULL DEFAULT 'api',
@@ -46,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     candidate_metrics TEXT,
     champion_metrics  TEXT,
     gate              TEXT,
+    replay            TEXT,                               -- the shadow replay's report, when one ran
     promoted          INTEGER NOT NULL DEFAULT 0,
     reason            TEXT NOT NULL DEFAULT '',
     dataset_digest    TEXT,
@@ -59,7 +65,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- One job at a time, enforced by the database itself and not only by a lock in one process.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active
     ON jobs ((status IN ('queued', 'running'))) WHERE status IN ('queued', 'running');
+"""
 
+_SCHEMA = _SAMPLES + _JOBS + """
 CREATE TABLE IF NOT EXISTS models (
     version         TEXT PRIMARY KEY,
     status          TEXT NOT NULL CHECK (status IN ('training', 'failed', 'rejected', 'accepted')),
@@ -86,6 +94,44 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- The label set the admin owns: the labels of the models in service and the ones an admin approved.
+-- ``key`` is the NFKC, case-folded form: "Ants", "ants" and full-width "ａｎｔｓ" are one label.
+CREATE TABLE IF NOT EXISTS labels (
+    key         TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    source      TEXT NOT NULL CHECK (source IN ('model', 'admin')),
+    created_at  TEXT NOT NULL
+);
+
+-- Served inputs the inference workers captured (files in the capture folder), indexed for the review queue,
+-- replay and drift. ``status``: queued for review, a near-duplicate of another capture or of a sample, labelled
+-- (became sample ``sample_id``), skipped, rejected (none of the classes), deleted, or gone (pruned by the budget).
+CREATE TABLE IF NOT EXISTS captures (
+    id             TEXT PRIMARY KEY,           -- the worker's id: capture time in ns, then random hex
+    model_name     TEXT NOT NULL,
+    model_version  TEXT NOT NULL,
+    captured_at    REAL NOT NULL,              -- Unix seconds
+    request_id     TEXT NOT NULL DEFAULT '',
+    image_file     TEXT NOT NULL,              -- in CAPTURE_DIR/<model_name>/
+    predicted      TEXT NOT NULL,
+    labels         TEXT NOT NULL,              -- JSON: top-k labels, most probable first
+    scores         TEXT NOT NULL,              -- JSON: their probabilities
+    margin         REAL NOT NULL,
+    entropy        REAL NOT NULL,
+    pixels_sha     TEXT,
+    phash          TEXT,
+    status         TEXT NOT NULL CHECK (status IN
+                   ('queued', 'duplicate', 'labelled', 'skipped', 'rejected', 'deleted', 'gone', 'unreadable')),
+    duplicate_of   TEXT,                       -- a capture id, or 'sample:<id>'
+    seen           INTEGER NOT NULL DEFAULT 1, -- this picture and its near-duplicates
+    label          TEXT,
+    sample_id      TEXT,
+    reviewed_at    TEXT,
+    indexed_at     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_queue ON captures (model_name, status, margin);
+CREATE INDEX IF NOT EXISTS captures_time ON captures (model_name, captured_at);
 
 -- The history of defaults. previous_seq links each entry to the one a rollback returns to, so that
 -- successive rollbacks walk back through history instead of bouncing between two versions.
@@ -120,10 +166,25 @@ class Database:
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _migrate(self) -> None:
-        """Bring a database written by an earlier graft up to this schema (new columns only, so far)."""
-        columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        if "config" not in columns:  # schema 1
+        """Bring a database written by an earlier graft up to this schema."""
+        jobs = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if "config" not in jobs:  # schema 1
             self._conn.execute("ALTER TABLE jobs ADD COLUMN config TEXT")
+        if "replay" not in jobs:  # schema 4
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN replay TEXT")
+        samples = {row["name"] for row in self._conn.execute("PRAGMA table_info(samples)")}
+        for column in ("pixels_sha", "phash"):  # schema 3
+            if column not in samples:
+                self._conn.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
+        # Here, not in the schema: on an older database the column exists only after the lines above.
+        self._conn.execute("CREATE INDEX IF NOT EXISTS samples_pixels ON samples (pixels_sha)")
+        ddl = self._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()["sql"]
+        if "'held'" not in ddl:  # schema 3: a CHECK constraint cannot be altered, the table is rebuilt
+            cols = ", ".join(row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)"))
+            self._conn.executescript(
+                "BEGIN; ALTER TABLE jobs RENAME TO jobs_old; DROP INDEX IF EXISTS jobs_one_active;" + _JOBS
+                + f"INSERT INTO jobs ({cols}) SELECT {cols} FROM jobs_old; DROP TABLE jobs_old; COMMIT;"
+            )
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

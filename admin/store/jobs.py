@@ -12,7 +12,7 @@ from admin.store.rows import Job
 from graft.core.errors import ConflictError
 from graft.core.util import utc_now
 
-_JSON_FIELDS = ("params", "config", "candidate_metrics", "champion_metrics", "gate")
+_JSON_FIELDS = ("params", "config", "candidate_metrics", "champion_metrics", "gate", "replay")
 
 
 class JobStore:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 SampleSplit = Literal["train", "holdout"]
 ModelStatus = Literal["training", "failed", "rejected", "accepted"]
-JobStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "held", "rejected", "failed"]
 DeployAction = Literal["import", "promote", "rollback"]
 ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 
@@ -36,6 +36,15 @@ class SampleRef(_Row):
     split: SampleSplit
     path: Path  # absolute
     seq: int
+
+
+class Label(_Row):
+    """A label of the admin-owned set: a model in service knows it, or an admin approved it."""
+
+    key: str  # NFKC, case-folded: what makes two spellings one label
+    name: str  # the spelling samples are stored and trained under
+    source: Literal["model", "admin"]
+    created_at: str
 
 
 class SampleMeta(_Row):
@@ -96,6 +105,7 @@ class Job(_Row):
     candidate_metrics: dict[str, Any] | None = None
     champion_metrics: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    replay: dict[str, Any] | None = None  # the shadow replay on captured traffic, when one ran
     promoted: bool = False
     reason: str = ""
     dataset_digest: str | None = None
@@ -109,3 +119,30 @@ class Job(_Row):
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_JOB_STATUSES
+
+
+CaptureStatus = Literal["queued", "duplicate", "labelled", "skipped", "rejected", "deleted", "gone", "unreadable"]
+
+
+class CaptureRow(_Row):
+    """A captured served input as the admin indexed it (the files stay in the capture folder)."""
+
+    id: str
+    model_name: str
+    model_version: str
+    captured_at: float
+    request_id: str
+    image_file: str
+    predicted: str
+    labels: list[str]
+    scores: list[float]
+    margin: float
+    entropy: float
+    pixels_sha: str | None
+    phash: str | None
+    status: CaptureStatus
+    duplicate_of: str | None
+    seen: int
+    label: str | None
+    sample_id: str | None
+    reviewed_at: str | None

@@ -1,14 +1,15 @@
 """Labelled samples on disk and in SQLite: content-addressed files written atomically, one row each.
 
-A sample's id is the sha256 of its bytes and its file lives at ``samples/ab/<sha256>.<ext>``. The
-caller (admin/domain/samples.py) decides label and split; this module only stores, and refuses the
-same bytes under a second label. A batch is stored in one transaction: all of it or none of it.
+A sample's id is the sha256 of its bytes and its file lives at ``samples/ab/<sha256>.<ext>``; its row also
+holds what it looks like (the sha256 of its decoded pixels, a perceptual hash). The caller
+(admin/domain/samples.py) decides label and split; this module only stores, and refuses the same image
+(the same bytes, or the same pixels) under a second label. A batch is stored in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,47 @@ class NewSample:
     header: Header
     split: SampleSplit
     sha256: str  # of ``data``: the content address
+    pixels_sha: str  # of the decoded pixels: what makes two files one image
+    phash: str  # perceptual hash, hex
 
 
 def content_address(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True)
+class Existing:
+    id: str
+    label: str
+    split: SampleSplit
+    seq: int
+
+
 class SampleStore:
-    """Samples on disk (content-addressed) and in SQLite (label, split, arrival order)."""
+    """Samples on disk (content-addressed) and in SQLite (label, split, arrival order, fingerprints)."""
 
     def __init__(self, db: Database, root: Path):
         self.db = db
         self.root = Path(root)
+
+    def by_bytes(self, sha: str) -> Existing | None:
+        return self._one("sha256 = ?", sha)
+
+    def by_pixels(self, pixels_sha: str) -> Existing | None:
+        return self._one("pixels_sha = ?", pixels_sha)
+
+    def _one(self, where: str, value: str) -> Existing | None:
+        row = self.db.one(f"SELECT sha256, label, split, seq FROM samples WHERE {where} ORDER BY seq LIMIT 1", (value,))
+        return None if row is None else Existing(row["sha256"], row["label"], row["split"], int(row["seq"]))
+
+    def holdout_phashes(self) -> list[int]:
+        rows = self.db.all("SELECT phash FROM samples WHERE split = 'holdout' AND phash IS NOT NULL")
+        return [int(r["phash"], 16) for r in rows]
+
+    def phashes(self) -> list[tuple[str, int]]:
+        """(id, perceptual hash) of every fingerprinted sample."""
+        rows = self.db.all("SELECT sha256, phash FROM samples WHERE phash IS NOT NULL")
+        return [(r["sha256"], int(r["phash"], 16)) for r in rows]
 
     def add(self, sample: NewSample) -> StoredSample:
         return self.add_many([sample])[0]
@@ -49,46 +79,58 @@ class SampleStore:
         """Store every sample or none: a conflict anywhere (with a stored sample or within the batch) stores nothing.
 
         Files first, rows second, in one transaction: a crash in between leaves orphan files, never a row
-        without its file. A byte-identical duplicate under the same label is recognised, not stored twice.
+        without its file. The same image again (same bytes, or same pixels) under the same label is a
+        duplicate: recognised, not stored twice.
         """
-        shas = [s.sha256 for s in samples]
         first_label: dict[str, str] = {}
-        for sha, s in zip(shas, samples, strict=True):
-            if first_label.setdefault(sha, s.label) != s.label:
+        for s in samples:
+            if first_label.setdefault(s.pixels_sha, s.label) != s.label:
                 raise ConflictError(
-                    f"the same image appears twice in this request, as {first_label[sha]!r} and {s.label!r}"
+                    f"the same image appears twice in this request, as {first_label[s.pixels_sha]!r} and {s.label!r}"
                 )
-        for sha, s in zip(shas, samples, strict=True):
-            self._check_label(sha, s.label)  # refuse before writing any file
-        paths = {}
-        for sha, s in zip(shas, samples, strict=True):
-            rel = Path("samples") / sha[:2] / f"{sha}.{s.header.extension}"
-            if sha not in paths and not (self.root / rel).is_file():
+        for s in samples:
+            self._check_label(s)  # refuse before writing any file
+        paths: dict[str, Path] = {}
+        for s in samples:
+            rel = Path("samples") / s.sha256[:2] / f"{s.sha256}.{s.header.extension}"
+            if s.sha256 not in paths and not (self.root / rel).is_file():
                 write_atomic(self.root / rel, s.data)
-            paths[sha] = rel
-        out: list[StoredSample] = []
+            paths[s.sha256] = rel
         with self.db.tx() as conn:
-            for sha, s in zip(shas, samples, strict=True):
-                row = conn.execute("SELECT seq, label, split FROM samples WHERE sha256 = ?", (sha,)).fetchone()
-                if row is not None:  # stored before, or earlier in this batch, or raced in from another request
-                    if row["label"] != s.label:
-                        raise ConflictError(_conflict(sha, row["label"], s.label))
-                    out.append(StoredSample(id=sha, label=s.label, split=row["split"], duplicate=True, seq=row["seq"]))
-                    continue
-                cur = conn.execute(
-                    "INSERT INTO samples (sha256, label, split, path, size, format, width, height, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sha, s.label, s.split, str(paths[sha]), len(s.data), s.header.format, s.header.width,
-                     s.header.height, utc_now()),
-                )  # fmt: skip
-                seq = int(cur.lastrowid or 0)
-                out.append(StoredSample(id=sha, label=s.label, split=s.split, duplicate=False, seq=seq))
-        return out
+            return [self._insert(conn, s, paths[s.sha256]) for s in samples]
 
-    def _check_label(self, sha: str, label: str) -> None:
-        row = self.db.one("SELECT label FROM samples WHERE sha256 = ?", (sha,))
-        if row is not None and row["label"] != label:
-            raise ConflictError(_conflict(sha, row["label"], label))
+    def _insert(self, conn: Any, s: NewSample, rel: Path) -> StoredSample:
+        # Stored before, earlier in this batch, or raced in from another request: the first row wins.
+        row = conn.execute("SELECT sha256, seq, label, split FROM samples WHERE sha256 = ? OR pixels_sha = ? "
+                           "ORDER BY seq LIMIT 1", (s.sha256, s.pixels_sha)).fetchone()  # fmt: skip
+        if row is not None:
+            if row["label"] != s.label:
+                raise ConflictError(_conflict(row["sha256"], row["label"], s.label))
+            return StoredSample(id=row["sha256"], label=s.label, split=row["split"], duplicate=True, seq=row["seq"])
+        cur = conn.execute(
+            "INSERT INTO samples (sha256, label, split, path, size, format, width, height, received_at, pixels_sha,"
+            " phash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.sha256, s.label, s.split, str(rel), len(s.data), s.header.format, s.header.width, s.header.height,
+             utc_now(), s.pixels_sha, s.phash),
+        )  # fmt: skip
+        return StoredSample(id=s.sha256, label=s.label, split=s.split, duplicate=False, seq=int(cur.lastrowid or 0))
+
+    def _check_label(self, s: NewSample) -> None:
+        existing = self.by_bytes(s.sha256) or self.by_pixels(s.pixels_sha)
+        if existing is not None and existing.label != s.label:
+            raise ConflictError(_conflict(existing.id, existing.label, s.label))
+
+    def backfill_fingerprints(self, fingerprint: Callable[[bytes], tuple[str, str]]) -> int:
+        """Rows stored before fingerprints existed get them (``fingerprint(bytes) -> (pixels_sha, phash)``)."""
+        rows = self.db.all("SELECT sha256, path FROM samples WHERE pixels_sha IS NULL OR phash IS NULL")
+        for r in rows:
+            try:
+                pixels, phash = fingerprint((self.root / r["path"]).read_bytes())
+            except (OSError, ValueError):
+                continue
+            self.db.execute("UPDATE samples SET pixels_sha = ?, phash = ? WHERE sha256 = ?",
+                            (pixels, phash, r["sha256"]))  # fmt: skip
+        return len(rows)
 
     def get(self, sample_id: str) -> SampleMeta | None:
         row = self.db.one("SELECT * FROM samples WHERE sha256 = ?", (sample_id,))

@@ -123,6 +123,12 @@ class NotFoundError(GraftError):
     status_code = 404
 
 
+class GoneError(NotFoundError):
+    """It existed but is no longer there (a capture deleted, or pruned by its disk budget)."""
+
+    status_code = 410
+
+
 class ConflictError(GraftError):
     """The request clashes with the current state (a job already running, a label clash...)."""
 
@@ -133,6 +139,12 @@ class PayloadTooLargeError(UserInputError):
     """An upload over the configured size limit, refused while it streams in."""
 
     status_code = 413
+
+
+class RequestTimeoutError(UserInputError):
+    """A request body that did not arrive in time (a client trickling bytes holds a connection for nothing)."""
+
+    status_code = 408
 
 
 class InvalidSampleError(UserInputError):

@@ -9,7 +9,7 @@ worker's load (a misconfigured archive must not serve with silently different li
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from graft.core.errors import ArtifactError
@@ -41,6 +41,12 @@ class HandlerSettings:
     max_instances: int = 64
     # Run one dummy batch at load so the first client does not pay for lazy initialisation.
     warmup: bool = True
+    # Capture, off by default: the share of served inputs kept (with the answers) for the review queue, the
+    # folder they go to, and the disk they may use (oldest dropped first). GRAFT_CAPTURE_RATE,
+    # GRAFT_CAPTURE_DIR and GRAFT_CAPTURE_BUDGET_MB in the worker's environment win (graft serve sets them).
+    capture_rate: float = 0.0
+    capture_dir: str = ""
+    capture_budget_mb: int = 1024
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, BACKENDS)
@@ -51,6 +57,10 @@ class HandlerSettings:
                 raise ArtifactError(f"model-config.yaml handler.{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ArtifactError(f"model-config.yaml handler.threads must be >= 0 (0 = automatic), got {self.threads}")
+        if not 0.0 <= self.capture_rate <= 1.0:
+            raise ArtifactError(f"handler.capture_rate must be between 0 and 1, got {self.capture_rate}")
+        if self.capture_budget_mb < 1:
+            raise ArtifactError(f"handler.capture_budget_mb must be >= 1, got {self.capture_budget_mb}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -58,16 +68,22 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ArtifactError(f"model-config.yaml handler.{name}={value!r}: choose one of {', '.join(choices)}")
 
 
+_PATHS = ("capture_dir",)  # strings that are not choices: kept as written
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """YAML gives ints, bools and strings already; refuse anything else instead of guessing."""
+    """YAML gives ints, floats, bools and strings already; refuse anything else instead of guessing."""
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
     elif isinstance(value, str):
-        return value.lower()
+        return value if name in _PATHS else value.lower()
     raise ArtifactError(f"model-config.yaml handler.{name}={value!r}: expected {type(default).__name__}")
 
 
@@ -83,6 +99,25 @@ def settings_from_yaml(model_yaml_config: Mapping[str, Any] | None) -> HandlerSe
         raise ArtifactError(f"model-config.yaml handler has unknown keys {unknown}; known: {sorted(known)}")
     values = {k: _coerce(k, v, getattr(defaults, k)) for k, v in section.items()}
     return HandlerSettings(**values)
+
+
+CAPTURE_ENV = {"capture_rate": "GRAFT_CAPTURE_RATE", "capture_dir": "GRAFT_CAPTURE_DIR",
+               "capture_budget_mb": "GRAFT_CAPTURE_BUDGET_MB"}  # fmt: skip
+
+
+def with_environment(settings: HandlerSettings, environ: Mapping[str, str]) -> HandlerSettings:
+    """The capture settings from the worker's environment, where set, over the archive's."""
+    values: dict[str, Any] = {}
+    for name, var in CAPTURE_ENV.items():
+        raw = environ.get(var, "").strip()
+        if not raw:
+            continue
+        kind = type(getattr(settings, name))
+        try:
+            values[name] = kind(raw)
+        except ValueError as e:
+            raise ArtifactError(f"{var}={raw!r}: expected {kind.__name__}") from e
+    return replace(settings, **values) if values else settings
 
 
 def model_config_yaml(

@@ -160,3 +160,44 @@ def is_readable_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> bool:
         return True
     except (BadInputError, OSError):
         return False
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What an image *looks like*, whatever its bytes: the same pixels give the same ``pixels_sha``; a
+    re-encoded, resized or slightly edited copy gives a ``phash`` within a few bits."""
+
+    header: Header
+    pixels_sha: str
+    phash: int  # 64-bit difference hash of the 9x8 grayscale thumbnail
+
+    @property
+    def phash_hex(self) -> str:
+        return f"{self.phash:016x}"
+
+
+def difference_hash(img: Image.Image) -> int:
+    """dHash: brighter-than-right-neighbour bits of a 9x8 grayscale thumbnail (robust to re-encoding)."""
+    small = img.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    px = small.load()
+    bits = 0
+    for y in range(8):
+        for x in range(8):
+            bits = (bits << 1) | int(px[x, y] > px[x + 1, y])  # type: ignore[index,operator]
+    return bits
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Fingerprint:
+    """Accept or refuse bytes as an image (like :func:`inspect`) and say what they look like."""
+    import hashlib
+
+    head = header(open_image(data, max_pixels))  # limits checked on the header, before any decoding
+    # decode_rgb: full decode (truncation detected); JPEGs at most 1/8 down to 512 px, the same for the
+    # same stream, so equal pixels hash equally whatever wraps them.
+    rgb = decode_rgb(data, max_pixels, draft_size=512)
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    return Fingerprint(head, digest, difference_hash(rgb))

@@ -28,7 +28,9 @@ INFERENCE = MetricSpec("graft_inference_seconds", "histogram", "seconds", (*MODE
 BATCH_SIZE = MetricSpec("graft_batch_size", "histogram", "images", (*MODEL_DIMS,))
 PREDICTIONS = MetricSpec("graft_predictions_total", "counter", "count", (*MODEL_DIMS, "Label"))
 REJECTED = MetricSpec("graft_rejected_inputs_total", "counter", "count", (*MODEL_DIMS, "Reason"))
-SPECS = (PREPROCESS, INFERENCE, BATCH_SIZE, PREDICTIONS, REJECTED)
+# Served inputs kept for the review queue, and the ones dropped (a full queue, a full or broken disk).
+CAPTURES = MetricSpec("graft_captures_total", "counter", "count", (*MODEL_DIMS, "Outcome"))
+SPECS = (PREPROCESS, INFERENCE, BATCH_SIZE, PREDICTIONS, REJECTED, CAPTURES)
 
 
 def metrics_config(base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import signal
 import uuid
 from collections.abc import Callable
@@ -71,3 +72,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     if not os.path.exists("/proc/self"):
         return None
     return functools.partial(_set_pdeathsig, sig)
+
+
+# Variables a child process must not inherit: TorchServe's workers run archive code on untrusted input, and
+# a training process decodes uploaded images. They get what they need through files and flags instead.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE_?KEY", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name)) and not name.endswith("_FILE")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without secrets (``GRAFT_ADMIN_TOKEN``, ``*_SECRET``...), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
+    env.update(extra or {})
+    return env

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.core.errors import ServeError, UpstreamError
-from graft.core.util import die_with_parent
+from graft.core.util import child_env, die_with_parent
 from graft.torchserve.client import KEY_FILE, KeyKind, TokenKeys, TorchServeClient, load_keys
 from graft.torchserve.properties import check_extra_properties, config_properties, host_port
 from graft.torchserve.store import Archive, default_versions, scan_store
@@ -62,6 +62,8 @@ class ServeConfig:
     # The versions to load, per model (the default and its rollback targets); models not named load every
     # archive in the store.
     only_versions: dict[str, list[str]] = field(default_factory=dict)
+    # Variables for TorchServe and its workers beside this process's (secrets never pass): capture settings.
+    environment: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_extra_properties(self.extra_properties)
@@ -212,6 +214,7 @@ class TorchServe:
         out = open(self.workdir / "torchserve.out", "wb")  # noqa: SIM115 - owned by the child from here on
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=child_env(self.config.environment),
             start_new_session=True,  # its own process group: stop() signals the whole tree at once
             umask=0o077, preexec_fn=die_with_parent(signal.SIGTERM) if self.config.die_with_parent else None,
         )

@@ -5,8 +5,10 @@ management API whether every registered model has a worker in state ``READY``, a
 answered 200, and whether each model pinned in ``GRAFT_DEFAULT_VERSIONS`` already has its pinned
 version as the default (``graft serve`` switches the default only after loading every archive).
 
-Liveness only asks whether the frontend answers ``/ping`` at all: a worker that crashes is
-restarted by TorchServe itself, and restarting the pod for it would only add downtime.
+Liveness asks whether the frontend answers ``/ping`` at all (a worker that crashes is restarted by
+TorchServe itself, and restarting the pod for it would only add downtime), then repairs what a stray
+management call could break: a default that drifted from its pin is set back, and a model left with no
+worker for its default version (scaled to zero) fails liveness, so the pod restarts and loads it again.
 
 On Kubernetes TorchServe runs without tokens (see README.md, "Deploy to Kubernetes"); ``--key-file``
 points at ``key_file.json`` where it runs with them. Exit 0 = pass, 1 = fail, with the reason on stderr.
@@ -28,12 +30,24 @@ from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
 log = logging.getLogger("graft.probe")
 
 
-def live_problem(client: TorchServeClient) -> str | None:
-    """None when the frontend answers ``/ping`` with any HTTP status."""
+def live_problem(client: TorchServeClient, pins: dict[str, str] | None = None) -> str | None:
+    """None when the frontend answers ``/ping`` with any status, every pinned default is (set back to) its
+    pin, and no model is left without a worker."""
     try:
         client.ping()
     except GraftError as e:
         return f"TorchServe does not answer {client.inference_url}/ping: {e}"
+    try:
+        for name, pinned in (pins or {}).items():
+            current = client.default_version(name)
+            if current is not None and current != pinned and pinned in client.versions(name):
+                log.warning("model %s: default drifted to %s; setting the pinned %s back", name, current, pinned)
+                client.set_default(name, pinned)
+        for name in client.models():
+            if not any(v.get("workers") for v in client.describe(name) or []):  # the default version's
+                return f"model {name}'s default version has no worker at all (scaled to zero?): restart to load it"
+    except GraftError as e:
+        return f"TorchServe's management API does not answer as it should: {e}"
     return None
 
 
@@ -85,10 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     with TorchServeClient(args.management, args.inference, args.key_file, timeout_s=args.timeout) as client:
         client.http.timeout = args.timeout
-        if args.check == "live":
-            problem = live_problem(client)
-        else:
-            problem = ready_problem(client, parse_defaults(os.environ.get(DEFAULTS_ENV)))
+        pins = parse_defaults(os.environ.get(DEFAULTS_ENV))
+        problem = live_problem(client, pins) if args.check == "live" else ready_problem(client, pins)
     if problem:
         log.warning("%s: %s", args.check, problem)
         return 1

@@ -89,15 +89,23 @@ def test_samples_token_may_post_samples(client: httpx.Client) -> None:
     assert post_sample(client, jpeg(3), headers={"Authorization": "Bearer nope-nope-nope-nope"}).status_code == 401
 
 
-def test_probes_metrics_and_docs_need_no_token(client: httpx.Client) -> None:
+def test_probes_and_metrics_need_no_token_the_docs_do(client: httpx.Client, tmp_path: Path, free_port: int) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     checks = {"database": True, "champion": True, "reconciled": True}
     assert ready.status_code == 200 and ready.json()["checks"] == checks
     assert ready.json()["model_name"] == "graft" and ready.json()["default_version"] == "1"
-    assert client.get("/docs").status_code == 200
-    spec = client.get("/openapi.json").json()
-    for path in ("/v1/samples", "/v1/samples/batch", "/v1/retrain", "/v1/jobs/{job_id}", "/v1/models", "/v1/rollback"):
+    assert client.get("/metrics").status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 401, "the API's shape is not public"
+        assert client.get(path, headers=SAMPLER).status_code == 403
+        assert client.get(path, headers=ADMIN).status_code == 404, "and off unless GRAFT_API_DOCS is on"
+    st = settings(tmp_path / "docs", admin_port=0, api_docs=True)
+    with AdminServer(st, rollout=FakeRollout()) as server, httpx.Client(base_url=server.url) as docs:
+        assert docs.get("/openapi.json").status_code == 401 and docs.get("/docs", headers=ADMIN).status_code == 200
+        spec = docs.get("/openapi.json", headers=ADMIN).json()
+    for path in ("/v1/samples", "/v1/samples/batch", "/v1/retrain", "/v1/jobs/{job_id}", "/v1/models", "/v1/rollback",
+                 "/v1/labels"):  # fmt: skip
         assert path in spec["paths"], path
     assert "multipart/form-data" in spec["paths"]["/v1/samples"]["post"]["requestBody"]["content"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
@@ -255,7 +263,7 @@ def test_real_server_refuses_a_streamed_oversized_upload(tmp_path: Path, free_po
     with AdminServer(st, rollout=FakeRollout()) as server, httpx.Client(base_url=server.url, timeout=30) as c:
         headers = {**ADMIN, "Content-Type": "multipart/form-data; boundary=xyz"}
         r = c.post("/v1/samples", content=body(), headers=headers)
-        assert "content-length" not in r.request.headers and sent["bytes"] == 2000 * 1024
+        assert "content-length" not in r.request.headers and sent["bytes"] > 4000
         # The streaming counter refused it (its own message), not a Content-Length check or the file check.
         assert r.status_code == 413 and "refused while uploading" in error_of(r)["message"]
         assert c.get("/v1/samples/stats", headers=ADMIN).json()["total"] == 0
@@ -264,3 +272,14 @@ def test_real_server_refuses_a_streamed_oversized_upload(tmp_path: Path, free_po
             "/v1/samples", files={"file": ("a.jpg", jpeg(1), "image/jpeg")}, data={"label": "ants"}, headers=ADMIN
         )
         assert ok.status_code == 201
+
+
+def test_a_batch_with_a_conflict_stores_nothing(client: httpx.Client) -> None:
+    assert post_sample(client, jpeg(600), "ants").status_code == 201
+    batch = [("file", ("new.jpg", jpeg(601), "image/jpeg")), ("file", ("clash.jpg", jpeg(600), "image/jpeg"))]
+    r = client.post("/v1/samples/batch", files=batch, data={"label": "bees"}, headers=ADMIN)
+    assert r.status_code == 409 and "nothing from this batch was stored" in error_of(r)["message"]
+    twice = [("file", ("a.jpg", jpeg(602), "image/jpeg")), ("file", ("b.jpg", jpeg(602), "image/jpeg"))]
+    r = client.post("/v1/samples/batch", files=twice, data={"label": ["ants", "bees"]}, headers=ADMIN)
+    assert r.status_code == 409 and "twice in this request" in error_of(r)["message"]
+    assert client.get("/v1/samples/stats", headers=ADMIN).json()["total"] == 1

@@ -4,6 +4,7 @@ rollback, failures of every step, one-job-at-a-time, restart recovery and the au
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -138,7 +139,7 @@ def test_worse_candidate_is_rejected_and_the_champion_stays(env: Env, api: httpx
 
 
 def test_new_label_is_reported_and_judged_on_shared_classes(env: Env, api: httpx.Client) -> None:
-    for i in range(12):
+    for i in range(16):  # enough that at least min_label_samples (10) land in train
         post(api, 7000 + i, "wasps")
     job = retrain(api, env, 0.9)
     assert job["new_labels"] == ["wasps"] and "wasps" in job["reason"], job
@@ -243,3 +244,35 @@ def test_auto_trigger_after_n_new_samples(env: Env) -> None:
         wait_job(c, jobs[0]["id"])
         post(c, 4, "ants")
         assert len(c.get("/v1/jobs").json()["jobs"]) == 1, "counts from the last snapshot, not from zero"
+
+
+def test_a_candidate_that_adds_labels_waits_for_an_admin(env: Env, api: httpx.Client) -> None:
+    for i in range(16):
+        post(api, 7100 + i, "wasps")
+    job = retrain(api, env, 0.95)
+    assert job["status"] == "held" and not job["promoted"] and "held for an admin" in job["reason"], job
+    assert "POST /v1/models/2/promote" in job["reason"] and job["new_labels"] == ["wasps"]
+    assert env.rollout.default_version("graft") == "1", "nothing changed in service"
+    r = api.post("/v1/models/2/promote")
+    assert r.status_code == 200 and env.rollout.default_version("graft") == "2"
+    assert "wasps" in [x["name"] for x in api.get("/v1/labels").json()["labels"] if x["in_service"]]
+
+
+def test_a_new_label_with_few_samples_stays_out_of_training(env: Env, api: httpx.Client) -> None:
+    for i in range(3):
+        post(api, 7200 + i, "hornets")
+    job = retrain(api, env, 0.95)
+    assert job["status"] == "succeeded" and job["new_labels"] == [], job
+    assert "hornets" in job["reason"] and "left out until they have 10 training samples" in job["reason"]
+    labels = json.loads((env.tmp / "state" / "jobs" / job["id"] / "manifest.json").read_text())["items"]
+    assert not [i for i in labels if i["label"] == "hornets"]
+
+
+def test_the_trainer_inherits_no_secret(env: Env, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAFT_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("GRAFT_SAMPLES_TOKEN", "samples-secret-0123456789")
+    monkeypatch.setenv("SOME_CLOUD_SECRET", "s3cr3t")
+    job = retrain(api, env, 0.9)
+    names = json.loads((env.tmp / "state" / "jobs" / job["id"] / "run" / "environment.json").read_text())
+    assert "PATH" in names and "GRAFT_FAKE_QUALITY" in names
+    assert not {"GRAFT_ADMIN_TOKEN", "GRAFT_SAMPLES_TOKEN", "SOME_CLOUD_SECRET"} & set(names)

@@ -100,7 +100,8 @@ def test_submit_sends_the_exact_job(fake: FakeKube, api: client.ApiClient, cfg: 
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": "data", "mountPath": str(cfg.data_mount_path)},
+            {"name": "data", "mountPath": str(cfg.data_mount_path), "readOnly": True},
+            {"name": "data", "mountPath": str(req.output_dir), "subPath": f"admin/runs/{req.job_id}"},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],

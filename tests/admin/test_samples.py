@@ -8,25 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from admin.domain.samples import SampleIntake, Upload, split_for, validate_label
+from admin.domain.labels import LabelSet, normalize_label
+from admin.domain.samples import SampleIntake, Upload, split_for
 from admin.store.db import Database
+from admin.store.labels import LabelStore
 from admin.store.samples import SampleStore
 from graft.core.errors import (
     ConflictError,
     EmptyBodyError,
     InvalidSampleError,
     NotAnImageError,
+    PermissionDeniedError,
     TooManyPixelsError,
     TruncatedImageError,
 )
-from graft.core.images import inspect
+from graft.core.images import fingerprint, inspect
 from graft.core.util import write_atomic
 from tests.support.images import solid
 
 
 @pytest.mark.parametrize("label", ["ants", "bees", "Grey heron", "classe-2", "été", "a" * 64])
 def test_good_labels_pass(label: str) -> None:
-    assert validate_label(label) == label
+    assert normalize_label(label) == label
 
 
 @pytest.mark.parametrize(
@@ -42,12 +45,15 @@ def test_good_labels_pass(label: str) -> None:
         ("ants\x00", "control"),
         ("ants\nbees", "control"),
         ("a\u200bb", "control"),  # zero-width space: invisible
+        ("ants\u2028bees", "line-separator"),  # Zl
+        ("ants\u2029bees", "line-separator"),  # Zp
+        ("é" * 64 + "x", "characters long"),
         ("a" * 65, "characters long"),
     ],
 )
 def test_bad_labels_are_refused_with_the_reason(label: str | None, why: str) -> None:
     with pytest.raises(InvalidSampleError, match=why):
-        validate_label(label)
+        normalize_label(label)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
@@ -85,30 +91,36 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
 
 
+def make_intake(tmp_path: Path, **kw: object) -> SampleIntake:
+    db = Database(tmp_path / "db.sqlite3")
+    values: dict = {"holdout_fraction": 0.3, "max_image_pixels": 10_000, "max_batch_pixels": 1_000_000} | kw
+    return SampleIntake(SampleStore(db, tmp_path), LabelSet(LabelStore(db)), **values)
+
+
 @pytest.fixture
 def intake(tmp_path: Path) -> SampleIntake:
-    return SampleIntake(SampleStore(Database(tmp_path / "db.sqlite3"), tmp_path), 0.3, max_image_pixels=10_000)
+    return make_intake(tmp_path)
 
 
 def test_store_is_content_addressed_and_recognises_duplicates(intake: SampleIntake) -> None:
     data = solid()
-    first = intake.accept([Upload("x.jpg", data)], ["ants"])[0]
-    again = intake.accept([Upload("x.jpg", data)], ["ants"])[0]
+    first = intake.accept([Upload("x.jpg", data)], ["ants"], True)[0]
+    again = intake.accept([Upload("x.jpg", data)], ["ants"], True)[0]
     assert not first.duplicate and again.duplicate and again.id == first.id
-    assert first.split == split_for(first.id, 0.3)
+    assert first.split == split_for(fingerprint(data).pixels_sha, 0.3), "the split follows the pixels, not the bytes"
     files = list((intake.store.root / "samples").rglob("*.jpg"))
     assert [f.stem for f in files] == [first.id]
     counts = intake.store.counts()
     assert counts == {"ants": {"train": int(first.split == "train"), "holdout": int(first.split == "holdout")}}
     with pytest.raises(ConflictError, match="already stored"):
-        intake.accept([Upload("x.jpg", data)], ["bees"])
+        intake.accept([Upload("x.jpg", data)], ["bees"], True)
 
 
 def test_store_survives_concurrent_uploads_of_the_same_bytes(intake: SampleIntake) -> None:
     data = solid((1, 2, 3), "PNG")
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(intake.accept([Upload("x", data)], ["ants"])[0]))
+        threading.Thread(target=lambda: results.append(intake.accept([Upload("x", data)], ["ants"], True)[0]))
         for _ in range(8)
     ]
     for t in threads:
@@ -120,10 +132,69 @@ def test_store_survives_concurrent_uploads_of_the_same_bytes(intake: SampleIntak
 
 
 def test_a_batch_is_stored_whole_or_not_at_all(intake: SampleIntake) -> None:
-    stored = intake.accept([Upload("a", solid((5, 5, 5)))], ["ants"])[0]
+    stored = intake.accept([Upload("a", solid((5, 5, 5)))], ["ants"], True)[0]
     batch = [Upload("b", solid((6, 6, 6))), Upload("c", solid((5, 5, 5)))]  # c is stored as "ants" already
     with pytest.raises(ConflictError, match="nothing from this batch was stored"):
-        intake.accept(batch, ["bees"])
+        intake.accept(batch, ["bees"], True)
     with pytest.raises(ConflictError, match="twice in this request"):
-        intake.accept([Upload("d", solid((7, 7, 7))), Upload("e", solid((7, 7, 7)))], ["ants", "bees"])
+        intake.accept([Upload("d", solid((7, 7, 7))), Upload("e", solid((7, 7, 7)))], ["ants", "bees"], True)
     assert intake.store.count() == 1 and intake.store.get(stored.id) is not None
+
+
+def test_one_label_whatever_its_spelling(intake: SampleIntake) -> None:
+    first = intake.accept([Upload("a", solid((10, 20, 30)))], ["ants"], True)[0]
+    for spelling in ("Ants", "ANTS", "ａｎｔｓ"):  # case and full-width (NFKC) variants
+        stored = intake.accept([Upload("b", solid((11, 21, 31 + len(spelling))))], [spelling], False)[0]
+        assert stored.label == first.label == "ants"
+    assert intake.labels.known() == ["ants"]
+
+
+def test_the_samples_token_may_not_invent_labels(intake: SampleIntake) -> None:
+    intake.labels.adopt(["ants", "bees"])
+    with pytest.raises(PermissionDeniedError, match="known: ants, bees") as refused:
+        intake.accept([Upload("a", solid())], ["'; DROP TABLE samples;--"], False)
+    assert refused.value.status_code == 403 and "POST /v1/labels" in str(refused.value)
+    assert intake.store.count() == 0 and intake.labels.known() == ["ants", "bees"], "nothing stored, no label added"
+    intake.accept([Upload("a", solid())], ["wasps"], True)  # an admin may
+    assert "wasps" in intake.labels.known()
+
+
+def test_the_same_pixels_in_other_bytes_are_the_same_sample(intake: SampleIntake) -> None:
+    data = solid((40, 50, 60), "PNG", (32, 32))
+    first = intake.accept([Upload("a", data)], ["ants"], True)[0]
+    padded = data + b"\x00trailing bytes the decoder ignores"
+    again = intake.accept([Upload("b", padded)], ["ants"], True)[0]
+    assert again.duplicate and again.id == first.id
+    with pytest.raises(ConflictError, match="already stored"):
+        intake.accept([Upload("c", padded)], ["bees"], True)
+    assert intake.store.count() == 1
+
+
+def test_near_duplicates_of_holdout_images_stay_holdout(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.support.images import encode
+
+    base = Image.effect_noise((64, 64), 40).convert("RGB")
+    holdout_hash = fingerprint(encode(base, "PNG")).phash
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_phashes=lambda: [holdout_hash])
+    copy = encode(base, "JPEG", quality=70)  # re-encoded: other bytes, other pixels, the same picture
+    stored = intake.accept([Upload("copy.jpg", copy)], ["ants"], True)[0]
+    assert stored.split == "holdout", "a near-duplicate of a holdout image never reaches training"
+    other = intake.accept([Upload("other.png", encode(Image.effect_noise((64, 64), 40).convert("RGB"), "PNG"))],
+                          ["ants"], True)[0]  # fmt: skip
+    assert other.split == "train"
+
+
+def test_a_batch_over_the_pixel_budget_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import admin.domain.samples as samples
+
+    intake = make_intake(tmp_path, max_image_pixels=50_000_000, max_batch_pixels=40_000_000)
+    big = solid((0, 0, 0), "PNG", (4000, 4000))  # 16 Mpx, a few KB: compresses away
+    decoded = []
+    monkeypatch.setattr(samples, "fingerprint", lambda *a: decoded.append(1) or pytest.fail("decoded"))
+    with pytest.raises(TooManyPixelsError, match="48000000 pixels") as refused:
+        intake.accept([Upload(f"{i}.png", big + bytes([i])) for i in range(3)], ["ants"], True)
+    assert refused.value.status_code == 413 and not decoded and intake.store.count() == 0

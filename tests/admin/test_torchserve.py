@@ -245,9 +245,7 @@ def test_admin_crash_during_a_job(served: Served, tmp_path: Path) -> None:
         _wait_http(url, first)
         with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as api:
             for i in range(6):
-                p = images(tmp_path, 1)[0]
-                p.write_bytes(p.read_bytes() + bytes([i]))  # distinct bytes, still a valid PNG
-                files = {"file": ("s.png", p.read_bytes(), "image/png")}
+                files = {"file": ("s.png", png(80_000 + i), "image/png")}  # six different pictures
                 assert api.post("/v1/samples", files=files, data={"label": "ants"}).status_code == 201
             job_id = api.post("/v1/retrain", json={"epochs": 100}).json()["job_id"]
             wait_for(lambda: api.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 30, what="training progress")

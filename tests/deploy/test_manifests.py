@@ -215,7 +215,12 @@ def test_network_policy(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     by_port = {r["ports"][0]["port"]: r.get("from") for r in inf["ingress"]}
     namespace_only = [{"podSelector": {}}]
     assert by_port[8080] is None  # inference: from wherever the operator exposes it
-    assert by_port[8081] == namespace_only  # management: this namespace only
+    assert 8081 not in by_port, "management: no pod may reach it (it listens on the pod's loopback)"
+    torchserve = container(one(objs, "Deployment", "graft-inference"), "torchserve")
+    assert "--management-address=http://127.0.0.1:8081" in torchserve["args"]
+    assert 8081 not in [p["containerPort"] for p in torchserve["ports"]]
+    service = one(objs, "Service", "graft-inference")["spec"]
+    assert 8081 not in [p["port"] for p in service["ports"]]
     assert {"podSelector": {}} in by_port[8082]  # metrics: this namespace and Prometheus' namespace
     assert all(
         set(peer) == {"podSelector"}
@@ -327,6 +332,11 @@ def test_admin_settings_match_the_manifests(
     container(inference, cfg.inference_container)
     assert one(objs, "PersistentVolumeClaim", "graft-model-store")["spec"]["accessModes"] == ["ReadWriteMany"]
     assert one(objs, "PersistentVolumeClaim", "graft-admin-data")["spec"]["accessModes"] == ["ReadWriteMany"]
+    # SQLite (WAL) on a ReadWriteOnce volume of its own, not on the data volume training Jobs mount.
+    assert claims[mounts[e["GRAFT_DB_DIR"]]] == "graft-admin-db"
+    assert one(objs, "PersistentVolumeClaim", "graft-admin-db")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not Path(e["GRAFT_DB_DIR"]).is_relative_to(cfg.data_mount_path)
+    assert one(objs, "Deployment", "graft-admin")["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_the_job_template_has_the_shape_of_the_admins_jobs() -> None:
@@ -361,6 +371,12 @@ def test_kserve_layout_and_inference_service() -> None:
         if line and not line.startswith("#")
     )
     assert props["model_store"] == "/mnt/models/model-store" and props["inference_address"].endswith(":8085")
+    # Management never shares the exposed address (tokens are off); no pip runs when a pod starts.
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["management_address"] != props["inference_address"]
+    assert props["install_py_dep_per_model"] == "false"
+    reqs = [r for r in (DEPLOY / "kserve/requirements.txt").read_text().splitlines() if r and not r.startswith("#")]
+    assert reqs and all("==" in r for r in reqs), "the runtime image's extras are pinned"
     snapshot = json.loads(props["model_snapshot"])
     assert snapshot["modelCount"] == len(snapshot["models"]) >= 1
     for name, versions in snapshot["models"].items():
@@ -374,6 +390,13 @@ def test_kserve_layout_and_inference_service() -> None:
     assert isinstance(predictor["canaryTrafficPercent"], int) and 0 <= predictor["canaryTrafficPercent"] <= 100
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     model = predictor["model"]
+    runtime = yaml.safe_load((DEPLOY / "kserve/servingruntime.yaml").read_text())
+    assert model["runtime"] == runtime["metadata"]["name"] and runtime["kind"] == "ServingRuntime"
+    assert "--ts-config=/mnt/models/config/config.properties" in runtime["spec"]["containers"][0]["args"]
+    policy = yaml.safe_load((DEPLOY / "kserve/networkpolicy.yaml").read_text())
+    kv.validate(policy, kv.utils.latest_version(), strict=True)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
     assert model["modelFormat"] == {"name": "pytorch"} and model["protocolVersion"] in ("v1", "v2")
     assert model["storageUri"].split("://")[0] in ("pvc", "s3", "gs", "https", "hdfs", "oci")
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -128,3 +128,24 @@ def test_invalid_json_bodies():
         parse({"body": {"image": B64}})
     with pytest.raises(BadInputError, match="object"):
         parse({"body": [B64]})
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+        (b'{"data": "aGk=", "topk": ' + b"9" * 5000 + b"}", "cannot be read"),
+    ],
+)
+def test_hostile_json_is_a_400_not_a_crash(body, why):
+    for ctype in ("application/json", "application/octet-stream"):
+        with pytest.raises(BadInputError, match=why) as refused:
+            parse({"body": body}, {"Content-Type": ctype})
+        assert refused.value.status_code == 400
+
+
+def test_a_huge_topk_is_a_400():
+    with pytest.raises(BadInputError, match="positive integer"):
+        parse({"body": b"\xff\xd8", "topk": "9" * 5000})

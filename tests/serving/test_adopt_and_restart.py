@@ -131,6 +131,8 @@ def test_an_exported_model_is_adopted_retrained_and_kept_across_restarts(
     first = Serve(["--model-store", store], state, {"GRAFT_ADMIN_TOKEN": ADMIN_TOKEN})
     cleanup.append(first)
     first.wait_ready()
+    for proc in first.tree()[1:]:  # Java and its workers: archive code on untrusted input, no tokens
+        assert ADMIN_TOKEN.encode() not in Path(f"/proc/{proc.pid}/environ").read_bytes(), proc.cmdline()
     with first.api() as api:
         ready = api.get("/readyz").json()
         assert ready["model_name"] == "ab" and ready["warnings"] == [], ready  # base data found from the card

@@ -28,10 +28,12 @@ def test_readiness_needs_a_ready_worker_for_every_model(ping: int, workers: dict
         assert kube_probe.main(["ready", "--inference", url, "--management", url]) == (0 if ready else 1)
 
 
-def test_liveness_only_needs_the_frontend_to_answer() -> None:
-    with FakeServer(FakeTorchServe(ping_status=500)) as url:
-        assert kube_probe.main(["live", "--inference", url]) == 0
-    assert kube_probe.main(["live", "--inference", url, "--timeout", "1"]) == 1  # server gone
+def test_liveness_needs_the_frontend_to_answer_not_a_ready_worker() -> None:
+    with FakeServer(FakeTorchServe(ping_status=500, workers={"graft": ["UNLOADING"]})) as url:
+        assert kube_probe.main(["live", "--inference", url, "--management", url]) == 0
+    assert kube_probe.main(["live", "--inference", url, "--management", url, "--timeout", "1"]) == 1  # gone
+    with FakeServer(FakeTorchServe(workers={"graft": []})) as url:  # scaled to no worker: restart the pod
+        assert kube_probe.main(["live", "--inference", url, "--management", url]) == 1
 
 
 @pytest.mark.parametrize(("pins", "ready"), [("graft=1", True), ("graft=2", False), ("graft=1,other=3", False)])

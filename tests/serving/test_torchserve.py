@@ -183,6 +183,25 @@ def test_key_renewal_through_the_api_key(server):
     assert predict(server, VAL[0][0].read_bytes()).status_code == 200
 
 
+def test_liveness_sets_a_drifted_default_back_and_fails_a_model_left_without_workers(server, monkeypatch):
+    from graft.torchserve import probe
+
+    client, args = server.client, ["--inference", server.inference_url, "--management", server.management_url,
+                                   "--key-file", str(server.key_file)]  # fmt: skip
+    monkeypatch.setenv("GRAFT_DEFAULT_VERSIONS", f"{MODEL}=1")
+    client.set_default(MODEL, "2")  # what a stray management call could do
+    assert probe.main(["ready", *args]) == 1, "readiness sees the drift"
+    assert probe.main(["live", *args]) == 0 and client.default_version(MODEL) == "1", "liveness set it back"
+    assert probe.main(["ready", *args]) == 0
+    try:
+        r = client.management("PUT", f"/models/{MODEL}/1", params={"min_worker": 0, "max_worker": 0,
+                                                                  "synchronous": "true"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert probe.main(["live", *args]) == 1, "a model scaled to no worker fails liveness: the pod restarts"
+    finally:
+        client.management("PUT", f"/models/{MODEL}/1", params={"min_worker": 1, "max_worker": 1, "synchronous": "true"})
+
+
 def test_stop_leaves_no_process_behind(server):
     tree = server.process_tree()
     assert len(tree) >= 3  # the frontend and one worker per version

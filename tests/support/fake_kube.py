@@ -206,7 +206,7 @@ class FakeTorchServe:
             return self.ping_status, {"status": "Healthy" if self.ping_status == 200 else "Unhealthy"}
         if path == "/models":
             return 200, {"models": [{"modelName": m, "modelUrl": f"{m}-1.mar"} for m in self.workers]}
-        name = path.removeprefix("/models/")
+        name, _, _version = path.removeprefix("/models/").partition("/")  # NAME, NAME/VERSION or NAME/all
         if name in self.workers:
             workers = [{"id": str(9000 + i), "status": s} for i, s in enumerate(self.workers[name])]
             return 200, [{"modelName": name, "modelVersion": "1", "minWorkers": 1, "workers": workers}]

@@ -62,6 +62,7 @@ def fake_train(argv: Sequence[str]) -> int:
     labels = sorted({i["label"] for i in manifest["items"] if i["split"] == "train"})
     quality = float(os.environ.get("GRAFT_FAKE_QUALITY", "0.8"))
     output.mkdir(parents=True, exist_ok=True)
+    (output / "environment.json").write_text(json.dumps(sorted(os.environ)))  # what the trainer inherited
     epoch_s = float(os.environ.get("GRAFT_FAKE_EPOCH_S", "0.05"))
     for epoch in range(1, epochs + 1):
         time.sleep(epoch_s)
@@ -171,6 +172,7 @@ class FakeRollout:
         self.defaults: dict[str, str] = {}
         self.fail_deploy: set[str] = set()
         self.fail_smoke: set[str] = set()
+        self.answers: dict[str, str] = {}  # version -> the label predict() answers (default: the first label)
         self.calls: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
@@ -208,6 +210,11 @@ class FakeRollout:
         self.calls.append(("smoke_test", version))
         if version in self.fail_smoke:
             raise UpstreamError(f"fake: smoke test of {version} failed")
+
+    def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
+        if version not in self.deployed.get(model_name, []):
+            raise UpstreamError(f"fake: {version} is not deployed")
+        return [(self.answers.get(version, "ants"), 0.9), ("other", 0.1)]
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ def png(seed: int, size: tuple[int, int] = (8, 8)) -> bytes:
     return encode(Image.frombytes("RGB", size, random.Random(seed).randbytes(w * h * 3)), "PNG")
 
 
+def photo(seed: int, size: tuple[int, int] = (96, 96), fmt: str = "PNG", **kw: object) -> bytes:
+    """Smooth, photo-like structure that follows ``seed``: a re-encoding (``fmt="JPEG"``) is a near-duplicate
+    by perceptual hash, another seed is not."""
+    small = Image.frombytes("RGB", (6, 6), random.Random(seed).randbytes(6 * 6 * 3))
+    return encode(small.resize(size, Image.Resampling.BICUBIC), fmt, **kw)
+
+
 def noise_png(w: int, h: int) -> bytes:
     """Random pixels: incompressible, so the file is as big as its pixel count says."""
     return encode(Image.frombytes("RGB", (w, h), os.urandom(w * h * 3)), "PNG")

@@ -1,0 +1,149 @@
+"""The admin's front door, in front of every route: authenticate before reading a body, cap every body,
+give a body a deadline.
+
+FastAPI would parse a JSON body (and answer 422) before a route's auth dependency runs, and would read a
+body of any size at any pace. This ASGI middleware decides from the request line and headers alone:
+
+* who may call: public probes, the samples routes (admin or samples token), everything else under ``/v1``
+  and the API docs (admin token); a missing or wrong token is a 401 and a samples token on an admin route
+  a 403, before a single body byte is read;
+* how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
+  is counted as it streams and refused the moment it passes the limit);
+* how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body (a body trickled a byte at a time
+  is a 408, not a connection held for minutes).
+
+The route dependencies (admin/api/auth.py) check the token again: defence in depth, and the OpenAPI docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from admin.api.auth import TokenAuth, bearer_token
+from admin.settings import AdminSettings
+from graft.core.errors import GraftError, PayloadTooLargeError, RequestTimeoutError
+
+SMALL_BODY = 64 * 1024  # JSON bodies of the admin routes
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the label field
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+@dataclass(frozen=True)
+class Policy:
+    who: Literal["public", "samples", "admin"]
+    max_body: int
+
+
+def policy_for(method: str, path: str, st: AdminSettings) -> Policy:
+    if path in PUBLIC_PATHS:
+        return Policy("public", 0)
+    if path in DOCS_PATHS:
+        return Policy("admin", 0)
+    if method == "POST" and path == "/v1/samples":
+        return Policy("samples", st.max_upload_bytes + MULTIPART_OVERHEAD)
+    if method == "POST" and path == "/v1/samples/batch":
+        return Policy("samples", st.max_batch_bytes)
+    if _is_review(method, path) or (method == "GET" and path == "/v1/labels"):
+        return Policy("samples", SMALL_BODY)  # whoever may post samples may label captures, with known labels
+    if path.startswith("/v1/") or path == "/v1":
+        return Policy("admin", SMALL_BODY)
+    return Policy("public", 0)  # unknown paths: the router answers 404, no body needed
+
+
+def _is_review(method: str, path: str) -> bool:
+    if not (path == "/v1/review" or path.startswith("/v1/review/")):
+        return False
+    return method == "GET" or (method == "POST" and path.endswith("/label"))  # DELETE: admin
+
+
+def _error(exc: GraftError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    status = int(exc.status_code)
+    body = json.dumps({"error": {"type": type(exc).__name__, "status": status, "message": str(exc)}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if status in (408, 413):
+        headers.append((b"connection", b"close"))  # the rest of the body is never read
+    return status, headers, body
+
+
+async def _send_error(send: Send, exc: GraftError) -> None:
+    status, headers, body = _error(exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, auth: Callable[[], TokenAuth], settings: AdminSettings):
+        self.app = app
+        self.auth = auth
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        policy = policy_for(scope["method"], scope["path"], self.settings)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        started = False
+        refused: list[GraftError] = []  # a body over its limit or past its deadline, seen by ``bounded``
+
+        async def guarded_send(message: Message) -> None:
+            # Frameworks turn an error raised while reading a body into their own 400: answer ours instead.
+            nonlocal started
+            if refused:
+                if not started:
+                    started = True
+                    await _send_error(send, refused[0])
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if policy.who != "public":
+                auth = self.auth()
+                token = bearer_token(headers.get("authorization"), strict=not auth.insecure)
+                role = auth.check(token, samples_ok=policy.who == "samples")
+                scope.setdefault("state", {})["role"] = role
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > policy.max_body:
+                raise PayloadTooLargeError(f"request body is {declared} bytes; the limit here is {policy.max_body}")
+            await self.app(scope, self._bounded(receive, policy.max_body, refused), guarded_send)
+        except GraftError as exc:
+            if started:
+                raise
+            await _send_error(send, exc)
+
+    def _bounded(self, receive: Receive, limit: int, refused: list[GraftError]) -> Receive:
+        """``receive`` with the body counted against ``limit`` and due within the body timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.body_timeout_s
+        seen, done = 0, False
+
+        async def bounded() -> Message:
+            nonlocal seen, done
+            if done:  # after the body only a disconnect can come, whenever it comes
+                return await receive()
+            try:
+                message: Message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError as e:
+                timeout = self.settings.body_timeout_s
+                refused.append(RequestTimeoutError(f"the request body did not arrive within {timeout:.0f}s"))
+                raise refused[-1] from e
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    refused.append(PayloadTooLargeError(f"request body passed the limit of {limit} bytes; "
+                                                        "refused while uploading"))  # fmt: skip
+                    raise refused[-1]
+                done = not message.get("more_body", False)
+            return message
+
+        return bounded

@@ -1,0 +1,156 @@
+"""``/v1/review``: captured traffic to label (admin or samples token; deleting needs the admin token)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from admin.api.auth import Role, require_admin, require_sampler
+from admin.api.deps import ERRORS, service
+from admin.api.schemas import SampleOut
+from admin.store.rows import CaptureRow
+from graft.core.errors import ConflictError
+
+router = APIRouter(prefix="/v1/review", tags=["review"], responses=ERRORS)
+_MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp", ".gif": "image/gif"}
+
+
+class Score(BaseModel):
+    label: str
+    score: float
+
+
+class ReviewItem(BaseModel):
+    id: str
+    predicted: str = Field(description="the label the model answered")
+    scores: list[Score] = Field(description="top-k answer, most probable first")
+    margin: float = Field(description="top-1 minus top-2 probability: small means unsure")
+    entropy: float = Field(description="of the whole distribution, in nats: large means unsure")
+    model_version: str
+    captured_at: str
+    status: str
+    seen: int = Field(description="times this picture (or a near-duplicate) was captured")
+    label: str | None = None
+    sample_id: str | None = None
+    image_url: str
+
+    @classmethod
+    def of(cls, row: CaptureRow) -> ReviewItem:
+        at = dt.datetime.fromtimestamp(row.captured_at, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return cls(
+            id=row.id, predicted=row.predicted, margin=row.margin, entropy=row.entropy,
+            scores=[Score(label=lab, score=s) for lab, s in zip(row.labels, row.scores, strict=True)],
+            model_version=row.model_version, captured_at=at, status=row.status, seen=row.seen, label=row.label,
+            sample_id=row.sample_id, image_url=f"/v1/review/{row.id}/image",
+        )  # fmt: skip
+
+
+class ReviewPage(BaseModel):
+    model_name: str
+    strategy: str
+    items: list[ReviewItem]
+
+
+class Decision(BaseModel):
+    """Exactly one of: a label (the capture becomes a sample), skip (hide it), reject (none of the classes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(default=None, max_length=512)
+    skip: bool = False
+    reject: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> Decision:
+        if sum((self.label is not None, self.skip, self.reject)) != 1:
+            raise ValueError('send exactly one of {"label": NAME}, {"skip": true} or {"reject": true}')
+        return self
+
+
+class DecisionOut(BaseModel):
+    item: ReviewItem
+    sample: SampleOut | None = None
+
+
+class ReviewStatsOut(BaseModel):
+    model_name: str
+    captured: int
+    queued: int
+    labelled: int
+    skipped: int
+    rejected: int
+    duplicates: int
+    by_status: dict[str, int]
+    by_predicted: dict[str, dict[str, int]]
+
+
+def _model_name(request: Request) -> str:
+    name = service(request).model_name
+    if name is None:
+        raise ConflictError("no model in service yet: nothing is captured before one serves")
+    return name
+
+
+@router.get("", response_model=ReviewPage, dependencies=[Depends(require_sampler)])
+def review_queue(
+    request: Request,
+    strategy: Literal["margin", "entropy", "random"] = "margin",
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    status: Literal["queued", "skipped", "rejected", "labelled"] = "queued",
+) -> ReviewPage:
+    """Captured inputs nobody labelled yet, the most uncertain first (near-duplicates collapsed)."""
+    name = _model_name(request)
+    rows = service(request).feedback.review.items(name, strategy, limit, status, offset)
+    return ReviewPage(model_name=name, strategy=strategy, items=[ReviewItem.of(r) for r in rows])
+
+
+@router.get("/stats", response_model=ReviewStatsOut, dependencies=[Depends(require_sampler)])
+def review_stats(request: Request) -> ReviewStatsOut:
+    name = _model_name(request)
+    st = service(request).feedback.review.stats(name)
+    by = st.by_status
+    return ReviewStatsOut(
+        model_name=name, captured=st.captured, queued=by.get("queued", 0), labelled=by.get("labelled", 0),
+        skipped=by.get("skipped", 0), rejected=by.get("rejected", 0), duplicates=by.get("duplicate", 0),
+        by_status=by, by_predicted=st.by_predicted,
+    )  # fmt: skip
+
+
+@router.get("/{capture_id}", response_model=ReviewItem, dependencies=[Depends(require_sampler)])
+def review_item(request: Request, capture_id: str) -> ReviewItem:
+    return ReviewItem.of(service(request).feedback.review.get(capture_id, service(request).model_name))
+
+
+@router.get("/{capture_id}/image", dependencies=[Depends(require_sampler)], response_class=FileResponse)
+def review_image(request: Request, capture_id: str) -> FileResponse:
+    """The captured image as the client sent it."""
+    path, _row = service(request).feedback.review.image(capture_id, service(request).model_name)
+    media = _MEDIA.get(path.suffix, "application/octet-stream")
+    # nosniff: the bytes came from a client; a browser must not guess another type from them.
+    return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+                                                          "Cache-Control": "private, max-age=3600"})  # fmt: skip
+
+
+@router.post("/{capture_id}/label", response_model=DecisionOut)
+async def decide(
+    request: Request, capture_id: str, body: Decision, role: Annotated[Role, Depends(require_sampler)]
+) -> DecisionOut:
+    """Label it (same rules as an upload: a samples token may use known labels only), skip or reject it."""
+    queue, name = service(request).feedback.review, service(request).model_name
+    if body.label is not None:
+        stored = await run_in_threadpool(queue.label, capture_id, body.label, role in ("admin", "insecure"), name)
+        row = await run_in_threadpool(queue.get, capture_id)
+        return DecisionOut(item=ReviewItem.of(row), sample=SampleOut.of(stored))
+    row = await run_in_threadpool(queue.decide, capture_id, "skipped" if body.skip else "rejected", name)
+    return DecisionOut(item=ReviewItem.of(row))
+
+
+@router.delete("/{capture_id}", status_code=204, dependencies=[Depends(require_admin)])
+def delete_capture(request: Request, capture_id: str) -> None:
+    """Delete the capture's files (its row stays, marked deleted, for the counts)."""
+    service(request).feedback.review.delete(capture_id)

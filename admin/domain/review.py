@@ -1,0 +1,114 @@
+"""The review queue: captured inputs a person labels, skips or rejects, most uncertain first.
+
+A label goes through the same intake as an upload (label rules, dedupe, split by pixels, all checks), so
+a reviewed capture is an ordinary sample from then on; a rejection ("none of these classes") is counted
+and kept out of training; a skip only hides the item. Listing never decodes an image: the index did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from admin.domain.captures import CaptureIndex
+from admin.domain.samples import Upload
+from admin.store.captures import CaptureStore, Strategy
+from admin.store.rows import CaptureRow, CaptureStatus, StoredSample
+from graft.core.capture import valid_id
+from graft.core.errors import ConflictError, GoneError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+AddSamples = Callable[[Sequence[Upload], Sequence[str], bool], list[StoredSample]]
+_REVIEWABLE: tuple[CaptureStatus, ...] = ("queued", "skipped", "rejected")
+
+
+@dataclass(frozen=True)
+class ReviewStats:
+    captured: int
+    by_status: dict[str, int]
+    by_predicted: dict[str, dict[str, int]]
+
+
+class ReviewQueue:
+    def __init__(self, store: CaptureStore, index: CaptureIndex, add_samples: AddSamples):
+        self.store = store
+        self.index = index
+        self.add_samples = add_samples
+
+    def items(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
+              offset: int = 0) -> list[CaptureRow]:  # fmt: skip
+        """A page of the queue, fresh captures indexed first."""
+        self.index.sync(model_name, limit=200)
+        out = []
+        for row in self.store.review(model_name, strategy, limit, status, offset):
+            if self.image_path(row).is_file():
+                out.append(row)
+            else:  # pruned by the workers' disk budget since it was indexed
+                self.store.set_status(row.id, "gone")
+        return out
+
+    def get(self, capture_id: str, model_name: str | None = None) -> CaptureRow:
+        row = self.store.get(capture_id) if valid_id(capture_id) else None
+        if row is None and model_name is not None and valid_id(capture_id):
+            self.index.sync(model_name, limit=200)  # captured a moment ago, not indexed yet
+            row = self.store.get(capture_id)
+        if row is None:
+            raise NotFoundError(f"no capture {capture_id!r}: GET /v1/review lists the queue")
+        if row.status in ("deleted", "gone", "unreadable"):
+            raise GoneError(f"capture {capture_id} is {row.status}: its image is no longer kept")
+        return row
+
+    def image_path(self, row: CaptureRow) -> Path:
+        return self.index.folder(row.model_name) / row.image_file
+
+    def image(self, capture_id: str, model_name: str | None = None) -> tuple[Path, CaptureRow]:
+        row = self.get(capture_id, model_name)
+        path = self.image_path(row)
+        if not path.is_file():
+            self.store.set_status(row.id, "gone")
+            raise GoneError(f"capture {capture_id}'s image was pruned by the capture disk budget")
+        return path, row
+
+    def label(self, capture_id: str, label: str, may_add_labels: bool, model_name: str | None = None) -> StoredSample:
+        """Store the capture as a sample of ``label`` through the upload intake (same rules, same split)."""
+        path, row = self.image(capture_id, model_name)
+        if row.status == "labelled":
+            raise ConflictError(f"capture {capture_id} is already sample {row.sample_id} labelled {row.label!r}")
+        if row.status == "duplicate":
+            raise ConflictError(f"capture {capture_id} is a near-duplicate of {row.duplicate_of}: label that one")
+        data = path.read_bytes()
+        (stored,) = self.add_samples([Upload(f"capture-{row.id}{path.suffix}", data)], [label], may_add_labels)
+        self.store.set_status(row.id, "labelled", label=stored.label, sample_id=stored.id)
+        log.info("capture %s labelled %r: sample %s (%s)", row.id, stored.label, stored.id, stored.split)
+        return stored
+
+    def decide(self, capture_id: str, status: CaptureStatus, model_name: str | None = None) -> CaptureRow:
+        """Skip (hide) or reject (none of the classes) an item that is not labelled yet."""
+        row = self.get(capture_id, model_name)
+        if row.status not in _REVIEWABLE:
+            raise ConflictError(f"capture {capture_id} is {row.status}; only unlabelled captures can be {status}")
+        self.store.set_status(row.id, status)
+        return self.get(capture_id)
+
+    def delete(self, capture_id: str) -> None:
+        """Remove the capture's files; its row stays, marked deleted, so counts and drift keep it."""
+        row = self.store.get(capture_id) if valid_id(capture_id) else None
+        if row is None:
+            raise NotFoundError(f"no capture {capture_id!r}")
+        folder = self.index.folder(row.model_name)
+        for name in (row.image_file, f"{row.id}.json"):
+            (folder / name).unlink(missing_ok=True)
+        self.store.set_status(row.id, "deleted")
+        self.index.forget(row.model_name)
+
+    def stats(self, model_name: str) -> ReviewStats:
+        self.index.sync(model_name, limit=200)
+        by_predicted = self.store.counts(model_name)
+        by_status: dict[str, int] = {}
+        for counts in by_predicted.values():
+            for status, n in counts.items():
+                by_status[status] = by_status.get(status, 0) + n
+        return ReviewStats(sum(by_status.values()), by_status, by_predicted)

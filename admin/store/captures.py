@@ -1,0 +1,134 @@
+"""The index of captured served inputs in SQLite (the files themselves stay in the capture folder)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from admin.store.db import Database
+from admin.store.rows import CaptureRow, CaptureStatus
+from graft.core.capture import CaptureRecord
+from graft.core.util import utc_now
+
+Strategy = Literal["margin", "entropy", "random"]
+_ORDER: dict[str, str] = {
+    "margin": "margin ASC, captured_at DESC",  # smallest gap between the top two classes first
+    "entropy": "entropy DESC, captured_at DESC",  # the flattest distributions first
+    "random": "random()",
+}
+
+
+class CaptureStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ------------------------------------------------------------------ indexing
+    def known_since(self, model_name: str, since_id: str) -> set[str]:
+        rows = self.db.all("SELECT id FROM captures WHERE model_name = ? AND id > ?", (model_name, since_id))
+        return {r["id"] for r in rows}
+
+    def latest_id(self, model_name: str) -> str:
+        row = self.db.one("SELECT MAX(id) AS id FROM captures WHERE model_name = ?", (model_name,))
+        return str(row["id"]) if row is not None and row["id"] is not None else ""
+
+    def add(
+        self,
+        record: CaptureRecord,
+        status: CaptureStatus,
+        pixels_sha: str | None = None,
+        phash: str | None = None,
+        duplicate_of: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO captures (id, model_name, model_version, captured_at, request_id, image_file,"
+            " predicted, labels, scores, margin, entropy, pixels_sha, phash, status, duplicate_of, indexed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.model_name, record.model_version, record.captured_at, record.request_id,
+             record.image_file, record.predicted, json.dumps(record.labels), json.dumps(record.scores),
+             record.margin, record.entropy, pixels_sha, phash, status, duplicate_of, utc_now()),
+        )  # fmt: skip
+
+    def seen_again(self, capture_id: str) -> None:
+        self.db.execute("UPDATE captures SET seen = seen + 1 WHERE id = ?", (capture_id,))
+
+    def by_pixels(self, model_name: str, pixels_sha: str) -> str | None:
+        """A capture of the same pixels that is its own entry (not itself a duplicate)."""
+        row = self.db.one(
+            "SELECT id FROM captures WHERE model_name = ? AND pixels_sha = ? AND status NOT IN "
+            "('duplicate', 'deleted', 'gone', 'unreadable') ORDER BY id LIMIT 1", (model_name, pixels_sha),
+        )  # fmt: skip
+        return None if row is None else str(row["id"])
+
+    def phashes(self, model_name: str) -> list[tuple[str, int]]:
+        """(id, perceptual hash) of every capture a new one could be a near-duplicate of."""
+        rows = self.db.all(
+            "SELECT id, phash FROM captures WHERE model_name = ? AND phash IS NOT NULL AND status NOT IN "
+            "('duplicate', 'deleted', 'gone', 'unreadable')", (model_name,),
+        )  # fmt: skip
+        return [(r["id"], int(r["phash"], 16)) for r in rows]
+
+    def live_files(self, model_name: str) -> list[tuple[str, str]]:
+        """(id, image file) of the captures whose files should still be there."""
+        rows = self.db.all(
+            "SELECT id, image_file FROM captures WHERE model_name = ? AND status NOT IN ('deleted', 'gone')",
+            (model_name,),
+        )
+        return [(r["id"], r["image_file"]) for r in rows]
+
+    def mark_gone(self, ids: Sequence[str]) -> None:
+        with self.db.tx() as conn:
+            conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", [(i,) for i in ids])
+
+    # ------------------------------------------------------------------ review
+    def get(self, capture_id: str) -> CaptureRow | None:
+        row = self.db.one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+        return None if row is None else _row(row)
+
+    def review(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
+               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
+        rows = self.db.all(
+            f"SELECT * FROM captures WHERE model_name = ? AND status = ? ORDER BY {_ORDER[strategy]} LIMIT ? OFFSET ?",
+            (model_name, status, limit, offset),
+        )
+        return [_row(r) for r in rows]
+
+    def set_status(self, capture_id: str, status: CaptureStatus, **fields: Any) -> None:
+        fields = {"status": status, "reviewed_at": utc_now(), **fields}
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE captures SET {assignments} WHERE id = ?", (*fields.values(), capture_id))
+
+    def counts(self, model_name: str) -> dict[str, dict[str, int]]:
+        """{predicted label: {status: n}}."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self.db.all(
+            "SELECT predicted, status, COUNT(*) AS n FROM captures WHERE model_name = ? GROUP BY predicted, status",
+            (model_name,),
+        )
+        for r in rows:
+            out.setdefault(r["predicted"], {})[r["status"]] = int(r["n"])
+        return out
+
+    # ------------------------------------------------------------------ replay and drift
+    def recent(self, model_name: str, limit: int, version: str | None = None) -> list[CaptureRow]:
+        """The latest captures whose image should still be on disk, newest first."""
+        where, params = "model_name = ? AND status NOT IN ('deleted', 'gone', 'unreadable')", [model_name]
+        if version is not None:
+            where, params = where + " AND model_version = ?", [*params, version]
+        rows = self.db.all(f"SELECT * FROM captures WHERE {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_row(r) for r in rows]
+
+    def answers(self, model_name: str, version: str, start: float, end: float) -> list[tuple[str, float, float]]:
+        """(predicted, top-1 score, margin) of every capture of ``version`` in ``[start, end)``."""
+        rows = self.db.all(
+            "SELECT predicted, scores, margin FROM captures WHERE model_name = ? AND model_version = ? "
+            "AND captured_at >= ? AND captured_at < ?", (model_name, version, start, end),
+        )  # fmt: skip
+        return [(r["predicted"], float(json.loads(r["scores"])[0]), float(r["margin"])) for r in rows]
+
+
+def _row(row: Any) -> CaptureRow:
+    values = dict(row)
+    values["labels"], values["scores"] = json.loads(values["labels"]), json.loads(values["scores"])
+    values.pop("indexed_at", None)
+    return CaptureRow(**values)

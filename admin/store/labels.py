@@ -1,0 +1,36 @@
+"""The admin-owned label set in SQLite (see admin/domain/labels.py for the rules)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from admin.store.db import Database
+from admin.store.rows import Label
+from graft.core.util import utc_now
+
+
+class LabelStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def get(self, key: str) -> Label | None:
+        row = self.db.one("SELECT * FROM labels WHERE key = ?", (key,))
+        return None if row is None else Label(**dict(row))
+
+    def all(self) -> list[Label]:
+        return [Label(**dict(r)) for r in self.db.all("SELECT * FROM labels ORDER BY name")]
+
+    def add(self, key: str, name: str, source: Literal["model", "admin"]) -> Label:
+        """Insert unless the key is there already; the label as stored either way."""
+        self.db.execute("INSERT OR IGNORE INTO labels (key, name, source, created_at) VALUES (?, ?, ?, ?)",
+                        (key, name, source, utc_now()))  # fmt: skip
+        label = self.get(key)
+        assert label is not None
+        return label
+
+    def remove(self, key: str) -> bool:
+        return self.db.execute("DELETE FROM labels WHERE key = ?", (key,)) == 1
+
+    def sample_count(self, name: str) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM samples WHERE label = ?", (name,))
+        return int(row["n"]) if row else 0

@@ -1,0 +1,150 @@
+"""The review queue through the real admin over HTTP, on captures written by the handler's own writer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from admin.server import AdminServer
+from graft.core.capture import list_records, read_record
+from handlers.capture import CaptureWriter
+from tests.admin.test_api import settings
+from tests.support.auth import ADMIN, SAMPLER
+from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
+from tests.support.images import photo
+from tests.support.waiting import error_of, wait_for, wait_ready
+
+
+class Served:
+    """The admin, and a capture writer standing for the inference workers of model 'graft' version 1."""
+
+    def __init__(self, client: httpx.Client, capture_dir: Path):
+        self.c = client
+        self.dir = capture_dir
+        self.stored = 0
+        self.writer = CaptureWriter(capture_dir, "graft", "1", ["ants", "bees"], 1.0, 10**9, self._count)
+
+    def _count(self, outcome: str) -> None:
+        self.stored += outcome == "stored"
+
+    def capture(self, data: bytes, ants: float) -> str:
+        """Serve one input: the model answered P(ants) = ``ants``; the capture's id."""
+        before = self.stored
+        self.writer.offer(data, [ants, 1 - ants], f"req-{time.monotonic_ns()}")
+        wait_for(lambda: self.stored > before, 10, what="the capture to be written")
+        newest = max(list_records(self.dir, "graft"))
+        record = read_record(newest)
+        assert record is not None
+        return record.id
+
+    def queue(self, **params: Any) -> list[dict[str, Any]]:
+        r = self.c.get("/v1/review", params=params, headers=SAMPLER)
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+
+@pytest.fixture
+def served(tmp_path: Path, free_port: int) -> Iterator[Served]:
+    st = settings(tmp_path, admin_port=free_port, capture_scan_s=0.2)
+    extra = {"evaluate": fake_evaluate, "export": placeholder_export}
+    with AdminServer(st, rollout=FakeRollout(), app_kwargs=extra) as server, httpx.Client(base_url=server.url) as c:
+        wait_ready(c)
+        yield Served(c, st.capture_path)
+
+
+def test_the_queue_is_unlabelled_captures_most_uncertain_first(served: Served) -> None:
+    ids = {p: served.capture(photo(seed), p) for seed, p in enumerate([0.9, 0.55, 0.7, 0.99, 0.51])}
+    items = served.queue()
+    assert [i["id"] for i in items] == [ids[0.51], ids[0.55], ids[0.7], ids[0.9], ids[0.99]]
+    first = items[0]
+    assert first["predicted"] == "ants" and first["margin"] == pytest.approx(0.02, abs=1e-6)
+    assert first["scores"] == [{"label": "ants", "score": 0.51}, {"label": "bees", "score": 0.49}]
+    assert first["model_version"] == "1" and first["captured_at"].endswith("Z") and first["status"] == "queued"
+    assert first["image_url"] == f"/v1/review/{ids[0.51]}/image"
+    by_entropy = [i["id"] for i in served.queue(strategy="entropy")]
+    assert by_entropy[0] == ids[0.51] and by_entropy[-1] == ids[0.99]
+    assert sorted(i["id"] for i in served.queue(strategy="random")) == sorted(ids.values())
+    assert len(served.queue(limit=2)) == 2 and served.queue(limit=2, offset=4)[0]["id"] == ids[0.99]
+
+
+def test_near_duplicates_of_captures_and_of_samples_collapse(served: Served) -> None:
+    first = served.capture(photo(1), 0.6)
+    again = served.capture(photo(1, fmt="JPEG", quality=80), 0.52)  # other bytes, the same picture
+    r = served.c.post("/v1/samples", files={"file": ("s.png", photo(2), "image/png")}, data={"label": "bees"},
+                      headers=ADMIN)  # fmt: skip
+    assert r.status_code == 201
+    of_sample = served.capture(photo(2, fmt="JPEG", quality=90), 0.5)
+    other = served.capture(photo(3), 0.7)
+    items = served.queue()
+    assert [i["id"] for i in items] == [first, other], "each picture once, samples never again"
+    assert items[0]["seen"] == 2
+    dup = served.c.get(f"/v1/review/{again}", headers=SAMPLER).json()
+    assert dup["status"] == "duplicate"
+    assert served.c.get(f"/v1/review/{of_sample}", headers=SAMPLER).json()["status"] == "duplicate"
+    r = served.c.post(f"/v1/review/{again}/label", json={"label": "ants"}, headers=SAMPLER)
+    assert r.status_code == 409 and first in error_of(r)["message"]
+
+
+def test_a_label_makes_a_sample_through_the_upload_rules(served: Served) -> None:
+    cid = served.capture(photo(5), 0.55)
+    r = served.c.post(f"/v1/review/{cid}/label", json={"label": "wasps"}, headers=SAMPLER)
+    assert r.status_code == 403 and "POST /v1/labels" in error_of(r)["message"], "labellers use known labels only"
+    assert served.queue()[0]["id"] == cid, "a refused label leaves the item queued"
+    r = served.c.post(f"/v1/review/{cid}/label", json={"label": "BEES"}, headers=SAMPLER)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["sample"]["label"] == "bees" and body["sample"]["split"] in ("train", "holdout")
+    assert body["item"]["status"] == "labelled" and body["item"]["sample_id"] == body["sample"]["id"]
+    meta = served.c.get(f"/v1/samples/{body['sample']['id']}", headers=ADMIN)
+    assert meta.status_code == 200 and meta.json()["label"] == "bees"
+    assert served.queue() == []
+    assert served.queue(status="labelled")[0]["id"] == cid
+    again = served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER)
+    assert again.status_code == 409
+    new = served.capture(photo(6), 0.5)
+    r = served.c.post(f"/v1/review/{new}/label", json={"label": "wasps"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["sample"]["label"] == "wasps", "an admin may introduce a label"
+
+
+def test_skip_hides_and_reject_counts_without_training(served: Served) -> None:
+    a, b, c = (served.capture(photo(10 + i), 0.5 + i / 10) for i in range(3))
+    assert served.c.post(f"/v1/review/{a}/label", json={"skip": True}, headers=SAMPLER).status_code == 200
+    r = served.c.post(f"/v1/review/{b}/label", json={"reject": True}, headers=SAMPLER)
+    assert r.status_code == 200 and r.json()["item"]["status"] == "rejected" and r.json()["sample"] is None
+    assert [i["id"] for i in served.queue()] == [c]
+    assert [i["id"] for i in served.queue(status="skipped")] == [a]
+    stats = served.c.get("/v1/review/stats", headers=SAMPLER).json()
+    assert (stats["captured"], stats["queued"], stats["skipped"], stats["rejected"], stats["labelled"]) == (3, 1, 1,
+                                                                                                             1, 0)
+    assert stats["by_predicted"]["ants"] == {"queued": 1, "skipped": 1, "rejected": 1}
+    assert served.c.get("/v1/samples/stats", headers=ADMIN).json()["total"] == 0, "nothing became a sample"
+    for bad in ({}, {"label": "ants", "skip": True}, {"skip": False}, {"reject": True, "extra": 1}):
+        r = served.c.post(f"/v1/review/{c}/label", json=bad, headers=SAMPLER)
+        assert r.status_code == 422, (bad, r.text)
+
+
+def test_images_deletion_and_pruning(served: Served) -> None:
+    data = photo(20)
+    cid = served.capture(data, 0.6)
+    r = served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == "image/png" and r.headers["x-content-type-options"] == "nosniff"
+    for bad in ("nope", "../../etc/passwd", "00000000000000000000-00000000"):
+        assert served.c.get(f"/v1/review/{bad}/image", headers=SAMPLER).status_code == 404
+    assert served.c.get(f"/v1/review/{cid}/image").status_code == 401
+    assert served.c.delete(f"/v1/review/{cid}", headers=SAMPLER).status_code == 403, "deleting is the admin's"
+    assert served.c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 204
+    assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410
+    assert served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER).status_code == 410
+    assert not any(served.dir.joinpath("graft").iterdir()), "both files went"
+    pruned = served.capture(photo(21), 0.6)
+    assert served.queue()[0]["id"] == pruned
+    for f in served.dir.joinpath("graft").glob(f"{pruned}.*"):
+        f.unlink()  # what the workers' disk budget does to the oldest
+    assert served.queue() == []
+    assert served.c.get("/v1/review/stats", headers=SAMPLER).json()["by_status"] == {"deleted": 1, "gone": 1}
