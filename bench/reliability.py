@@ -28,9 +28,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,39 +38,18 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from bench._hostile import admin_cases, inference_cases  # noqa: E402
-from bench.serve import load, vm_hwm_mb  # noqa: E402
-from graft.torchserve.client import TorchServeClient  # noqa: E402
-from graft.torchserve.launcher import free_ports  # noqa: E402
+from bench._service import ADMIN_TOKEN, SAMPLES_TOKEN, Service, run_job  # noqa: E402
+from bench._service import serving as _serving  # noqa: E402
+from bench.serve import load  # noqa: E402
 
 log = logging.getLogger("bench.reliability")
 DATA = REPO.parent / "shared" / "data" / "hymenoptera"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
-ADMIN_TOKEN, SAMPLES_TOKEN = "reliability-admin-" + "a" * 24, "reliability-samples-" + "s" * 24
 NAME = "antsbees"
 
 
 def jpegs(split: str, label: str) -> list[Path]:
     return sorted(p for p in (DATA / split / label).iterdir() if p.suffix.lower() == ".jpg")
-
-
-@dataclass
-class Service:
-    proc: subprocess.Popen[bytes]
-    admin: httpx.Client
-    ts: TorchServeClient
-    ports: list[int]
-
-    def workers(self) -> set[int]:
-        described = self.ts.describe(NAME, "all") or []
-        return {int(w["pid"]) for v in described for w in v.get("workers", []) if w.get("pid")}
-
-    def peak_rss_mb(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for p in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]:
-            role = "java" if "java" in p.name() else ("worker" if "model_service_worker" in " ".join(p.cmdline())
-                                                       else "graft serve")  # fmt: skip
-            out[f"{role} {p.pid}"] = round(vm_hwm_mb(p.pid), 1)
-        return out
 
 
 def prepare(work: Path) -> Path:
@@ -91,44 +67,6 @@ def prepare(work: Path) -> Path:
                         "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS), "--epochs", "5"],
                        check=True, cwd=REPO)  # fmt: skip
     return run
-
-
-@contextmanager
-def serving(work: Path, run: Path, ports: list[int] | None = None) -> Iterator[Service]:
-    ports = ports or free_ports(6)
-    inf, mgmt, met, g1, g2, adm = ports
-    cmd = [sys.executable, "-m", "graft.cli", "serve", str(run), "--admin-state-dir", str(work / "state"),
-           "--admin-port", str(adm), "--inference-address", f"http://127.0.0.1:{inf}",
-           "--management-address", f"http://127.0.0.1:{mgmt}", "--metrics-address", f"http://127.0.0.1:{met}",
-           "--grpc-inference-port", str(g1), "--grpc-management-port", str(g2)]  # fmt: skip
-    env = {**os.environ, "GRAFT_ADMIN_TOKEN": ADMIN_TOKEN, "GRAFT_SAMPLES_TOKEN": SAMPLES_TOKEN,
-           "GRAFT_JOB_POLL_S": "0.5"}  # fmt: skip
-    logf = open(work / "serve.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    admin = httpx.Client(base_url=f"http://127.0.0.1:{adm}", timeout=120)
-    ts = TorchServeClient(f"http://127.0.0.1:{mgmt}", f"http://127.0.0.1:{inf}",
-                          work / "state" / "torchserve" / "key_file.json")  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"graft serve exited ({proc.returncode}); see {work / 'serve.log'}")
-            try:
-                if admin.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("graft serve not ready after 600 s")
-            time.sleep(1)
-        yield Service(proc, admin, ts, ports)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
-        admin.close()
-        ts.close()
-        logf.close()
 
 
 # --------------------------------------------------------------------------- 1. hostile inference
@@ -266,15 +204,15 @@ def worker_kill(svc: Service) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def serving(work: Path, run: Path, ports: list[int] | None = None) -> Any:
+    return _serving(work, run, NAME, ports)
+
+
 def _job(svc: Service, body: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any]:
+    if wait:
+        return dict(run_job(svc, body))
     h = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    job_id = svc.admin.post("/v1/retrain", json=body or {}, headers=h).json()["job_id"]
-    while wait:
-        job: dict[str, Any] = svc.admin.get(f"/v1/jobs/{job_id}", headers=h).json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(1)
-    return {"id": job_id}
+    return {"id": svc.admin.post("/v1/retrain", json=body or {}, headers=h).json()["job_id"]}
 
 
 def post_samples(svc: Service) -> int:

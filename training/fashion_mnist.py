@@ -20,7 +20,7 @@ FASHION_MNIST_LABELS = (
 )  # fmt: skip
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     magic, n = struct.unpack(">II", data[:8])
@@ -45,8 +45,8 @@ def fashion_mnist_folder(dest: Path, per_class: int = 150, val_per_class: int = 
     if marker.exists():
         return dest
     for split, prefix, n in (("train", "train", per_class), ("val", "t10k", val_per_class)):
-        images = _read_idx(src / f"{prefix}-images-idx3-ubyte.gz")
-        labels = _read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")
+        images = read_idx(src / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")
         for k, name in enumerate(FASHION_MNIST_LABELS):
             out = dest / split / name
             out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +66,8 @@ def fashion_mnist_pngs(start: int, count: int, source: Path | None = None) -> di
     import io
 
     src = Path(source or FASHION_MNIST_DIR)
-    images = _read_idx(src / "train-images-idx3-ubyte.gz")
-    labels = _read_idx(src / "train-labels-idx1-ubyte.gz")
+    images = read_idx(src / "train-images-idx3-ubyte.gz")
+    labels = read_idx(src / "train-labels-idx1-ubyte.gz")
     out: dict[str, list[bytes]] = {}
     for k, name in enumerate(FASHION_MNIST_LABELS):
         out[name] = []

@@ -5,7 +5,8 @@ The inference workers write ``CAPTURE_DIR/<model>/<id>.<ext>`` and then ``<id>.j
 each image (the same pixel hash and perceptual hash as uploads) and files it as
 
 * ``duplicate`` of a stored sample or of an earlier capture when its pixels are the same or its
-  perceptual hash is within :data:`NEAR_DUPLICATE_BITS` (the earlier capture's ``seen`` count grows), or
+  perceptual hash is within :data:`NEAR_DUPLICATE_BITS` (the earlier capture's ``seen`` count grows;
+  a queued one answered by an older model version is replaced by the new capture instead), or
 * ``queued`` for review otherwise (``unreadable`` when the file cannot be decoded).
 
 Workers write concurrently and a record may land a little after a later one, so each pass re-lists the
@@ -109,8 +110,7 @@ class CaptureIndex:
             return
         twin = self.store.by_pixels(record.model_name, pixels) or self._capture_hashes(record.model_name).near(fp.phash)
         if twin is not None:
-            self.store.add(record, "duplicate", pixels, phash, duplicate_of=twin)
-            self.store.seen_again(twin)
+            self._duplicate_of_capture(record, twin, pixels, phash, fp.phash)
             return
         near_sample = self._sample_hashes().near(fp.phash)
         if near_sample is not None:
@@ -118,6 +118,23 @@ class CaptureIndex:
             return
         self.store.add(record, "queued", pixels, phash)
         self._capture_hashes(record.model_name).add(record.id, fp.phash)
+
+    def _duplicate_of_capture(self, record: CaptureRecord, twin_id: str, pixels: str, phash: str, value: int) -> None:
+        """Seen before: count it. When the queued entry was answered by another version, this capture
+        replaces it, so the queue ranks each picture by what the model in service says of it now."""
+        twin = self.store.get(twin_id)
+        for _ in range(8):  # a hash cached for an entry replaced since: follow to the current one
+            if twin is None or twin.status != "duplicate" or not twin.duplicate_of or ":" in twin.duplicate_of:
+                break
+            twin_id = twin.duplicate_of
+            twin = self.store.get(twin_id)
+        if twin is not None and twin.status == "queued" and twin.model_version != record.model_version:
+            self.store.add(record, "queued", pixels, phash)
+            self.store.replace(twin.id, record.id)
+            self._capture_hashes(record.model_name).add(record.id, value)
+            return
+        self.store.add(record, "duplicate", pixels, phash, duplicate_of=twin_id)
+        self.store.seen_again(twin_id)
 
     def _capture_hashes(self, model_name: str) -> _Hashes:
         if model_name not in self._captures:

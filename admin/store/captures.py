@@ -52,6 +52,14 @@ class CaptureStore:
     def seen_again(self, capture_id: str) -> None:
         self.db.execute("UPDATE captures SET seen = seen + 1 WHERE id = ?", (capture_id,))
 
+    def replace(self, old_id: str, new_id: str) -> None:
+        """``new_id`` takes over from ``old_id`` as its picture's queued entry (and its count)."""
+        with self.db.tx() as conn:
+            conn.execute("UPDATE captures SET seen = seen + (SELECT seen FROM captures WHERE id = ?) WHERE id = ?",
+                         (old_id, new_id))  # fmt: skip
+            conn.execute("UPDATE captures SET status = 'duplicate', duplicate_of = ? WHERE id = ?", (new_id, old_id))
+            conn.execute("UPDATE captures SET duplicate_of = ? WHERE duplicate_of = ?", (new_id, old_id))
+
     def by_pixels(self, model_name: str, pixels_sha: str) -> str | None:
         """A capture of the same pixels that is its own entry (not itself a duplicate)."""
         row = self.db.one(

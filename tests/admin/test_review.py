@@ -148,3 +148,18 @@ def test_images_deletion_and_pruning(served: Served) -> None:
         f.unlink()  # what the workers' disk budget does to the oldest
     assert served.queue() == []
     assert served.c.get("/v1/review/stats", headers=SAMPLER).json()["by_status"] == {"deleted": 1, "gone": 1}
+
+
+def test_a_newer_version_s_answer_replaces_the_queued_one(served: Served) -> None:
+    old = served.capture(photo(30), 0.9)
+    assert served.queue()[0]["margin"] == pytest.approx(0.8)
+    served.writer.model_version = "2"  # the same picture, answered by the model now in service
+    new = served.capture(photo(30, fmt="JPEG", quality=90), 0.52)
+    (item,) = served.queue()
+    assert item["id"] == new and item["model_version"] == "2" and item["seen"] == 2
+    assert item["margin"] == pytest.approx(0.04), "ranked by what the model in service says now"
+    assert served.c.get(f"/v1/review/{old}", headers=SAMPLER).json()["status"] == "duplicate"
+    third = served.capture(photo(30), 0.6)  # again from version 2: counted on the current entry
+    (item,) = served.queue()
+    assert item["id"] == new and item["seen"] == 3
+    assert served.c.get(f"/v1/review/{third}", headers=SAMPLER).json()["status"] == "duplicate"

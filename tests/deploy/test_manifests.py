@@ -181,6 +181,27 @@ def test_torchserve_writes_only_to_its_scratch_volumes(overlay: tuple[str, list[
     assert any(workdir.startswith(p + "/") for p in scratch) and ts["workingDir"] in scratch
     store = mounts["/models"]
     assert store["readOnly"] is True and volumes[store["name"]]["persistentVolumeClaim"]["readOnly"] is True
+    persistent = {p for p, m in mounts.items() if "persistentVolumeClaim" in volumes[m["name"]]}
+    assert persistent == {"/models", env(ts)["GRAFT_CAPTURE_DIR"]}, "beyond scratch, only captures are written"
+
+
+def test_captures_are_off_by_default_and_shared_with_the_admin(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objs = overlay
+    inference, admin = one(objs, "Deployment", "graft-inference"), one(objs, "Deployment", "graft-admin")
+    ts, adm = container(inference, "torchserve"), container(admin, "admin")
+    assert env(ts)["GRAFT_CAPTURE_RATE"] == "0", "capture is opt-in"
+    assert env(ts)["GRAFT_CAPTURE_DIR"] == env(adm)["GRAFT_CAPTURE_DIR"]
+
+    def claim(dep: dict[str, Any], c: dict[str, Any], path: str) -> str:
+        name = next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == path)
+        return str(next(v for v in pod_spec(dep)["volumes"] if v["name"] == name)["persistentVolumeClaim"]["claimName"])
+
+    path = env(ts)["GRAFT_CAPTURE_DIR"]
+    assert claim(inference, ts, path) == claim(admin, adm, path) == "graft-captures"
+    assert one(objs, "PersistentVolumeClaim", "graft-captures")["spec"]["accessModes"] == ["ReadWriteMany"]
+    budget_mb = int(env(ts)["GRAFT_CAPTURE_BUDGET_MB"])
+    size = one(objs, "PersistentVolumeClaim", "graft-captures")["spec"]["resources"]["requests"]["storage"]
+    assert budget_mb * 2**20 < int(size.removesuffix("Gi")) * 2**30, "the budget fits the volume"
 
 
 def test_gpus_only_in_the_gpu_overlay(overlay: tuple[str, list[dict[str, Any]]]) -> None:
