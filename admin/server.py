@@ -101,7 +101,7 @@ class AdminServer:
         rollout: Rollout | None = None,
         app_kwargs: dict[str, Any] | None = None,
     ):
-        from admin.api.app import create_app
+        from admin.app import create_app
 
         self.settings = settings
         self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))

@@ -105,6 +105,10 @@ class AdminSettings(BaseSettings):
     # Start a job when the latest window's PSI reaches this (None = off), at most once per cooldown.
     retrain_on_drift_psi: float | None = Field(default=None, gt=0.0)
     drift_retrain_cooldown_s: float = Field(default=6 * 3600.0, ge=0.0)
+    # --- the web console (/console)
+    console_session_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60)
+    # Secure cookies: "auto" when the request came over TLS (or X-Forwarded-Proto says so), or always/never.
+    console_secure_cookie: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("train_args")
     @classmethod

@@ -112,7 +112,7 @@ def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
         log.info("keys in %s: send 'Authorization: Bearer <inference.key>' (management.key for management;"
                  " API.key renews them via GET %s/token?type=inference)", server.key_file, server.management_url)
     if admin is not None:
-        log.info("admin      %s  (Authorization: Bearer <admin token>; API docs at %s/docs)", admin.url, admin.url)
+        log.info("admin      %s  (Authorization: Bearer <admin token>; console at %s/console)", admin.url, admin.url)
 
 
 def _watch(server: TorchServe, admin: AdminServer | None) -> int:

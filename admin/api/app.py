@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the admin FastAPI application. Nothing is built at import time.
+"""``build_api(settings)``: the admin's JSON API as a FastAPI application (``admin/app.py`` adds the
+console). Nothing is built at import time.
 
 Errors are mapped to HTTP in one place: every :class:`graft.errors.GraftError` answers with its
 ``status_code`` and the JSON body ``{"error": {"type", "status", "message"}}``; FastAPI's own
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from admin.api import drift, jobs, labels, models, review, samples
 from admin.api.auth import TokenAuth
 from admin.api.guard import Guard
+from admin.api.sessions import SessionStore
 from admin.domain.drift import ProbabilitiesFn, default_probabilities
 from admin.domain.jobs import EvaluateFn, default_evaluate
 from admin.domain.promotion import ExportFn, default_export
@@ -68,7 +70,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "InternalError", "internal error; the service log has the details")
 
 
-def create_app(
+def build_api(
     settings: AdminSettings | None = None,
     *,
     runner: JobRunner | None = None,
@@ -108,7 +110,8 @@ def create_app(
     app.state.auth = TokenAuth(
         settings.resolved_admin_token(), settings.resolved_samples_token(), insecure=settings.insecure_dev
     )
-    app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings)
+    app.state.sessions = SessionStore(settings.console_session_minutes * 60)
+    app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings, sessions=lambda: app.state.sessions)
     app.add_exception_handler(GraftError, _graft_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

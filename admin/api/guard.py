@@ -4,9 +4,10 @@ give a body a deadline.
 FastAPI would parse a JSON body (and answer 422) before a route's auth dependency runs, and would read a
 body of any size at any pace. This ASGI middleware decides from the request line and headers alone:
 
-* who may call: public probes, the samples routes (admin or samples token), everything else under ``/v1``
-  and the API docs (admin token); a missing or wrong token is a 401 and a samples token on an admin route
-  a 403, before a single body byte is read;
+* who may call: public probes, the samples and review routes (admin or samples token), everything else
+  under ``/v1`` and the API docs (admin token), the console's pages (a session cookie; without one a page
+  redirects to the sign-in form and anything else is a 401); a missing or wrong token is a 401 and a
+  samples token on an admin route a 403, before a single body byte is read;
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
 * how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body (a body trickled a byte at a time
@@ -22,12 +23,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin.api.auth import TokenAuth, bearer_token
+from admin.api.sessions import SessionStore, cookie_value
 from admin.settings import AdminSettings
-from graft.core.errors import GraftError, PayloadTooLargeError, RequestTimeoutError
+from graft.core.errors import AuthenticationError, GraftError, PayloadTooLargeError, RequestTimeoutError
 
 SMALL_BODY = 64 * 1024  # JSON bodies of the admin routes
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the label field
@@ -37,11 +40,21 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 
 @dataclass(frozen=True)
 class Policy:
-    who: Literal["public", "samples", "admin"]
+    who: Literal["public", "samples", "admin", "session"]  # session: the console's cookie
     max_body: int
 
 
+def _console_policy(method: str, path: str, st: AdminSettings) -> Policy:
+    if path.startswith("/console/static/") or path == "/console/login":
+        return Policy("public", SMALL_BODY if method == "POST" else 0)
+    if method == "POST" and path == "/console/samples":
+        return Policy("session", st.max_batch_bytes)
+    return Policy("session", SMALL_BODY)
+
+
 def policy_for(method: str, path: str, st: AdminSettings) -> Policy:
+    if path == "/console" or path.startswith("/console/"):
+        return _console_policy(method, path, st)
     if path in PUBLIC_PATHS:
         return Policy("public", 0)
     if path in DOCS_PATHS:
@@ -74,6 +87,13 @@ def _error(exc: GraftError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return status, headers, body
 
 
+async def _redirect(send: Send, location: str) -> None:
+    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"),
+               (b"cache-control", b"no-store")]  # fmt: skip
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def _send_error(send: Send, exc: GraftError) -> None:
     status, headers, body = _error(exc)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -81,10 +101,12 @@ async def _send_error(send: Send, exc: GraftError) -> None:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, auth: Callable[[], TokenAuth], settings: AdminSettings):
+    def __init__(self, app: ASGIApp, auth: Callable[[], TokenAuth], settings: AdminSettings,
+                 sessions: Callable[[], SessionStore] | None = None):  # fmt: skip
         self.app = app
         self.auth = auth
         self.settings = settings
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,7 +129,16 @@ class Guard:
             await send(message)
 
         try:
-            if policy.who != "public":
+            if policy.who == "session":
+                session = self.sessions().get(cookie_value(headers.get("cookie"))) if self.sessions else None
+                if session is None:
+                    page = not scope["path"].startswith("/console/api/")
+                    if page and scope["method"] in ("GET", "HEAD"):  # to the sign-in form, and back after
+                        await _redirect(send, "/console/login?next=" + quote(scope["path"], safe="/"))
+                        return
+                    raise AuthenticationError("sign in to the console first (the session expired or is missing)")
+                scope.setdefault("state", {})["console_session"] = session
+            elif policy.who != "public":
                 auth = self.auth()
                 token = bearer_token(headers.get("authorization"), strict=not auth.insecure)
                 role = auth.check(token, samples_ok=policy.who == "samples")

@@ -14,6 +14,14 @@ from graft.core.errors import InvalidSampleError, PayloadTooLargeError, Unsuppor
 
 async def read_form(request: Request, max_file_bytes: int, max_files: int) -> tuple[list[Upload], list[str]]:
     """The ``file`` parts (bytes) and ``label`` values of a multipart form, every limit enforced."""
+    uploads, labels, _ = await read_form_fields(request, max_file_bytes, max_files)
+    return uploads, labels
+
+
+async def read_form_fields(
+    request: Request, max_file_bytes: int, max_files: int, fields: tuple[str, ...] = ()
+) -> tuple[list[Upload], list[str], dict[str, str]]:
+    """:func:`read_form`, and the text ``fields`` asked for (a form's CSRF token)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedFormatError(
@@ -28,7 +36,8 @@ async def read_form(request: Request, max_file_bytes: int, max_files: int) -> tu
                 raise InvalidSampleError("the 'file' field must be a file part (a filename in its Content-Disposition)")
             raise InvalidSampleError("missing file: send the image in the multipart field 'file'")
         uploads = [Upload(f.filename or "upload", await _read_limited(f, max_file_bytes)) for f in files]
-    return uploads, labels
+        extra = {k: v for k in fields if isinstance(v := form.get(k), str)}
+    return uploads, labels, extra
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:

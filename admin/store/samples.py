@@ -162,6 +162,15 @@ class SampleStore:
         )
         return [_ref(self.root, r) for r in rows]
 
+    def recent(self, limit: int) -> list[SampleRef]:
+        """The newest samples first."""
+        rows = self.db.all("SELECT sha256, label, split, path, seq FROM samples ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_ref(self.root, r) for r in rows]
+
+    def path_of(self, sample_id: str) -> Path | None:
+        row = self.db.one("SELECT path FROM samples WHERE sha256 = ?", (sample_id,))
+        return None if row is None else (self.root / row["path"]).resolve()
+
     def missing_files(self) -> list[str]:
         """Ids of samples whose file is gone: should always be empty (the crash test checks it)."""
         rows = self.db.all("SELECT sha256, path FROM samples")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from admin.api.app import create_app
+from admin.app import create_app
 from admin.server import AdminServer
 from admin.settings import AdminSettings
 from graft.core.errors import ConfigError

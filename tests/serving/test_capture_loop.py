@@ -13,108 +13,33 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
-from pydantic import SecretStr
 
-from admin.server import AdminServer
-from admin.settings import AdminSettings
-from graft.core.capture import list_records, read_record
-from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
-from tests.support.paths import REPO
-from tests.support.waiting import wait_for, wait_job, wait_ready
+from tests.support.live import NAME, Loop, jpegs, live_loop, ts_config
+from tests.support.waiting import wait_for, wait_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 
-NAME = "antsbees"
 BUDGET_MB = 4
-
-
-def jpegs(root: Path, split: str, label: str) -> list[Path]:
-    return sorted(p for p in (root / split / label).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-
-
-def graft(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "graft.cli", *args], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-
-
-def ts_config(tmp: Path, store: Path, environment: dict[str, str]) -> Any:
-    from graft.torchserve.launcher import ServeConfig, free_ports
-
-    inf, mgmt, met, g1, g2 = free_ports(5)
-    return ServeConfig(
-        model_store=store, inference_address=f"http://127.0.0.1:{inf}", management_address=f"http://127.0.0.1:{mgmt}",
-        metrics_address=f"http://127.0.0.1:{met}", grpc_inference_port=g1, grpc_management_port=g2,
-        workdir=tmp / "ts", environment=environment,
-    )  # fmt: skip
-
-
-@dataclass
-class Loop:
-    ts: Any
-    api: httpx.Client  # admin token
-    labeller: httpx.Client  # samples token
-    captures: Path
-    data: Path
-    state: Path
-
-    def predict(self, data: bytes) -> httpx.Response:
-        headers = {**self.ts.headers("inference"), "Content-Type": "application/octet-stream"}
-        return httpx.post(f"{self.ts.inference_url}/predictions/{NAME}", content=data, headers=headers, timeout=60)
-
-    def records(self) -> list[Any]:
-        return [r for r in (read_record(p) for p in list_records(self.captures, NAME)) if r is not None]
-
-    def queue(self, **params: Any) -> list[dict[str, Any]]:
-        r = self.labeller.get("/v1/review", params={"limit": 200, **params})
-        assert r.status_code == 200, r.text
-        return list(r.json()["items"])
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path, mobilenet_weights: Path, java: str
          ) -> Iterator[Loop]:  # fmt: skip
-    from graft.torchserve.launcher import TorchServe, free_ports
+    with live_loop(tmp_path_factory.mktemp("capture-loop"), hymenoptera, mobilenet_weights, BUDGET_MB) as lp:
+        yield lp
 
-    tmp = tmp_path_factory.mktemp("capture-loop")
-    base = tmp / "base"
-    for label in ("ants", "bees"):
-        for split, files in (("train", jpegs(hymenoptera, "train", label)[:10]),
-                             ("val", jpegs(hymenoptera, "val", label)[:8])):  # fmt: skip
-            (base / split / label).mkdir(parents=True)
-            for f in files:
-                (base / split / label / f.name).symlink_to(f)
-    run1, store, captures = tmp / "run1", tmp / "store", tmp / "captures"
-    graft("train", "--data", str(base), "--backbone", "mobilenet_v2", "--weights", str(mobilenet_weights),
-          "--trainable-stages", "0", "--epochs", "4", "--output", str(run1))  # fmt: skip
-    graft("export", str(run1), "--model-store", str(store), "--name", NAME, "--version", "1")
-    env = {"GRAFT_CAPTURE_RATE": "1", "GRAFT_CAPTURE_DIR": str(captures), "GRAFT_CAPTURE_BUDGET_MB": str(BUDGET_MB)}
-    ts = TorchServe(ts_config(tmp, store, env))
-    ts.start()
-    try:
-        ts.wait_ready(timeout=300)
-        st = AdminSettings(
-            admin_token=SecretStr(ADMIN_TOKEN), samples_token=SecretStr(SAMPLES_TOKEN), admin_port=free_ports(1)[0],
-            state_dir=tmp / "state", model_store=store, model_name=NAME, base_data=base, initial_run=run1,
-            torchserve_management_url=ts.management_url, torchserve_inference_url=ts.inference_url,
-            torchserve_key_file=ts.key_file, job_poll_s=0.5, train_args={"epochs": 4}, smoke_images=2,
-            gate_tolerance=1.0, capture_dir=captures, capture_scan_s=0.5, replay_captures=50, drift_min_captures=10,
-        )  # fmt: skip
-        with AdminServer(st) as admin, httpx.Client(base_url=admin.url, headers=ADMIN, timeout=600) as api, \
-                httpx.Client(base_url=admin.url, headers=SAMPLER, timeout=60) as labeller:  # fmt: skip
-            wait_ready(api, timeout=120)
-            yield Loop(ts, api, labeller, captures, hymenoptera, tmp / "state")
-    finally:
-        ts.stop()
+
+def queue(loop: Loop, **params: Any) -> list[dict[str, Any]]:
+    r = loop.labeller.get("/v1/review", params={"limit": 200, **params})
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
 
 
 def reencode(data: bytes) -> bytes:
@@ -131,7 +56,7 @@ def test_served_inputs_become_a_review_queue_a_sample_and_a_replayed_retrain(loo
         assert r.status_code == 200, r.text
         answers[f] = r.json()["predictions"]
     assert loop.predict(b"not an image at all").status_code == 415
-    items = wait_for(lambda: len(q := loop.queue()) == len(files) and q, 60, what="8 review items")
+    items = wait_for(lambda: len(q := queue(loop)) == len(files) and q, 60, what="8 review items")
     margins = [i["margin"] for i in items]
     assert margins == sorted(margins), "most uncertain first"
     by_top = {(round(a[0]["score"], 4), a[0]["label"]): f for f, a in answers.items()}
@@ -146,10 +71,10 @@ def test_served_inputs_become_a_review_queue_a_sample_and_a_replayed_retrain(loo
     first = files[0].read_bytes()
     assert loop.predict(reencode(first)).status_code == 200 and loop.predict(first).status_code == 200
     wait_for(lambda: loop.labeller.get("/v1/review/stats").json()["captured"] == len(files) + 2, 60, what="indexing")
-    assert len(loop.queue()) == len(files)
+    assert len(queue(loop)) == len(files)
     stats = loop.labeller.get("/v1/review/stats").json()
     assert stats["duplicates"] == 2 and stats["queued"] == len(files)
-    assert max(i["seen"] for i in loop.queue()) == 3
+    assert max(i["seen"] for i in queue(loop)) == 3
 
     # Label the most uncertain one with its true label: a sample, which the next job trains on.
     target = items[0]

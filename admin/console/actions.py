@@ -1,0 +1,126 @@
+"""The console's forms (POST): sign in and out, promote, roll back, retrain, cancel, upload.
+
+Every form but the sign-in carries the session's CSRF token (a hidden field, or the ``X-CSRF-Token``
+header from the page's script); without it the form is refused with a 403 and nothing changes. The
+session cookie is HttpOnly and SameSite=Strict as well, and Secure over TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from admin.api.auth import TokenAuth
+from admin.api.deps import service
+from admin.api.sessions import COOKIE, Session
+from admin.api.uploads import read_form_fields
+from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
+from admin.domain.recipe import RetrainRequest
+from graft.core.errors import GraftError, InvalidSampleError, PermissionDeniedError
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+CSRF_HEADER = "x-csrf-token"
+
+
+def check_csrf(session: Session, given: object) -> None:
+    if not session.csrf_ok(given if isinstance(given, str) else None):
+        raise PermissionDeniedError("this form has no valid CSRF token: reload the page and submit it again")
+
+
+async def _form(request: Request) -> dict[str, Any]:
+    async with request.form(max_files=0, max_fields=20) as form:
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def _checked_form(request: Request, admin: bool = True) -> tuple[Session, dict[str, Any]]:
+    session = require_admin_page(request) if admin else session_of(request)
+    form = await _form(request)
+    check_csrf(session, form.get("csrf") or request.headers.get(CSRF_HEADER))
+    return session, form
+
+
+def _secure(request: Request) -> bool:
+    mode = service(request).settings.console_secure_cookie
+    if mode != "auto":
+        return mode == "always"
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    target = str(form.get("next") or "/console")
+    target = target if target.startswith("/console") and "//" not in target else "/console"
+    auth: TokenAuth = request.app.state.auth
+    try:
+        role = auth.check(str(form.get("token", "")).strip() or None, samples_ok=True)
+    except GraftError:
+        log.warning("console: sign-in refused from %s", request.client.host if request.client else "?")
+        return page(request, "login.html", status=401, next=target, error="That token is not valid here.")
+    sessions = request.app.state.sessions
+    session = sessions.create(role)
+    response = RedirectResponse(target if session.is_admin else "/console/review", status_code=303)
+    response.set_cookie(COOKIE, session.id, max_age=int(sessions.ttl_s), httponly=True, samesite="strict",
+                        secure=_secure(request), path="/console")  # fmt: skip
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    session, _ = await _checked_form(request, admin=False)
+    request.app.state.sessions.delete(session.id)
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.post("/models/{version}/promote")
+async def promote(request: Request, version: str) -> Response:
+    _, form = await _checked_form(request)
+    await run_in_threadpool(service(request).promote, version, form.get("force") == "true")
+    return RedirectResponse(f"/console/models?changed={version}", status_code=303)
+
+
+@router.post("/rollback")
+async def rollback(request: Request) -> Response:
+    await _checked_form(request)
+    model = await run_in_threadpool(service(request).rollback)
+    return RedirectResponse(f"/console/models?changed={model.version}", status_code=303)
+
+
+@router.post("/retrain")
+async def retrain(request: Request) -> Response:
+    _, form = await _checked_form(request)
+    epochs = str(form.get("epochs") or "").strip()
+    body = RetrainRequest(epochs=int(epochs) if epochs.isdigit() else None)
+    job = await run_in_threadpool(service(request).jobs.start, body, "console")
+    return RedirectResponse(f"/console/jobs/{job.id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: str) -> Response:
+    await _checked_form(request)
+    service(request).jobs.cancel(job_id)
+    return RedirectResponse(f"/console/jobs/{job_id}", status_code=303)
+
+
+@router.post("/samples")
+async def upload(request: Request) -> Response:
+    """Images with one label (the form, or the page's drag and drop with ``Accept: application/json``)."""
+    session = session_of(request)
+    svc = service(request)
+    st = svc.settings
+    uploads, labels, fields = await read_form_fields(request, st.max_upload_bytes, st.max_batch_files, ("csrf",))
+    check_csrf(session, fields.get("csrf") or request.headers.get(CSRF_HEADER))
+    if not labels or not labels[0].strip():
+        raise InvalidSampleError("choose a label for these images")
+    stored = await run_in_threadpool(svc.add_samples, uploads, labels[:1], session.is_admin)
+    dups = sum(s.duplicate for s in stored)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"stored": len(stored) - dups, "duplicates": dups, "label": stored[0].label})
+    return RedirectResponse(f"/console/samples?stored={len(stored) - dups}&duplicates={dups}", status_code=303)

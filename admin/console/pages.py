@@ -1,0 +1,128 @@
+"""The console's pages (GET): overview, models, jobs, samples, review, and the images they show."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+
+from admin.api.deps import service
+from admin.console import views
+from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
+from graft.core.errors import NotFoundError
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+_MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+          ".bmp": "image/bmp", ".gif": "image/gif"}  # fmt: skip
+_IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600",
+                  "Content-Security-Policy": "default-src 'none'"}  # fmt: skip
+
+
+def _image(path: object) -> FileResponse:
+    from pathlib import Path
+
+    p = Path(str(path))
+    return FileResponse(p, media_type=_MEDIA.get(p.suffix.lower(), "application/octet-stream"), headers=_IMAGE_HEADERS)
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/console") -> Response:
+    return page(request, "login.html", next=next if next.startswith("/console") else "/console", error=None)
+
+
+@router.get("")
+def overview(request: Request) -> Response:
+    if not session_of(request).is_admin:
+        return RedirectResponse("/console/review", status_code=303)
+    return page(request, "overview.html", o=views.overview(service(request)))
+
+
+@router.get("/models")
+def models(request: Request) -> Response:
+    require_admin_page(request)
+    svc = service(request)
+    return page(request, "models.html", models=[views.model_view(v) for v in reversed(svc.models())],
+                model_name=svc.model_name, history=list(reversed(svc.history()))[:20])  # fmt: skip
+
+
+@router.get("/models/{version}")
+def model(request: Request, version: str) -> Response:
+    require_admin_page(request)
+    return page(request, "model.html", m=views.model_view(service(request).model_view(version)))
+
+
+@router.get("/models/{version}/plot/{name}")
+def model_plot(request: Request, version: str, name: str) -> FileResponse:
+    require_admin_page(request)
+    m = service(request).registry.get(version)
+    if name not in views.PLOTS or m.run_dir is None or not (m.run_dir / views.PLOTS[name]).is_file():
+        raise NotFoundError(f"version {version} has no {name} plot")
+    return _image(m.run_dir / views.PLOTS[name])
+
+
+@router.get("/models/{version}/promote")
+def confirm_promote(request: Request, version: str, force: bool = False) -> Response:
+    require_admin_page(request)
+    svc = service(request)
+    target = views.model_view(svc.model_view(version))
+    current = svc.registry.default_version()
+    return page(request, "confirm.html", action=f"/console/models/{version}/promote", force=force,
+                title=f"Promote version {version}?" + (" (rejected by the gate)" if force else ""),
+                what=views.change_words(svc, current, version), target=target)  # fmt: skip
+
+
+@router.get("/rollback")
+def confirm_rollback(request: Request) -> Response:
+    require_admin_page(request)
+    svc = service(request)
+    target = svc.registry.rollback_target()
+    current = svc.registry.default_version()
+    return page(request, "confirm.html", action="/console/rollback", force=False,
+                title=f"Roll back to version {target}?", what=views.change_words(svc, current, target),
+                target=views.model_view(svc.model_view(target)))  # fmt: skip
+
+
+@router.get("/jobs")
+def jobs(request: Request) -> Response:
+    require_admin_page(request)
+    svc = service(request)
+    return page(request, "jobs.html", jobs=[views.job_view(j) for j in svc.jobs.recent(30)],
+                active=svc.jobs.active())  # fmt: skip
+
+
+@router.get("/jobs/{job_id}")
+def job(request: Request, job_id: str) -> Response:
+    require_admin_page(request)
+    j = service(request).jobs.get(job_id)
+    return page(request, "job.html", j=views.job_view(j), log=views.log_tail(j))
+
+
+@router.get("/samples")
+def samples(request: Request, stored: int | None = None, duplicates: int | None = None) -> Response:
+    svc = service(request)
+    recent = svc.samples.recent(24)
+    return page(request, "samples.html", stats=svc.stats(), labels=[label.name for label in svc.labels.all()],
+                recent=recent, stored=stored, duplicates=duplicates)  # fmt: skip
+
+
+@router.get("/samples/{sample_id}/image")
+def sample_image(request: Request, sample_id: str) -> FileResponse:
+    path = service(request).samples.path_of(sample_id) if len(sample_id) == 64 else None
+    if path is None or not path.is_file():
+        raise NotFoundError(f"no sample {sample_id!r}")
+    return _image(path)
+
+
+@router.get("/review")
+def review(request: Request, strategy: Annotated[str, Query(pattern="^(margin|entropy|random)$")] = "margin"
+           ) -> Response:  # fmt: skip
+    svc = service(request)
+    labels = [label.name for label in svc.labels.all()]
+    return page(request, "review.html", labels=labels, strategy=strategy, model_name=svc.model_name)
+
+
+@router.get("/review/{capture_id}/image")
+def review_image(request: Request, capture_id: str) -> FileResponse:
+    path, _ = service(request).feedback.review.image(capture_id, service(request).model_name)
+    return _image(path)

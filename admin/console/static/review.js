@@ -1,0 +1,101 @@
+// The review page: a grid of captured inputs, most uncertain first; label by click or keyboard.
+// 1..9 = the labels in order, s = skip, x = none of these classes, arrows = move. No page reloads.
+"use strict";
+
+(function () {
+  const root = document.getElementById("review");
+  if (!root) return;
+  const labels = JSON.parse(root.dataset.labels || "[]");
+  const strategy = root.dataset.strategy || "margin";
+  const grid = document.getElementById("grid"), progress = document.getElementById("progress");
+  const empty = document.getElementById("empty");
+  let items = [], selected = 0, doneHere = 0, busy = false, stats = null;
+
+  function say(text) { progress.textContent = text; }
+  function counter() {
+    const q = stats ? stats.queued : "?";
+    say(`${doneHere} decided on this page · ${q} waiting · ${stats ? stats.labelled : "?"} labelled in all`);
+  }
+
+  function card(item, i) {
+    const li = document.createElement("li");
+    li.tabIndex = 0;
+    li.dataset.id = item.id;
+    const img = document.createElement("img");
+    img.src = item.image;
+    img.alt = `captured input the model called ${item.predicted} (${Math.round(100 * item.score)}%)`;
+    const answer = document.createElement("p");
+    answer.className = "answer";
+    answer.textContent = `${item.predicted} ${Math.round(100 * item.score)}% · margin ${item.margin.toFixed(2)}`;
+    const buttons = document.createElement("div");
+    buttons.className = "buttons";
+    labels.slice(0, 9).forEach((label, k) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = `${k + 1} ${label}`;
+      b.addEventListener("click", () => decide(item.id, { label }));
+      buttons.appendChild(b);
+    });
+    for (const [text, body] of [["skip", { skip: true }], ["none", { reject: true }]]) {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = text; b.addEventListener("click", () => decide(item.id, body));
+      buttons.appendChild(b);
+    }
+    li.append(img, answer, buttons);
+    li.addEventListener("focus", () => select(items.findIndex((x) => x.id === item.id)));
+    return li;
+  }
+
+  function select(i) {
+    if (!items.length) return;
+    selected = Math.max(0, Math.min(i, items.length - 1));
+    grid.querySelectorAll("li").forEach((li, k) => li.classList.toggle("selected", k === selected));
+  }
+
+  function render() {
+    grid.replaceChildren(...items.map(card));
+    empty.hidden = items.length > 0;
+    select(selected);
+    counter();
+  }
+
+  async function load() {
+    const r = await fetch(`/console/api/review?strategy=${encodeURIComponent(strategy)}&limit=24`, { headers: { Accept: "application/json" } });
+    if (!r.ok) { say(`could not load the queue (${r.status})`); return; }
+    const body = await r.json();
+    stats = body.stats;
+    items = body.items;
+    render();
+  }
+
+  async function decide(id, body) {
+    if (busy) return;
+    busy = true;
+    try {
+      const r = await fetch(`/console/api/review/${encodeURIComponent(id)}`, {
+        method: "POST", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": document.body.dataset.csrf },
+      });
+      const out = await r.json().catch(() => ({}));
+      if (!r.ok) { say((out.error && out.error.message) || `refused (${r.status})`); return; }
+      stats = out.stats;
+      doneHere += 1;
+      items = items.filter((x) => x.id !== id);
+      if (items.length < 6) await load(); else render();
+      const next = grid.querySelectorAll("li")[selected];
+      if (next) next.focus();
+    } finally { busy = false; }
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest && e.target.closest("input, textarea")) return;
+    const item = items[selected];
+    if (e.key === "ArrowRight") { select(selected + 1); e.preventDefault(); return; }
+    if (e.key === "ArrowLeft") { select(selected - 1); e.preventDefault(); return; }
+    if (!item) return;
+    if (/^[1-9]$/.test(e.key) && labels[Number(e.key) - 1] !== undefined) { decide(item.id, { label: labels[Number(e.key) - 1] }); e.preventDefault(); }
+    else if (e.key === "s") { decide(item.id, { skip: true }); e.preventDefault(); }
+    else if (e.key === "x") { decide(item.id, { reject: true }); e.preventDefault(); }
+  });
+
+  load();
+})();

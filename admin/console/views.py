@@ -1,0 +1,127 @@
+"""What the console's pages show, assembled from the service (plain dicts for the templates and the scripts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from admin.domain.service import AdminService, ModelView
+from admin.store.rows import CaptureRow, Job
+from graft.core.errors import GraftError
+
+LOG_LINES = 80
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start:
+        return None
+    t0 = dt.datetime.fromisoformat(start)
+    t1 = dt.datetime.fromisoformat(end) if end else dt.datetime.now(t0.tzinfo)
+    return round((t1 - t0).total_seconds(), 1)
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    gate = job.gate or {}
+    return {
+        "id": job.id, "status": job.status, "phase": job.phase, "progress": job.progress, "trigger": job.trigger,
+        "active": job.active, "candidate": job.candidate_version, "champion": job.champion_version,
+        "reason": job.reason, "created_at": job.created_at, "seconds": _seconds(job.started_at, job.finished_at),
+        "candidate_accuracy": (job.candidate_metrics or {}).get("accuracy"),
+        "champion_accuracy": (job.champion_metrics or {}).get("accuracy"),
+        "new_labels": gate.get("new_labels", []), "replay": job.replay, "promoted": job.promoted,
+    }  # fmt: skip
+
+
+def log_tail(job: Job, lines: int = LOG_LINES) -> str:
+    if job.job_dir is None:
+        return ""
+    try:
+        with open(Path(job.job_dir) / "train.log", errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+    except OSError:
+        return ""
+
+
+def model_view(view: ModelView) -> dict[str, Any]:
+    m = view.model
+    holdout = m.metrics.get("holdout") or {}
+    training = m.metrics.get("training") or {}
+    return {
+        "version": m.version, "status": m.status, "default": view.default, "deployed": m.deployed,
+        "promoted_at": view.promoted_at, "created_at": m.created_at, "source": m.source, "labels": m.labels,
+        "holdout_accuracy": holdout.get("accuracy"), "holdout_n": holdout.get("n"),
+        "val_accuracy": training.get("val_accuracy") or training.get("best_val_accuracy"),
+        "per_class": holdout.get("per_class") or {}, "replay": m.metrics.get("replay"),
+        "lineage": m.lineage, "recipe": m.recipe, "parent": m.parent_version, "job_id": m.job_id,
+        "dataset_digest": m.dataset_digest, "num_train": m.num_train, "num_holdout": m.num_holdout,
+        "plots": [name for name in PLOTS if m.run_dir is not None and (m.run_dir / PLOTS[name]).is_file()],
+        "evidence": m.recipe.get("evidence") or m.recipe.get("auto"),
+    }  # fmt: skip
+
+
+PLOTS = {"curves": "curves.png", "confusion": "confusion_matrix.png"}
+
+
+def why_in_service(svc: AdminService, version: str) -> str:
+    """The last change that made ``version`` the default, in words."""
+    entries = [d for d in svc.history() if d.version == version]
+    if not entries:
+        return "not yet recorded"
+    last = entries[-1]
+    if last.action == "import":
+        return "imported as the first model"
+    if last.job_id:
+        try:
+            return svc.jobs.get(last.job_id).reason.split("; ")[0]
+        except GraftError:
+            pass
+    return {"promote": "promoted by an admin", "rollback": "rolled back to"}.get(last.action, last.action)
+
+
+def overview(svc: AdminService) -> dict[str, Any]:
+    champion = svc.registry.champion()
+    active = svc.jobs.active()
+    stats = svc.stats()
+    name = svc.model_name
+    review = svc.feedback.review.stats(name) if name else None
+    drift = None
+    if review is not None and review.captured and champion is not None:
+        try:
+            drift = svc.feedback.drift_report(windows=1)["windows"][0]
+        except GraftError:
+            drift = None
+    return {
+        "model_name": name, "champion": model_view(svc.model_view(champion.version)) if champion else None,
+        "why": why_in_service(svc, champion.version) if champion else "",
+        "job": job_view(svc.jobs.get(active)) if active else None, "samples": stats,
+        "review": review, "drift": drift, "warnings": svc.warnings, "problems": svc.ready_problems(),
+    }  # fmt: skip
+
+
+def review_item(row: CaptureRow) -> dict[str, Any]:
+    at = dt.datetime.fromtimestamp(row.captured_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {"id": row.id, "predicted": row.predicted, "score": row.scores[0] if row.scores else None,
+            "margin": row.margin, "entropy": row.entropy, "version": row.model_version, "captured_at": at,
+            "seen": row.seen, "scores": [[lab, s] for lab, s in zip(row.labels, row.scores, strict=True)],
+            "image": f"/console/review/{row.id}/image"}  # fmt: skip
+
+
+def change_words(svc: AdminService, current: str | None, target: str) -> list[str]:
+    """What a promotion or rollback will change, said before it happens."""
+    keep = svc.settings.keep_versions
+    lines = [f"Version {target} becomes the default: every request without a version gets it from the next one on."]
+    if current is not None:
+        lines.append(f"Version {current} stops being the default; it stays loaded as a rollback target "
+                     f"(the {keep} most recent defaults stay loaded).")  # fmt: skip
+    target_model = svc.registry.get(target)
+    if current is not None:
+        now = svc.registry.get(current)
+        added, dropped = set(target_model.labels) - set(now.labels), set(now.labels) - set(target_model.labels)
+        if added:
+            lines.append(f"New labels go into service: {', '.join(sorted(added))}.")
+        if dropped:
+            lines.append(f"Labels no longer predicted: {', '.join(sorted(dropped))}.")
+    lines.append("No request fails during the switch; it can be rolled back from this console.")
+    return lines

@@ -1,0 +1,144 @@
+"""The console over real HTTP (no browser): sign-in and cookies, who sees what, CSRF, headers, every page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from admin.server import AdminServer
+from handlers.capture import CaptureWriter
+from tests.admin.test_api import settings
+from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLES_TOKEN
+from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
+from tests.support.images import image_folder, photo
+from tests.support.waiting import wait_for, wait_ready
+
+
+@pytest.fixture
+def server(tmp_path: Path, free_port: int) -> Iterator[tuple[AdminServer, Path]]:
+    base = image_folder(tmp_path / "base", {"train": 2, "val": 3})
+    st = settings(tmp_path, admin_port=free_port, base_data=base, capture_scan_s=0.2)
+    extra = {"evaluate": fake_evaluate, "export": placeholder_export}
+    with AdminServer(st, rollout=FakeRollout(), app_kwargs=extra) as srv:
+        with httpx.Client(base_url=srv.url) as c:
+            wait_ready(c)
+        yield srv, st.capture_path
+
+
+def sign_in(srv: AdminServer, token: str) -> httpx.Client:
+    c = httpx.Client(base_url=srv.url, follow_redirects=False)
+    r = c.post("/console/login", data={"token": token, "next": "/console/models"})
+    assert r.status_code == 303, r.text
+    return c
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field on the page"
+    return m.group(1)
+
+
+def test_sign_in_sets_a_strict_session_cookie(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    anon = httpx.Client(base_url=srv.url, follow_redirects=False)
+    r = anon.get("/console/models")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login?next=/console/models"
+    assert anon.post("/console/retrain", data={}).status_code == 401, "no body is read without a session"
+    assert anon.get("/console/api/jobs/x").status_code == 401
+    bad = anon.post("/console/login", data={"token": "not-the-token-0123456789"})
+    assert bad.status_code == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
+    c = sign_in(srv, ADMIN_TOKEN)
+    cookie = c.cookies.jar
+    (jar,) = list(cookie)
+    assert jar.name == "graft_console" and jar.path == "/console" and jar.expires is not None
+    raw = c.post("/console/login", data={"token": ADMIN_TOKEN}).headers["set-cookie"].lower()
+    assert "httponly" in raw and "samesite=strict" in raw and "max-age=28800" in raw
+    assert "secure" not in raw.replace("samesite", ""), "plain HTTP here: Secure would lose the cookie"
+    tls = httpx.Client(base_url=srv.url, follow_redirects=False)
+    over_tls = tls.post("/console/login", data={"token": ADMIN_TOKEN}, headers={"X-Forwarded-Proto": "https"})
+    assert "; secure" in over_tls.headers["set-cookie"].lower()
+    page = c.get("/console/models")
+    assert page.status_code == 200 and "Models" in page.text
+    for header, value in (("content-security-policy", "script-src 'self'"), ("x-frame-options", "DENY"),
+                          ("cache-control", "no-store")):  # fmt: skip
+        assert value in page.headers[header]
+    out = c.post("/console/logout", data={"csrf": csrf_of(page.text)})
+    assert out.status_code == 303
+    assert c.get("/console/models").status_code == 303, "signed out: the old session id is dead"
+
+
+def test_every_admin_page_renders(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    c = sign_in(srv, ADMIN_TOKEN)
+    for path in ("/console", "/console/models", "/console/models/1", "/console/jobs", "/console/samples",
+                 "/console/review", "/console/models/1/promote"):  # fmt: skip
+        r = c.get(path)
+        assert r.status_code in (200, 409), (path, r.status_code, r.text[:300])
+        assert "<html" in r.text and 'name="csrf"' in r.text
+    assert c.get("/console/models/99").status_code == 404
+    assert "graft_console" not in c.get("/console/models/99").text
+    assert c.get("/console/rollback").status_code == 409, "nothing to roll back to: said on a page"
+    assert c.get("/console/static/console.css").status_code == 200
+
+
+def test_the_samples_token_labels_and_uploads_only(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    c = sign_in(srv, SAMPLES_TOKEN)
+    assert c.get("/console").headers["location"] == "/console/review"
+    review = c.get("/console/review")
+    assert review.status_code == 200
+    assert 'href="/console/models"' not in review.text and 'href="/console/jobs"' not in review.text
+    for path in ("/console/models", "/console/jobs", "/console/models/1/promote", "/console/rollback"):
+        assert c.get(path).status_code == 403, path
+    csrf = csrf_of(review.text)
+    assert c.post("/console/rollback", data={"csrf": csrf}).status_code == 403
+    assert c.post("/console/retrain", data={"csrf": csrf}).status_code == 403
+    files = {"file": ("a.png", photo(1), "image/png")}
+    r = c.post("/console/samples", files=files, data={"label": "bees", "csrf": csrf})
+    assert r.status_code == 303 and "stored=1" in r.headers["location"]
+    files = {"file": ("b.png", photo(2), "image/png")}
+    r = c.post("/console/samples", files=files, data={"label": "wasps", "csrf": csrf})
+    assert r.status_code == 403 and "POST /v1/labels" in r.text, "new labels are the admin's"
+
+
+def test_forms_without_their_csrf_token_change_nothing(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    c = sign_in(srv, ADMIN_TOKEN)
+    csrf = csrf_of(c.get("/console/jobs").text)
+    assert c.post("/console/retrain", data={}).status_code == 403
+    assert c.post("/console/retrain", data={"csrf": "forged"}).status_code == 403
+    assert httpx.get(f"{srv.url}/v1/jobs", headers=ADMIN).json()["jobs"] == []
+    files = {"file": ("a.png", photo(3), "image/png")}
+    assert c.post("/console/samples", files=files, data={"label": "ants"}).status_code == 403
+    assert httpx.get(f"{srv.url}/v1/samples/stats", headers=ADMIN).json()["total"] == 0
+    assert c.post("/console/api/review/00000000000000000001-deadbeef", json={"skip": True}).status_code == 403
+    other = sign_in(srv, ADMIN_TOKEN)
+    assert other.post("/console/retrain", data={"csrf": csrf}).status_code == 403, "a token is per session"
+
+
+def test_review_api_labels_captures(server: tuple[AdminServer, Path]) -> None:
+    srv, captures = server
+    stored: list[str] = []
+    writer = CaptureWriter(captures, "graft", "1", ["ants", "bees"], 1.0, 10**9, stored.append)
+    for i, p in enumerate((0.55, 0.9, 0.7)):
+        writer.offer(photo(40 + i), [p, 1 - p], str(i))
+    wait_for(lambda: len(stored) == 3, 10, what="captures")
+    c = sign_in(srv, SAMPLES_TOKEN)
+    csrf = csrf_of(c.get("/console/review").text)
+    body = c.get("/console/api/review").json()
+    assert [round(i["margin"], 2) for i in body["items"]] == [0.1, 0.4, 0.8] and body["stats"]["queued"] == 3
+    first = body["items"][0]
+    assert c.get(first["image"]).status_code == 200
+    r = c.post(f"/console/api/review/{first['id']}", json={"label": "bees"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and r.json()["status"] == "labelled" and r.json()["stats"]["labelled"] == 1
+    second = body["items"][1]["id"]
+    r = c.post(f"/console/api/review/{second}", json={"reject": True}, headers={"X-CSRF-Token": csrf})
+    assert r.json()["status"] == "rejected"
+    bad = c.post(f"/console/api/review/{body['items'][2]['id']}", json={}, headers={"X-CSRF-Token": csrf})
+    assert bad.status_code == 400
+    assert httpx.get(f"{srv.url}/v1/samples/stats", headers=ADMIN).json()["labels"]["bees"]["train"] + \
+        httpx.get(f"{srv.url}/v1/samples/stats", headers=ADMIN).json()["labels"]["bees"]["holdout"] == 1
