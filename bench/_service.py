@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from bench.serve import vm_hwm_mb
+from graft.demo_loop import wait_until_ready
 from graft.torchserve.client import TorchServeClient
 from graft.torchserve.launcher import free_ports
 
@@ -75,18 +76,7 @@ def serving(work: Path, run: Path, model: str, ports: list[int] | None = None, a
     ts = TorchServeClient(f"http://127.0.0.1:{mgmt}", f"http://127.0.0.1:{inf}",
                           work / "state" / "torchserve" / "key_file.json")  # fmt: skip
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"graft serve exited ({proc.returncode}); see {work / 'serve.log'}")
-            try:
-                if admin.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("graft serve not ready after 600 s")
-            time.sleep(1)
+        wait_until_ready(proc, admin, work / "serve.log", 600)
         yield Service(proc, admin, ts, ports, model)
     finally:
         if proc.poll() is None:

@@ -36,7 +36,7 @@ class Service:
     state: Path
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], admin: httpx.Client, log_path: Path, timeout: float) -> None:
+def wait_until_ready(proc: subprocess.Popen[bytes], admin: httpx.Client, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -73,7 +73,7 @@ def running_service(workdir: Path, run_dir: Path) -> Iterator[Service]:
     admin = httpx.Client(base_url=f"http://127.0.0.1:{adm}", headers={"Authorization": f"Bearer {token}"}, timeout=600)
     ts = TorchServeClient(f"http://127.0.0.1:{mgmt}", f"http://127.0.0.1:{inf}", state / "torchserve" / "key_file.json")
     try:
-        _wait_ready(proc, admin, log_path, 900)
+        wait_until_ready(proc, admin, log_path, 900)
         yield Service(admin, ts, state)
     finally:
         admin.close()

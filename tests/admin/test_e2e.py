@@ -9,8 +9,6 @@ serving; then a rollback. A stream of predictions runs throughout and must see z
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,13 @@ from pydantic import SecretStr
 from admin.server import AdminServer
 from admin.settings import AdminSettings
 from tests.support.auth import ADMIN, ADMIN_TOKEN
-from tests.support.paths import REPO
+from tests.support.live import graft, jpegs
 from tests.support.streams import PredictionStream
 from tests.support.waiting import wait_job, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 
 NAME = "antsbees"
-
-
-def jpegs(root: Path, split: str, label: str) -> list[Path]:
-    return sorted(p for p in (root / split / label).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-
-
-def graft(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "graft.cli", *args], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 @pytest.fixture
