@@ -41,17 +41,31 @@ from training.config import TrainConfig, write_config_file
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+# Gives a candidate run the champion's export settings (and its INT8 model when the champion serves INT8).
+PrepareFn = Callable[[Path, Path | None], object]
 CONFIG_FILE = "train-config.json"
 
 
 def default_evaluate(
     run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
 ) -> tuple[list[str | None], list[str]]:
-    """Top-1 label per image (None when unreadable) and the run's labels, via the training library."""
-    from training.evaluate import evaluate_run
+    """Top-1 label per image (None when unreadable) and the run's labels, via the training library.
 
-    report = evaluate_run(run_dir, list(samples), device)
+    The model is judged as its archive serves it: ``model.int8.onnx`` when it was exported with
+    ``--quantize int8`` (or prepared like an INT8 champion), else its weights.
+    """
+    from training.evaluate import evaluate_run
+    from training.export_settings import serving_precision
+
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
     return list(report["predictions"]), list(report["labels"])
+
+
+def default_prepare(run_dir: Path, champion_dir: Path | None) -> object:
+    """The candidate is exported as the champion was (INT8 included), so the gate judges what will serve."""
+    from training.export_settings import prepare_like
+
+    return prepare_like(run_dir, champion_dir)
 
 
 class JobInterruptedError(GraftError):
@@ -74,6 +88,7 @@ class JobServices:
     promoter: Promoter
     metrics: AdminMetrics
     evaluate: EvaluateFn = default_evaluate
+    prepare: PrepareFn = default_prepare
 
 
 class JobManager:
@@ -257,6 +272,7 @@ class JobManager:
         self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None
     ) -> tuple[GateDecision, ModelCard]:
         self.s.jobs.update(job_id, phase="evaluating", progress=0.8)
+        self.s.prepare(run_dir, champion.run_dir if champion is not None else None)
         card = read_card(run_dir)
         self.s.registry.update(
             version,
