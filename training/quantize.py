@@ -92,20 +92,34 @@ def logits(sess: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over an in-memory array, in equal batches."""
+    """ONNX Runtime's CalibrationDataReader over an in-memory array, in equal batches.
+
+    ``__len__`` and ``set_range`` (in batches) let MinMax calibrate in strides (``CalibStridedMinMax``):
+    ONNX Runtime merges the ranges of each stride, so memory holds one stride's activations, not all of
+    them. (Its other memory bound, ``CalibMaxIntermediateOutputs``, drops the batches collected before
+    each clear in onnxruntime 1.32: calibration would then see only the last few batches.)
+    """
 
     def __init__(self, x: np.ndarray, input_name: str) -> None:
-        self.x, self.name, self.i = x, input_name, 0
+        self.x, self.name = x, input_name
+        self.i, self.end = 0, len(self)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i + CALIBRATION_BATCH > len(self.x):
+        if self.i >= self.end:
             return None
-        batch = self.x[self.i : self.i + CALIBRATION_BATCH]
-        self.i += CALIBRATION_BATCH
+        batch = self.x[self.i * CALIBRATION_BATCH : (self.i + 1) * CALIBRATION_BATCH]
+        self.i += 1
         return {self.name: batch}
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self))
 
     def __len__(self) -> int:
         return len(self.x) // CALIBRATION_BATCH
+
+    def stride(self) -> int:
+        """Batches per calibration stride: the largest of 4, 3, 2, 1 that divides the number of batches."""
+        return next(d for d in (4, 3, 2, 1) if len(self) % d == 0)
 
 
 class Quantizer:
@@ -133,13 +147,14 @@ class Quantizer:
         reader = None if self.cache.is_file() else self._reader
         if reader is None and not self.cache.is_file():
             raise QuantizationError("calibrate() first: there are no calibration ranges yet")
+        strided = {"CalibStridedMinMax": reader.stride()} if reader is not None and self.method == "minmax" else {}
         quantize_static(
             str(self.prepared), str(out), reader,
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(fp32_nodes), calibrate_method=method,
             calibration_cache_path=str(self.cache),
-            extra_options={"CalibMaxIntermediateOutputs": 4} if self.method == "minmax" else {},
+            extra_options=strided,
         )  # fmt: skip
         return out
 
