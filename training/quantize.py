@@ -47,8 +47,8 @@ class QuantizeOptions:
     fp32_nodes: tuple[str, ...] | None = None
     sensitivity_images: int = 32
     # A node stays FP32 only when that alone raises the output SQNR by this much (2 dB: 37% less noise power).
-    # Measured on the ants/bees MobileNetV2: one node gained 3.9 dB and restored FP32's validation answers;
-    # the next ones gained about 1 dB each and cost speed (bench/results/int8_ants_bees.md).
+    # Measured on the ants/bees MobileNetV2: one node gained 3.3 dB and restored FP32's validation answers;
+    # the next ones gained about 1 dB each and cost speed (README, "INT8: graft export --quantize int8").
     min_gain_db: float = 2.0
     max_fp32_nodes: int = 3
 
