@@ -75,21 +75,27 @@ def in_process(run_dir: Path, variant: str, batch: int, duration: float, images:
     prep = Preprocessor(card.preprocessing, device, 50_000_000, fast_decode=True)
     data = jpegs(images)
     model.logits(torch.stack([t for t in prep(data[:batch]) if isinstance(t, torch.Tensor)]))  # warm-up
-    done, i, t_prep, t_model, t0 = 0, 0, 0.0, 0.0, time.perf_counter()
+    # wall and CPU seconds (all threads of this process) spent decoding + preprocessing, and in the model
+    done, i, spent, t0 = 0, 0, {"prep": [0.0, 0.0], "model": [0.0, 0.0]}, time.perf_counter()
     while time.perf_counter() - t0 < duration:
         chunk = [data[(i + k) % len(data)] for k in range(batch)]
         i += batch
-        t1 = time.perf_counter()
+        # Decoding runs on this thread alone (thread_time); the model on ONNX Runtime's pool too (process_time,
+        # which would also count the pool's threads spinning while this thread decodes).
+        w1, t1 = time.perf_counter(), time.thread_time()
         x = torch.stack([t for t in prep(chunk) if isinstance(t, torch.Tensor)])
-        t2 = time.perf_counter()
+        w2, t2, p2 = time.perf_counter(), time.thread_time(), time.process_time()
         model.logits(x)
-        t_model += time.perf_counter() - t2
-        t_prep += t2 - t1
+        w3, p3 = time.perf_counter(), time.process_time()
+        for key, dw, dc in (("prep", w2 - w1, t2 - t1), ("model", w3 - w2, p3 - p2)):
+            spent[key][0] += dw
+            spent[key][1] += dc
         done += batch
     elapsed = time.perf_counter() - t0
     return {
         "variant": variant, "threads": threads, "batch": batch, "img_s": done / elapsed,
-        "decode_preprocess_ms": 1000 * t_prep / done, "model_ms": 1000 * t_model / done,
+        "decode_preprocess_ms": 1000 * spent["prep"][0] / done, "model_ms": 1000 * spent["model"][0] / done,
+        "decode_preprocess_cpu_ms": 1000 * spent["prep"][1] / done, "model_cpu_ms": 1000 * spent["model"][1] / done,
         "val_accuracy": accuracy(model, prep, card.labels, batch),
         "peak_rss_mb": vm_hwm_mb(os.getpid()),  # not ru_maxrss: a child inherits its parent's
     }  # fmt: skip
@@ -155,7 +161,8 @@ def ants_bees_run(work: Path) -> Path:
     return run
 
 
-def build_store(work: Path, servers: list[str], workers: int, batch: int, delay_ms: int) -> tuple[Path, Path, Path]:
+def build_store(work: Path, servers: list[str], workers: int, batch: int, delay_ms: int, run: Path | None = None
+                ) -> tuple[Path, Path, Path]:  # fmt: skip
     """(ants/bees run, ImageNet run, store) with one archive per server model asked for."""
     import yaml
 
@@ -166,7 +173,7 @@ def build_store(work: Path, servers: list[str], workers: int, batch: int, delay_
 
     store = work / "store"
     common: dict[str, Any] = {"batch_size": batch, "max_batch_delay_ms": delay_ms, "workers": workers}
-    run = ants_bees_run(work)
+    run = run or ants_bees_run(work)
     export_run(run, store, "ours_int8", "1", model_config={"backend": "onnx", **common}, quantize=QuantizeOptions())
     build_mar(run, store, "ours_onnx", "1", {"backend": "onnx", **common})
     imagenet = work / "imagenet"
@@ -184,6 +191,22 @@ def build_store(work: Path, servers: list[str], workers: int, batch: int, delay_
 
 
 # --------------------------------------------------------------------------- over HTTP
+
+
+def handler_seconds(server: Any, model: str) -> dict[str, float]:
+    """The handler's own totals for one model (its Prometheus histograms): seconds preprocessing
+    (parse + decode + transform), seconds in the model, images."""
+    import httpx
+
+    text = httpx.get(f"{server.metrics_url}/metrics", timeout=30).text
+    names = {"graft_preprocess_seconds_sum": "preprocess", "graft_inference_seconds_sum": "inference",
+             "graft_batch_size_sum": "images"}  # fmt: skip
+    out = dict.fromkeys(names.values(), 0.0)
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in names and f'ModelName="{model}"' in rest:
+            out[names[name]] += float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def worker_pids(server: Any, model: str) -> list[int]:
@@ -208,21 +231,34 @@ def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str
         for model in args.servers:  # unmeasured: the frontend's JIT warms up before any model is measured
             load(f"{server.inference_url}/predictions/{model}", headers, bodies, max(args.concurrency), 0,
                  args.settle)  # fmt: skip
-        for model in args.servers:
-            workers, rows = worker_pids(server, model), []
-            for c in args.concurrency:
-                before = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in workers))
+        workers = {m: worker_pids(server, m) for m in args.servers}
+        rows: dict[str, list[dict[str, Any]]] = {m: [] for m in args.servers}
+        # Concurrency outside, models inside in alternating order: on a shared machine, load drifts; the models
+        # compared at one concurrency are measured back to back, and neither is always first.
+        for n, c in enumerate(args.concurrency):
+            for model in args.servers if n % 2 == 0 else list(reversed(args.servers)):
+                pids = workers[model]
+                before = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in pids))
+                inside = handler_seconds(server, model)
                 row = load(f"{server.inference_url}/predictions/{model}", headers, bodies, c, args.warmup,
                            args.duration)  # fmt: skip
-                after = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in workers))
+                after = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in pids))
                 # CPU over warm-up + window, per image completed in the window scaled to the same span
                 images = max(1.0, row["img_s"] * (args.warmup + args.duration))
                 spent = zip(("client", "frontend", "workers"), after, before, strict=True)
                 row["cpu_ms_per_img"] = {k: 1000 * (a - b) / images for k, a, b in spent}
-                log.info("%s c=%d: %.1f img/s p99 %.0f ms errors %d cpu ms/img %s", model, c, row["img_s"],
-                         row["p99_ms"], row["errors"], {k: round(v, 1) for k, v in row["cpu_ms_per_img"].items()})
-                rows.append(row)
-            results[model] = {"rows": rows, "peak_rss_mb": {f"worker {p}": vm_hwm_mb(p) for p in workers}}
+                row["loadavg_1m"] = os.getloadavg()[0]
+                after_h = handler_seconds(server, model)
+                served = max(1.0, after_h["images"] - inside["images"])
+                row["handler_ms_per_img"] = {k: 1000 * (after_h[k] - inside[k]) / served
+                                             for k in ("preprocess", "inference")}  # fmt: skip
+                log.info("%s c=%d: %.1f img/s p99 %.0f ms errors %d cpu ms/img %s load %.1f", model, c, row["img_s"],
+                         row["p99_ms"], row["errors"], {k: round(v, 1) for k, v in row["cpu_ms_per_img"].items()},
+                         row["loadavg_1m"])  # fmt: skip
+                rows[model].append(row)
+        for model in args.servers:
+            results[model] = {"rows": rows[model],
+                              "peak_rss_mb": {f"worker {p}": vm_hwm_mb(p) for p in workers[model]}}  # fmt: skip
         results["frontend_peak_rss_mb"] = vm_hwm_mb(frontend)
     return results
 
@@ -233,19 +269,23 @@ def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str
 def table(results: dict[str, Any], ceiling: dict[str, Any], alone: dict[str, Any], args: argparse.Namespace) -> str:
     conc = args.concurrency
     lines = ["| server | concurrency | img/s | p50 ms | p95 ms | p99 ms | errors | CPU ms/img: client | frontend"
-             " | workers |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             " | workers | in the handler, ms/img: preprocess | model | load 1m |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for model in args.servers:
         for r in results[model]["rows"]:
             cpu = r["cpu_ms_per_img"]
             lines.append(f"| {model} | {r['concurrency']} | {r['img_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f}"
                          f" | {r['p99_ms']:.0f} | {r['errors']} | {cpu['client']:.1f} | {cpu['frontend']:.1f}"
-                         f" | {cpu['workers']:.1f} |")  # fmt: skip
+                         f" | {cpu['workers']:.1f} | {r['handler_ms_per_img']['preprocess']:.2f}"
+                         f" | {r['handler_ms_per_img']['inference']:.2f} | {r['loadavg_1m']:.1f} |")  # fmt: skip
     lines += ["", "| in-process (batch 8, decode on 1 thread, model on all) | img/s | decode + preprocess ms/img"
-              " | model ms/img | val accuracy | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+              " wall (CPU) | model ms/img wall (CPU) | val accuracy | peak RSS MB |",
+              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for v, c in ceiling.items():
         acc = "-" if c["val_accuracy"] is None else f"{c['val_accuracy']:.4f}"
         lines.append(f"| {v} ({c['threads']} threads) | {c['img_s']:.1f} | {c['decode_preprocess_ms']:.2f}"
-                     f" | {c['model_ms']:.2f} | {acc} | {c['peak_rss_mb']:.0f} |")  # fmt: skip
+                     f" ({c['decode_preprocess_cpu_ms']:.2f}) | {c['model_ms']:.2f} ({c['model_cpu_ms']:.2f}) | {acc}"
+                     f" | {c['peak_rss_mb']:.0f} |")  # fmt: skip
     lines += ["", f"Model alone (ONNX Runtime, batch {alone['batch']}, {alone['threads']} threads, median of"
               f" {len(alone['rounds']['fp32'])} alternating rounds): FP32 {alone['fp32']:.1f} img/s, INT8"
               f" {alone['int8']:.1f} img/s, **{alone['int8'] / alone['fp32']:.2f}x**; peak RSS"
@@ -284,6 +324,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delay-ms", type=int, default=20)
     p.add_argument("--images", type=int, default=120, help="distinct JPEGs cycled through")
     p.add_argument("--out", type=Path, default=None, help="also write the raw results as JSON here")
+    p.add_argument("--run", type=Path, default=None,
+                   help="an ants/bees run folder to serve (default: train one with graft's default recipe)")
     p.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--model-only", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="onnx", help=argparse.SUPPRESS)
@@ -303,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("load average at start: %s", os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
         work = Path(tmp)
-        run, imagenet, store = build_store(work, args.servers, args.workers, args.batch, args.delay_ms)
+        run, imagenet, store = build_store(work, args.servers, args.workers, args.batch, args.delay_ms, args.run)
         alone = child("--model-only", str(run), "--batch", str(args.batch))
         log.info("model alone: %s", {k: v for k, v in alone.items() if k != "rounds"})
         variants = [v for v, s in (("onnx", "ours_onnx"), ("int8", "ours_int8"), ("torch", "ours_torch"))
