@@ -1,7 +1,9 @@
 """The HTTP load generator and per-process accounting the serving benchmarks share (CPU and GPU checks).
 
 ``load`` keeps ``concurrency`` requests in flight for ``warmup + duration`` seconds and counts what
-completes inside the measured window. ``load_procs`` splits the same load over several client
+completes inside the measured window. The client is aiohttp by default: on a 2-core machine the load
+generator shares the cores with the server, and httpx spent about 1.2-2 ms of CPU per request there
+(``--client httpx`` keeps it for comparison with earlier runs). ``load_procs`` splits the same load over several client
 processes, for servers faster than one Python process can drive. ``cpu_seconds`` and ``vm_hwm_mb``
 read ``/proc`` so a benchmark can say where the CPU went and how much memory each process peaked at.
 """
@@ -25,7 +27,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
-                duration: float, offset: int = 0) -> tuple[list[float], int]:  # fmt: skip
+                duration: float, offset: int = 0, client: str = "aiohttp") -> tuple[list[float], int]:  # fmt: skip
+    if client == "aiohttp":
+        return await _load_aiohttp(url, headers, bodies, concurrency, warmup, duration, offset)
     import httpx
 
     latencies: list[float] = []
@@ -53,8 +57,43 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
                     errors += 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await asyncio.gather(*(worker(k, client) for k in range(concurrency)))
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(*(worker(k, http) for k in range(concurrency)))
+    return latencies, errors
+
+
+async def _load_aiohttp(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
+                        duration: float, offset: int = 0) -> tuple[list[float], int]:  # fmt: skip
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async def worker(k: int, session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        i = k + offset
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            t1 = time.perf_counter()
+            i += concurrency
+            if measure_from <= t1 <= stop_at:
+                if ok:
+                    latencies.append(t1 - t0)
+                else:
+                    errors += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(k, session) for k in range(concurrency)))
     return latencies, errors
 
 
@@ -67,9 +106,9 @@ def summary(concurrency: int, duration: float, latencies: list[float], errors: i
 
 
 def load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
-         duration: float) -> dict[str, Any]:  # fmt: skip
+         duration: float, client: str = "aiohttp") -> dict[str, Any]:  # fmt: skip
     """One client process (this one)."""
-    latencies, errors = asyncio.run(_load(url, headers, bodies, concurrency, warmup, duration))
+    latencies, errors = asyncio.run(_load(url, headers, bodies, concurrency, warmup, duration, 0, client))
     return summary(concurrency, duration, latencies, errors)
 
 

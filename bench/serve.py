@@ -230,7 +230,7 @@ def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str
         headers = {**server.headers(), "Content-Type": "image/jpeg"}
         for model in args.servers:  # unmeasured: the frontend's JIT warms up before any model is measured
             load(f"{server.inference_url}/predictions/{model}", headers, bodies, max(args.concurrency), 0,
-                 args.settle)  # fmt: skip
+                 args.settle, args.client)  # fmt: skip
         workers = {m: worker_pids(server, m) for m in args.servers}
         rows: dict[str, list[dict[str, Any]]] = {m: [] for m in args.servers}
         # Concurrency outside, models inside in alternating order: on a shared machine, load drifts; the models
@@ -241,7 +241,7 @@ def bench_servers(store: Path, work: Path, args: argparse.Namespace) -> dict[str
                 before = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in pids))
                 inside = handler_seconds(server, model)
                 row = load(f"{server.inference_url}/predictions/{model}", headers, bodies, c, args.warmup,
-                           args.duration)  # fmt: skip
+                           args.duration, args.client)  # fmt: skip
                 after = (time.process_time(), cpu_seconds(frontend), sum(cpu_seconds(p) for p in pids))
                 # CPU over warm-up + window, per image completed in the window scaled to the same span
                 images = max(1.0, row["img_s"] * (args.warmup + args.duration))
@@ -323,6 +323,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--delay-ms", type=int, default=20)
     p.add_argument("--images", type=int, default=120, help="distinct JPEGs cycled through")
+    p.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's HTTP client")
     p.add_argument("--out", type=Path, default=None, help="also write the raw results as JSON here")
     p.add_argument("--run", type=Path, default=None,
                    help="an ants/bees run folder to serve (default: train one with graft's default recipe)")
