@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.serve import vm_hwm_mb
+from bench.load import vm_hwm_mb
 from graft.demo_loop import wait_until_ready
 from graft.torchserve.client import TorchServeClient
 from graft.torchserve.launcher import free_ports

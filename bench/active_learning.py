@@ -20,7 +20,6 @@ same model and machine, alternated off/on/off/on, with the servers' peak RSS.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
 import json
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench._service import SAMPLER, Service, run_job, serving  # noqa: E402
-from bench.serve import load  # noqa: E402
+from bench.load import load  # noqa: E402
 from training.fashion_mnist import FASHION_MNIST_DIR as FASHION  # noqa: E402
 from training.fashion_mnist import FASHION_MNIST_LABELS, read_idx  # noqa: E402
 
@@ -178,7 +177,7 @@ def capture_cost(work: Path, run: Path, args: argparse.Namespace) -> dict[str, A
         extra = ["--capture-rate", "1"] if setting == "on" else []
         with serving(work / f"cost-{i}", run, NAME, args=extra) as svc:
             headers = {**svc.ts.headers(), "Content-Type": "image/png"}
-            result = asyncio.run(load(svc.predict_url, headers, bodies, 32, 5, args.cost_seconds))
+            result = load(svc.predict_url, headers, bodies, 32, 5, args.cost_seconds)
             runs[setting].append(round(result["img_s"], 1))
             rss[f"{setting} #{i // 2 + 1}"] = svc.peak_rss_mb()
             log.info("capture %s: %.1f img/s (p50 %.1f ms)", setting, result["img_s"], result["p50_ms"])

@@ -1,10 +1,12 @@
-"""GPU check of the handler, in-process (no Java needed): CUDA vs CPU answers, throughput, GPU memory.
+"""GPU check of the handler, in-process (no Java needed): CUDA vs CPU answers, throughput, GPU memory,
+and ONNX Runtime's CUDA provider (which provider really ran each node; the INT8 model's answers there).
 
-Drives ``handlers`` through a TorchServe-like context (``handlers.local``) exactly as a worker with
+Drives ``handlers`` through a TorchServe-like context (``graft.inprocess``) exactly as a worker with
 ``gpu_id=0`` would: ``cuda:0``, autocast, channels_last, nvjpeg decoding. Prints one report and exits
-non-zero when the GPU answers disagree with the CPU's. Without CUDA it runs the CPU parts only.
+non-zero when the GPU answers disagree with the CPU's, or when ONNX Runtime has no CUDA provider or
+does not run the model on it. Without CUDA it runs the CPU parts only (the ONNX checks on the CPU provider).
 
-    bench/gpu_check.sh [DATA_DIR]      # DATA_DIR: a folder of JPEGs (default ../shared/data/hymenoptera)
+    bench/gpu_check.sh [--wheels DIR] [DATA_DIR]   # DATA_DIR: a folder of JPEGs (default ../shared/data/hymenoptera)
 """
 
 from __future__ import annotations
@@ -135,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             print("no CUDA: skipping the GPU parts (CPU/GPU agreement, GPU decoding, GPU memory)")
             for b in (1, 8):
                 print(f"cpu  batch {b:4d}: {throughput(cpu, images, b, args.seconds):8.1f} img/s")
+            onnx_report(run, images, cuda=False)
             return 0
-        return gpu_report(run, cpu, images, args)
+        ok = gpu_report(run, cpu, images, args)
+        return 0 if onnx_report(run, images, cuda=True) and ok else 1
 
 
-def gpu_report(run: Path, cpu: Any, images: list[bytes], args: argparse.Namespace) -> int:
+def gpu_report(run: Path, cpu: Any, images: list[bytes], args: argparse.Namespace) -> bool:
     import torch
 
     print(f"GPU: {torch.cuda.get_device_name(0)}, bf16 supported: {torch.cuda.is_bf16_supported()}")
@@ -164,7 +168,64 @@ def gpu_report(run: Path, cpu: Any, images: list[bytes], args: argparse.Namespac
     onnx = handler(run, 0, backend="onnx")
     print(f"onnx backend providers: {onnx.service.backend.session.get_providers()}; batch 32:"
           f" {throughput(onnx, images, 32, args.seconds):.1f} img/s")
-    return 0 if ok else 1
+    return ok
+
+
+def provider_counts(path: Path, providers: list[Any], x: Any, workdir: Path) -> tuple[Any, dict[str, int]]:
+    """(logits, how many graph nodes each execution provider ran), read from ONNX Runtime's own profile."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(workdir / path.stem)
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    out = sess.run(None, {"input": x})[0]
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    counts = Counter(e["args"].get("provider", "?") for e in events if e.get("cat") == "Node")
+    return out, dict(counts)
+
+
+def onnx_report(run: Path, images: list[bytes], cuda: bool) -> bool:
+    """ONNX Runtime's CUDA provider on the FP32 and INT8 models: available, really used, same answers as the CPU."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from graft.core.artifact import read_card
+    from handlers.preprocess import Preprocessor
+    from training.quantize import Quantizer
+
+    available = ort.get_available_providers()
+    print(f"onnxruntime {ort.__version__} ({ort.get_device()}), providers available: {available}")
+    if cuda and "CUDAExecutionProvider" not in available:
+        print("FAIL: this onnxruntime has no CUDA provider: install onnxruntime-gpu (bench/gpu_check.sh --wheels DIR)")
+        return False
+    prep = Preprocessor(read_card(run).preprocessing, torch.device("cpu"), 50_000_000)
+    x = np.stack([t.numpy() for t in prep(images[:64]) if isinstance(t, torch.Tensor)])
+    gpu: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if cuda else []
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="graft-onnx-check-") as tmp:
+        work = Path(tmp)
+        q = Quantizer(run / "model.onnx", work)
+        q.calibrate(x)
+        int8 = q.build(work / "model.int8.onnx")  # every node INT8: the CUDA provider's QDQ support is the question
+        for name, path in (("fp32", run / "model.onnx"), ("int8", int8)):
+            ref, on_cpu = provider_counts(path, ["CPUExecutionProvider"], x, work)
+            if not cuda:
+                print(f"{name}: {on_cpu} (no CUDA: CPU provider only)")
+                continue
+            got, counts = provider_counts(path, gpu, x, work)
+            share = counts.get("CUDAExecutionProvider", 0) / max(1, sum(counts.values()))
+            agree = float((ref.argmax(1) == got.argmax(1)).mean())
+            diff = float(np.abs(ref - got).max())
+            good = share >= 0.9 and agree >= 0.95
+            ok = ok and good
+            print(f"{name} on CUDA: nodes per provider {counts} ({share:.0%} on CUDA); vs CPU provider on {len(x)}"
+                  f" images: top-1 agrees {agree:.3f}, max |logit diff| {diff:.4f} -> {'OK' if good else 'FAIL'}")
+    return ok
 
 
 if __name__ == "__main__":

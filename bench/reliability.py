@@ -40,7 +40,7 @@ import psutil  # noqa: E402
 from bench._hostile import admin_cases, inference_cases  # noqa: E402
 from bench._service import ADMIN_TOKEN, SAMPLES_TOKEN, Service, run_job  # noqa: E402
 from bench._service import serving as _serving  # noqa: E402
-from bench.serve import load  # noqa: E402
+from bench.load import load  # noqa: E402
 
 log = logging.getLogger("bench.reliability")
 DATA = REPO.parent / "shared" / "data" / "hymenoptera"
@@ -146,8 +146,8 @@ def hostile_admin(svc: Service) -> dict[str, Any]:
 def valid_load(svc: Service, seconds: float, concurrency: int) -> dict[str, Any]:
     bodies = [p.read_bytes() for p in jpegs("val", "ants")[:30] + jpegs("val", "bees")[:30]]
     url, headers = f"{svc.ts.inference_url}/predictions/{NAME}", {**svc.ts.headers(), "Content-Type": "image/jpeg"}
-    single = asyncio.run(load(url, headers, bodies, 1, 2, 8))
-    loaded = asyncio.run(load(url, headers, bodies, concurrency, 3, seconds))
+    single = load(url, headers, bodies, 1, 2, 8)
+    loaded = load(url, headers, bodies, concurrency, 3, seconds)
     return {
         "check": f"{seconds:.0f} s of valid traffic, concurrency {concurrency}", "img_s": round(loaded["img_s"], 1),
         "errors": loaded["errors"], "p50_ms": round(loaded["p50_ms"], 1), "p99_ms": round(loaded["p99_ms"], 1),

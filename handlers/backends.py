@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from graft.core.artifact import ONNX_FILE, load_model
+from graft.core.artifact import ONNX_FILE, ONNX_INT8_FILE, load_model
 from graft.core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def onnx_providers(device: torch.device) -> list[Any]:
     available = ort.get_available_providers()
     providers: list[Any] = []
     if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        _preload_cuda_libraries(ort)
         providers.append(("CUDAExecutionProvider", {"device_id": device.index or 0}))
     elif device.type == "cuda":
         log.warning("worker has %s but onnxruntime has no CUDA provider (install onnxruntime-gpu): using CPU", device)
@@ -77,15 +78,28 @@ def onnx_providers(device: torch.device) -> list[Any]:
     return providers
 
 
-class OnnxBackend:
-    name = "onnx"
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN in the pip packages PyTorch brought (no system CUDA needed)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as e:  # best effort: a system-wide CUDA may still satisfy the provider
+        log.warning("onnxruntime could not preload CUDA libraries from pip packages: %s", e)
 
-    def __init__(self, model_dir: Path, device: torch.device, threads: int) -> None:
+
+class OnnxBackend:
+    """ONNX Runtime on ``model.onnx``, or on ``model.int8.onnx`` (QDQ INT8) with ``file=ONNX_INT8_FILE``."""
+
+    def __init__(self, model_dir: Path, device: torch.device, threads: int, file: str = ONNX_FILE) -> None:
         import onnxruntime as ort
 
-        path = Path(model_dir) / ONNX_FILE
+        self.name = "onnx-int8" if file == ONNX_INT8_FILE else "onnx"
+        path = Path(model_dir) / file
         if not path.is_file():
-            raise ArtifactError(f"backend 'onnx' needs {ONNX_FILE} in the archive; export it or use backend 'torch'")
+            fix = "export with --quantize int8" if file == ONNX_INT8_FILE else "export it or use backend 'torch'"
+            raise ArtifactError(f"backend {self.name!r} needs {file} in the archive; {fix}")
         opts = ort.SessionOptions()
         # ORT's default takes every core; with several workers that oversubscribes the machine.
         opts.intra_op_num_threads = threads
@@ -105,5 +119,5 @@ class OnnxBackend:
 
 def make_backend(name: str, model_dir: Path, device: torch.device, threads: int, precision: str) -> Backend:
     if name == "onnx":
-        return OnnxBackend(model_dir, device, threads)
+        return OnnxBackend(model_dir, device, threads, ONNX_INT8_FILE if precision == "int8" else ONNX_FILE)
     return TorchBackend(model_dir, device, precision)

@@ -92,7 +92,29 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--requirements-file", type=Path, help="pip requirements carried in the .mar (e.g. for KServe's runtime)"
     )
+    q = p.add_argument_group("INT8 (ONNX Runtime static quantization; the archive then serves model.int8.onnx)")
+    q.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx and serve it (backend onnx)")
+    q.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="validation accuracy points INT8 may lose against FP32 before the export fails (default 1.0)")
+    q.add_argument("--calibration-images", type=int, default=300, help="training images to calibrate on (default 300)")
+    q.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--int8-fp32-nodes", default="auto", metavar="auto|none|NODE,NODE",
+                   help="nodes kept in FP32: auto = a per-node sensitivity pass decides (default), none = all INT8")
     p.set_defaults(func=_run_export)
+
+
+def _quantize_options(args: argparse.Namespace) -> Any:
+    from training.quantize import QuantizeOptions
+
+    if args.quantize is None:
+        return None
+    nodes = {"auto": None, "none": ()}.get(args.int8_fp32_nodes)
+    if args.int8_fp32_nodes not in ("auto", "none"):
+        nodes = tuple(n.strip() for n in args.int8_fp32_nodes.split(",") if n.strip())
+    return QuantizeOptions(
+        max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images,
+        calibration_method=args.calibration_method, fp32_nodes=nodes,
+    )  # fmt: skip
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -116,8 +138,12 @@ def _run_export(args: argparse.Namespace) -> int:
         config,
         onnx=not args.no_onnx,
         requirements_file=args.requirements_file,
+        quantize=_quantize_options(args),
     )
-    print(json.dumps({"mar": str(mar), "onnx": None if args.no_onnx else str(args.run_dir / "model.onnx")}))
+    out = {"mar": str(mar), "onnx": None if args.no_onnx else str(args.run_dir / "model.onnx")}
+    if args.quantize:
+        out["int8"] = str(args.run_dir / "model.int8.onnx")
+    print(json.dumps(out))
     return 0
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from graft.core.artifact import load_model
+from graft.core.artifact import ONNX_INT8_FILE, load_model, read_card
+from graft.core.errors import ArtifactError
 from graft.core.transforms import eval_transform
+
+PRECISIONS = ("fp32", "int8")
 
 
 def classification_report(targets: Sequence[int], preds: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
@@ -47,34 +50,43 @@ def classification_report(targets: Sequence[int], preds: Sequence[int], labels: 
     }
 
 
-@torch.no_grad()
-def predict_paths(
-    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32
-) -> tuple[list[int], list[str]]:
-    """Top-1 class index for each image, and the run's labels."""
-    from training.data import ImageDataset, collate
+def _int8_model(run_dir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The INT8 ONNX model as the handler serves it (ONNX Runtime, CPU)."""
+    from training.quantize import logits, session
 
-    model, card = load_model(run_dir, device)
-    ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(card.preprocessing))
-    preds = [-1] * len(paths)
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
-    for x, idx in loader:
-        if x.numel() == 0:
-            continue
-        out = model(x.to(device)).argmax(1).cpu()
-        for i, p in zip(idx.tolist(), out.tolist(), strict=True):
-            preds[i] = p
-    return preds, card.labels
+    path = Path(run_dir) / ONNX_INT8_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: export the run with --quantize int8 before judging it in INT8")
+    sess = session(path)
+    return lambda x: torch.from_numpy(logits(sess, x.numpy()))
+
+
+def predict_paths(
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32"
+) -> tuple[list[int], list[str]]:
+    """Top-1 class index for each image (-1 when unreadable), and the run's labels."""
+    probs, labels = predict_probabilities(run_dir, paths, device, batch_size, precision)
+    return [max(range(len(row)), key=row.__getitem__) if row else -1 for row in probs], labels
 
 
 @torch.no_grad()
 def predict_probabilities(
-    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32"
 ) -> tuple[list[list[float]], list[str]]:
-    """Class probabilities for each image ([] when unreadable), and the run's labels."""
+    """Class probabilities for each image ([] when unreadable), and the run's labels.
+
+    ``precision="int8"`` runs ``model.int8.onnx`` (``graft export --quantize int8``) instead of the weights.
+    """
     from training.data import ImageDataset, collate
 
-    model, card = load_model(run_dir, device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        card = read_card(run_dir)
+        model: Callable[[torch.Tensor], torch.Tensor] = _int8_model(run_dir)
+        device = "cpu"
+    else:
+        model, card = load_model(run_dir, device)
     ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(card.preprocessing))
     out: list[list[float]] = [[] for _ in paths]
     for x, idx in DataLoader(ds, batch_size=batch_size, collate_fn=collate):
@@ -86,13 +98,15 @@ def predict_probabilities(
     return out, card.labels
 
 
-def evaluate_run(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu") -> dict[str, Any]:
-    """Evaluate a run folder on ``(path, label)`` pairs.
+def evaluate_run(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu", precision: str = "fp32"
+) -> dict[str, Any]:
+    """Evaluate a run folder on ``(path, label)`` pairs, in FP32 (its weights) or INT8 (``model.int8.onnx``).
 
     Samples whose label the model does not know are reported under ``unknown_labels`` and left
     out of the metrics; images that fail to decode are counted under ``unreadable``.
     """
-    preds, labels = predict_paths(Path(run_dir), [p for p, _ in samples], device)
+    preds, labels = predict_paths(Path(run_dir), [p for p, _ in samples], device, precision=precision)
     pos = {label: i for i, label in enumerate(labels)}
     targets, kept, unknown, unreadable = [], [], set(), 0
     for (_, label), pred in zip(samples, preds, strict=True):
@@ -107,4 +121,5 @@ def evaluate_run(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
     report["unknown_labels"] = sorted(unknown)
     report["unreadable"] = unreadable
     report["predictions"] = [labels[p] if p >= 0 else None for p in preds]
+    report["precision"] = precision
     return report

@@ -1,4 +1,5 @@
-"""Export a run folder: ONNX (verified against PyTorch on real images) and a TorchServe ``.mar``."""
+"""Export a run folder: ONNX (verified against PyTorch on real images), optionally its INT8 copy
+(:mod:`training.quantize`, checked against FP32 on the run's validation images), and a TorchServe ``.mar``."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Any
 
 import torch
 
-from graft.core.artifact import MODEL_JSON, ONNX_FILE, load_model, read_card, write_card
+from graft.core.artifact import MODEL_JSON, ONNX_FILE, ONNX_INT8_FILE, load_model, read_card, write_card
 from graft.core.errors import ArtifactError, ExportError
 from graft.core.transforms import eval_transform
 from graft.core.util import child_env
+from training.export_settings import ExportSettings, ensure_int8, record_settings
+from training.quantize import QuantizeOptions
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +151,7 @@ def build_mar(
 
     run_dir, model_store = Path(run_dir), Path(model_store)
     card = read_card(run_dir)
-    files = [run_dir / MODEL_JSON]
-    backend = (model_config or {}).get("backend", "onnx")
-    if (run_dir / ONNX_FILE).is_file():
-        files.append(run_dir / ONNX_FILE)
-    elif backend == "onnx":
-        raise ArtifactError(f"{run_dir / ONNX_FILE} is missing: run the ONNX export first, or choose backend torch")
+    files = [run_dir / MODEL_JSON, *_model_files(run_dir, model_config or {})]
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="graft-mar-") as tmp:
         staging = Path(tmp)
@@ -192,6 +190,19 @@ def build_mar(
     return mar
 
 
+def _model_files(run_dir: Path, model_config: dict[str, Any]) -> list[Path]:
+    """The ONNX file the archive's handler will load: INT8 when it serves INT8, else ``model.onnx`` if there."""
+    if model_config.get("precision") == "int8":
+        if not (run_dir / ONNX_INT8_FILE).is_file():
+            raise ArtifactError(f"{run_dir / ONNX_INT8_FILE} is missing: export with --quantize int8")
+        return [run_dir / ONNX_INT8_FILE]
+    if (run_dir / ONNX_FILE).is_file():
+        return [run_dir / ONNX_FILE]
+    if model_config.get("backend", "onnx") == "onnx":
+        raise ArtifactError(f"{run_dir / ONNX_FILE} is missing: run the ONNX export first, or choose backend torch")
+    return []
+
+
 def export_run(
     run_dir: Path,
     model_store: Path,
@@ -201,11 +212,20 @@ def export_run(
     model_config: dict[str, Any] | None = None,
     onnx: bool = True,
     requirements_file: Path | None = None,
+    quantize: QuantizeOptions | None = None,
 ) -> Path:
-    """ONNX export with verification, then the ``.mar``: what ``graft export`` does."""
+    """ONNX export with verification, the INT8 model when ``quantize`` is given, then the ``.mar``:
+    what ``graft export`` does. The archive's settings are recorded in ``model.json`` (``export.archive``)."""
+    settings = ExportSettings.build(model_config, quantize)
+    if quantize is not None and not onnx:
+        raise ExportError("--quantize int8 quantizes the ONNX export: drop --no-onnx")
     if onnx:
         export_onnx(run_dir, check_images)
-    mar = build_mar(run_dir, model_store, name, version, model_config, requirements_file)
-    summary = {"mar": str(mar), "onnx": str(Path(run_dir) / ONNX_FILE) if onnx else None}
+    if settings.quantize is not None:
+        ensure_int8(Path(run_dir), settings.quantize)
+    record_settings(Path(run_dir), settings)
+    mar = build_mar(run_dir, model_store, name, version, settings.model_config, requirements_file)
+    summary = {"mar": str(mar), "onnx": str(Path(run_dir) / ONNX_FILE) if onnx else None,
+               "int8": str(Path(run_dir) / ONNX_INT8_FILE) if settings.int8 else None}  # fmt: skip
     log.info("export: %s", json.dumps(summary))
     return mar

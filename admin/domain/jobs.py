@@ -44,17 +44,31 @@ log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
 ShadowFn = Callable[[str, str | None], ReplayReport | None]  # (candidate, champion) -> the replay, if any
+# Gives a candidate run the champion's export settings (and its INT8 model when the champion serves INT8).
+PrepareFn = Callable[[Path, Path | None], object]
 CONFIG_FILE = "train-config.json"
 
 
 def default_evaluate(
     run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
 ) -> tuple[list[str | None], list[str]]:
-    """Top-1 label per image (None when unreadable) and the run's labels, via the training library."""
-    from training.evaluate import evaluate_run
+    """Top-1 label per image (None when unreadable) and the run's labels, via the training library.
 
-    report = evaluate_run(run_dir, list(samples), device)
+    The model is judged as its archive serves it: ``model.int8.onnx`` when it was exported with
+    ``--quantize int8`` (or prepared like an INT8 champion), else its weights.
+    """
+    from training.evaluate import evaluate_run
+    from training.export_settings import serving_precision
+
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
     return list(report["predictions"]), list(report["labels"])
+
+
+def default_prepare(run_dir: Path, champion_dir: Path | None) -> object:
+    """The candidate is exported as the champion was (INT8 included), so the gate judges what will serve."""
+    from training.export_settings import prepare_like
+
+    return prepare_like(run_dir, champion_dir)
 
 
 class JobInterruptedError(GraftError):
@@ -79,6 +93,7 @@ class JobServices:
     base: Callable[[], BaseData]  # the first model's data as the service knows it now
     evaluate: EvaluateFn = default_evaluate
     shadow: ShadowFn | None = None
+    prepare: PrepareFn = default_prepare
 
 
 class JobManager:
@@ -296,6 +311,7 @@ class JobManager:
         self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None
     ) -> tuple[GateDecision, ModelCard]:
         self.s.jobs.update(job_id, phase="evaluating", progress=0.8)
+        self.s.prepare(run_dir, champion.run_dir if champion is not None else None)
         card = read_card(run_dir)
         self.s.registry.update(
             version,

@@ -29,9 +29,21 @@ VetFn = Callable[[ModelVersion], None]  # last word before the switch: raise to 
 
 
 def default_export(run_dir: Path, model_store: Path, name: str, version: str, check_images: Sequence[Path]) -> Path:
-    from training.export import export_run
+    """Export as the run's ``model.json`` records (``export.archive``: INT8 included), else with the defaults.
 
-    return export_run(run_dir, model_store, name, version, list(check_images) or None)
+    A retrained candidate holds the champion's record (``training.export_settings.prepare_like``); an
+    older version exported again holds its own.
+    """
+    from training.export import export_run
+    from training.export_settings import recorded_settings
+
+    settings = recorded_settings(run_dir)
+    if settings is None:
+        return export_run(run_dir, model_store, name, version, list(check_images) or None)
+    return export_run(
+        run_dir, model_store, name, version, list(check_images) or None,
+        model_config=settings.model_config, quantize=settings.quantize,
+    )  # fmt: skip
 
 
 class Promoter:

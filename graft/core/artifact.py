@@ -24,6 +24,8 @@ MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_JSON = "metrics.json"
 ONNX_FILE = "model.onnx"
+# The statically quantized (QDQ, per-channel INT8) copy of model.onnx, written by `graft export --quantize int8`.
+ONNX_INT8_FILE = "model.int8.onnx"
 SCHEMA_VERSION = 1
 
 

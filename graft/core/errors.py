@@ -48,6 +48,10 @@ class ExportError(GraftError):
     """Export produced something that does not match the PyTorch model."""
 
 
+class QuantizationError(ExportError):
+    """The INT8 model lost more validation accuracy than the export allows (or could not be built)."""
+
+
 # --------------------------------------------------------------------------- serving
 # One subclass per way a prediction request can be bad. ``reason`` is a stable machine token:
 # the JSON error body carries it and the RejectedInputs metric counts by it.

@@ -17,7 +17,9 @@ from graft.core.images import MAX_IMAGE_PIXELS
 
 BACKENDS = ("torch", "onnx")
 DECODERS = ("auto", "cpu", "gpu")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+PRECISIONS = ("auto", "fp16", "bf16", "fp32", "int8")
+# Precisions that need a particular backend: int8 is the statically quantized ONNX model (model.int8.onnx).
+PRECISION_BACKENDS = {"int8": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class HandlerSettings:
     threads: int = 0
     # JPEG decoding on the GPU (nvjpeg) when the worker has one: auto = yes when on CUDA.
     decode: str = "auto"
-    # Autocast dtype on CUDA: auto = fp16 (bf16 on request, fp32 turns autocast off). Ignored on CPU.
+    # Autocast dtype on CUDA: auto = fp16 (bf16 on request, fp32 turns autocast off); ignored on CPU.
+    # int8: the ONNX backend serves model.int8.onnx (graft export --quantize int8), on CPU and GPU alike.
     precision: str = "auto"
     # Reduced-size JPEG decoding (PIL draft) when the image is at least twice the resize target.
     fast_decode: bool = True
@@ -52,6 +55,12 @@ class HandlerSettings:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("decode", self.decode, DECODERS)
         _check_choice("precision", self.precision, PRECISIONS)
+        needed = PRECISION_BACKENDS.get(self.precision)
+        if needed is not None and self.backend != needed:
+            raise ArtifactError(
+                f"model-config.yaml handler.precision={self.precision} needs backend {needed} (got {self.backend}):"
+                f" export with --backend {needed}, or choose another precision"
+            )
         for name in ("topk", "max_image_pixels", "max_body_bytes", "max_instances"):
             if getattr(self, name) < 1:
                 raise ArtifactError(f"model-config.yaml handler.{name} must be >= 1, got {getattr(self, name)}")

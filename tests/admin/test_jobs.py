@@ -126,6 +126,22 @@ def test_better_candidate_is_promoted_with_numbers(env: Env, api: httpx.Client) 
     assert 'graft_admin_job_duration_seconds_count{outcome="succeeded"} 1.0' in metrics
 
 
+def test_candidate_takes_the_champions_export_settings(env: Env) -> None:
+    """A retraining keeps the champion's archive choices (INT8 too: tests/admin/test_int8_gate.py)."""
+    from training.export_settings import ExportSettings, record_settings, recorded_settings
+
+    chosen = ExportSettings({"backend": "onnx", "batch_size": 4, "max_batch_delay_ms": 7})
+    record_settings(env.initial, chosen)
+    with env.server() as server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as api:
+        wait_ready(api)
+        for i in range(6):
+            post(api, 6000 + i, "ants" if i % 2 else "bees")
+        job = retrain(api, env, 0.95, epochs=1)
+    assert job["status"] == "succeeded", job
+    candidate_run = env.tmp / "state" / "jobs" / job["id"] / "run"
+    assert recorded_settings(candidate_run) == chosen
+
+
 def test_worse_candidate_is_rejected_and_the_champion_stays(env: Env, api: httpx.Client) -> None:
     job = retrain(api, env, 0.1)
     assert job["status"] == "rejected" and not job["promoted"], job

@@ -72,18 +72,21 @@ def train_tiny_run(run_dir: Path, per_class: int = 12, steps: int = 150, seed: i
         labels=LABELS,
         preprocessing=spec,
         recipe={"head_only": True, "steps": steps, "per_class": per_class, "test_fixture": True},
-        lineage=Lineage(dataset_digest="sha256:test-fixture", pretrained_weights=report.source, num_train=len(train)),
+        # dataset_path: where its images came from (INT8 calibration and checks read the run's data from there)
+        lineage=Lineage(dataset_digest="sha256:test-fixture", dataset_path=str(DATA), pretrained_weights=report.source,
+                        num_train=len(train)),
     )
     write_card(run_dir, card)
     return run_dir
 
 
-def export(run_dir: Path, store: Path, name: str, version: str, **model_config: object) -> Path:
-    """``graft export``'s code path: verified ONNX export, then ``STORE/NAME-VERSION.mar``."""
+def export(run_dir: Path, store: Path, name: str, version: str, quantize: object = None, **model_config: object
+           ) -> Path:  # fmt: skip
+    """``graft export``'s code path: verified ONNX export (and INT8 with ``quantize``), then the ``.mar``."""
     from training.export import export_run
 
     return export_run(run_dir, store, name, version, check_images=[p for p, _ in images("val", 4)],
-                      model_config=dict(model_config))
+                      model_config=dict(model_config), quantize=quantize)  # type: ignore[arg-type]
 
 
 MODEL = "antsbees"
@@ -103,6 +106,30 @@ def cached_store(base: Path) -> tuple[Path, Path]:
         export(run, store, MODEL, "2", backend="torch", max_batch_delay_ms=50, max_body_bytes=2_000_000)
         (root / "done").touch()
     return run, store
+
+
+INT8_MODEL = "antsbees_int8"
+# Quick INT8 settings for tests: every node INT8 (no sensitivity pass), a small calibration set, and a loose
+# guard (the tiny model is not what the guard tests check).
+QUICK_INT8 = {"fp32_nodes": (), "calibration_images": 64, "max_accuracy_drop": 10.0}
+
+
+def cached_int8_store(base: Path) -> tuple[Path, Path]:
+    """(run folder, store) with ``antsbees_int8-1.mar`` serving INT8, from a copy of :func:`cached_store`'s run."""
+    import shutil
+
+    from training.quantize import QuantizeOptions
+
+    run, _ = cached_store(base)
+    root = base / "graft-int8-artifacts"
+    run8, store = root / "run", root / "store"
+    if not (root / "done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(run, run8)
+        export(run8, store, INT8_MODEL, "1", quantize=QuantizeOptions(**QUICK_INT8), backend="onnx",  # type: ignore[arg-type]
+               max_batch_delay_ms=50)
+        (root / "done").touch()
+    return run8, store
 
 
 def reference_probs(run_dir: Path, paths: list[Path]) -> torch.Tensor:

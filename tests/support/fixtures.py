@@ -54,6 +54,14 @@ def serving_artifacts(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Pat
     return cached_store(tmp_path_factory.getbasetemp())
 
 
+@pytest.fixture(scope="session")
+def int8_artifacts(serving_artifacts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, model store) of the same tiny model exported with --quantize int8: ``antsbees_int8-1.mar``."""
+    from tests.support.artifacts import cached_int8_store
+
+    return cached_int8_store(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:
