@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
     # "head" trains the head alone on the frozen backbone
     recipe: Literal["auto", "head"] = Field("auto", description="auto: choose the trained depth by measurement")
     auto_budget: float = Field(
-        2.0, gt=0, le=100, description="auto: compute for the deeper candidates, in frozen passes over the data"
+        3.0, gt=0, le=100, description="auto: compute for the deeper candidates, in frozen passes over the data"
     )
     freeze_until: str | None = Field(None, description="freeze the stem through this stage (inclusive), e.g. layer3")
     trainable_stages: int | None = Field(None, ge=0, description="train the last N backbone stages (0 = head only)")

@@ -72,23 +72,17 @@ def apply_freeze(model: nn.Module, plan: FreezePlan) -> None:
     log.info("freezing: %s", plan.describe())
 
 
-def set_train_mode(model: nn.Module, plan: FreezePlan, frozen_bn: str = "eval", bn_eval: bool = False) -> None:
+def set_train_mode(model: nn.Module, plan: FreezePlan, frozen_bn: str = "eval") -> None:
     """Training mode for the trainable stages; with ``frozen_bn == 'eval'`` everything else stays in eval.
 
     Eval mode for the frozen part keeps its BatchNorm running statistics fixed and turns off its
     dropout / stochastic depth, so the frozen prefix is a fixed function of the image (which is also
     what makes the feature cache exact). ``frozen_bn == 'train'`` is plain ``model.train()``.
-    ``bn_eval`` keeps every BatchNorm layer in eval mode, trainable stages' too (their scale and shift
-    still train): fine-tuning from a trained head then starts from exactly the function that head saw.
     """
     if frozen_bn != "eval":
         model.train()
-    else:
-        model.eval()
-        for s in plan.trainable:
-            for m in s.modules:
-                model.get_submodule(m).train()
-    if bn_eval:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        return
+    model.eval()
+    for s in plan.trainable:
+        for m in s.modules:
+            model.get_submodule(m).train()

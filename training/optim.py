@@ -29,12 +29,10 @@ def stage_learning_rates(plan: FreezePlan, lr: float, decay: float) -> list[Grou
 
 
 def build_optimizer(
-    model: nn.Module, plan: FreezePlan, cfg: TrainConfig, lr: float | None = None, lr_decay: float | None = None
+    model: nn.Module, plan: FreezePlan, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, list[GroupSpec]]:
-    """``lr`` / ``lr_decay`` (the config's when None): the head's rate and the per-stage ratio towards the stem."""
     params = dict(model.named_parameters())
-    lr = cfg.lr if lr is None else lr
-    specs = stage_learning_rates(plan, lr, cfg.lr_decay if lr_decay is None else lr_decay)
+    specs = stage_learning_rates(plan, cfg.lr, cfg.lr_decay)
     groups = []
     by_stage = {s.name: s for s in plan.stages}
     for spec in specs:
@@ -47,9 +45,9 @@ def build_optimizer(
                 groups.append({"params": ps, "lr": spec.lr, "weight_decay": wd, "stage": spec.stage})
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
-        opt = torch.optim.AdamW(groups, lr=lr)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
     return opt, specs
 
 

@@ -38,7 +38,6 @@ def _recipe(cfg: TrainConfig, trainer: Trainer, phases: list[Phase], auto: dict[
             "feature_cache": p.cached,
             "frozen_stages": len(p.plan.frozen),
             "learning_rates": {g.stage: g.lr for g in p.groups},
-            "batchnorm": "running statistics kept" if p.bn_eval else "train mode in trainable stages",
         }
         for p in phases
     ]

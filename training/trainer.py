@@ -35,9 +35,6 @@ class Phase:
     epochs: int
     cached: bool = False
     groups: list[GroupSpec] = field(default_factory=list)
-    lr: float | None = None  # None: the config's lr and lr_decay
-    lr_decay: float | None = None
-    bn_eval: bool = False  # BatchNorm layers of the trainable stages keep their running statistics
 
 
 class Best:
@@ -138,7 +135,7 @@ class Trainer:
     def run_phase(self, phase: Phase) -> None:
         cfg, rt = self.cfg, self.rt
         apply_freeze(self.model, phase.plan)
-        opt, phase.groups = build_optimizer(self.model, phase.plan, cfg, phase.lr, phase.lr_decay)
+        opt, phase.groups = build_optimizer(self.model, phase.plan, cfg)
         cached = self.cache(phase)
         phase.cached = cached is not None
         log.info(
@@ -184,7 +181,7 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
 
         def set_mode() -> None:
-            set_train_mode(self.model, phase.plan, cfg.frozen_bn, phase.bn_eval)
+            set_train_mode(self.model, phase.plan, cfg.frozen_bn)
 
         cached = self.cache(phase)
         if cached:
