@@ -102,7 +102,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "auto" not in by or "head" not in by:
             continue
         fixed = [r for name, r in by.items() if name != "auto"]
-        best = max(fixed, key=lambda r: r["val_accuracy"])
+        best = max(fixed, key=lambda r: (r["val_accuracy"], -list(CONFIGS).index(r["config"])))
         auto, head = by["auto"], by["head"]
         out.append({
             "dataset": ds,
@@ -110,6 +110,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "auto_minus_best_points": round(100 * (auto["val_accuracy"] - best["val_accuracy"]), 2),
             "auto_minus_head_points": round(100 * (auto["val_accuracy"] - head["val_accuracy"]), 2),
             "auto_time_vs_head": round(auto["wall_s"] / head["wall_s"], 2),
+            "auto_cpu_vs_head": round(auto["cpu_s"] / head["cpu_s"], 2),
             "auto_chose": auto["trainable_stages"],
         })  # fmt: skip
     return out
@@ -117,22 +118,25 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], sums: list[dict[str, Any]], sizes: str) -> str:
     lines = [f"machine: {machine()}", "", sizes, "",
-             "| data set | recipe | val acc | wall s | cpu s | peak RSS MiB | epochs | stages trained | time vs head |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    heads = {r["dataset"]: r["wall_s"] for r in rows if r["config"] == "head"}
+             "| data set | recipe | val acc | wall s | cpu s | peak RSS MiB | epochs | stages trained | wall / head | "
+             "cpu / head | run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    heads = {r["dataset"]: r for r in rows if r["config"] == "head"}
     for r in rows:
-        ratio = f"{r['wall_s'] / heads[r['dataset']]:.2f}" if r["dataset"] in heads else "-"
+        head = heads.get(r["dataset"])
+        wall = f"{r['wall_s'] / head['wall_s']:.2f}" if head else "-"
+        cpu = f"{r['cpu_s'] / head['cpu_s']:.2f}" if head else "-"
         lines.append(
             f"| {r['dataset']} | {r['config']} | {r['val_accuracy']:.4f} | {r['wall_s']} | {r['cpu_s']} | "
-            f"{r['peak_rss_mib']} | "
-            f"{r['epochs_run']} | {r['trainable_stages'] or 0} | {ratio} |"
+            f"{r['peak_rss_mib']} | {r['epochs_run']} | {r['trainable_stages'] or 0} | {wall} | {cpu} | "
+            f"{r.get('run', 1)} |"
         )
-    lines += ["", "| data set | best fixed | auto - best fixed (points) | auto - head (points) | auto time / head |",
-              "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| data set | best fixed | auto chose | auto - best fixed (points) | auto - head (points) | "
+              "auto wall / head | auto cpu / head |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for s in sums:
+        chose = f"last {s['auto_chose']}" if s["auto_chose"] else "head"
         lines.append(
-            f"| {s['dataset']} | {s['best_fixed']} | {s['auto_minus_best_points']:+.2f} | "
-            f"{s['auto_minus_head_points']:+.2f} | {s['auto_time_vs_head']} |"
+            f"| {s['dataset']} | {s['best_fixed']} | {chose} | {s['auto_minus_best_points']:+.2f} | "
+            f"{s['auto_minus_head_points']:+.2f} | {s['auto_time_vs_head']} | {s['auto_cpu_vs_head']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,15 +150,25 @@ def main() -> int:
     ap.add_argument("--val-per-class", type=int, default=30, help="fashion/digits: validation images per class")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--merge", type=Path, nargs="+", help="only render: rows of these JSON results, later files "
+                    "replacing earlier rows of the same data set and recipe")  # fmt: skip
     args = ap.parse_args()
     if args.one:
         print(json.dumps(train_here(json.loads(args.one))))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    rows = run_all(args.datasets, args.configs, args.per_class, args.val_per_class)
-    sums = summary(rows)
     sizes = (f"antsbees: 245 train / 153 val; fashion and digits: {args.per_class} train + "
              f"{args.val_per_class} val images per class (10 classes)")  # fmt: skip
+    if args.merge:
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for i, path in enumerate(args.merge):
+            for row in json.loads(path.read_text())["runs"]:
+                merged[(row["dataset"], row["config"])] = {**row, "run": i + 1}
+        order = {name: i for i, name in enumerate(CONFIGS)}
+        rows = sorted(merged.values(), key=lambda r: (DATASETS.index(r["dataset"]), order[r["config"]]))
+    else:
+        rows = run_all(args.datasets, args.configs, args.per_class, args.val_per_class)
+    sums = summary(rows)
     text = markdown(rows, sums, sizes)
     print(text)
     if args.json:
