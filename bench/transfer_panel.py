@@ -79,8 +79,11 @@ def dataset(name: str, workdir: Path, per_class: int, val_per_class: int) -> Pat
     return digits_folder(workdir / "digits", per_class, val_per_class)
 
 
-def run_all(datasets: list[str], configs: list[str], per_class: int, val_per_class: int) -> list[dict[str, Any]]:
-    rows = []
+def run_all(
+    datasets: list[str], configs: list[str], per_class: int, val_per_class: int, partial: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every configuration of every data set, each in its own process; ``partial`` gets the rows so far."""
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="graft-panel-") as tmp:
         work = Path(tmp)
         for ds in datasets:
@@ -91,6 +94,8 @@ def run_all(datasets: list[str], configs: list[str], per_class: int, val_per_cla
                 row = {"dataset": ds, "config": name, **spawn("bench.transfer_panel", ["--one", json.dumps(settings)])}
                 log.warning("%s / %s: val %.4f in %.1fs", ds, name, row["val_accuracy"], row["wall_s"])
                 rows.append(row)
+                if partial is not None:  # a long run that is stopped keeps what it measured
+                    partial.write_text(json.dumps({"machine": machine(), "runs": rows}, indent=2) + "\n")
     return rows
 
 
@@ -167,7 +172,7 @@ def main() -> int:
         order = {name: i for i, name in enumerate(CONFIGS)}
         rows = sorted(merged.values(), key=lambda r: (DATASETS.index(r["dataset"]), order[r["config"]]))
     else:
-        rows = run_all(args.datasets, args.configs, args.per_class, args.val_per_class)
+        rows = run_all(args.datasets, args.configs, args.per_class, args.val_per_class, args.json)
     sums = summary(rows)
     text = markdown(rows, sums, sizes)
     print(text)
