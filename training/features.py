@@ -5,16 +5,20 @@ is a fixed function of the image. Computing it once per image and training the r
 on those tensors gives the same result as running the whole network every epoch, for a fraction
 of the compute.
 
-Two ways to cut a model into ``prefix`` (cached) and ``suffix`` (trained):
+Three ways to cut a model into ``prefix`` (cached) and ``suffix`` (trained):
 * head only: the input of the head module, captured with a hook (works for every architecture);
 * a frozen prefix of stages: a torch.fx trace with the stages as leaves, cut after the last
-  frozen stage when nothing downstream reads anything from before the cut.
+  frozen stage when nothing downstream reads anything from before the cut;
+* where that trace fails or is not a clean cut (EfficientNet-Lite0's forward reads the batch size
+  from its input): the model's own forward, stopped after the last frozen stage (prefix), or with
+  the frozen stages skipped and the last one answering the cached tensor (suffix). The stages run
+  in order, so that is the same computation; it is checked on a probe batch before it is used.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
+from training.forward_cut import ForwardPrefix, ForwardSuffix, capture_tensors, cut_matches, probe_outputs
 from training.freeze import FreezePlan
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,9 @@ class Split:
     prefix: nn.Module  # image batch -> cached tensor (run once, in eval mode, without gradients)
     suffix: nn.Module  # cached tensor -> logits; shares its parameters with the model
     boundary: str
+    # Where the cached tensor shows up in a forward of the whole model: ("input" | "output", module name).
+    # Several cuts are cached in one pass over the images by watching these (compute_cut_features).
+    capture: tuple[str, str]
 
 
 class _HeadInput(nn.Module):
@@ -43,15 +51,7 @@ class _HeadInput(nn.Module):
         self.head_root = head_root
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-        hook = self.model.get_submodule(self.head_root).register_forward_pre_hook(
-            lambda _m, args: captured.append(args[0])
-        )
-        try:
-            self.model(x)
-        finally:
-            hook.remove()
-        return captured[0]
+        return capture_tensors(self.model, x, [("input", self.head_root)])[0]
 
 
 class _StageTracer(fx.Tracer):
@@ -65,23 +65,72 @@ class _StageTracer(fx.Tracer):
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
 
-def split_model(model: nn.Module, plan: FreezePlan, head_root: str) -> Split | None:
-    """Cut ``model`` after its frozen stages; None when it cannot be cut exactly."""
-    if not plan.frozen:
+def split_model(
+    model: nn.Module, plan: FreezePlan, head_root: str, probe: torch.Tensor | None = None
+) -> Split | None:
+    """Cut ``model`` after its frozen stages; None when it cannot be cut exactly.
+
+    ``probe`` (a small image batch) lets the forward cut be checked, and so tried, where fx fails.
+    """
+    return split_models(model, [plan], head_root, probe)[0]
+
+
+def split_models(
+    model: nn.Module, plans: Sequence[FreezePlan], head_root: str, probe: torch.Tensor | None = None
+) -> list[Split | None]:
+    """:func:`split_model` for several plans of one model: one fx trace, one probe forward."""
+    out: list[Split | None] = []
+    graph = None
+    for plan in plans:
+        if not plan.frozen:
+            out.append(None)
+        elif plan.head_only:
+            head = model.get_submodule(head_root)
+            out.append(Split(_HeadInput(model, head_root), head, f"input of {head_root}", ("input", head_root)))
+        else:
+            graph = graph or _Trace(model, plan)
+            out.append(_fx_split(model, graph.graph, plan) if graph.graph is not None else None)
+    todo = [i for i, plan in enumerate(plans) if out[i] is None and plan.frozen]
+    if todo and probe is not None:
+        boundaries = [boundary_module(plans[i]) for i in todo]
+        reference, features = probe_outputs(model, probe, boundaries)
+        for i, feats in zip(todo, features, strict=True):
+            out[i] = _forward_split(model, plans[i], feats, reference)
+    return out
+
+
+def boundary_module(plan: FreezePlan) -> str:
+    """The module whose output is the cut: the last module of the last frozen stage."""
+    last = next(s for s in plan.stages if s.name == plan.frozen[-1])
+    return last.modules[-1]
+
+
+def _forward_split(
+    model: nn.Module, plan: FreezePlan, features: torch.Tensor | None, reference: torch.Tensor
+) -> Split | None:
+    boundary = boundary_module(plan)
+    skipped = [m for s in plan.stages if s.name in plan.frozen for m in s.modules if m != boundary]
+    prefix, suffix = ForwardPrefix(model, boundary), ForwardSuffix(model, skipped, boundary)
+    if not cut_matches(model, suffix, features, reference):
         return None
-    if plan.head_only:
-        return Split(_HeadInput(model, head_root), model.get_submodule(head_root), f"input of {head_root}")
-    return _fx_split(model, plan)
+    log.info("feature cache: cut %s after %s through its own forward", type(model).__name__, boundary)
+    return Split(prefix, suffix, f"output of {boundary}", ("output", boundary))
 
 
-def _fx_split(model: nn.Module, plan: FreezePlan) -> Split | None:
+class _Trace:
+    """The model's graph with every stage as one call (the same graph for every plan of the model)."""
+
+    def __init__(self, model: nn.Module, plan: FreezePlan):
+        self.graph: fx.Graph | None = None
+        try:
+            self.graph = _StageTracer({m for s in plan.stages for m in s.modules}).trace(model)
+        except Exception as e:  # data-dependent control flow, unsupported ops: no fx cut
+            log.info("feature cache: cannot trace %s (%s)", type(model).__name__, e)
+
+
+def _fx_split(model: nn.Module, graph: fx.Graph, plan: FreezePlan) -> Split | None:
     frozen = {m for s in plan.stages if s.name in plan.frozen for m in s.modules}
     trainable = {m for s in plan.stages if s.name not in plan.frozen for m in s.modules}
-    try:
-        graph = _StageTracer(frozen | trainable).trace(model)
-    except Exception as e:  # data-dependent control flow, unsupported ops: fall back to the full forward
-        log.info("feature cache: cannot trace %s (%s)", type(model).__name__, e)
-        return None
     nodes = list(graph.nodes)
     calls = [i for i, n in enumerate(nodes) if n.op == "call_module"]
     last_frozen = max((i for i in calls if nodes[i].target in frozen), default=-1)
@@ -92,7 +141,7 @@ def _fx_split(model: nn.Module, plan: FreezePlan) -> Split | None:
     before = set(nodes[: last_frozen + 1])
     for n in nodes[last_frozen + 1 :]:
         if any(i in before and i is not boundary and i.op != "get_attr" for i in n.all_input_nodes):
-            log.info("feature cache: %s is not a clean cut (%s reads from before it)", boundary.target, n.name)
+            log.debug("feature cache: no fx cut after %s (%s reads from before it)", boundary.target, n.name)
             return None
     prefix = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -106,21 +155,25 @@ def _fx_split(model: nn.Module, plan: FreezePlan) -> Split | None:
             if i not in senv:  # a parameter read (get_attr) from before the cut: read it here too
                 senv[i] = suffix.node_copy(i, lambda a: senv[a])
         senv[n] = suffix.node_copy(n, lambda a: senv[a])
-    return Split(fx.GraphModule(model, prefix), fx.GraphModule(model, suffix), f"output of {boundary.target}")
+    target = str(boundary.target)
+    cut = ("output", target)
+    return Split(fx.GraphModule(model, prefix), fx.GraphModule(model, suffix), f"output of {target}", cut)
 
 
 @torch.no_grad()
-def compute_features(
-    prefix: nn.Module,
+def compute_cut_features(
+    model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    captures: list[tuple[str, str]],
     device: torch.device,
     desc: str = "features",
     channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prefix`` outputs for every image, as float32 on the CPU, with their targets."""
-    feats: list[torch.Tensor] = []
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The tensors at several cuts (``Split.capture``) for every image, from one forward pass per batch,
+    stopped once the last of them exists; float32 on the CPU, with the targets."""
+    feats: list[list[torch.Tensor]] = [[] for _ in captures]
     targets: list[torch.Tensor] = []
-    prefix.eval()
+    model.eval()
     for x, y in tqdm(batches, desc=desc, leave=False, disable=None):
         if x.numel() == 0:
             continue
@@ -128,12 +181,13 @@ def compute_features(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out = prefix(x)
-        feats.append(out.detach().float().cpu())
+            outs = capture_tensors(model, x, captures)
+        for i, out in enumerate(outs):
+            feats[i].append(out.float().cpu())
         targets.append(y)
-    if not feats:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(targets)
+    if not targets:
+        return [torch.empty(0) for _ in captures], torch.empty(0, dtype=torch.long)
+    return [torch.cat(f) for f in feats], torch.cat(targets)
 
 
 def feature_batches(

@@ -16,13 +16,18 @@ from training.loop import EpochStats
 from training.plots import plot_confusion, plot_curves
 
 if TYPE_CHECKING:
-    from training.engine import Phase, _Trainer
+    from training.trainer import Phase, Trainer
 
 log = logging.getLogger(__name__)
 
 
-def _recipe(cfg: TrainConfig, trainer: _Trainer, phases: list[Phase]) -> dict[str, Any]:
-    recipe = cfg.recipe()
+def _recipe(cfg: TrainConfig, trainer: Trainer, phases: list[Phase], auto: dict[str, Any] | None) -> dict[str, Any]:
+    recipe = cfg.card_recipe()
+    if auto is not None:
+        recipe["auto"] = auto
+        if "chosen" in auto:
+            # what auto chose, not a choice of the user's: it stays out of "explicit", so a retraining decides afresh
+            recipe["trainable_stages"] = auto["chosen"]["trainable_stages"]
     recipe["backbone"] = trainer.start.backbone
     recipe["stages"] = [s.name for s in phases[-1].plan.stages]
     recipe["frozen_stages"] = list(phases[-1].plan.frozen)
@@ -44,11 +49,12 @@ def write_run_folder(
     run_dir: Path,
     cfg: TrainConfig,
     data: DatasetSplit,
-    trainer: _Trainer,
+    trainer: Trainer,
     phases: list[Phase],
     final: EpochStats,
     started: str,
     wall: float,
+    auto: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     report = classification_report(final.targets, final.preds, data.labels)
     metrics: dict[str, Any] = {
@@ -72,7 +78,7 @@ def write_run_folder(
         num_classes=len(data.labels),
         labels=data.labels,
         preprocessing=pre,
-        recipe=_recipe(cfg, trainer, phases),
+        recipe=_recipe(cfg, trainer, phases, auto),
         metrics={k: metrics[k] for k in ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "macro_f1")},
         lineage=Lineage(
             dataset_digest=data.digest,

@@ -2,8 +2,11 @@
 
 Layers, later ones winning: the champion's explicit choices (its ``model.json`` recipe; the backbone and
 its pretrained weights always, since they make the model what it is), then the service's defaults
-(``GRAFT_TRAIN_ARGS``), then the request. Paths (data, manifest, output, weights, init-from) come only
-from the job itself, never from a request: :class:`RecipeOverrides` has no such field.
+(``GRAFT_TRAIN_ARGS``), then the request. What ``--recipe auto`` chose for the champion is not an
+explicit choice, so it is not replayed: auto decides again on the new snapshot. A layer that sets
+``recipe`` without a depth flag drops the depth flags of the layers below it. Paths (data, manifest,
+output, weights, init-from) come only from the job itself, never from a request: :class:`RecipeOverrides`
+has no such field.
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ def replayed(champion: ModelVersion | None) -> dict[str, Any]:
     return {k: recipe[k] for k in keep if not isinstance(recipe[k], dict | list)}
 
 
+# How much of the backbone trains: explicit depth flags win over ``recipe`` (training/config.py).
+_DEPTH = ("freeze_until", "trainable_stages")
+
+
+def _layer(values: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Put ``layer`` over ``values``. A layer that names a ``recipe`` and no depth flag drops the depth flags
+    below it: ``{"recipe": "auto"}`` over a champion trained with ``--trainable-stages 2`` means auto."""
+    if "recipe" in layer and not any(k in layer for k in _DEPTH):
+        for k in _DEPTH:
+            values.pop(k, None)
+    values.update(layer)
+
+
 def build_train_config(
     manifest: Path,
     output: Path,
@@ -93,9 +109,9 @@ def build_train_config(
 ) -> TrainConfig:
     """The validated config of one job; :class:`graft.core.errors.ConfigInvalidError` (422) names a bad field."""
     values: dict[str, Any] = replayed(champion)
-    values.update(defaults)
+    _layer(values, defaults)
     overrides: BaseModel = request.overrides
-    values.update(overrides.model_dump(exclude_none=True))
+    _layer(values, overrides.model_dump(exclude_none=True))
     values.update(request.model_dump(include={"epochs", "backbone", "weights", "seed"}, exclude_none=True))
     if request.backbone is not None and request.weights is None and champion is not None:
         values["weights"] = "imagenet"  # a new backbone cannot start from the champion backbone's weights file

@@ -36,7 +36,7 @@ def test_recipe_layers_champion_settings_and_request() -> None:
 
 
 def test_only_the_champions_explicit_choices_are_replayed() -> None:
-    card = TrainConfig(data=Path("d"), output=Path("o"), backbone="resnet18", lr=0.01).recipe()
+    card = TrainConfig(data=Path("d"), output=Path("o"), backbone="resnet18", lr=0.01).card_recipe()
     assert card["explicit"] == ["backbone", "lr"]
     assert replayed(champion(card)) == {"backbone": "resnet18", "weights": "imagenet", "lr": 0.01}
     cfg = build(card, {})
@@ -77,3 +77,24 @@ def test_smoke_images_spread_over_labels(tmp_path: Path) -> None:
     picked = smoke_images([*items, Item(tmp_path / "gone.jpg", "a", "val")], ["a", "b"], 3)
     assert [p.name for p in picked] == ["a0.jpg", "b0.jpg", "a1.jpg"]
     assert smoke_images(items, ["c"], 3) == []
+
+
+def test_the_auto_recipes_choice_is_decided_afresh_and_explicit_choices_are_replayed() -> None:
+    # What graft train writes when auto chose 3 trainable stages: the choice is recorded, not explicit.
+    auto_card = TrainConfig(data=Path("d"), output=Path("o"), lr=0.01).card_recipe()
+    auto_card.update(trainable_stages=3, auto={"chosen": {"trainable_stages": 3}, "candidates": []})
+    assert auto_card["recipe"] == "auto" and "trainable_stages" not in auto_card["explicit"]
+    assert "trainable_stages" not in replayed(champion(auto_card)) and "recipe" not in replayed(champion(auto_card))
+    cfg = build(auto_card, {})
+    assert (cfg.recipe, cfg.trainable_stages, cfg.lr) == ("auto", None, 0.01), "auto decides again on the new data"
+    # A user's explicit choices are replayed: --recipe head, --trainable-stages 2.
+    head_card = TrainConfig(data=Path("d"), output=Path("o"), recipe="head").card_recipe()
+    assert build(head_card, {}).recipe == "head"
+    fixed_card = TrainConfig(data=Path("d"), output=Path("o"), trainable_stages=2).card_recipe()
+    assert build(fixed_card, {}).trainable_stages == 2
+    # ... and a request still overrides them
+    to_auto = build(fixed_card, {}, overrides={"recipe": "auto"})
+    assert (to_auto.recipe, to_auto.trainable_stages) == ("auto", None), "a recipe asked for drops replayed depths"
+    assert build(fixed_card, {"recipe": "head"}).trainable_stages is None
+    assert build(fixed_card, {}, overrides={"recipe": "head", "trainable_stages": 1}).trainable_stages == 1
+    assert build(head_card, {}, overrides={"recipe": "auto"}).recipe == "auto"

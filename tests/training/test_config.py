@@ -69,7 +69,7 @@ def test_no_parser_accepts_an_abbreviated_flag() -> None:
 
 def test_the_recipe_in_model_json_leaves_out_paths_and_records_explicit_choices() -> None:
     cfg = TrainConfig(data=Path("/data"), output=Path("/out"), init_from=Path("/run"), lr=0.01, device="cpu")
-    recipe = cfg.recipe()
+    recipe = cfg.card_recipe()
     assert not {"data", "manifest", "output", "init_from"} & set(recipe)
     assert recipe["explicit"] == ["lr"] and recipe["weights"] == "imagenet"
     assert not PATH_FIELDS & set(recipe_fields()) and "device" not in recipe_fields()

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp: Path, data: Path, **kw: object) -> TrainConfig:
+    # the engine's own behaviour, head only unless a test asks for depth (the auto recipe: test_auto.py)
     base: dict[str, object] = {"data": data, "output": tmp, "max_per_class": 12, "epochs": 6, "seed": 0}
+    base["recipe"] = "head"
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -153,7 +155,8 @@ def test_warm_start_grows_the_head_for_new_labels(pretrained_run, hymenoptera: P
     # a third class: bees photos relabelled, enough to check the head grows and old rows are kept
     extra = [Item(s.path, "wasps", s.split) for s in base.train[-3:] + base.val[-3:]]
     write_manifest([*base.train, *base.val, *extra], tmp_path / "m.json")
-    fit(TrainConfig(manifest=tmp_path / "m.json", output=tmp_path / "run", init_from=pretrained_run.run_dir, epochs=1))
+    fit(TrainConfig(manifest=tmp_path / "m.json", output=tmp_path / "run", init_from=pretrained_run.run_dir, epochs=1,
+                    recipe="head"))  # fmt: skip
     card = read_card(tmp_path / "run")
     assert card.labels == ["ants", "bees", "wasps"] and card.backbone == "mobilenet_v2"
     assert card.lineage.parent_model is not None and str(pretrained_run.run_dir) in card.lineage.parent_model

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 def run_dir(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path, mobilenet_weights: Path) -> Path:
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(
-        data=hymenoptera, output=out, backbone="mobilenet_v2", weights=str(mobilenet_weights), max_per_class=8, epochs=4
+        data=hymenoptera, output=out, backbone="mobilenet_v2", weights=str(mobilenet_weights), max_per_class=8,
+        epochs=4, recipe="head",
     )
     fit(cfg)
     return out
@@ -151,7 +152,8 @@ def test_lite0_onnx_matches_the_model_as_served(hymenoptera: Path, tmp_path: Pat
 
     from training.export import export_onnx
 
-    fit(TrainConfig(data=hymenoptera, output=tmp_path, backbone="efficientnet_lite0", max_per_class=3, epochs=1))
+    fit(TrainConfig(data=hymenoptera, output=tmp_path, backbone="efficientnet_lite0", max_per_class=3, epochs=1,
+                    recipe="head"))  # fmt: skip
     export_onnx(tmp_path)
     model, card = load_model(tmp_path)  # fresh, as the handler loads it
     files = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4]

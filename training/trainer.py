@@ -1,0 +1,233 @@
+"""The state of one training run and its phases: model, loaders, feature caches, the best epoch, history."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from graft.core.transforms import eval_transform, train_transform
+from graft.core.zoo import find_head, model_stages
+from training.cache import Cached, FeatureCaches
+from training.config import TrainConfig
+from training.data import DatasetSplit, ImageDataset, class_weights, collate
+from training.features import feature_batches
+from training.freeze import FreezePlan, apply_freeze, plan_freeze, set_train_mode
+from training.loop import EpochStats, eval_epoch, train_epoch
+from training.optim import GroupSpec, build_optimizer, build_schedule
+from training.runtime import Runtime
+from training.start import Start
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Phase:
+    name: str
+    plan: FreezePlan
+    epochs: int
+    cached: bool = False
+    groups: list[GroupSpec] = field(default_factory=list)
+
+
+class Best:
+    """Tracks the best validation epoch and keeps a copy of its weights in memory."""
+
+    def __init__(self) -> None:
+        self.accuracy = -1.0
+        self.loss = math.inf
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] = {}
+        self.val = EpochStats(math.inf, 0.0, 0)
+
+    def update(self, epoch: int, val: EpochStats, model: nn.Module) -> bool:
+        better = val.accuracy > self.accuracy or (val.accuracy == self.accuracy and val.loss < self.loss)
+        if better:
+            self.accuracy, self.loss, self.epoch, self.val = val.accuracy, val.loss, epoch, val
+            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return better
+
+
+def cache_possible(cfg: TrainConfig) -> bool:
+    """The frozen prefix is a fixed function of the image: eval mode and no random augmentation."""
+    return cfg.feature_cache and cfg.frozen_bn == "eval" and not cfg.augment
+
+
+def cache_allowed(cfg: TrainConfig, plan: FreezePlan) -> bool:
+    return cache_possible(cfg) and bool(plan.frozen)
+
+
+def fixed_phases(cfg: TrainConfig, start: Start) -> list[Phase]:
+    stages = model_stages(start.model)
+    plan = plan_freeze(stages, cfg.freeze_until, cfg.trainable_stages)
+    phases = []
+    if cfg.head_warmup_epochs and not plan.head_only:
+        head_plan = plan_freeze(stages)
+        phases.append(Phase("head-warmup", head_plan, cfg.head_warmup_epochs, cache_allowed(cfg, head_plan)))
+    phases.append(Phase("main", plan, cfg.epochs, cache_allowed(cfg, plan)))
+    return phases
+
+
+def _loaders(
+    cfg: TrainConfig, data: DatasetSplit, rt: Runtime, pre: Any, augment: bool
+) -> tuple[DataLoader, DataLoader]:
+    train_items, val_items = data.index(data.train), data.index(data.val)
+    train_ds = ImageDataset(train_items, train_transform(pre, augment))
+    val_ds = ImageDataset(val_items, eval_transform(pre))
+    g = torch.Generator().manual_seed(cfg.seed)
+    sampler: Any = None
+    if rt.distributed:
+        sampler = DistributedSampler(train_ds, rt.world_size, rt.rank, shuffle=True, seed=cfg.seed)
+    elif cfg.balance == "sampler":
+        w = class_weights([t for _, t in train_items], len(data.labels))
+        sampler = WeightedRandomSampler([float(w[t]) for _, t in train_items], len(train_items), generator=g)
+    common: dict[str, Any] = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "collate_fn": collate}
+    common["pin_memory"] = rt.cuda
+    train = DataLoader(train_ds, shuffle=sampler is None, sampler=sampler, generator=g, **common)
+    return train, DataLoader(val_ds, shuffle=False, **common)
+
+
+def _loss(cfg: TrainConfig, data: DatasetSplit, rt: Runtime) -> nn.Module:
+    weight = None
+    if cfg.balance == "loss":
+        weight = class_weights([t for _, t in data.index(data.train)], len(data.labels)).to(rt.device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+class Trainer:
+    """The state shared by the phases of one run."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, data: DatasetSplit, start: Start):
+        self.cfg, self.rt, self.data, self.start = cfg, rt, data, start
+        self.model = start.model.to(rt.device)
+        self.channels_last = rt.cuda and cfg.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.head_root = find_head(self.model)[0].split(".")[0]
+        self.loss_fn = _loss(cfg, data, rt)
+        self.train_loader, self.val_loader = _loaders(cfg, data, rt, start.preprocessing, cfg.augment)
+        self.best = Best()
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.total_epochs = 0
+        self.epochs_done = 0  # every epoch of every phase (the auto recipe restarts ``epoch`` per candidate)
+        self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
+
+        def plain_loaders() -> tuple[DataLoader, DataLoader]:
+            # No augmentation reaches a cache (cache_allowed checks it): the eval transform is exact.
+            return _loaders(cfg, data, rt, start.preprocessing, augment=False)[0], self.val_loader
+
+        self.caches = FeatureCaches(
+            self.model, self.head_root, plain_loaders, rt.device, start.preprocessing.crop, self.channels_last
+        )
+
+    def cache(self, phase: Phase) -> Cached | None:
+        """The split and cached tensors of a phase; None if it runs the whole network."""
+        return self.caches.get(phase.plan) if phase.cached else None
+
+    def run_phase(self, phase: Phase) -> None:
+        cfg, rt = self.cfg, self.rt
+        apply_freeze(self.model, phase.plan)
+        opt, phase.groups = build_optimizer(self.model, phase.plan, cfg)
+        cached = self.cache(phase)
+        phase.cached = cached is not None
+        log.info(
+            "phase %s: %d epochs, %s; learning rates %s",
+            phase.name,
+            phase.epochs,
+            "feature cache" if phase.cached else "full forward",
+            ", ".join(f"{g.stage}={g.lr:.2e}" for g in phase.groups),
+        )
+        steps_per_epoch = self._steps_per_epoch(phase)
+        sched = build_schedule(
+            opt,
+            cfg.schedule,
+            steps_per_epoch * phase.epochs,
+            round(cfg.warmup_epochs * steps_per_epoch),
+            steps_per_epoch,
+            cfg.step_epochs,
+            cfg.step_gamma,
+        )
+        train_module: nn.Module = cached.split.suffix if cached else self.model
+        if rt.distributed:
+            train_module = DDP(train_module, device_ids=[rt.device.index] if rt.cuda else None)
+        stale = 0
+        for _ in range(phase.epochs):
+            self.epoch += 1
+            self.epochs_done += 1
+            tr, va = self._epoch(phase, train_module, opt, sched)
+            improved = self.best.update(self.epoch, va, self.model)
+            self._record(phase, tr, va, opt, improved)
+            stale = 0 if improved else stale + 1
+            if cfg.patience and stale >= cfg.patience:
+                log.info("early stopping: no improvement for %d epochs", stale)
+                break
+
+    def _steps_per_epoch(self, phase: Phase) -> int:
+        cached = self.cache(phase)
+        if cached:
+            n = len(cached.train)
+            return max(1, math.ceil(n / self.rt.world_size / self.cfg.batch_size))
+        return max(1, len(self.train_loader))
+
+    def _epoch(self, phase: Phase, module: nn.Module, opt: Any, sched: Any) -> tuple[EpochStats, EpochStats]:
+        cfg, rt = self.cfg, self.rt
+
+        def set_mode() -> None:
+            set_train_mode(self.model, phase.plan, cfg.frozen_bn)
+
+        cached = self.cache(phase)
+        if cached:
+            split, ftr, ytr, fva, yva = cached.split, cached.train, cached.train_targets, cached.val, cached.val_targets
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+            weights = None
+            if cfg.balance == "sampler":
+                weights = class_weights(ytr.tolist(), len(self.data.labels))[ytr]
+            batches = feature_batches(ftr, ytr, cfg.batch_size, g, True, rt.rank, rt.world_size, weights)
+            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc())
+            va = eval_epoch(
+                split.suffix, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp
+            )
+            return tr, va
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(self.epoch)
+
+        tr = train_epoch(
+            module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, self._desc()
+        )
+        va = eval_epoch(self.model, self.val_loader, self.loss_fn, rt, cfg.amp, self.channels_last)
+        return tr, va
+
+    def _desc(self) -> str:
+        return f"epoch {self.epoch}/{self.total_epochs}"
+
+    def _record(self, phase: Phase, tr: EpochStats, va: EpochStats, opt: Any, improved: bool) -> None:
+        row = {
+            "epoch": self.epoch,
+            "phase": phase.name,
+            "train_loss": round(tr.loss, 6),
+            "train_accuracy": round(tr.accuracy, 6),
+            "val_loss": round(va.loss, 6),
+            "val_accuracy": round(va.accuracy, 6),
+            "lr": opt.param_groups[-1]["lr"],
+        }
+        self.history.append(row)
+        log.info(
+            "epoch %d/%d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f%s",
+            self.epoch,
+            self.total_epochs,
+            phase.name,
+            tr.loss,
+            tr.accuracy,
+            va.loss,
+            va.accuracy,
+            " *" if improved else "",
+        )
+        self.on_epoch(row)
