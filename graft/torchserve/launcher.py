@@ -243,7 +243,11 @@ class TorchServe:
             time.sleep(0.2)
         _signal_group(pgid, signal.SIGKILL)
         self.proc.wait()
-        left = self.process_tree()
+        # SIGKILL acts once a process leaves the kernel: a worker TorchServe respawned while stopping may
+        # still be reading torch's libraries (seen in the container image on a busy machine).
+        deadline = time.monotonic() + 10
+        while (left := self.process_tree()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.proc = None
         self.key_file.unlink(missing_ok=True)  # tokens are secrets; TorchServe's own --stop removes them too
         if left:
