@@ -312,19 +312,26 @@ def test_training_job_command_line(engine: Engine, image: str, tmp_path: Path) -
 # ------------------------------------------------------------------ the image's own ENTRYPOINT and CMD
 
 
-def test_default_command_serves_and_its_healthcheck_passes(
-    engine: Engine, image: str, writable_store: Path, tmp_path: Path
-) -> None:
-    """README's ``docker run``: TorchServe with tokens plus the admin, read-only root, a state volume."""
+def test_default_command_serves_and_its_healthcheck_passes(engine: Engine, image: str, writable_store: Path) -> None:
+    """README's ``docker run``: TorchServe with tokens plus the admin, read-only root with a plain
+    ``--tmpfs /tmp`` (noexec), the admin's state on a named volume (owned by the image's user)."""
     admin_token = secrets.token_hex(32)
-    state = writable_folder(tmp_path / "state")
+    state = f"graft-test-state-{secrets.token_hex(4)}"
     args = [
         "--read-only", *(["--read-only-tmpfs=false"] if engine.podman else []),
-        "--tmpfs", "/tmp:rw,exec,mode=1777", "--cap-drop=ALL", "--security-opt=no-new-privileges",
-        "-v", f"{writable_store}:/home/graft/model-store:rw", "-v", f"{state}:/var/lib/graft:rw",
+        "--tmpfs", "/tmp", "--cap-drop=ALL", "--security-opt=no-new-privileges",
+        "-v", f"{writable_store}:/home/graft/model-store:rw", "-v", f"{state}:/var/lib/graft",
         "-e", f"GRAFT_ADMIN_TOKEN={admin_token}",
         "-p", "127.0.0.1::8080", "-p", "127.0.0.1::8090",
     ]  # fmt: skip
+    engine("volume", "create", state)
+    try:
+        _serve_default_command(engine, image, args)
+    finally:
+        engine("volume", "rm", "-f", state, check=False)
+
+
+def _serve_default_command(engine: Engine, image: str, args: list[str]) -> None:
     with run_detached(engine, image, args, "default") as c:
         if engine.podman:  # no systemd timers here: run the image's HEALTHCHECK the way its timer would
             codes = c.wait_engine(["healthcheck", "run", c.name], READY_TIMEOUT_S)
@@ -344,6 +351,9 @@ def test_default_command_serves_and_its_healthcheck_passes(
         assert refused.status_code == 400 and "InvalidKeyException" in refused.text  # TorchServe's 401
         r = predict(c.url(8080), img, f"/predictions/{MODEL}", {"Authorization": f"Bearer {key}"})
         assert r.status_code == 200 and r.json()["model_version"] == "2", r.text
+
+        # The admin's SQLite file is on the volume.
+        assert c.exec("test", "-s", "/var/lib/graft/admin/admin.sqlite3").returncode == 0
 
         assert processes_users(c) == {USER}
         assert_root_is_read_only(c, engine)
