@@ -243,8 +243,8 @@ class TorchServe:
             time.sleep(0.2)
         _signal_group(pgid, signal.SIGKILL)
         self.proc.wait()
-        # SIGKILL acts once a process leaves the kernel: a worker TorchServe respawned while stopping may
-        # still be reading torch's libraries (seen in the container image on a busy machine).
+        # A killed process takes a moment to exit: TorchServe respawns workers while it stops (seen in the
+        # container image), one outlives it, and right after SIGKILL it can still be listed as alive.
         deadline = time.monotonic() + 10
         while (left := self.process_tree()) and time.monotonic() < deadline:
             time.sleep(0.1)
