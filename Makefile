@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 # root installs system packages directly; anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps venv test test-fast lint demo bench clean
+# The container image (deploy/docker/build.sh): VARIANT cpu|gpu, OFFLINE auto|1|0 (1: no image registry).
+VARIANT ?= cpu
+IMAGE ?= graft:0.1.0-$(VARIANT)
+OFFLINE ?= auto
+
+.PHONY: setup system-deps venv test test-fast lint demo bench clean engine image image-test
 
 setup: system-deps venv ## create the environment from nothing
 
@@ -26,15 +31,24 @@ venv:
 	$(BIN)/pip install -q -e '.[dev]'
 
 lint: ## ruff, mypy on the packages, and the layer rules (import-linter)
-	$(BIN)/ruff check graft training handlers admin tests bench
+	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: ## the whole suite (real TorchServe included)
-	$(BIN)/python -m pytest -q
+test: ## the whole suite (real TorchServe included), but not the container image (make image-test)
+	$(BIN)/python -m pytest -q -m "not image"
 
-test-fast: ## everything but the slow trainings and the TorchServe integration tests
-	$(BIN)/python -m pytest -q -m "not slow and not torchserve"
+test-fast: ## everything but the slow trainings, the TorchServe integration tests and the image
+	$(BIN)/python -m pytest -q -m "not slow and not torchserve and not image"
+
+engine: ## podman from apt, configured for this kind of machine, unless podman or Docker already works
+	deploy/docker/podman-setup.sh
+
+image: ## build the container image with podman or Docker (VARIANT=cpu|gpu, IMAGE=..., OFFLINE=auto|1|0)
+	VARIANT=$(VARIANT) IMAGE=$(IMAGE) OFFLINE=$(OFFLINE) PYTHON=$(PYTHON) deploy/docker/build.sh
+
+image-test: image ## build the image, then run it as a user and as Kubernetes would (tests/container; minutes)
+	GRAFT_IMAGE=$(IMAGE) GRAFT_IMAGE_REQUIRED=1 $(BIN)/python -m pytest -q -m image tests/container
 
 demo: ## train + export (+ serve + retrain) on Fashion-MNIST, offline
 	$(BIN)/graft demo --workdir demo

@@ -22,23 +22,33 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _wanted(req: Requirement, extras: set[str]) -> bool:
+    """Whether a distribution installed with ``extras`` needs ``req`` here (its marker, per extra)."""
+    return req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *sorted(extras)))
+
+
 def closure(root: str) -> dict[str, str]:
-    """{normalised name: installed version} of ``root``'s runtime dependencies, recursively."""
+    """{normalised name: installed version} of ``root``'s runtime dependencies, recursively.
+
+    Extras are followed: torch asks for ``cuda-toolkit[cublas,cudart,...]``, whose requirements exist
+    only under those extras (a lock without them leaves the CUDA runtime libraries unpinned).
+    """
     seen: dict[str, str] = {}
-    todo = [Requirement(r) for r in metadata.requires(root) or []]
+    followed: dict[str, set[str]] = {}  # name -> the extras whose requirements were added
+    todo = [r for r in map(Requirement, metadata.requires(root) or []) if _wanted(r, set())]
     while todo:
         req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
         name = _norm(req.name)
-        if name in seen:
+        if name in followed and set(req.extras) <= followed[name]:
             continue
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
             sys.exit(f"{req.name} is required but not installed; run `make setup` first")
         seen[name] = _LOCAL.sub("", dist.version)
-        todo += [Requirement(r) for r in dist.requires or []]
+        extras = followed.setdefault(name, set())
+        extras |= set(req.extras)
+        todo += [r for r in map(Requirement, dist.requires or []) if _wanted(r, extras)]
     return seen
 
 

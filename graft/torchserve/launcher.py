@@ -274,7 +274,11 @@ class TorchServe:
             time.sleep(0.2)
         _signal_group(pgid, signal.SIGKILL)
         self.proc.wait()
-        left = self.process_tree()
+        # A killed process takes a moment to exit: TorchServe respawns workers while it stops (seen in the
+        # container image), one outlives it, and right after SIGKILL it can still be listed as alive.
+        deadline = time.monotonic() + 10
+        while (left := self.process_tree()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.proc = None
         self.key_file.unlink(missing_ok=True)  # tokens are secrets; TorchServe's own --stop removes them too
         (self.workdir / PID_FILE).unlink(missing_ok=True)

@@ -2,8 +2,9 @@
 
 TorchServe's ``/ping`` says "Healthy" before a model's workers have loaded it, so readiness asks the
 management API whether every registered model has a worker in state ``READY``, after ``/ping``
-answered 200, and whether each model pinned in ``GRAFT_DEFAULT_VERSIONS`` already has its pinned
-version as the default (``graft serve`` switches the default only after loading every archive).
+answered 200, and whether each model already has the default ``graft serve`` gives it: the version
+pinned in ``GRAFT_DEFAULT_VERSIONS``, else its newest (``graft serve`` switches the default only after
+loading every archive, so workers are READY a moment before the default is right).
 
 Liveness asks whether the frontend answers ``/ping`` at all (a worker that crashes is restarted by
 TorchServe itself, and restarting the pod for it would only add downtime), then repairs what a stray
@@ -26,6 +27,7 @@ from pathlib import Path
 from graft.core.errors import GraftError
 from graft.torchserve.client import TorchServeClient, ready_workers
 from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
+from graft.torchserve.store import version_key
 
 log = logging.getLogger("graft.probe")
 
@@ -58,6 +60,9 @@ def _model_problem(client: TorchServeClient, name: str, pinned: str | None) -> s
     served = {str(v.get("modelVersion")) for v in described}
     if pinned is not None and served != {pinned}:
         return f"model {name}: default version is {sorted(served)}, not the pinned {pinned} yet"
+    newest = max(client.versions(name), key=version_key, default=None) if pinned is None else None
+    if newest is not None and served != {newest}:
+        return f"model {name}: default version is {sorted(served)}, not the newest {newest} yet"
     if not any(ready_workers(v) for v in described):
         workers = sum(len(v.get("workers") or []) for v in described)
         return f"model {name} has no READY worker yet ({workers} worker(s))"

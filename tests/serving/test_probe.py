@@ -41,3 +41,12 @@ def test_readiness_waits_for_the_pinned_default(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("GRAFT_DEFAULT_VERSIONS", pins)
     with FakeServer(FakeTorchServe(workers={"graft": ["READY"]})) as url:
         assert kube_probe.main(["ready", "--inference", url, "--management", url]) == (0 if ready else 1)
+
+
+@pytest.mark.parametrize(("others", "ready"), [(["2"], False), (["0.9"], True), ([], True)])
+def test_unpinned_readiness_waits_for_the_newest_as_default(others: list[str], ready: bool) -> None:
+    """Without a pin graft serve makes the newest version the default, a moment after the workers are READY
+    (seen in the image test: a pod ready too early answered with version 1 of 1 and 2)."""
+    ts = FakeTorchServe(workers={"graft": ["READY"]}, other_versions={"graft": others})
+    with FakeServer(ts) as url:
+        assert kube_probe.main(["ready", "--inference", url, "--management", url]) == (0 if ready else 1)

@@ -197,7 +197,9 @@ class FakeTorchServe:
     """TorchServe's ``/ping`` and the two management reads the readiness probe makes."""
 
     ping_status: int = 200
-    workers: dict[str, list[str]] = field(default_factory=dict)  # model -> worker statuses
+    workers: dict[str, list[str]] = field(default_factory=dict)  # model -> worker statuses (of version 1)
+    # Versions registered besides version 1, the default (GET /models/NAME/all lists them too).
+    other_versions: dict[str, list[str]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -206,10 +208,13 @@ class FakeTorchServe:
             return self.ping_status, {"status": "Healthy" if self.ping_status == 200 else "Unhealthy"}
         if path == "/models":
             return 200, {"models": [{"modelName": m, "modelUrl": f"{m}-1.mar"} for m in self.workers]}
-        name, _, _version = path.removeprefix("/models/").partition("/")  # NAME, NAME/VERSION or NAME/all
+        name, _, version = path.removeprefix("/models/").partition("/")  # NAME, NAME/VERSION or NAME/all
         if name in self.workers:
             workers = [{"id": str(9000 + i), "status": s} for i, s in enumerate(self.workers[name])]
-            return 200, [{"modelName": name, "modelVersion": "1", "minWorkers": 1, "workers": workers}]
+            default = {"modelName": name, "modelVersion": "1", "minWorkers": 1, "workers": workers}
+            if version == "all":
+                return 200, [default, *({**default, "modelVersion": v} for v in self.other_versions.get(name, []))]
+            return 200, [default]
         return 404, {"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"}
 
 
