@@ -30,7 +30,6 @@ ARG VARIANT=gpu
 # PyTorch's CPU wheels (VARIANT=cpu). Empty: torch comes from pip's index as pinned, which on PyPI is
 # the CUDA build, so the CPU variant then carries the CUDA libraries too (and still runs on CPU only).
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CONFIG_FILE=/run/pip-config/pip.conf \
@@ -39,22 +38,28 @@ ENV PIP_NO_CACHE_DIR=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only the lock: this stage (gigabytes with CUDA) is rebuilt when the lock changes, not when the code does.
-COPY deploy/docker/requirements.lock ./requirements.lock
+# Only the locks: this stage (gigabytes with CUDA) is rebuilt when they change, not when the code does.
+COPY deploy/docker/requirements.lock deploy/docker/requirements-gpu.lock ./
+# Every pin carries the sha256 of the files its index publishes (--require-hashes). PyTorch's CPU
+# index publishes other files (and hashes) for torch and torchvision than PyPI: on that route those
+# two are installed pinned by version only, from TORCH_CPU_INDEX.
 RUN --mount=type=bind,from=pip-config,target=/run/pip-config \
-    index=(); \
+    : > torch-cpu.txt; \
     case "$VARIANT" in \
       cpu) if [ -n "$TORCH_CPU_INDEX" ]; then \
-             grep -v -E '^(nvidia-|cuda-|triton==)' requirements.lock > requirements.txt; \
-             index=(--extra-index-url "$TORCH_CPU_INDEX"); \
+             grep -v -E '^(nvidia-|cuda-|triton==|torch==|torchvision==)' requirements.lock > requirements.txt; \
+             grep -o -E '^(torch|torchvision)==[^ ]+' requirements.lock > torch-cpu.txt; \
            else \
              cp requirements.lock requirements.txt; \
            fi ;; \
       gpu) grep -v -E '^onnxruntime==' requirements.lock > requirements.txt; \
-           echo "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" >> requirements.txt ;; \
+           grep -v '^#' requirements-gpu.lock >> requirements.txt ;; \
       *) echo "VARIANT must be gpu or cpu, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
-    pip install --no-deps "${index[@]}" -r requirements.txt \
+    pip install --no-deps --require-hashes -r requirements.txt \
+    && if [ -s torch-cpu.txt ]; then \
+         pip install --no-deps --index-url "$TORCH_CPU_INDEX" -r torch-cpu.txt; \
+       fi \
     && pip check
 
 # ---------------------------------------------------------------- build: graft's own wheel

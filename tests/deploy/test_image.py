@@ -7,6 +7,7 @@ by tests/container (``make image-test``).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +39,9 @@ def dockerfile_exec_forms() -> tuple[list[str], list[str]]:
     return forms["ENTRYPOINT"], forms["CMD"]
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/docker/python-base.Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile", ["Dockerfile", "deploy/docker/python-base.Dockerfile", "deploy/kserve/runtime.Dockerfile"]
+)
 def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     binary = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(binary).exists():
@@ -67,9 +70,10 @@ def test_dockerfile_structure() -> None:
     copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
     lock = next(i for i in copies if "requirements.lock" in lines[i])
     source = next(i for i in copies if "graft ./graft" in lines[i])
-    install = next(i for i, line in enumerate(lines) if "pip install --no-deps" in line and "requirements.txt" in line)
+    install = next(i for i, line in enumerate(lines) if "pip install --no-deps" in line and " -r requirements" in line)
     assert stages["deps"] < lock < install < stages["build"] < source  # the dependencies' stage has no code
     assert "pip check" in lines[install]  # exactly the lock: a missing pin fails the build
+    assert "--require-hashes -r requirements.txt" in lines[install]  # and every file as hashed in it
     # pip's configuration reaches the pip steps as a mounted build context, never a layer.
     assert all("--mount=type=bind,from=pip-config" in line for line in lines if " pip install " in line
                and "--no-index" not in line) and "COPY --from=pip-config" not in text
@@ -91,17 +95,44 @@ def test_dockerfile_structure() -> None:
     assert ignored[0] == "*"  # an allow-list: no .venv, no data, no runs in the build context
 
 
+def lock_pins(name: str) -> dict[str, str]:
+    """{name: version} of a lock, each line checked: name==version, then one or more sha256 hashes."""
+    pins = {}
+    for line in (DEPLOY / "docker" / name).read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        pin, *hashes = line.split()
+        assert hashes and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h) for h in hashes), line[:80]
+        pkg, version = pin.split("==")
+        pins[pkg] = version
+    return pins
+
+
+def test_the_gpu_image_runs_the_onnx_runtime_release_the_tests_ran() -> None:
+    from importlib import metadata
+
+    assert lock_pins("requirements-gpu.lock") == {"onnxruntime-gpu": lock_pins("requirements.lock")["onnxruntime"]}
+    assert metadata.version("onnxruntime") == lock_pins("requirements.lock")["onnxruntime"]
+
+
+def test_the_kserve_runtime_pins_what_the_tests_ran() -> None:
+    """deploy/kserve/requirements.txt: the same releases as the image's lock (onnxruntime-gpu as onnxruntime)."""
+    locked = lock_pins("requirements.lock") | lock_pins("requirements-gpu.lock")
+    pins = dict(
+        line.split("==")
+        for line in (DEPLOY / "kserve/requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert pins and {name: locked.get(name) for name in pins} == pins
+
+
 def test_the_lock_pins_every_runtime_dependency() -> None:
     import tomllib
 
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = dict(
-        line.split("==")
-        for line in (DEPLOY / "docker/requirements.lock").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    pins = lock_pins("requirements.lock")
     for spec in project["dependencies"]:
         req = Requirement(spec)
         name = req.name.lower().replace("_", "-")
@@ -117,12 +148,7 @@ def test_the_lock_names_every_installed_dependency() -> None:
     assert spec is not None and spec.loader is not None
     make_lock = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_lock)
-    locked = {
-        line.split("==")[0]
-        for line in (DEPLOY / "docker/requirements.lock").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    missing = set(make_lock.closure("graft")) - locked
+    missing = set(make_lock.closure("graft")) - set(lock_pins("requirements.lock"))
     assert not missing, f"not in deploy/docker/requirements.lock (rerun make_lock.py): {sorted(missing)}"
 
 
