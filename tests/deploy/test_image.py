@@ -95,6 +95,22 @@ def test_dockerfile_structure() -> None:
     assert ignored[0] == "*"  # an allow-list: no .venv, no data, no runs in the build context
 
 
+def test_dockerignore_admits_everything_the_dockerfile_copies() -> None:
+    """.dockerignore is an allow-list: a COPY source it leaves out fails the build (only the image test sees it)."""
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    admitted = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    sources = [
+        src
+        for line in text.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for src in line.split()[1:-1]
+    ]
+    assert sources
+    for src in sources:
+        assert any(src == a or src.startswith(a + "/") for a in admitted), f"{src} is left out by .dockerignore"
+
+
 def lock_pins(name: str) -> dict[str, str]:
     """{name: version} of a lock, each line checked: name==version, then one or more sha256 hashes."""
     pins = {}
