@@ -94,7 +94,10 @@ def volume_args(container: dict[str, Any], pod: dict[str, Any], provided: Volume
         elif "persistentVolumeClaim" in vol:
             claim = vol["persistentVolumeClaim"]
             ro = ro or claim.get("readOnly", False)
-            args += ["-v", f"{provided.claims[claim['claimName']]}:{path}:{'ro' if ro else 'rw'}"]
+            source = provided.claims[claim["claimName"]]
+            if mount.get("subPath"):  # the kubelet creates a missing subPath in the volume
+                source = writable_folder(source / mount["subPath"])
+            args += ["-v", f"{source}:{path}:{'ro' if ro else 'rw'}"]
         elif "configMap" in vol:
             assert provided.workdir is not None, "config maps need a workdir"
             folder = provided.workdir / f"configmap-{vol['configMap']['name']}"

@@ -138,7 +138,11 @@ def test_inference_pod_command_lines(engine: Engine, image: str, model_store: Pa
     pod = pod_spec(dep)
     (init,) = pod["initContainers"]
     (ts,) = pod["containers"]
-    provided = Volumes(claims={"graft-model-store": model_store}, config_maps=config_maps(), workdir=tmp_path)
+    captures = writable_folder(tmp_path / "captures")
+    provided = Volumes(
+        claims={"graft-model-store": model_store, "graft-captures": captures},
+        config_maps=config_maps(), workdir=tmp_path,
+    )  # fmt: skip
 
     # The init container: waits while the store is empty, passes once a .mar is there.
     empty = Volumes(claims={"graft-model-store": writable_folder(tmp_path / "empty")})
@@ -169,11 +173,13 @@ def test_inference_pod_command_lines(engine: Engine, image: str, model_store: Pa
                 assert body["model_version"] == version, body
                 assert body["predictions"][0]["label"] == ["ants", "bees"][int(probs.argmax())]
                 assert body["predictions"][0]["score"] == pytest.approx(float(probs.max()), abs=0.02)
-        # Management answers (no tokens in the cluster) but registers nothing (the ConfigMap's setting).
-        models = httpx.get(f"{c.url(8081)}/models", timeout=30)
-        assert models.status_code == 200 and [m["modelName"] for m in models.json()["models"]] == [MODEL]
-        register = httpx.post(f"{c.url(8081)}/models", params={"url": "x.mar"}, timeout=30)
-        assert register.status_code >= 400, register.text
+        # Management listens on the pod's loopback only (its probes are its one caller): from inside it
+        # lists the model but registers nothing (the ConfigMap's setting); nothing publishes it outside.
+        assert 8081 not in {p["containerPort"] for p in ts["ports"]}
+        models = json.loads(_inside(c, "GET", "http://127.0.0.1:8081/models"))
+        assert models["status"] == 200 and [m["modelName"] for m in models["body"]["models"]] == [MODEL]
+        register = json.loads(_inside(c, "POST", "http://127.0.0.1:8081/models?url=x.mar"))
+        assert register["status"] >= 400, register
         metrics = httpx.get(f"{c.url(8082)}/metrics", timeout=30).text
         assert "ts_inference_requests_total" in metrics or "ts_queue_latency" in metrics, metrics[:500]
 
@@ -190,6 +196,24 @@ def test_inference_pod_command_lines(engine: Engine, image: str, model_store: Pa
     live = ts["livenessProbe"]["exec"]["command"]
     dead = run_once(engine, image, pod_run_args(engine, ts, pod, provided, command=live), 120)
     assert dead.returncode == 1, dead
+
+
+_REQUEST = """
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(urllib.request.Request(sys.argv[2], method=sys.argv[1]), timeout=30) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(json.dumps({"status": status, "body": json.loads(body or b"null")}))
+"""
+
+
+def _inside(c: Running, method: str, url: str) -> str:
+    """An HTTP request from inside the container (to what listens on its loopback only); its JSON answer."""
+    out = c.exec("python", "-c", _REQUEST, method, url)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 # ------------------------------------------------------------------ the admin pod
@@ -232,6 +256,8 @@ def test_admin_pod_command_line(engine: Engine, image: str, tmp_path: Path) -> N
     sa_dir, sa_env = _service_account(tmp_path)
     provided = Volumes(
         claims={"graft-admin-data": writable_folder(tmp_path / "data"),
+                "graft-admin-db": writable_folder(tmp_path / "db"),
+                "graft-captures": writable_folder(tmp_path / "captures"),
                 "graft-model-store": writable_folder(tmp_path / "store")},
         secrets={"graft-admin-token": token_dir},
     )  # fmt: skip
@@ -243,12 +269,21 @@ def test_admin_pod_command_line(engine: Engine, image: str, tmp_path: Path) -> N
     args[i:i] = ["-v", f"{sa_dir}:/var/run/secrets/kubernetes.io/serviceaccount:ro"]
     with run_detached(engine, image, args, "admin") as c:
         url = c.url(8090)
-        ready = _wait_http(c, f"{url}{admin['readinessProbe']['httpGet']['path']}", 180)
-        assert ready.json()["status"] == "ready", ready.text
-        assert httpx.get(f"{url}{admin['livenessProbe']['httpGet']['path']}", timeout=10).status_code == 200
+        _wait_http(c, f"{url}{admin['livenessProbe']['httpGet']['path']}", 180)
+        # Readiness waits for the first model (the README's training Job puts it in the store) and for the
+        # inference Deployment to serve it; with an empty store the probe answers 503 and says so.
+        ready = httpx.get(f"{url}{admin['readinessProbe']['httpGet']['path']}", timeout=10)
+        assert ready.status_code == 503, ready.text
+        body = ready.json()
+        assert body["checks"]["database"] and not body["checks"]["champion"], body
+        assert "no model in service yet" in body["detail"], body
 
         # The token from the mounted Secret file guards the API; a sample lands on the data volume.
         assert httpx.get(f"{url}/v1/samples/stats", timeout=10).status_code == 401
+        # The label set is the admin's: the samples token may use "ants" once an admin approved it.
+        admin_auth = {"Authorization": f"Bearer {token}"}
+        approve = httpx.post(f"{url}/v1/labels", json={"name": "ants"}, headers=admin_auth, timeout=30)
+        assert approve.status_code == 201, approve.text
         ant = HYMENOPTERA / "train" / "ants"
         first = sorted(ant.glob("*.jpg"))[0]
         r = httpx.post(
@@ -258,7 +293,10 @@ def test_admin_pod_command_line(engine: Engine, image: str, tmp_path: Path) -> N
         assert r.status_code == 201, r.text
         stats = httpx.get(f"{url}/v1/samples/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert stats.status_code == 200, stats.text
-        assert (tmp_path / "data" / "admin" / "admin.sqlite3").is_file()
+        # The database on its own volume (GRAFT_DB_DIR), the sample's file on the data volume.
+        assert (tmp_path / "db" / "admin.sqlite3").is_file()
+        sent = first.read_bytes()
+        assert any(p.is_file() and p.read_bytes() == sent for p in (tmp_path / "data").rglob("*"))
 
         assert processes_users(c) == {USER}
         assert_root_is_read_only(c, engine)
@@ -339,11 +377,12 @@ def _serve_default_command(engine: Engine, image: str, args: list[str]) -> None:
             test = image_config(engine, image)["Config"]["Healthcheck"]["Test"]
             codes = c.wait_exec(test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]], READY_TIMEOUT_S)
         assert codes[-1] == 0
+        # The admin adopted the store's newest archive as the model in service.
         ready = httpx.get(f"{c.url(8090)}/readyz", timeout=10)
-        assert ready.status_code == 200 and ready.json()["default_version"] is None, ready.text
+        assert ready.status_code == 200 and ready.json()["default_version"] == "2", ready.text
 
-        # TorchServe runs with token authorization here: the key file is in its work folder under /tmp.
-        keys = c.exec("sh", "-c", "cat /tmp/graft-serve-*/key_file.json")
+        # TorchServe runs with token authorization here: the key file is in its work folder, on the state volume.
+        keys = c.exec("cat", "/var/lib/graft/admin/torchserve/key_file.json")
         assert keys.returncode == 0, keys.stderr
         key = json.loads(keys.stdout)["inference"]["key"]
         img = images("val", per_class=1, offset=20)[0][0]
