@@ -155,7 +155,7 @@ class AdminSettings(BaseSettings):
         if admin is None:
             raise ConfigError(
                 "no admin token: set GRAFT_ADMIN_TOKEN or GRAFT_ADMIN_TOKEN_FILE "
-                "(or start with the insecure development flag on a machine of your own)"
+                "(or, on a machine of your own, `graft serve --dev-token` generates one into the state folder)"
             )
         for name, value in (("admin", admin), ("samples", samples)):
             if value is not None and len(value) < MIN_TOKEN_LENGTH:

@@ -279,11 +279,18 @@ def admin_kill(work: Path, run: Path, samples: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def markdown(rows: list[dict[str, Any]], machine: str) -> str:
-    lines = [f"Machine: {machine}", "", "| check | result | passed |", "|---|---|---|"]
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
+    return json.dumps(value) if isinstance(value, list | str) else str(value)
+
+
+def markdown(rows: list[dict[str, Any]], machine: str, peak_rss_mb: Any) -> str:
+    lines = [f"Machine: {machine}. Peak RSS of the serving processes (MB): {_cell(peak_rss_mb)}.", "",
+             "| check | result | passed |", "|---|---|---|"]  # fmt: skip
     for r in rows:
         detail = {k: v for k, v in r.items() if k not in ("check", "passed", "wrong", "failures", "statuses")}
-        lines.append(f"| {r['check']} | {json.dumps(detail)[:300]} | {'yes' if r['passed'] else '**no**'} |")
+        lines.append(f"| {r['check']} | {_cell(detail)[:400]} | {'yes' if r['passed'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -318,7 +325,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.markdown:
-        args.markdown.write_text(markdown(rows, machine))
+        args.markdown.write_text(markdown(rows, machine, peak))
     return 0 if all(r["passed"] for r in rows) else 1
 
 
