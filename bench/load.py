@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,27 +27,20 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
-                duration: float, offset: int = 0, client: str = "aiohttp") -> tuple[list[float], int]:  # fmt: skip
-    if client == "aiohttp":
-        return await _load_aiohttp(url, headers, bodies, concurrency, warmup, duration, offset)
-    import httpx
-
+async def _drive(send: Callable[[bytes], Awaitable[bool]], bodies: list[bytes], concurrency: int, warmup: float,
+                 duration: float, offset: int) -> tuple[list[float], int]:  # fmt: skip
+    """``concurrency`` loops of ``send``; the latencies of the successes and the failures inside the window."""
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
 
-    async def worker(k: int, client: httpx.AsyncClient) -> None:
+    async def worker(k: int) -> None:
         nonlocal errors
         i = k + offset
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            try:
-                r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
+            ok = await send(bodies[i % len(bodies)])
             t1 = time.perf_counter()
             i += concurrency
             # Throughput counts what completes inside the window, whenever it was sent.
@@ -56,45 +50,39 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
                 else:
                     errors += 1
 
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return latencies, errors
+
+
+async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
+                duration: float, offset: int = 0, client: str = "aiohttp") -> tuple[list[float], int]:  # fmt: skip
+    if client == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+            async def send_aiohttp(body: bytes) -> bool:
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            return await _drive(send_aiohttp, bodies, concurrency, warmup, duration, offset)
+    import httpx
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        await asyncio.gather(*(worker(k, http) for k in range(concurrency)))
-    return latencies, errors
 
-
-async def _load_aiohttp(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, warmup: float,
-                        duration: float, offset: int = 0) -> tuple[list[float], int]:  # fmt: skip
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup, start + warmup + duration
-
-    async def worker(k: int, session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        i = k + offset
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
+        async def send_httpx(body: bytes) -> bool:
             try:
-                async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
-                    await r.read()
-                    ok = r.status == 200
-            except aiohttp.ClientError:
-                ok = False
-            t1 = time.perf_counter()
-            i += concurrency
-            if measure_from <= t1 <= stop_at:
-                if ok:
-                    latencies.append(t1 - t0)
-                else:
-                    errors += 1
+                return (await http.post(url, content=body, headers=headers)).status_code == 200
+            except httpx.HTTPError:
+                return False
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(worker(k, session) for k in range(concurrency)))
-    return latencies, errors
+        return await _drive(send_httpx, bodies, concurrency, warmup, duration, offset)
 
 
 def summary(concurrency: int, duration: float, latencies: list[float], errors: int) -> dict[str, Any]:
