@@ -203,23 +203,28 @@ def labels_to_reach(curve: list[dict[str, Any]], target: float) -> int | None:
 
 def markdown(result: dict[str, Any]) -> str:
     arms = {a["strategy"]: a["curve"] for a in result["arms"]}
-    lines = [f"Machine: {result['machine']}. {result['setup']}", "",
-             "| labels | " + " | ".join(f"{s} accuracy" for s in arms) + " |",
-             "|---:|" + "---:|" * len(arms)]  # fmt: skip
-    for i in range(len(next(iter(arms.values())))):
-        row = [str(next(iter(arms.values()))[i]["labels"])]
-        row += [str(curve[i]["accuracy"]) if i < len(curve) else "" for curve in arms.values()]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| labels needed to reach | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
-    for target in result["targets"]:
-        lines.append(f"| {target:.2f} | " + " | ".join(str(labels_to_reach(c, target) or "not reached")
-                                                       for c in arms.values()) + " |")  # fmt: skip
+    lines = [f"Machine: {result['machine']}. {result['setup']}", ""]
+    if arms:
+        lines += curves(arms, result["targets"])
     cost = result["capture_cost"]
     lines += ["", "| capture at concurrency 32 | img/s (each run) | median | vs off |", "|---|---|---:|---:|"]
     for name, runs in cost["img_s"].items():
         change = f"{100 * cost['change'][name]:+.1f}%" if name in cost["change"] else ""
         lines.append(f"| {name} | {', '.join(map(str, runs))} | {cost['median'][name]} | {change} |")
     return "\n".join(lines) + "\n"
+
+
+def curves(arms: dict[str, list[dict[str, Any]]], targets: list[float]) -> list[str]:
+    lines = ["| labels | " + " | ".join(f"{s} accuracy" for s in arms) + " |", "|---:|" + "---:|" * len(arms)]
+    for i in range(len(next(iter(arms.values())))):
+        row = [str(next(iter(arms.values()))[i]["labels"])]
+        row += [str(curve[i]["accuracy"]) if i < len(curve) else "" for curve in arms.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| labels needed to reach | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for target in targets:
+        lines.append(f"| {target:.2f} | " + " | ".join(str(labels_to_reach(c, target) or "not reached")
+                                                       for c in arms.values()) + " |")  # fmt: skip
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -252,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost-seconds", type=float, default=20)
     p.add_argument("--cost-repeats", type=int, default=2)
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.75])
+    p.add_argument("--cost-only", action="store_true", help="measure the capture's cost only (no rounds)")
     p.add_argument("--work", type=Path, help="keep the work folder here (default: a temporary one)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -265,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         base, pool, test = prepare(work, args)
         run = first_model(work, base, args.epochs)
         cost = capture_cost(work, run, args)
-        arms = [arm(work / strategy, run, strategy, pool, test, args) for strategy in ("margin", "random")]
+        strategies = () if args.cost_only else ("margin", "random")
+        arms = [arm(work / strategy, run, strategy, pool, test, args) for strategy in strategies]
     result = {
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
                    f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU",
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2))
     if args.markdown:
         args.markdown.write_text(text)
-    if args.plot:
+    if args.plot and arms:
         plot(result, args.plot)
     return 0
 
