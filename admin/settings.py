@@ -96,8 +96,6 @@ class AdminSettings(BaseSettings):
     # Where the inference workers write captures (graft serve --capture-rate; None: STATE_DIR/captures).
     capture_dir: Path | None = None
     capture_scan_s: float = Field(default=5.0, gt=0)  # how often new captures are indexed
-    # The indexing thread's nice value (Linux): decoding and hashing captures yields the cores to serving.
-    capture_index_nice: int = Field(default=10, ge=0, le=19)
     # Replayed to a candidate before it becomes the default (0 = no replay); optional gate on the agreement.
     replay_captures: int = Field(default=300, ge=0)
     replay_min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -8,8 +8,6 @@ captures, marks pruned ones gone, refreshes the capture and drift gauges and, wh
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -124,7 +122,6 @@ class Feedback:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        _lower_this_threads_priority(self.settings.capture_index_nice)
         while not self._stop.wait(self.settings.capture_scan_s):
             try:
                 self.run_pass()
@@ -166,15 +163,3 @@ class Feedback:
             return  # a job is running: it will train on what is there, the trigger fires again later if needed
         self.db.set_meta(_DRIFT_TRIGGER_KEY, str(time.time()))
         log.warning("drift: PSI %.3f >= %.3f started job %s", psi, threshold, getattr(job, "id", "?"))
-
-
-def _lower_this_threads_priority(nice: int) -> None:
-    """Give the calling thread ``nice`` (Linux schedules threads one by one): on a machine that also serves,
-    indexing captures (decoding and hashing each one) then takes the cores only when serving leaves them."""
-    if sys.platform != "linux" or nice <= 0:
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))  # never raise it
-    except OSError as e:
-        log.warning("capture indexing keeps its priority (setpriority: %s)", e)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,16 +163,3 @@ def test_a_newer_version_s_answer_replaces_the_queued_one(served: Served) -> Non
     (item,) = served.queue()
     assert item["id"] == new and item["seen"] == 3
     assert served.c.get(f"/v1/review/{third}", headers=SAMPLER).json()["status"] == "duplicate"
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
-def test_captures_are_indexed_at_a_lower_priority_than_the_rest(served: Served) -> None:
-    """The indexing thread (decoding and hashing every capture) yields the cores to serving: nice 10 by
-    default, while the admin's other threads keep the process's priority."""
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    indexer = next(t for t in threading.enumerate() if t.name == "admin-captures")
-    assert indexer.native_id is not None
-    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, indexer.native_id) == max(own, 10), 10,
-             what="the indexing thread to lower its priority")  # fmt: skip
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
-
