@@ -124,6 +124,47 @@ def lock_pins(name: str) -> dict[str, str]:
     return pins
 
 
+def test_make_lock_takes_the_hashes_of_exactly_the_pinned_release(tmp_path: Path) -> None:
+    """make_lock.hashes reads a PEP 691 index: every file of name==version (wheels and sdist), no other."""
+    import http.server
+    import importlib.util
+    import threading
+
+    files = [
+        {"filename": "demo_pkg-1.2.0-py3-none-any.whl", "hashes": {"sha256": "a" * 64}},
+        {"filename": "demo_pkg-1.2.0.tar.gz", "hashes": {"sha256": "b" * 64}},
+        {"filename": "demo_pkg-1.2.0.post1-py3-none-any.whl", "hashes": {"sha256": "c" * 64}},
+        {"filename": "demo_pkg-1.20-py3-none-any.whl", "hashes": {"sha256": "d" * 64}},
+    ]
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"files": files}).encode()
+            ok = self.path == "/simple/demo-pkg/" and "pypi.simple.v1+json" in self.headers["Accept"]
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = importlib.util.spec_from_file_location("make_lock", DEPLOY / "docker/make_lock.py")
+    assert spec is not None and spec.loader is not None
+    make_lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_lock)
+    index = f"http://127.0.0.1:{server.server_port}/simple"
+    try:
+        assert make_lock.hashes(index, "demo-pkg", "1.2.0") == ["a" * 64, "b" * 64]
+        assert make_lock.line(index, "demo-pkg", "1.20") == f"demo-pkg==1.20 --hash=sha256:{'d' * 64}\n"
+        with pytest.raises(SystemExit, match=r"no file of demo-pkg==9\.9"):
+            make_lock.hashes(index, "demo-pkg", "9.9")
+    finally:
+        server.shutdown()
+
+
 def test_the_gpu_image_runs_the_onnx_runtime_release_the_tests_ran() -> None:
     from importlib import metadata
 
