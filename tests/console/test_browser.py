@@ -55,9 +55,12 @@ def loop(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path, mobilenet_
 
 
 def until(d: Any, check: Callable[[Any], Any], timeout: float = 30, what: str = "the page") -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(d, timeout, poll_frequency=0.2).until(check, f"timed out waiting for {what}")
+    # Live pages replace the elements they update: one found just before a refresh is stale, look again.
+    wait = WebDriverWait(d, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(check, f"timed out waiting for {what}")
 
 
 def css(d: Any, selector: str) -> list[Any]:
