@@ -42,18 +42,6 @@ class Split:
     capture: tuple[str, str]
 
 
-class _HeadInput(nn.Module):
-    """Runs the model and returns what its head received."""
-
-    def __init__(self, model: nn.Module, head_root: str):
-        super().__init__()
-        self.model = model
-        self.head_root = head_root
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return capture_tensors(self.model, x, [("input", self.head_root)])[0]
-
-
 class _StageTracer(fx.Tracer):
     """Traces a model with its stage modules as opaque calls, so the graph reads stage by stage."""
 
@@ -86,7 +74,8 @@ def split_models(
             out.append(None)
         elif plan.head_only:
             head = model.get_submodule(head_root)
-            out.append(Split(_HeadInput(model, head_root), head, f"input of {head_root}", ("input", head_root)))
+            prefix = ForwardPrefix(model, head_root, "input")
+            out.append(Split(prefix, head, f"input of {head_root}", ("input", head_root)))
         else:
             graph = graph or _Trace(model, plan)
             out.append(_fx_split(model, graph.graph, plan) if graph.graph is not None else None)

@@ -79,15 +79,17 @@ def capture_tensors(model: nn.Module, x: torch.Tensor, captures: Sequence[tuple[
 
 
 class ForwardPrefix(nn.Module):
-    """Image batch -> output of ``boundary``: the model's forward, stopped there."""
+    """Image batch -> the output (or the input, ``where="input"``) of module ``boundary``: the model's
+    forward, watched there."""
 
-    def __init__(self, model: nn.Module, boundary: str):
+    def __init__(self, model: nn.Module, boundary: str, where: str = "output"):
         super().__init__()
         self.model = model
         self.boundary = boundary
+        self.where = where
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return capture_tensors(self.model, x, [("output", self.boundary)])[0]
+        return capture_tensors(self.model, x, [(self.where, self.boundary)])[0]
 
 
 class ForwardSuffix(nn.Module):
