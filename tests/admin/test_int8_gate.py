@@ -14,6 +14,7 @@ from admin.domain.jobs import default_evaluate, default_prepare
 from admin.domain.promotion import default_export
 from graft.core.artifact import ONNX_INT8_FILE, read_card
 from tests.support.artifacts import images, shared_missing_reason
+from tests.support.onnx_models import save_classifier
 from training.export_settings import recorded_settings, serving_precision
 
 pytestmark = pytest.mark.slow
@@ -26,8 +27,7 @@ HOLDOUT = images("val", per_class=6, offset=40)
 
 def always_bees(path: Path) -> None:
     """An ONNX model with the run's input and output that answers 'bees' (class 1) whatever it sees."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes = [
         helper.make_node("GlobalAveragePool", ["input"], ["p"]),
@@ -36,13 +36,7 @@ def always_bees(path: Path) -> None:
     ]
     inits = [numpy_helper.from_array(__import__("numpy").zeros((3, 2), "float32"), "w"),
              numpy_helper.from_array(__import__("numpy").array([0.0, 5.0], "float32"), "b")]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "bees", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], inits,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_classifier(path, "bees", nodes, inits, size=224, classes=2)
 
 
 def test_gate_evaluates_the_int8_model_when_the_archive_serves_int8(

@@ -12,6 +12,7 @@ import yaml
 from graft.core.artifact import ONNX_INT8_FILE, read_card
 from graft.core.errors import ArtifactError, ExportError, QuantizationError
 from graft.core.handler_settings import HandlerSettings
+from tests.support.onnx_models import save_classifier
 from training import TrainConfig, fit
 from training.quantize import QuantizeOptions, Quantizer, quantize_run
 
@@ -98,8 +99,7 @@ def _planted_model(path: Path) -> list[str]:
     Channel 0 of the inputs carries rare huge values: quantizing the model input to 8 bits (conv_a's input)
     drowns the small signal of channels 1-2, so keeping conv_a in FP32 is what helps, by far.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     wa = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
@@ -115,13 +115,7 @@ def _planted_model(path: Path) -> list[str]:
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "wg"], ["logits"], name="head", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "planted", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])], inits,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_classifier(path, "planted", nodes, inits, size=16, classes=4)
     return ["conv_a", "conv_b", "head"]
 
 
