@@ -92,7 +92,8 @@ def _preload_cuda_libraries(ort: Any) -> None:
 class OnnxBackend:
     """ONNX Runtime on ``model.onnx``, or on ``model.int8.onnx`` (QDQ INT8) with ``file=ONNX_INT8_FILE``."""
 
-    def __init__(self, model_dir: Path, device: torch.device, threads: int, file: str = ONNX_FILE) -> None:
+    def __init__(self, model_dir: Path, device: torch.device, threads: int, file: str = ONNX_FILE,
+                 spinning: bool = False) -> None:  # fmt: skip
         import onnxruntime as ort
 
         self.name = "onnx-int8" if file == ONNX_INT8_FILE else "onnx"
@@ -105,6 +106,8 @@ class OnnxBackend:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads sleep instead of spinning (HandlerSettings.onnx_spinning says why).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=onnx_providers(device))
         self.input_name = self.session.get_inputs()[0].name
@@ -117,7 +120,9 @@ class OnnxBackend:
         return torch.from_numpy(out).float()
 
 
-def make_backend(name: str, model_dir: Path, device: torch.device, threads: int, precision: str) -> Backend:
+def make_backend(name: str, model_dir: Path, device: torch.device, threads: int, precision: str,
+                 onnx_spinning: bool = False) -> Backend:  # fmt: skip
     if name == "onnx":
-        return OnnxBackend(model_dir, device, threads, ONNX_INT8_FILE if precision == "int8" else ONNX_FILE)
+        file = ONNX_INT8_FILE if precision == "int8" else ONNX_FILE
+        return OnnxBackend(model_dir, device, threads, file, spinning=onnx_spinning)
     return TorchBackend(model_dir, device, precision)

@@ -1,10 +1,10 @@
 """Capture: keep a sample of served inputs with what the model answered, for the admin's review queue.
 
 It never fails or noticeably slows a prediction: the request path only draws a random number and puts a
-reference on a bounded queue (``put_nowait``); a thread of the worker writes the files. A full queue, a
-full disk or an unwritable folder drops the capture and counts it (``graft_captures_total{Outcome}``).
-The disk budget is kept by that thread: past it, the oldest captures go first. Format:
-:mod:`graft.core.capture`.
+reference on a bounded queue (``put_nowait``); a thread of the worker writes one file per capture. A full
+queue, a full disk or an unwritable folder drops the capture and counts it (``graft_captures_total{Outcome}``,
+emitted at most once a second: each emission is a line the frontend parses). The disk budget is kept by that
+thread: past it, the oldest captures go first. Format: :mod:`graft.core.capture`.
 """
 
 from __future__ import annotations
@@ -16,32 +16,22 @@ import random
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.core.capture import RECORD_SUFFIX, CaptureRecord, model_dir, uncertainty
-from graft.core.util import write_atomic
+from graft.core.capture import CaptureRecord, encode, image_type, model_dir, uncertainty
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
-_PRUNE_EVERY_S = 10.0
-
-
-def extension(payload: bytes) -> str:
-    """The file extension of an encoded image, from its magic bytes (the handler accepted it already)."""
-    if payload[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if payload[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if payload[:4] == b"RIFF" and payload[8:12] == b"WEBP":
-        return "webp"
-    if payload[:2] == b"BM":
-        return "bmp"
-    if payload[:3] == b"GIF":
-        return "gif"
-    return "bin"
+# The folder is listed (to keep the budget) when this writer's own count says it is over, and at least this
+# often: the other workers of the model write to the same folder.
+_RESCAN_EVERY_S = 30.0
+_PRUNE_TO = 0.9  # of the budget: room for a while before the next listing
+_FLUSH_EVERY_S = 1.0  # counts are summed and emitted at most this often under load,
+_IDLE_FLUSH_S = 0.05  # and as soon as the queue has been empty this long
 
 
 @dataclass(frozen=True)
@@ -61,7 +51,7 @@ class CaptureWriter:
         labels: Sequence[str],
         rate: float,
         budget_bytes: int,
-        count: Callable[[str], None] = lambda _outcome: None,
+        count: Callable[[str, int], None] = lambda _outcome, _n: None,
         topk: int = 5,
     ):
         self.folder = model_dir(Path(root), model_name)
@@ -69,11 +59,15 @@ class CaptureWriter:
         self.labels = list(labels)
         self.rate = rate
         self.budget = budget_bytes
-        self.count = count  # the metric: stored | dropped_queue | dropped_error
+        self.count = count  # the metric (outcome, how many): stored | dropped_queue | dropped_error
+        self._pending: Counter[str] = Counter()
+        self._pending_lock = threading.Lock()
+        self._flushed_at = time.monotonic()
+        self._random = random.Random(secrets.randbits(64))  # ids need to be unique, not secret
         self.topk = topk
         self.queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._last_prune = 0.0
-        self._written = 0  # bytes since the last prune
+        self._used: int | None = None  # the folder's bytes as of the last listing, plus what this writer added
+        self._listed_at = 0.0
         self._thread = threading.Thread(target=self._run, name="graft-capture", daemon=True)
         self._thread.start()
 
@@ -85,50 +79,88 @@ class CaptureWriter:
                 return
             self.queue.put_nowait(_Item(payload, [float(p) for p in probs], request_id, time.time()))
         except queue.Full:
-            self.count("dropped_queue")
+            self._tally("dropped_queue")
         except Exception:  # nothing in capture may fail a prediction
             log.debug("capture offer failed", exc_info=True)
 
     # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
         while True:
-            item = self.queue.get()
+            try:  # counts wait for a pause in the traffic (or _FLUSH_EVERY_S), nothing waits for counts
+                item = self.queue.get(timeout=_IDLE_FLUSH_S if self._pending else None)
+            except queue.Empty:
+                self._flush()
+                continue
             try:
-                self._write(item)
-                self._written += len(item.payload)
-                self.count("stored")
+                written = self._write(item)
+                self._tally("stored")
             except Exception as e:  # a full disk, a read-only or broken folder: drop, count, go on
-                self.count("dropped_error")
+                self._tally("dropped_error")
                 log.warning("capture dropped: %s", e)
-            if time.monotonic() - self._last_prune > _PRUNE_EVERY_S or self._written > self.budget // 20:
-                self._last_prune, self._written = time.monotonic(), 0
+                written = 0
+            if time.monotonic() - self._flushed_at > _FLUSH_EVERY_S:
+                self._flush()
+            if self._used is not None:
+                self._used += written
+            if self._used is None or self._used > self.budget or time.monotonic() - self._listed_at > _RESCAN_EVERY_S:
                 self._prune()
 
-    def _write(self, item: _Item) -> None:
-        capture_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-        image = f"{capture_id}.{extension(item.payload)}"
+    def _tally(self, outcome: str) -> None:
+        with self._pending_lock:
+            self._pending[outcome] += 1
+
+    def _flush(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+        for outcome, n in pending.items():
+            try:
+                self.count(outcome, n)
+            except Exception:  # a metrics hiccup must not stop the writer
+                log.debug("capture count failed", exc_info=True)
+
+    def _write(self, item: _Item) -> int:
+        """One new file, written once (see :mod:`graft.core.capture`); the bytes written."""
+        capture_id = f"{time.time_ns():020d}-{self._random.getrandbits(32):08x}"
         order = sorted(range(len(item.probs)), key=lambda i: item.probs[i], reverse=True)[: self.topk]
         margin, entropy = uncertainty(item.probs)
         record = CaptureRecord(
             id=capture_id, model_name=self.model_name, model_version=self.model_version, captured_at=item.at,
-            request_id=item.request_id, image_file=image, labels=[self.labels[i] for i in order],
-            scores=[round(item.probs[i], 6) for i in order], margin=margin, entropy=entropy,
+            request_id=item.request_id, image_type=image_type(item.payload), image_bytes=len(item.payload),
+            labels=[self.labels[i] for i in order], scores=[round(item.probs[i], 6) for i in order],
+            margin=margin, entropy=entropy,
         )  # fmt: skip
-        write_atomic(self.folder / image, item.payload, fsync=False)
-        write_atomic(self.folder / f"{capture_id}{RECORD_SUFFIX}", record.to_json().encode(), fsync=False)
+        data = encode(record, item.payload)
+        try:
+            f = open(self.folder / record.file_name, "xb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:  # the first capture, or the folder was removed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            f = open(self.folder / record.file_name, "xb")  # noqa: SIM115
+        with f:
+            f.write(data)
+        return len(data)
 
     def _prune(self) -> None:
-        """Oldest captures first, until the folder is under its budget (shared by every worker of the model)."""
+        """Oldest captures first, until the folder is under its budget (shared by every worker of the model).
+
+        Pruned to a little under the budget, so that the next listing waits until this writer has added
+        a tenth of it (or until the periodic look at what the other workers wrote).
+        """
+        self._listed_at = time.monotonic()
         try:
-            entries = sorted((e.name, e.stat().st_size) for e in os.scandir(self.folder) if e.is_file())
+            with os.scandir(self.folder) as it:
+                entries = sorted((e.name, e.stat().st_size) for e in it if e.is_file())
         except OSError:
             return
         total = sum(size for _, size in entries)
-        for name, size in entries:  # ids sort by time; a record and its image share the id
-            if total <= self.budget:
-                break
-            try:
-                (self.folder / name).unlink()
-            except OSError:
-                continue
-            total -= size
+        if total > self.budget:
+            target = int(self.budget * _PRUNE_TO)
+            for name, size in entries:  # ids start with the time: oldest first
+                if total <= target:
+                    break
+                try:
+                    (self.folder / name).unlink()
+                except OSError:
+                    continue
+                total -= size
+        self._used = total

@@ -71,5 +71,5 @@ class HandlerMetrics:
     def rejected(self, reason: str) -> None:
         self._emit(REJECTED, 1, [reason])
 
-    def captured(self, outcome: str) -> None:
-        self._emit(CAPTURES, 1, [outcome])
+    def captured(self, outcome: str, n: int = 1) -> None:
+        self._emit(CAPTURES, n, [outcome])

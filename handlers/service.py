@@ -97,7 +97,7 @@ class ImageClassifierService:
         self.model_name = str(context.model_name)
         self.model_version = _model_version(context)
         self.backend: Backend = make_backend(
-            self.settings.backend, model_dir, self.device, threads, self.settings.precision
+            self.settings.backend, model_dir, self.device, threads, self.settings.precision, self.settings.onnx_spinning
         )
         gpu_decode = self.device.type == "cuda" and self.settings.decode in ("auto", "gpu")
         self.preprocess = Preprocessor(

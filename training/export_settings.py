@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Archive settings that describe the model rather than the machine: what a retrained candidate inherits.
 INHERITED_KEYS = ("backend", "precision", "batch_size", "max_batch_delay_ms", "workers", "response_timeout_s",
-                  "topk", "max_image_pixels", "max_body_bytes", "threads", "decode", "fast_decode",
+                  "topk", "max_image_pixels", "max_body_bytes", "threads", "onnx_spinning", "decode", "fast_decode",
                   "max_instances", "warmup")  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -14,10 +14,10 @@ from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
 from admin.api.schemas import SampleOut
 from admin.store.rows import CaptureRow
+from graft.core.capture import MEDIA_TYPES
 from graft.core.errors import ConflictError
 
 router = APIRouter(prefix="/v1/review", tags=["review"], responses=ERRORS)
-_MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp", ".gif": "image/gif"}
 
 
 class Score(BaseModel):
@@ -126,14 +126,14 @@ def review_item(request: Request, capture_id: str) -> ReviewItem:
     return ReviewItem.of(service(request).feedback.review.get(capture_id, service(request).model_name))
 
 
-@router.get("/{capture_id}/image", dependencies=[Depends(require_sampler)], response_class=FileResponse)
-def review_image(request: Request, capture_id: str) -> FileResponse:
+@router.get("/{capture_id}/image", dependencies=[Depends(require_sampler)], response_class=Response)
+def review_image(request: Request, capture_id: str) -> Response:
     """The captured image as the client sent it."""
-    path, _row = service(request).feedback.review.image(capture_id, service(request).model_name)
-    media = _MEDIA.get(path.suffix, "application/octet-stream")
+    capture, _row = service(request).feedback.review.image(capture_id, service(request).model_name)
+    media = MEDIA_TYPES.get(capture.record.image_type, "application/octet-stream")
     # nosniff: the bytes came from a client; a browser must not guess another type from them.
-    return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff",
-                                                          "Cache-Control": "private, max-age=3600"})  # fmt: skip
+    return Response(capture.image, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+                                                               "Cache-Control": "private, max-age=3600"})  # fmt: skip
 
 
 @router.post("/{capture_id}/label", response_model=DecisionOut)

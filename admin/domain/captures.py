@@ -1,17 +1,18 @@
 """Indexing captured traffic: the workers' capture folder read into SQLite, near-duplicates collapsed.
 
-The inference workers write ``CAPTURE_DIR/<model>/<id>.<ext>`` and then ``<id>.json``
-(:mod:`graft.core.capture`); this module reads the records the index does not have yet, fingerprints
-each image (the same pixel hash and perceptual hash as uploads) and files it as
+The inference workers write ``CAPTURE_DIR/<model>/<id>.cap`` (:mod:`graft.core.capture`); this module reads
+the files the index does not have yet, fingerprints each image (the same pixel hash and perceptual hash as
+uploads) and files it as
 
 * ``duplicate`` of a stored sample or of an earlier capture when its pixels are the same or its
   perceptual hash is within :data:`NEAR_DUPLICATE_BITS` (the earlier capture's ``seen`` count grows;
   a queued one answered by an older model version is replaced by the new capture instead), or
-* ``queued`` for review otherwise (``unreadable`` when the file cannot be decoded).
+* ``queued`` for review otherwise (``unreadable`` when the image cannot be decoded).
 
-Workers write concurrently and a record may land a little after a later one, so each pass re-lists the
-last :data:`_LAG_NS` before the newest indexed id and skips what it knows. Captures the workers pruned
-to keep their disk budget are marked ``gone`` by :meth:`CaptureIndex.sweep`.
+Workers write concurrently and a file may be complete a little after a later one, so each pass re-lists the
+last :data:`_LAG_NS` before the newest indexed id and skips what it knows; an incomplete file is looked at
+again until it is :data:`INCOMPLETE_GRACE_S` old. Captures the workers pruned to keep their disk budget are
+marked ``gone`` by :meth:`CaptureIndex.sweep`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,17 @@ import numpy as np
 from admin.domain.samples import NEAR_DUPLICATE_BITS
 from admin.store.captures import CaptureStore
 from admin.store.samples import SampleStore
-from graft.core.capture import CaptureRecord, list_records, model_dir, read_record
+from graft.core.capture import (
+    INCOMPLETE_GRACE_S,
+    Capture,
+    CaptureRecord,
+    capture_ids,
+    capture_path,
+    model_dir,
+    read_capture,
+)
 from graft.core.errors import GraftError
-from graft.core.images import fingerprint
+from graft.core.images import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +50,20 @@ class _Hashes:
 
     def __init__(self, pairs: list[tuple[str, int]]):
         self.ids = [i for i, _ in pairs]
-        self.values = np.array([h for _, h in pairs], dtype=np.uint64)
+        # Grown by doubling: one capture at a time, np.append would copy the whole array each time.
+        self._values = np.zeros(max(64, 2 * len(pairs)), dtype=np.uint64)
+        self._values[: len(pairs)] = [h for _, h in pairs]
 
     def add(self, item_id: str, value: int) -> None:
+        if len(self.ids) == len(self._values):
+            self._values = np.concatenate([self._values, np.zeros_like(self._values)])
+        self._values[len(self.ids)] = np.uint64(value)
         self.ids.append(item_id)
-        self.values = np.append(self.values, np.uint64(value))
 
     def near(self, value: int) -> str | None:
         if not self.ids:
             return None
-        distances = np.bitwise_count(self.values ^ np.uint64(value))
+        distances = np.bitwise_count(self._values[: len(self.ids)] ^ np.uint64(value))
         best = int(distances.argmin())
         return self.ids[best] if int(distances[best]) <= NEAR_DUPLICATE_BITS else None
 
@@ -63,7 +77,7 @@ class CaptureIndex:
         self.lock = threading.Lock()
         self._captures: dict[str, _Hashes] = {}  # per model
         self._samples: tuple[int, _Hashes] | None = None  # (samples' max seq when loaded, hashes)
-        self._bad: set[str] = set()  # record files that could not be read: not re-read every pass
+        self._bad: set[str] = set()  # ids whose file could not be read: not re-read every pass
 
     def folder(self, model_name: str) -> Path:
         return model_dir(self.root, model_name)
@@ -77,30 +91,37 @@ class CaptureIndex:
         latest = self.store.latest_id(model_name)
         since = f"{max(0, int(latest[:20]) - _LAG_NS):020d}" if latest else ""
         known = self.store.known_since(model_name, since)
-        n = 0
-        for path in list_records(self.root, model_name, after=since):
-            capture_id = path.name.rsplit(".", 1)[0]
-            if capture_id in known or str(path) in self._bad:
+        batch: list[tuple[CaptureRecord, Fingerprint | None]] = []
+        for capture_id in capture_ids(self.root, model_name, after=since):
+            if capture_id in known or capture_id in self._bad:
                 continue
-            record = read_record(path)
-            if record is None or record.id != capture_id or record.model_name != model_name:
-                self._bad.add(str(path))
-                log.warning("capture record %s is unreadable or inconsistent; skipped", path.name)
-                continue
-            self._index(record)
-            n += 1
-            if n >= limit:
+            path = capture_path(self.root, model_name, capture_id)
+            capture = read_capture(path)
+            if capture is None or capture.record.model_name != model_name:
+                if capture is not None or _given_up(path):
+                    self._bad.add(capture_id)
+                    log.warning("capture file %s is damaged, inconsistent or was never completed; skipped", path.name)
+                continue  # else: being written, looked at again next pass
+            batch.append((capture.record, self._fingerprint(capture)))  # decoding: outside the database's lock
+            if len(batch) >= limit:
                 break
-        if n:
-            log.info("indexed %d new capture(s) of %s", n, model_name)
-        return n
+        # One transaction per pass: one commit (and fsync) for the lot, not two per capture.
+        with self.store.batch():
+            for record, fp in batch:
+                self._index(record, fp)
+        if batch:
+            log.info("indexed %d new capture(s) of %s", len(batch), model_name)
+        return len(batch)
 
-    def _index(self, record: CaptureRecord) -> None:
+    def _fingerprint(self, capture: Capture) -> Fingerprint | None:
         try:
-            data = (self.folder(record.model_name) / record.image_file).read_bytes()
-            fp = fingerprint(data, self.max_image_pixels)
-        except (OSError, GraftError) as e:
-            log.warning("capture %s: image unreadable (%s)", record.id, e)
+            return fingerprint(capture.image, self.max_image_pixels)
+        except GraftError as e:
+            log.warning("capture %s: image unreadable (%s)", capture.record.id, e)
+            return None
+
+    def _index(self, record: CaptureRecord, fp: Fingerprint | None) -> None:
+        if fp is None:
             self.store.add(record, "unreadable")
             return
         pixels, phash = fp.pixels_sha, fp.phash_hex
@@ -164,3 +185,11 @@ class CaptureIndex:
             self.forget(model_name)
             log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
         return len(gone)
+
+
+def _given_up(path: Path) -> bool:
+    """An unreadable capture file old enough that its writer is not coming back (or that is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime > INCOMPLETE_GRACE_S
+    except OSError:
+        return True

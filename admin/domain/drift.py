@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -99,10 +100,17 @@ class DriftMonitor:
         self.device = device
         self.low_margin = low_margin
         self.min_captures = min_captures
+        # One computation per version: the API and the background pass may ask at once, and each would
+        # run the whole holdout through the model (seconds of CPU beside the inference workers).
+        self._reference_lock = threading.Lock()
 
     def reference(self, model: ModelVersion, holdout: Callable[[], list[Path]]) -> Profile | None:
         """The champion's profile on the holdout images (computed once per version), None without a run."""
         key = f"drift_reference:{model.version}"
+        with self._reference_lock:
+            return self._reference(key, model, holdout)
+
+    def _reference(self, key: str, model: ModelVersion, holdout: Callable[[], list[Path]]) -> Profile | None:
         cached = self.db.get_meta(key)
         if cached is not None:
             return Profile(**json.loads(cached))

@@ -108,7 +108,7 @@ class Feedback:
         self.index.sync(name)
         rows = self.store.recent(name, n, version=champion_version)
         return replay(lambda payload: rollout.predict(name, candidate_version, payload), rows,
-                      self.review.image_path, candidate_version, champion_version)  # fmt: skip
+                      self.review.image_bytes, candidate_version, champion_version)  # fmt: skip
 
     # ------------------------------------------------------------------ the background pass
     def start(self) -> None:

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from admin.store.rows import CaptureRow
@@ -76,7 +75,7 @@ def share_changes(before: Sequence[str], after: Sequence[str], top: int = 5) -> 
 def replay(
     predict: PredictFn,
     captures: Sequence[CaptureRow],
-    image_path: Callable[[CaptureRow], Path],
+    image_bytes: Callable[[CaptureRow], bytes],
     candidate_version: str,
     champion_version: str | None,
     threads: int = 4,
@@ -86,7 +85,7 @@ def replay(
 
     def ask(row: CaptureRow) -> tuple[CaptureRow, list[tuple[str, float]] | None]:
         try:
-            return row, predict(image_path(row).read_bytes())
+            return row, predict(image_bytes(row))
         except (OSError, GraftError) as e:  # pruned since, or refused: not evidence either way
             log.debug("replay of capture %s failed: %s", row.id, e)
             return row, None

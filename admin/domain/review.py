@@ -16,7 +16,7 @@ from admin.domain.captures import CaptureIndex
 from admin.domain.samples import Upload
 from admin.store.captures import CaptureStore, Strategy
 from admin.store.rows import CaptureRow, CaptureStatus, StoredSample
-from graft.core.capture import valid_id
+from graft.core.capture import Capture, read_capture, valid_id
 from graft.core.errors import ConflictError, GoneError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ReviewQueue:
         self.index.sync(model_name, limit=200)
         out = []
         for row in self.store.review(model_name, strategy, limit, status, offset):
-            if self.image_path(row).is_file():
+            if self.capture_path(row).is_file():
                 out.append(row)
             else:  # pruned by the workers' disk budget since it was indexed
                 self.store.set_status(row.id, "gone")
@@ -61,26 +61,33 @@ class ReviewQueue:
             raise GoneError(f"capture {capture_id} is {row.status}: its image is no longer kept")
         return row
 
-    def image_path(self, row: CaptureRow) -> Path:
+    def capture_path(self, row: CaptureRow) -> Path:
         return self.index.folder(row.model_name) / row.image_file
 
-    def image(self, capture_id: str, model_name: str | None = None) -> tuple[Path, CaptureRow]:
+    def image_bytes(self, row: CaptureRow) -> bytes:
+        """The captured image as the client sent it; OSError when its file is gone or damaged."""
+        capture = read_capture(self.capture_path(row))
+        if capture is None or capture.record.id != row.id:
+            raise FileNotFoundError(f"capture {row.id}: no readable capture file")
+        return capture.image
+
+    def image(self, capture_id: str, model_name: str | None = None) -> tuple[Capture, CaptureRow]:
         row = self.get(capture_id, model_name)
-        path = self.image_path(row)
-        if not path.is_file():
+        capture = read_capture(self.capture_path(row))
+        if capture is None or capture.record.id != row.id:
             self.store.set_status(row.id, "gone")
             raise GoneError(f"capture {capture_id}'s image was pruned by the capture disk budget")
-        return path, row
+        return capture, row
 
     def label(self, capture_id: str, label: str, may_add_labels: bool, model_name: str | None = None) -> StoredSample:
         """Store the capture as a sample of ``label`` through the upload intake (same rules, same split)."""
-        path, row = self.image(capture_id, model_name)
+        capture, row = self.image(capture_id, model_name)
         if row.status == "labelled":
             raise ConflictError(f"capture {capture_id} is already sample {row.sample_id} labelled {row.label!r}")
         if row.status == "duplicate":
             raise ConflictError(f"capture {capture_id} is a near-duplicate of {row.duplicate_of}: label that one")
-        data = path.read_bytes()
-        (stored,) = self.add_samples([Upload(f"capture-{row.id}{path.suffix}", data)], [label], may_add_labels)
+        name = f"capture-{row.id}.{capture.record.image_type}"
+        (stored,) = self.add_samples([Upload(name, capture.image)], [label], may_add_labels)
         self.store.set_status(row.id, "labelled", label=stored.label, sample_id=stored.id)
         log.info("capture %s labelled %r: sample %s (%s)", row.id, stored.label, stored.id, stored.split)
         return stored
@@ -98,9 +105,7 @@ class ReviewQueue:
         row = self.store.get(capture_id) if valid_id(capture_id) else None
         if row is None:
             raise NotFoundError(f"no capture {capture_id!r}")
-        folder = self.index.folder(row.model_name)
-        for name in (row.image_file, f"{row.id}.json"):
-            (folder / name).unlink(missing_ok=True)
+        self.capture_path(row).unlink(missing_ok=True)
         self.store.set_status(row.id, "deleted")
         self.index.forget(row.model_name)
 

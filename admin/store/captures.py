@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from admin.store.db import Database
@@ -24,6 +25,10 @@ class CaptureStore:
         self.db = db
 
     # ------------------------------------------------------------------ indexing
+    def batch(self) -> AbstractContextManager[object]:
+        """The index's writes of one pass, committed together."""
+        return self.db.tx()
+
     def known_since(self, model_name: str, since_id: str) -> set[str]:
         rows = self.db.all("SELECT id FROM captures WHERE model_name = ? AND id > ?", (model_name, since_id))
         return {r["id"] for r in rows}
@@ -45,7 +50,7 @@ class CaptureStore:
             " predicted, labels, scores, margin, entropy, pixels_sha, phash, status, duplicate_of, indexed_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.id, record.model_name, record.model_version, record.captured_at, record.request_id,
-             record.image_file, record.predicted, json.dumps(record.labels), json.dumps(record.scores),
+             record.file_name, record.predicted, json.dumps(record.labels), json.dumps(record.scores),
              record.margin, record.entropy, pixels_sha, phash, status, duplicate_of, utc_now()),
         )  # fmt: skip
 

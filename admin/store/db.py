@@ -113,7 +113,7 @@ CREATE TABLE IF NOT EXISTS captures (
     model_version  TEXT NOT NULL,
     captured_at    REAL NOT NULL,              -- Unix seconds
     request_id     TEXT NOT NULL DEFAULT '',
-    image_file     TEXT NOT NULL,              -- in CAPTURE_DIR/<model_name>/
+    image_file     TEXT NOT NULL,              -- the capture file (record + image) in CAPTURE_DIR/<model_name>/
     predicted      TEXT NOT NULL,
     labels         TEXT NOT NULL,              -- JSON: top-k labels, most probable first
     scores         TEXT NOT NULL,              -- JSON: their probabilities
@@ -132,6 +132,8 @@ CREATE TABLE IF NOT EXISTS captures (
 );
 CREATE INDEX IF NOT EXISTS captures_queue ON captures (model_name, status, margin);
 CREATE INDEX IF NOT EXISTS captures_time ON captures (model_name, captured_at);
+-- Indexing looks every new capture up by its pixels: without this, a scan of the whole table per capture.
+CREATE INDEX IF NOT EXISTS captures_pixels ON captures (model_name, pixels_sha);
 
 -- The history of defaults. previous_seq links each entry to the one a rollback returns to, so that
 -- successive rollbacks walk back through history instead of bouncing between two versions.
@@ -188,8 +190,19 @@ class Database:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: everything inside commits together or not at all."""
+        """A write transaction: everything inside commits together or not at all. Inside another one it is
+        a savepoint: its own statements roll back together, and the outer transaction commits them."""
         with self._lock:
+            if self._conn.in_transaction:
+                self._conn.execute("SAVEPOINT nested")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO nested")
+                    self._conn.execute("RELEASE nested")
+                    raise
+                self._conn.execute("RELEASE nested")
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn

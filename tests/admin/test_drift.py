@@ -13,7 +13,7 @@ import pytest
 
 from admin.domain.drift import answers_from_probabilities, profile, psi, verdict
 from admin.server import AdminServer
-from graft.core.capture import list_records
+from graft.core.capture import list_captures
 from handlers.capture import CaptureWriter
 from tests.admin.test_api import settings
 from tests.support.auth import ADMIN
@@ -58,7 +58,7 @@ def test_drift_report_and_gauges_follow_the_traffic_mix(tmp_path: Path, free_por
     extra = {"evaluate": fake_evaluate, "export": placeholder_export, "probabilities": half_and_half}
     stored = []
     writer = CaptureWriter(st.capture_path, "graft", "1", ["ants", "bees"], 1.0, 10**9,
-                           lambda outcome: stored.append(outcome))  # fmt: skip
+                           lambda outcome, n: stored.extend([outcome] * n))  # fmt: skip
 
     def serve(n: int, ants_share: float, start: int) -> None:
         for i in range(n):
@@ -99,7 +99,7 @@ def test_drift_report_and_gauges_follow_the_traffic_mix(tmp_path: Path, free_por
         assert r.status_code == 200 and r.json()["windows"][0]["captures"] == 0, "nothing served in the last second"
         assert c.get("/v1/drift", params={"windows": 0}).status_code == 422
         assert c.get("/v1/drift", headers={"Authorization": "Bearer x" * 3}).status_code == 401
-    assert len(list(list_records(st.capture_path, "graft"))) == 80
+    assert len(list(list_captures(st.capture_path, "graft"))) == 80
 
 
 def test_drift_may_start_a_job_once_per_cooldown(tmp_path: Path) -> None:
@@ -122,3 +122,39 @@ def test_drift_may_start_a_job_once_per_cooldown(tmp_path: Path) -> None:
         assert started == ["drift", "drift"]
     finally:
         svc.close()
+
+
+def test_the_reference_is_computed_once_when_asked_at_once(tmp_path: Path) -> None:
+    """The API and the background pass may ask for a new version's reference together: one of them runs the
+    holdout through the model, the other waits for its answer (each run costs seconds of CPU)."""
+    import threading
+
+    from admin.domain.drift import DriftMonitor
+    from admin.store.captures import CaptureStore
+    from admin.store.db import Database
+    from admin.store.rows import ModelVersion
+
+    calls: list[int] = []
+
+    def slow(run_dir: Path, paths: Sequence[Path], device: str) -> tuple[list[list[float]], list[str]]:
+        calls.append(len(paths))
+        time.sleep(0.3)
+        return half_and_half(run_dir, paths, device)
+
+    db = Database(tmp_path / "admin.sqlite3")
+    monitor = DriftMonitor(db, CaptureStore(db), slow, "cpu", 0.1, 30)
+    run = tmp_path / "run"
+    run.mkdir()
+    model = ModelVersion(version="3", status="accepted", source="import", run_dir=run, labels=["ants", "bees"],
+                         created_at="now", updated_at="now")  # fmt: skip
+    holdout = [tmp_path / "ants-1.png", tmp_path / "bees-1.png"]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(monitor.reference(model, lambda: holdout)))
+               for _ in range(4)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert calls == [2], "one computation for four callers"
+    assert len(results) == 4 and all(r is not None and r.shares == {"ants": 0.5, "bees": 0.5} for r in results)
+    db.close()

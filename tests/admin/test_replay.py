@@ -41,7 +41,7 @@ def test_replay_measures_agreement_confidence_and_moved_labels(tmp_path: Path) -
             raise UpstreamError("refused")
         return [("ants", 0.95)]  # answers ants to everything
 
-    report = replay(candidate, rows, lambda r: tmp_path / r.image_file, "2", "1")
+    report = replay(candidate, rows, lambda r: (tmp_path / r.image_file).read_bytes(), "2", "1")
     assert (report.replayed, report.answered) == (10, 8)
     assert report.agreement == 0.75  # 6 ants of 8 answered
     assert report.champion["mean"] == 0.6 and report.candidate["mean"] == 0.95
@@ -51,7 +51,7 @@ def test_replay_measures_agreement_confidence_and_moved_labels(tmp_path: Path) -
     check(report, 0.7)
     with pytest.raises(ReplayRejectedError, match=r"75\.0% of 8"):
         check(report, 0.8)
-    empty = replay(candidate, [], lambda r: tmp_path, "2", "1")
+    empty = replay(candidate, [], lambda r: b"", "2", "1")
     assert empty.agreement is None and "no captured traffic" in empty.note
     check(empty, 0.99)  # no evidence against the candidate
 
@@ -64,7 +64,8 @@ def test_histogram_and_shares_edges() -> None:
 
 def _serve_traffic(env: Env, n: int) -> None:
     stored: list[str] = []
-    writer = CaptureWriter(env.settings().capture_path, "graft", "1", ["ants", "bees"], 1.0, 10**9, stored.append)
+    writer = CaptureWriter(env.settings().capture_path, "graft", "1", ["ants", "bees"], 1.0, 10**9,
+                           lambda outcome, n: stored.extend([outcome] * n))  # fmt: skip
     for i in range(n):
         writer.offer(photo(7000 + i, (24, 24)), [0.7, 0.3], str(i))  # the champion said "ants"
     wait_for(lambda: len(stored) == n, 20, what="captures written")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from admin.server import AdminServer
-from graft.core.capture import list_records, read_record
+from graft.core.capture import list_captures, read_capture
 from handlers.capture import CaptureWriter
 from tests.admin.test_api import settings
 from tests.support.auth import ADMIN, SAMPLER
@@ -29,18 +29,18 @@ class Served:
         self.stored = 0
         self.writer = CaptureWriter(capture_dir, "graft", "1", ["ants", "bees"], 1.0, 10**9, self._count)
 
-    def _count(self, outcome: str) -> None:
-        self.stored += outcome == "stored"
+    def _count(self, outcome: str, n: int) -> None:
+        self.stored += n if outcome == "stored" else 0
 
     def capture(self, data: bytes, ants: float) -> str:
         """Serve one input: the model answered P(ants) = ``ants``; the capture's id."""
         before = self.stored
         self.writer.offer(data, [ants, 1 - ants], f"req-{time.monotonic_ns()}")
         wait_for(lambda: self.stored > before, 10, what="the capture to be written")
-        newest = max(list_records(self.dir, "graft"))
-        record = read_record(newest)
-        assert record is not None
-        return record.id
+        newest = max(list_captures(self.dir, "graft"))
+        capture = read_capture(newest)
+        assert capture is not None
+        return capture.record.id
 
     def queue(self, **params: Any) -> list[dict[str, Any]]:
         r = self.c.get("/v1/review", params=params, headers=SAMPLER)
@@ -141,7 +141,7 @@ def test_images_deletion_and_pruning(served: Served) -> None:
     assert served.c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 204
     assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410
     assert served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER).status_code == 410
-    assert not any(served.dir.joinpath("graft").iterdir()), "both files went"
+    assert not any(served.dir.joinpath("graft").iterdir()), "the capture file went"
     pruned = served.capture(photo(21), 0.6)
     assert served.queue()[0]["id"] == pruned
     for f in served.dir.joinpath("graft").glob(f"{pruned}.*"):
@@ -163,3 +163,40 @@ def test_a_newer_version_s_answer_replaces_the_queued_one(served: Served) -> Non
     (item,) = served.queue()
     assert item["id"] == new and item["seen"] == 3
     assert served.c.get(f"/v1/review/{third}", headers=SAMPLER).json()["status"] == "duplicate"
+
+
+def test_a_capture_file_being_written_is_indexed_once_complete(tmp_path: Path) -> None:
+    """Workers write a capture file in one go but not atomically: a short file waits for the next pass; one
+    left short past the grace period (its writer died) is given up, not re-read forever."""
+    import os
+
+    from admin.domain.captures import CaptureIndex
+    from admin.store.captures import CaptureStore
+    from admin.store.db import Database
+    from admin.store.samples import SampleStore
+    from graft.core.capture import CaptureRecord, encode
+
+    def record(capture_id: str, image: bytes) -> CaptureRecord:
+        return CaptureRecord(id=capture_id, model_name="graft", model_version="1", captured_at=time.time(),
+                             request_id="", image_type="png", image_bytes=len(image), labels=["ants", "bees"],
+                             scores=[0.6, 0.4], margin=0.2, entropy=0.67)  # fmt: skip
+
+    db = Database(tmp_path / "admin.sqlite3")
+    store = CaptureStore(db)
+    index = CaptureIndex(store, SampleStore(db, tmp_path / "samples"), tmp_path / "captures", 10**7)
+    folder = tmp_path / "captures" / "graft"
+    folder.mkdir(parents=True)
+    now = time.time_ns()
+    writing, dead = f"{now:020d}-0000000a", f"{now - 10**9:020d}-0000000b"
+    a, b = photo(1), photo(2)
+    (folder / f"{writing}.cap").write_bytes(encode(record(writing, a), a)[:-10])
+    (folder / f"{dead}.cap").write_bytes(encode(record(dead, b), b)[:-10])
+    old = time.time() - 3600
+    os.utime(folder / f"{dead}.cap", (old, old))
+    assert index.sync("graft") == 0 and store.get(writing) is None
+    assert index._bad == {dead}, "the dead writer's file is given up, the live one is not"
+    (folder / f"{writing}.cap").write_bytes(encode(record(writing, a), a))
+    assert index.sync("graft") == 1
+    row = store.get(writing)
+    assert row is not None and row.status == "queued" and row.image_file == f"{writing}.cap"
+    db.close()

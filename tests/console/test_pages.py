@@ -123,7 +123,8 @@ def test_forms_without_their_csrf_token_change_nothing(server: tuple[AdminServer
 def test_review_api_labels_captures(server: tuple[AdminServer, Path]) -> None:
     srv, captures = server
     stored: list[str] = []
-    writer = CaptureWriter(captures, "graft", "1", ["ants", "bees"], 1.0, 10**9, stored.append)
+    writer = CaptureWriter(captures, "graft", "1", ["ants", "bees"], 1.0, 10**9,
+                           lambda outcome, n: stored.extend([outcome] * n))  # fmt: skip
     for i, p in enumerate((0.55, 0.9, 0.7)):
         writer.offer(photo(40 + i), [p, 1 - p], str(i))
     wait_for(lambda: len(stored) == 3, 10, what="captures")

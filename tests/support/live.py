@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from admin.server import AdminServer
 from admin.settings import AdminSettings
-from graft.core.capture import list_records, read_record
+from graft.core.capture import list_captures, read_capture
 from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
 from tests.support.paths import REPO
 from tests.support.waiting import wait_ready
@@ -59,7 +59,7 @@ class Loop:
         return httpx.post(f"{self.ts.inference_url}/predictions/{NAME}", content=data, headers=headers, timeout=60)
 
     def records(self) -> list[Any]:
-        return [r for r in (read_record(p) for p in list_records(self.captures, NAME)) if r is not None]
+        return [c.record for c in (read_capture(p) for p in list_captures(self.captures, NAME)) if c is not None]
 
 
 @contextmanager
