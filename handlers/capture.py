@@ -1,14 +1,16 @@
 """Capture: keep a sample of served inputs with what the model answered, for the admin's review queue.
 
 It never fails or noticeably slows a prediction: the request path only draws a random number and puts a
-reference on a bounded queue (``put_nowait``); a thread of the worker writes one file per capture. A full
-queue, a full disk or an unwritable folder drops the capture and counts it (``graft_captures_total{Outcome}``,
-emitted at most once a second: each emission is a line the frontend parses). The disk budget is kept by that
-thread: past it, the oldest captures go first. Format: :mod:`graft.core.capture`.
+reference on a bounded queue (``put_nowait``); a thread of the worker appends it to the worker's segment
+file. A full queue, a full disk or an unwritable folder drops the capture and counts it
+(``graft_captures_total{Outcome}``, emitted at most once a second: each emission is a line the frontend
+parses). The disk budget is kept by that thread: past it, the oldest segments go first. Format:
+:mod:`graft.core.capture`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -20,8 +22,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from graft.core.capture import CaptureRecord, encode, image_type, model_dir, uncertainty
+from graft.core.capture import SEGMENT_SUFFIX, CaptureRecord, encode, image_type, model_dir, segment_bytes, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ class CaptureWriter:
         self.topk = topk
         self.queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_SIZE)
         self._used: int | None = None  # the folder's bytes as of the last listing, plus what this writer added
+        self._segment: BinaryIO | None = None  # this worker's open segment, its path and size
+        self._segment_path: Path | None = None
+        self._segment_size = 0
+        self._segment_limit = segment_bytes(budget_bytes)
         self._listed_at = 0.0
         self._thread = threading.Thread(target=self._run, name="graft-capture", daemon=True)
         self._thread.start()
@@ -131,17 +138,41 @@ class CaptureWriter:
             margin=margin, entropy=entropy,
         )  # fmt: skip
         data = encode(record, item.payload)
+        segment = self._current_segment(capture_id, len(data))
         try:
-            f = open(self.folder / record.file_name, "xb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:  # the first capture, or the folder was removed
-            self.folder.mkdir(parents=True, exist_ok=True)
-            f = open(self.folder / record.file_name, "xb")  # noqa: SIM115
-        with f:
-            f.write(data)
+            segment.write(data)
+            segment.flush()  # whole captures reach the file as they come: the admin reads it meanwhile
+        except OSError:
+            self._close_segment()
+            raise
+        self._segment_size += len(data)
         return len(data)
 
+    def _current_segment(self, capture_id: str, size: int) -> BinaryIO:
+        """The open segment, or a new one: when there is none, when this capture would take it past its
+        size, or when it is no longer there (pruned by another worker's budget, or the folder replaced)."""
+        if self._segment is not None and self._segment_path is not None:
+            fits = self._segment_size == 0 or self._segment_size + size <= self._segment_limit
+            if fits and os.path.isfile(self._segment_path):  # a stat, not a create: cheap
+                return self._segment
+            self._close_segment()
+        path = self.folder / f"{capture_id}{SEGMENT_SUFFIX}"
+        try:
+            f = open(path, "xb")  # noqa: SIM115 - kept open, closed by _close_segment
+        except FileNotFoundError:  # the first capture, or the folder was removed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            f = open(path, "xb")  # noqa: SIM115
+        self._segment, self._segment_path, self._segment_size = f, path, 0
+        return f
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            with contextlib.suppress(OSError):
+                self._segment.close()
+        self._segment, self._segment_path, self._segment_size = None, None, 0
+
     def _prune(self) -> None:
-        """Oldest captures first, until the folder is under its budget (shared by every worker of the model).
+        """Oldest segments first, until the folder is under its budget (shared by every worker of the model).
 
         Pruned to a little under the budget, so that the next listing waits until this writer has added
         a tenth of it (or until the periodic look at what the other workers wrote).
@@ -155,9 +186,11 @@ class CaptureWriter:
         total = sum(size for _, size in entries)
         if total > self.budget:
             target = int(self.budget * _PRUNE_TO)
-            for name, size in entries:  # ids start with the time: oldest first
+            for name, size in entries:  # names start with the time: oldest first
                 if total <= target:
                     break
+                if self._segment_path is not None and name == self._segment_path.name:
+                    continue  # this writer's own open segment
                 try:
                     (self.folder / name).unlink()
                 except OSError:

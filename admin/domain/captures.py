@@ -1,18 +1,17 @@
-"""Indexing captured traffic: the workers' capture folder read into SQLite, near-duplicates collapsed.
+"""Indexing captured traffic: the workers' segment files read into SQLite, near-duplicates collapsed.
 
-The inference workers write ``CAPTURE_DIR/<model>/<id>.cap`` (:mod:`graft.core.capture`); this module reads
-the files the index does not have yet, fingerprints each image (the same pixel hash and perceptual hash as
-uploads) and files it as
+The inference workers append captures to ``CAPTURE_DIR/<model>/<id>.seg`` (:mod:`graft.core.capture`); this
+module reads each segment from where it stopped last time (``capture_segments``), fingerprints each new
+image (the same pixel hash and perceptual hash as uploads) and files it as
 
 * ``duplicate`` of a stored sample or of an earlier capture when its pixels are the same or its
   perceptual hash is within :data:`NEAR_DUPLICATE_BITS` (the earlier capture's ``seen`` count grows;
   a queued one answered by an older model version is replaced by the new capture instead), or
 * ``queued`` for review otherwise (``unreadable`` when the image cannot be decoded).
 
-Workers write concurrently and a file may be complete a little after a later one, so each pass re-lists the
-last :data:`_LAG_NS` before the newest indexed id and skips what it knows; an incomplete file is looked at
-again until it is :data:`INCOMPLETE_GRACE_S` old. Captures the workers pruned to keep their disk budget are
-marked ``gone`` by :meth:`CaptureIndex.sweep`.
+A capture cut short at the end of a segment is being written: it is read next pass, or given up once the
+segment has not changed for :data:`INCOMPLETE_GRACE_S`. Captures whose segment the workers pruned to keep
+their disk budget are marked ``gone`` by :meth:`CaptureIndex.sweep`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,17 +32,17 @@ from graft.core.capture import (
     INCOMPLETE_GRACE_S,
     Capture,
     CaptureRecord,
-    capture_ids,
-    capture_path,
+    DamagedSegmentError,
+    decode_segment,
     model_dir,
-    read_capture,
+    segment_names,
 )
 from graft.core.errors import GraftError
 from graft.core.images import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
-_LAG_NS = 60 * 10**9
+_READ_AT_MOST = 32 * 2**20  # bytes of one segment read in one pass
 
 
 class _Hashes:
@@ -77,7 +77,6 @@ class CaptureIndex:
         self.lock = threading.Lock()
         self._captures: dict[str, _Hashes] = {}  # per model
         self._samples: tuple[int, _Hashes] | None = None  # (samples' max seq when loaded, hashes)
-        self._bad: set[str] = set()  # ids whose file could not be read: not re-read every pass
 
     def folder(self, model_name: str) -> Path:
         return model_dir(self.root, model_name)
@@ -88,30 +87,53 @@ class CaptureIndex:
             return self._sync(model_name, limit)
 
     def _sync(self, model_name: str, limit: int) -> int:
-        latest = self.store.latest_id(model_name)
-        since = f"{max(0, int(latest[:20]) - _LAG_NS):020d}" if latest else ""
-        known = self.store.known_since(model_name, since)
-        batch: list[tuple[CaptureRecord, Fingerprint | None]] = []
-        for capture_id in capture_ids(self.root, model_name, after=since):
-            if capture_id in known or capture_id in self._bad:
-                continue
-            path = capture_path(self.root, model_name, capture_id)
-            capture = read_capture(path)
-            if capture is None or capture.record.model_name != model_name:
-                if capture is not None or _given_up(path):
-                    self._bad.add(capture_id)
-                    log.warning("capture file %s is damaged, inconsistent or was never completed; skipped", path.name)
-                continue  # else: being written, looked at again next pass
-            batch.append((capture.record, self._fingerprint(capture)))  # decoding: outside the database's lock
+        read_to = self.store.read_to(model_name)
+        batch: list[tuple[Capture, tuple[str, int, int], Fingerprint | None]] = []
+        progress: dict[str, int] = {}
+        for name in segment_names(self.root, model_name):
             if len(batch) >= limit:
                 break
-        # One transaction per pass: one commit (and fsync) for the lot, not two per capture.
+            found, stop = self._read_segment(model_name, name, read_to.get(name, 0), limit - len(batch))
+            for offset, length, capture in found:  # decoding: outside the database's lock
+                batch.append((capture, (name, offset, length), self._fingerprint(capture)))
+            if stop != read_to.get(name, 0):
+                progress[name] = stop
+        # One transaction per pass: one commit (and fsync) for the lot, not one per capture.
         with self.store.batch():
-            for record, fp in batch:
-                self._index(record, fp)
+            for capture, where, fp in batch:
+                if capture.record.model_name == model_name:
+                    self._index(capture.record, where, fp)
+            for name, stop in progress.items():
+                self.store.set_read_to(model_name, name, stop)
         if batch:
             log.info("indexed %d new capture(s) of %s", len(batch), model_name)
         return len(batch)
+
+    def _read_segment(self, model_name: str, name: str, start: int, limit: int) -> tuple[list[Any], int]:
+        """Whole captures after ``start`` (at most ``limit``) and the offset read up to."""
+        path = self.folder(model_name) / name
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size <= start:
+                    return [], start
+                f.seek(start)
+                data = f.read(_READ_AT_MOST)
+            found, stop = decode_segment(data)
+        except OSError:
+            return [], start  # pruned meanwhile: the sweep marks its captures gone
+        except DamagedSegmentError as e:
+            log.warning("capture segment %s is damaged (%s): the rest of it is skipped", name, e)
+            return [], size
+        if len(found) > limit:  # the rest next pass
+            kept = [(start + offset, length, capture) for offset, length, capture in found[:limit]]
+            return kept, kept[-1][0] + kept[-1][1]
+        found = [(start + offset, length, capture) for offset, length, capture in found]
+        stop += start
+        if stop < size == start + len(data) and time.time() - path.stat().st_mtime > INCOMPLETE_GRACE_S:
+            log.warning("capture segment %s ends in a capture its writer never finished; skipped", name)
+            stop = size
+        return found, stop
 
     def _fingerprint(self, capture: Capture) -> Fingerprint | None:
         try:
@@ -120,27 +142,28 @@ class CaptureIndex:
             log.warning("capture %s: image unreadable (%s)", capture.record.id, e)
             return None
 
-    def _index(self, record: CaptureRecord, fp: Fingerprint | None) -> None:
+    def _index(self, record: CaptureRecord, where: tuple[str, int, int], fp: Fingerprint | None) -> None:
         if fp is None:
-            self.store.add(record, "unreadable")
+            self.store.add(record, where, "unreadable")
             return
         pixels, phash = fp.pixels_sha, fp.phash_hex
         sample = self.samples.by_pixels(pixels)
         if sample is not None:
-            self.store.add(record, "duplicate", pixels, phash, duplicate_of=f"sample:{sample.id}")
+            self.store.add(record, where, "duplicate", pixels, phash, duplicate_of=f"sample:{sample.id}")
             return
         twin = self.store.by_pixels(record.model_name, pixels) or self._capture_hashes(record.model_name).near(fp.phash)
         if twin is not None:
-            self._duplicate_of_capture(record, twin, pixels, phash, fp.phash)
+            self._duplicate_of_capture(record, where, twin, pixels, phash, fp.phash)
             return
         near_sample = self._sample_hashes().near(fp.phash)
         if near_sample is not None:
-            self.store.add(record, "duplicate", pixels, phash, duplicate_of=f"sample:{near_sample}")
+            self.store.add(record, where, "duplicate", pixels, phash, duplicate_of=f"sample:{near_sample}")
             return
-        self.store.add(record, "queued", pixels, phash)
+        self.store.add(record, where, "queued", pixels, phash)
         self._capture_hashes(record.model_name).add(record.id, fp.phash)
 
-    def _duplicate_of_capture(self, record: CaptureRecord, twin_id: str, pixels: str, phash: str, value: int) -> None:
+    def _duplicate_of_capture(self, record: CaptureRecord, where: tuple[str, int, int], twin_id: str, pixels: str,
+                              phash: str, value: int) -> None:  # fmt: skip
         """Seen before: count it. When the queued entry was answered by another version, this capture
         replaces it, so the queue ranks each picture by what the model in service says of it now."""
         twin = self.store.get(twin_id)
@@ -150,11 +173,11 @@ class CaptureIndex:
             twin_id = twin.duplicate_of
             twin = self.store.get(twin_id)
         if twin is not None and twin.status == "queued" and twin.model_version != record.model_version:
-            self.store.add(record, "queued", pixels, phash)
+            self.store.add(record, where, "queued", pixels, phash)
             self.store.replace(twin.id, record.id)
             self._capture_hashes(record.model_name).add(record.id, value)
             return
-        self.store.add(record, "duplicate", pixels, phash, duplicate_of=twin_id)
+        self.store.add(record, where, "duplicate", pixels, phash, duplicate_of=twin_id)
         self.store.seen_again(twin_id)
 
     def _capture_hashes(self, model_name: str) -> _Hashes:
@@ -174,22 +197,15 @@ class CaptureIndex:
             self._captures.pop(model_name, None)
 
     def sweep(self, model_name: str) -> int:
-        """Mark ``gone`` the captures whose image the workers pruned; how many."""
-        try:
-            present = {e.name for e in os.scandir(self.folder(model_name))}
-        except OSError:
-            present = set()
-        gone = [cid for cid, image in self.store.live_files(model_name) if image not in present]
-        if gone:
-            self.store.mark_gone(gone)
-            self.forget(model_name)
-            log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
-        return len(gone)
-
-
-def _given_up(path: Path) -> bool:
-    """An unreadable capture file old enough that its writer is not coming back (or that is gone)."""
-    try:
-        return time.time() - path.stat().st_mtime > INCOMPLETE_GRACE_S
-    except OSError:
-        return True
+        """Mark ``gone`` the captures whose segment the workers pruned; how many."""
+        with self.lock:
+            present = set(segment_names(self.root, model_name))
+            gone = [cid for cid, segment in self.store.live_files(model_name) if segment not in present]
+            read = [name for name in self.store.read_to(model_name) if name not in present]
+            if read:
+                self.store.forget_segments(model_name, read)
+            if gone:
+                self.store.mark_gone(gone)
+                self._captures.pop(model_name, None)
+                log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
+            return len(gone)

@@ -16,7 +16,7 @@ from admin.domain.captures import CaptureIndex
 from admin.domain.samples import Upload
 from admin.store.captures import CaptureStore, Strategy
 from admin.store.rows import CaptureRow, CaptureStatus, StoredSample
-from graft.core.capture import Capture, read_capture, valid_id
+from graft.core.capture import Capture, read_at, valid_id
 from graft.core.errors import ConflictError, GoneError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -62,19 +62,24 @@ class ReviewQueue:
         return row
 
     def capture_path(self, row: CaptureRow) -> Path:
+        """The segment file the capture is in."""
         return self.index.folder(row.model_name) / row.image_file
 
+    def _read(self, row: CaptureRow) -> Capture | None:
+        capture = read_at(self.capture_path(row), row.file_offset, row.file_length)
+        return capture if capture is not None and capture.record.id == row.id else None
+
     def image_bytes(self, row: CaptureRow) -> bytes:
-        """The captured image as the client sent it; OSError when its file is gone or damaged."""
-        capture = read_capture(self.capture_path(row))
-        if capture is None or capture.record.id != row.id:
-            raise FileNotFoundError(f"capture {row.id}: no readable capture file")
+        """The captured image as the client sent it; OSError when its segment is gone or damaged."""
+        capture = self._read(row)
+        if capture is None:
+            raise FileNotFoundError(f"capture {row.id}: not readable in {row.image_file}")
         return capture.image
 
     def image(self, capture_id: str, model_name: str | None = None) -> tuple[Capture, CaptureRow]:
         row = self.get(capture_id, model_name)
-        capture = read_capture(self.capture_path(row))
-        if capture is None or capture.record.id != row.id:
+        capture = self._read(row)
+        if capture is None:
             self.store.set_status(row.id, "gone")
             raise GoneError(f"capture {capture_id}'s image was pruned by the capture disk budget")
         return capture, row
@@ -101,13 +106,23 @@ class ReviewQueue:
         return self.get(capture_id)
 
     def delete(self, capture_id: str) -> None:
-        """Remove the capture's files; its row stays, marked deleted, so counts and drift keep it."""
+        """Erase the capture's image; its row stays, marked deleted, so counts and drift keep it."""
         row = self.store.get(capture_id) if valid_id(capture_id) else None
         if row is None:
             raise NotFoundError(f"no capture {capture_id!r}")
-        self.capture_path(row).unlink(missing_ok=True)
+        self._erase(row)
         self.store.set_status(row.id, "deleted")
         self.index.forget(row.model_name)
+
+    def _erase(self, row: CaptureRow) -> None:
+        """Overwrite the image's bytes in the segment with zeros (the worker only ever appends, so writing
+        inside the file is safe); the record before it stays, so the segment still reads end to end."""
+        capture = self._read(row)
+        if capture is None:
+            return  # pruned already
+        with open(self.capture_path(row), "r+b") as f:
+            f.seek(row.file_offset + row.file_length - len(capture.image))
+            f.write(bytes(len(capture.image)))
 
     def stats(self, model_name: str) -> ReviewStats:
         self.index.sync(model_name, limit=200)

@@ -29,28 +29,39 @@ class CaptureStore:
         """The index's writes of one pass, committed together."""
         return self.db.tx()
 
-    def known_since(self, model_name: str, since_id: str) -> set[str]:
-        rows = self.db.all("SELECT id FROM captures WHERE model_name = ? AND id > ?", (model_name, since_id))
-        return {r["id"] for r in rows}
+    def read_to(self, model_name: str) -> dict[str, int]:
+        """How far each segment has been read: {segment name: offset}."""
+        rows = self.db.all("SELECT name, read_to FROM capture_segments WHERE model_name = ?", (model_name,))
+        return {r["name"]: int(r["read_to"]) for r in rows}
 
-    def latest_id(self, model_name: str) -> str:
-        row = self.db.one("SELECT MAX(id) AS id FROM captures WHERE model_name = ?", (model_name,))
-        return str(row["id"]) if row is not None and row["id"] is not None else ""
+    def set_read_to(self, model_name: str, segment: str, offset: int) -> None:
+        self.db.execute(
+            "INSERT INTO capture_segments (model_name, name, read_to) VALUES (?, ?, ?)"
+            " ON CONFLICT (model_name, name) DO UPDATE SET read_to = excluded.read_to", (model_name, segment, offset),
+        )  # fmt: skip
+
+    def forget_segments(self, model_name: str, names: Sequence[str]) -> None:
+        with self.db.tx() as conn:
+            conn.executemany("DELETE FROM capture_segments WHERE model_name = ? AND name = ?",
+                             [(model_name, n) for n in names])  # fmt: skip
 
     def add(
         self,
         record: CaptureRecord,
+        where: tuple[str, int, int],
         status: CaptureStatus,
         pixels_sha: str | None = None,
         phash: str | None = None,
         duplicate_of: str | None = None,
     ) -> None:
+        """``where``: the segment, the capture's offset in it and its length."""
+        segment, offset, length = where
         self.db.execute(
             "INSERT OR IGNORE INTO captures (id, model_name, model_version, captured_at, request_id, image_file,"
-            " predicted, labels, scores, margin, entropy, pixels_sha, phash, status, duplicate_of, indexed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " file_offset, file_length, predicted, labels, scores, margin, entropy, pixels_sha, phash, status,"
+            " duplicate_of, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.id, record.model_name, record.model_version, record.captured_at, record.request_id,
-             record.file_name, record.predicted, json.dumps(record.labels), json.dumps(record.scores),
+             segment, offset, length, record.predicted, json.dumps(record.labels), json.dumps(record.scores),
              record.margin, record.entropy, pixels_sha, phash, status, duplicate_of, utc_now()),
         )  # fmt: skip
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -113,7 +113,9 @@ CREATE TABLE IF NOT EXISTS captures (
     model_version  TEXT NOT NULL,
     captured_at    REAL NOT NULL,              -- Unix seconds
     request_id     TEXT NOT NULL DEFAULT '',
-    image_file     TEXT NOT NULL,              -- the capture file (record + image) in CAPTURE_DIR/<model_name>/
+    image_file     TEXT NOT NULL,              -- the segment file holding it, in CAPTURE_DIR/<model_name>/
+    file_offset    INTEGER NOT NULL DEFAULT 0, -- where the capture starts in that file, and its length
+    file_length    INTEGER NOT NULL DEFAULT 0,
     predicted      TEXT NOT NULL,
     labels         TEXT NOT NULL,              -- JSON: top-k labels, most probable first
     scores         TEXT NOT NULL,              -- JSON: their probabilities
@@ -132,6 +134,13 @@ CREATE TABLE IF NOT EXISTS captures (
 );
 CREATE INDEX IF NOT EXISTS captures_queue ON captures (model_name, status, margin);
 CREATE INDEX IF NOT EXISTS captures_time ON captures (model_name, captured_at);
+-- How far the index has read each workers' segment file (graft.core.capture).
+CREATE TABLE IF NOT EXISTS capture_segments (
+    model_name  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    read_to     INTEGER NOT NULL,
+    PRIMARY KEY (model_name, name)
+);
 -- Indexing looks every new capture up by its pixels: without this, a scan of the whole table per capture.
 CREATE INDEX IF NOT EXISTS captures_pixels ON captures (model_name, pixels_sha);
 
@@ -178,6 +187,10 @@ class Database:
         for column in ("pixels_sha", "phash"):  # schema 3
             if column not in samples:
                 self._conn.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
+        captures = {row["name"] for row in self._conn.execute("PRAGMA table_info(captures)")}
+        for column in ("file_offset", "file_length"):  # schema 6: captures live in segment files
+            if column not in captures:
+                self._conn.execute(f"ALTER TABLE captures ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         # Here, not in the schema: on an older database the column exists only after the lines above.
         self._conn.execute("CREATE INDEX IF NOT EXISTS samples_pixels ON samples (pixels_sha)")
         ddl = self._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()["sql"]

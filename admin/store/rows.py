@@ -132,7 +132,7 @@ class CaptureRow(_Row):
     model_version: str
     captured_at: float
     request_id: str
-    image_file: str
+    image_file: str  # the segment file holding it
     predicted: str
     labels: list[str]
     scores: list[float]
@@ -146,3 +146,5 @@ class CaptureRow(_Row):
     label: str | None
     sample_id: str | None
     reviewed_at: str | None
+    file_offset: int = 0  # where in the segment, and how many bytes
+    file_length: int = 0

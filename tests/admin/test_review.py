@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from admin.server import AdminServer
-from graft.core.capture import list_captures, read_capture
+from graft.core.capture import read_captures
 from handlers.capture import CaptureWriter
 from tests.admin.test_api import settings
 from tests.support.auth import ADMIN, SAMPLER
@@ -37,10 +37,7 @@ class Served:
         before = self.stored
         self.writer.offer(data, [ants, 1 - ants], f"req-{time.monotonic_ns()}")
         wait_for(lambda: self.stored > before, 10, what="the capture to be written")
-        newest = max(list_captures(self.dir, "graft"))
-        capture = read_capture(newest)
-        assert capture is not None
-        return capture.record.id
+        return read_captures(self.dir, "graft")[-1].record.id
 
     def queue(self, **params: Any) -> list[dict[str, Any]]:
         r = self.c.get("/v1/review", params=params, headers=SAMPLER)
@@ -141,11 +138,12 @@ def test_images_deletion_and_pruning(served: Served) -> None:
     assert served.c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 204
     assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410
     assert served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER).status_code == 410
-    assert not any(served.dir.joinpath("graft").iterdir()), "the capture file went"
+    segments = list(served.dir.joinpath("graft").glob("*.seg"))
+    assert segments and all(data not in f.read_bytes() for f in segments), "the image's bytes were erased"
     pruned = served.capture(photo(21), 0.6)
     assert served.queue()[0]["id"] == pruned
-    for f in served.dir.joinpath("graft").glob(f"{pruned}.*"):
-        f.unlink()  # what the workers' disk budget does to the oldest
+    for f in served.dir.joinpath("graft").glob("*.seg"):
+        f.unlink()  # what the workers' disk budget does to the oldest segments
     assert served.queue() == []
     assert served.c.get("/v1/review/stats", headers=SAMPLER).json()["by_status"] == {"deleted": 1, "gone": 1}
 
@@ -165,9 +163,9 @@ def test_a_newer_version_s_answer_replaces_the_queued_one(served: Served) -> Non
     assert served.c.get(f"/v1/review/{third}", headers=SAMPLER).json()["status"] == "duplicate"
 
 
-def test_a_capture_file_being_written_is_indexed_once_complete(tmp_path: Path) -> None:
-    """Workers write a capture file in one go but not atomically: a short file waits for the next pass; one
-    left short past the grace period (its writer died) is given up, not re-read forever."""
+def test_a_segment_is_read_as_captures_arrive_and_a_dead_writers_tail_is_given_up(tmp_path: Path) -> None:
+    """Workers append to segments while the admin reads them: a capture cut short at the end waits for the
+    next pass; one left short past the grace period (its writer died) is given up, not re-read forever."""
     import os
 
     from admin.domain.captures import CaptureIndex
@@ -176,27 +174,37 @@ def test_a_capture_file_being_written_is_indexed_once_complete(tmp_path: Path) -
     from admin.store.samples import SampleStore
     from graft.core.capture import CaptureRecord, encode
 
-    def record(capture_id: str, image: bytes) -> CaptureRecord:
-        return CaptureRecord(id=capture_id, model_name="graft", model_version="1", captured_at=time.time(),
-                             request_id="", image_type="png", image_bytes=len(image), labels=["ants", "bees"],
-                             scores=[0.6, 0.4], margin=0.2, entropy=0.67)  # fmt: skip
+    def blob(i: int) -> bytes:
+        image = photo(i)
+        record = CaptureRecord(id=f"{time.time_ns():020d}-{i:08x}", model_name="graft", model_version="1",
+                               captured_at=time.time(), request_id="", image_type="png", image_bytes=len(image),
+                               labels=["ants", "bees"], scores=[0.6, 0.4], margin=0.2, entropy=0.67)  # fmt: skip
+        return encode(record, image)
 
     db = Database(tmp_path / "admin.sqlite3")
     store = CaptureStore(db)
     index = CaptureIndex(store, SampleStore(db, tmp_path / "samples"), tmp_path / "captures", 10**7)
     folder = tmp_path / "captures" / "graft"
     folder.mkdir(parents=True)
-    now = time.time_ns()
-    writing, dead = f"{now:020d}-0000000a", f"{now - 10**9:020d}-0000000b"
-    a, b = photo(1), photo(2)
-    (folder / f"{writing}.cap").write_bytes(encode(record(writing, a), a)[:-10])
-    (folder / f"{dead}.cap").write_bytes(encode(record(dead, b), b)[:-10])
+    live, dead = folder / f"{time.time_ns():020d}-0000000a.seg", folder / f"{time.time_ns() - 10**9:020d}-0000000b.seg"
+    first, second = blob(1), blob(2)
+    live.write_bytes(first + second[:-10])  # the worker is writing its second capture
+    dead.write_bytes(blob(3) + blob(4)[:-10])
     old = time.time() - 3600
-    os.utime(folder / f"{dead}.cap", (old, old))
-    assert index.sync("graft") == 0 and store.get(writing) is None
-    assert index._bad == {dead}, "the dead writer's file is given up, the live one is not"
-    (folder / f"{writing}.cap").write_bytes(encode(record(writing, a), a))
-    assert index.sync("graft") == 1
-    row = store.get(writing)
-    assert row is not None and row.status == "queued" and row.image_file == f"{writing}.cap"
+    os.utime(dead, (old, old))
+    assert index.sync("graft") == 2, "the whole ones: one in each segment"
+    assert store.read_to("graft") == {live.name: len(first), dead.name: dead.stat().st_size}, "the dead tail given up"
+    with live.open("ab") as f:
+        f.write(second[-10:])
+    assert index.sync("graft") == 1 and index.sync("graft") == 0
+    rows = store.review("graft", "margin", 10)
+    assert len(rows) == 3 and {r.image_file for r in rows} == {live.name, dead.name}
+    second_row = next(r for r in rows if r.file_offset == len(first))
+    assert second_row.file_length == len(second) and second_row.image_file == live.name
+    live.write_bytes(b"garbage" * 10)  # damaged: skipped to its end, nothing invented
+    store.set_read_to("graft", live.name, 0)
+    assert index.sync("graft") == 0 and store.read_to("graft")[live.name] == 70
+    live.unlink()
+    dead.unlink()
+    assert index.sweep("graft") == 3 and store.read_to("graft") == {}, "pruned segments: captures gone"
     db.close()

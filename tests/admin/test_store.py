@@ -43,3 +43,48 @@ def test_a_database_of_an_earlier_graft_is_migrated(tmp_path: Path) -> None:
     assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION  # type: ignore[index]
     db.close()
     assert Database(path).get_meta("model_name") == "ab", "and opens again as it is"
+
+
+# The captures table as schema 5 created it: one file per capture, no offsets.
+CAPTURES_5 = """
+CREATE TABLE captures (
+    id             TEXT PRIMARY KEY,
+    model_name     TEXT NOT NULL,
+    model_version  TEXT NOT NULL,
+    captured_at    REAL NOT NULL,
+    request_id     TEXT NOT NULL DEFAULT '',
+    image_file     TEXT NOT NULL,
+    predicted      TEXT NOT NULL,
+    labels         TEXT NOT NULL,
+    scores         TEXT NOT NULL,
+    margin         REAL NOT NULL,
+    entropy        REAL NOT NULL,
+    pixels_sha     TEXT,
+    phash          TEXT,
+    status         TEXT NOT NULL CHECK (status IN
+                   ('queued', 'duplicate', 'labelled', 'skipped', 'rejected', 'deleted', 'gone', 'unreadable')),
+    duplicate_of   TEXT,
+    seen           INTEGER NOT NULL DEFAULT 1,
+    label          TEXT,
+    sample_id      TEXT,
+    reviewed_at    TEXT,
+    indexed_at     TEXT NOT NULL
+);
+INSERT INTO captures (id, model_name, model_version, captured_at, image_file, predicted, labels, scores, margin,
+    entropy, status, indexed_at) VALUES ('00000000000000000001-aaaaaaaa', 'ab', '1', 1.0, 'x.png', 'ants', '["ants"]',
+    '[1.0]', 1.0, 0.0, 'queued', '2026-11-30');
+"""
+
+
+def test_a_captures_table_of_schema_5_gains_segment_offsets(tmp_path: Path) -> None:
+    from admin.store.captures import CaptureStore
+
+    path = tmp_path / "admin.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(CAPTURES_5)
+    con.close()
+    db = Database(path)
+    row = CaptureStore(db).get("00000000000000000001-aaaaaaaa")
+    assert row is not None and (row.image_file, row.file_offset, row.file_length) == ("x.png", 0, 0)
+    assert CaptureStore(db).read_to("ab") == {}
+    db.close()

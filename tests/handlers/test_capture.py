@@ -11,11 +11,13 @@ import pytest
 from graft.core.capture import (
     MAGIC,
     CaptureRecord,
-    decode,
+    DamagedSegmentError,
+    decode_segment,
     encode,
     image_type,
-    list_captures,
-    read_capture,
+    read_at,
+    read_captures,
+    segment_names,
     uncertainty,
     valid_id,
 )
@@ -52,17 +54,38 @@ def test_a_capture_is_the_image_as_sent_and_what_the_model_answered(tmp_path: Pa
     data = png(1, (32, 32))
     w.offer(data, [0.2, 0.7, 0.1], "req-1")
     wait_for(lambda: counts.get("stored") == 1)
-    (path,) = list(list_captures(tmp_path, "antsbees"))
-    assert [p.name for p in path.parent.iterdir()] == [path.name], "one file per capture, nothing left aside"
-    capture = read_capture(path)
-    assert capture is not None
+    (name,) = segment_names(tmp_path, "antsbees")
+    (capture,) = read_captures(tmp_path, "antsbees")
     record = capture.record
-    assert valid_id(record.id) and path.name == f"{record.id}.cap"
+    assert valid_id(record.id) and name == f"{record.id}.seg", "a segment is named after its first capture"
     assert (record.model_name, record.model_version, record.request_id) == ("antsbees", "3", "req-1")
     assert record.labels == ["bees", "ants", "wasps"] and record.scores == [0.7, 0.2, 0.1]
     assert record.margin == pytest.approx(0.5) and record.entropy > 0
     assert capture.image == data, "the bytes the client sent, untouched"
     assert (record.image_type, record.image_bytes) == ("png", len(data)) and time.time() - record.captured_at < 60
+
+
+def test_captures_are_appended_to_a_segment_until_it_is_full_or_gone(tmp_path: Path) -> None:
+    counts: dict[str, int] = {}
+    w = writer(tmp_path, budget=16 * 64 * 1024, counts=counts)  # segments of 64 KB
+    payload = png(0, (64, 64))  # ~12 KB
+    for i in range(8):
+        w.offer(png(i, (64, 64)), [0.5, 0.3, 0.2], f"r{i}")
+    wait_for(lambda: counts.get("stored") == 8)
+    names = segment_names(tmp_path, "antsbees")
+    assert len(names) == 2 and len(read_captures(tmp_path, "antsbees")) == 8, "5 fit in 64 KB, then a new one"
+    folder = tmp_path / "antsbees"
+    data = (folder / names[0]).read_bytes()
+    found, end = decode_segment(data)
+    assert end == len(data) and [c.record.request_id for _, _, c in found] == [f"r{i}" for i in range(len(found))]
+    offset, length, first = found[0]
+    assert read_at(folder / names[0], offset, length) == first and read_at(folder / names[0], 1, length) is None
+    assert len(payload) * len(found) < 64 * 1024
+    for name in names:  # another worker's budget pruned them
+        (folder / name).unlink()
+    w.offer(png(9), [0.5, 0.3, 0.2], "r9")
+    wait_for(lambda: counts.get("stored") == 9)
+    assert [c.record.request_id for c in read_captures(tmp_path, "antsbees")] == ["r9"], "a new segment, not a lost one"
 
 
 def test_rate_zero_keeps_nothing_and_a_rate_samples(tmp_path: Path) -> None:
@@ -94,8 +117,8 @@ def test_the_disk_budget_drops_the_oldest_first(tmp_path: Path) -> None:
     folder = tmp_path / "antsbees"
     total = sum(p.stat().st_size for p in folder.iterdir())
     assert total <= budget
-    kept = [c.record for c in map(read_capture, list_captures(tmp_path, "antsbees")) if c is not None]
-    assert len(kept) == len(list(folder.iterdir())), "every file left is a whole capture"
+    kept = [c.record for c in read_captures(tmp_path, "antsbees")]
+    assert all(p.suffix == ".seg" for p in folder.iterdir()) and len(kept) < 120
     assert kept[-1] is not None and kept[-1].request_id == "r119", "the newest survive"
     assert all(r is not None and int(r.request_id[1:]) > 60 for r in kept), "the oldest went first"
 
@@ -158,28 +181,24 @@ def _record(capture_id: str, **changes: object) -> CaptureRecord:
     return CaptureRecord(**{**values, **changes})  # type: ignore[arg-type]
 
 
-def test_incomplete_and_damaged_capture_files_are_not_read(tmp_path: Path) -> None:
-    folder = tmp_path / "antsbees"
-    folder.mkdir()
-    good = _record("00000000000000000003-deadbeef")
-    whole = encode(good, b"abc")
-    assert decode(whole) is not None and decode(whole).image == b"abc"  # type: ignore[union-attr]
-    cases = {
-        "00000000000000000001-deadbeef": b"{not a capture",
-        "00000000000000000002-deadbeef": MAGIC + b"{not json\nabc",
-        "00000000000000000003-deadbeef": whole[:-1],  # still being written: shorter than its record says
-        "00000000000000000004-deadbeef": encode(_record("00000000000000000004-deadbeef", labels=[]), b"abc"),
-        "00000000000000000005-deadbeef": encode(_record("00000000000000000006-deadbeef"), b"abc"),  # another's
-        "00000000000000000007-deadbeef": encode(_record("00000000000000000007-deadbeef", image_type="exe"), b"abc"),
-    }
-    for capture_id, data in cases.items():
-        (folder / f"{capture_id}.cap").write_bytes(data)
-    assert [read_capture(p) for p in list_captures(tmp_path, "antsbees")] == [None] * len(cases)
-    (folder / f"{good.id}.cap").write_bytes(whole)  # now complete
-    capture = read_capture(folder / f"{good.id}.cap")
-    assert capture is not None and capture.record == good and capture.image == b"abc"
-    assert [p.name for p in list_captures(tmp_path, "antsbees", after=good.id)] == [
-        "00000000000000000004-deadbeef.cap", "00000000000000000005-deadbeef.cap", "00000000000000000007-deadbeef.cap"]
+def test_a_segment_reads_up_to_a_capture_still_being_written_and_refuses_damage() -> None:
+    a, b = _record("00000000000000000003-deadbeef"), _record("00000000000000000004-deadbeef")
+    whole = encode(a, b"abc") + encode(b, b"xyz")
+    found, end = decode_segment(whole)
+    assert [(c.record, c.image) for _, _, c in found] == [(a, b"abc"), (b, b"xyz")] and end == len(whole)
+    for cut in (1, 5, len(MAGIC) + 3, len(whole) - len(encode(b, b"xyz")) + 4, len(whole) - 1):
+        found, end = decode_segment(whole[:cut])  # the writer is in the middle of a capture
+        assert end == (0 if cut <= len(encode(a, b"abc")) else len(encode(a, b"abc"))) and len(found) == (end > 0)
+    damaged = [
+        b"{not a capture",
+        MAGIC + b"{not json\nabc",
+        encode(_record("00000000000000000004-deadbeef", labels=[]), b"abc"),
+        encode(_record("00000000000000000007-deadbeef", image_type="exe"), b"abc"),
+        encode(_record("not-an-id"), b"abc"),
+    ]
+    for data in damaged:
+        with pytest.raises(DamagedSegmentError):
+            decode_segment(encode(a, b"abc") + data)
 
 
 def test_counts_are_summed_and_emitted_when_the_traffic_pauses(tmp_path: Path) -> None:

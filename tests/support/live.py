@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from admin.server import AdminServer
 from admin.settings import AdminSettings
-from graft.core.capture import list_captures, read_capture
+from graft.core.capture import read_captures
 from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
 from tests.support.paths import REPO
 from tests.support.waiting import wait_ready
@@ -59,7 +59,7 @@ class Loop:
         return httpx.post(f"{self.ts.inference_url}/predictions/{NAME}", content=data, headers=headers, timeout=60)
 
     def records(self) -> list[Any]:
-        return [c.record for c in (read_capture(p) for p in list_captures(self.captures, NAME)) if c is not None]
+        return [c.record for c in read_captures(self.captures, NAME)]
 
 
 @contextmanager
