@@ -35,7 +35,7 @@ class HandlerSettings:
     threads: int = 0
     # ONNX Runtime's intra-op threads busy-wait for the next op when on. Off by default: a worker shares its
     # cores with TorchServe's frontend, other workers and the admin, and a spinning thread burns the core
-    # another process needed (bench/capture_cost.py: +25% throughput at concurrency 32 on 2 cores when off).
+    # another process needed (README, handler settings: 210 vs 161-169 img/s at concurrency 32 on 2 cores).
     onnx_spinning: bool = False
     # JPEG decoding on the GPU (nvjpeg) when the worker has one: auto = yes when on CUDA.
     decode: str = "auto"
