@@ -6,6 +6,7 @@ so tests and ``graft serve`` can pass overrides without touching the environment
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -148,6 +149,11 @@ class AdminSettings(BaseSettings):
         """Refuse settings the service must not start with; called by ``create_app``."""
         admin, samples = self.resolved_admin_token(), self.resolved_samples_token()
         if self.insecure_dev:
+            if not _loopback(self.admin_host):
+                raise ConfigError(
+                    f"insecure_dev (no authentication) is refused on admin_host {self.admin_host!r}: it is allowed"
+                    " only on a loopback address (127.0.0.1, ::1, localhost); set GRAFT_ADMIN_TOKEN instead"
+                )
             log.warning(
                 "INSECURE: the admin API runs without authentication (insecure_dev); never do this in production"
             )
@@ -164,6 +170,15 @@ class AdminSettings(BaseSettings):
             raise ConfigError("the samples token must differ from the admin token: it is the less privileged one")
         if self.base_data is not None and self.base_manifest is not None:
             raise ConfigError("give base_data or base_manifest, not both")
+
+
+def _loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def _token(value: SecretStr | None, file: Path | None, name: str) -> str | None:

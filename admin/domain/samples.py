@@ -14,15 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from admin.domain.labels import LabelSet
 from admin.store.rows import SampleSplit, StoredSample
 from admin.store.samples import NewSample, SampleStore, content_address
 from graft.core.errors import ConflictError, GraftError, InvalidSampleError, TooManyPixelsError
-from graft.core.images import fingerprint, hamming, open_image
+from graft.core.images import Fingerprint, fingerprint, hamming, open_image, thumb_similarity
 
 # dHash bits two images may differ by and still be "the same picture" (re-encodings differ by 0-4 here).
 NEAR_DUPLICATE_BITS = 6
+# ...and the thumbnails' correlation that confirms it (calibrated on Fashion-MNIST: README, "Near-duplicates").
+SAME_PICTURE_SIMILARITY = 0.92
+# A holdout image's perceptual hash and its file (the thumbnail is read from it only when the hash matches).
+HoldoutPrint = tuple[int, Path]
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,15 @@ class SampleIntake:
         holdout_fraction: float,
         max_image_pixels: int,
         max_batch_pixels: int,
-        base_holdout_phashes: Callable[[], list[int]] = list,
+        base_holdout_prints: Callable[[], list[HoldoutPrint]] = list,
     ):
         self.store = store
         self.labels = labels
         self.holdout_fraction = holdout_fraction
         self.max_image_pixels = max_image_pixels
         self.max_batch_pixels = max_batch_pixels
-        self.base_holdout_phashes = base_holdout_phashes
+        self.base_holdout_prints = base_holdout_prints
+        self._thumbs: dict[Path, bytes] = {}  # holdout images' thumbnails, read when a hash first matches
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
         """Check every item (the error names the item), then store them all in one transaction."""
@@ -86,7 +92,7 @@ class SampleIntake:
                 out[i] = StoredSample(id=stored.id, label=stored.label, split=stored.split, duplicate=True,
                                       seq=stored.seq)  # fmt: skip
         self._check_pixel_budget([uploads[i] for i in todo])
-        holdout = [*self.store.holdout_phashes(), *self.base_holdout_phashes()] if todo else []
+        holdout = [*self.store.holdout_prints(), *self.base_holdout_prints()] if todo else []
         checked = {i: self._check(uploads[i], names[i], i, n, holdout) for i in todo}
         out.update(zip(checked, self.store.add_many(list(checked.values())), strict=True))
         for name in {names[i] for i in checked}:
@@ -115,11 +121,30 @@ class SampleIntake:
                 "send fewer or smaller images per request"
             )
 
-    def _check(self, up: Upload, label: str, i: int, n: int, holdout: list[int]) -> NewSample:
+    def _check(self, up: Upload, label: str, i: int, n: int, holdout: list[HoldoutPrint]) -> NewSample:
         try:
             fp = fingerprint(up.data, self.max_image_pixels)
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
-        near_holdout = any(hamming(fp.phash, h) <= NEAR_DUPLICATE_BITS for h in holdout)
-        split = "holdout" if near_holdout else split_for(fp.pixels_sha, self.holdout_fraction)
+        split = "holdout" if self._near_holdout(fp, holdout) else split_for(fp.pixels_sha, self.holdout_fraction)
         return NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex)
+
+    def _near_holdout(self, fp: Fingerprint, holdout: list[HoldoutPrint]) -> bool:
+        """The same picture as a holdout image: the 64-bit hash within NEAR_DUPLICATE_BITS, confirmed by the
+        thumbnails (on small, similar images such as 28x28 clothes on black, many different pictures fall
+        within a few bits of each other; the thumbnails tell them apart)."""
+        for phash, path in holdout:
+            if hamming(fp.phash, phash) > NEAR_DUPLICATE_BITS:
+                continue
+            thumb = self._thumb(path)
+            if thumb is None or thumb_similarity(fp.thumb, thumb) >= SAME_PICTURE_SIMILARITY:
+                return True  # an unreadable holdout image: keep the old, cautious answer
+        return False
+
+    def _thumb(self, path: Path) -> bytes | None:
+        if path not in self._thumbs:
+            try:
+                self._thumbs[path] = fingerprint(path.read_bytes(), self.max_image_pixels).thumb
+            except (OSError, GraftError):
+                return None
+        return self._thumbs[path]

@@ -103,10 +103,10 @@ class AdminService:
         self.samples = SampleStore(self.db, settings.state_dir)
         self.labels = LabelSet(LabelStore(self.db))
         self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
-                                   settings.max_batch_pixels, self._base_holdout_phashes)  # fmt: skip
+                                   settings.max_batch_pixels, self._base_holdout_prints)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
-        self._base_phashes: tuple[BaseData, list[int]] | None = None
+        self._base_phashes: tuple[BaseData, list[tuple[int, Path]]] | None = None
         self._base_lock = threading.Lock()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
         archive = settings.archive_path if settings.rollout == "torchserve" else None
@@ -248,17 +248,19 @@ class AdminService:
     def _start_job(self, trigger: str) -> object:
         return self.jobs.start(RetrainRequest(), trigger=trigger)
 
-    def _base_holdout_phashes(self) -> list[int]:
-        """Perceptual hashes of the base holdout (computed once per base data): uploads near them stay holdout."""
+    def _base_holdout_prints(self) -> list[tuple[int, Path]]:
+        """Perceptual hashes and files of the base holdout (computed once per base data): uploads of the same
+        pictures stay holdout."""
         with self._base_lock:
             if self._base_phashes is None or self._base_phashes[0] != self.base:
                 hashes = []
                 items = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
                 for item in (i for i in items if i.split == "holdout"):
                     try:
-                        hashes.append(fingerprint(item.path.read_bytes(), self.settings.max_image_pixels).phash)
+                        fp = fingerprint(item.path.read_bytes(), self.settings.max_image_pixels)
                     except (OSError, GraftError):
                         continue
+                    hashes.append((fp.phash, item.path))
                 self._base_phashes = (self.base, hashes)
             return self._base_phashes[1]
 

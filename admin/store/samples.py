@@ -63,9 +63,10 @@ class SampleStore:
         row = self.db.one(f"SELECT sha256, label, split, seq FROM samples WHERE {where} ORDER BY seq LIMIT 1", (value,))
         return None if row is None else Existing(row["sha256"], row["label"], row["split"], int(row["seq"]))
 
-    def holdout_phashes(self) -> list[int]:
-        rows = self.db.all("SELECT phash FROM samples WHERE split = 'holdout' AND phash IS NOT NULL")
-        return [int(r["phash"], 16) for r in rows]
+    def holdout_prints(self) -> list[tuple[int, Path]]:
+        """(perceptual hash, file) of every holdout sample."""
+        rows = self.db.all("SELECT phash, path FROM samples WHERE split = 'holdout' AND phash IS NOT NULL")
+        return [(int(r["phash"], 16), self.root / r["path"]) for r in rows]
 
     def phashes(self) -> list[tuple[str, int]]:
         """(id, perceptual hash) of every fingerprinted sample."""

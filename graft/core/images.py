@@ -170,6 +170,7 @@ class Fingerprint:
     header: Header
     pixels_sha: str
     phash: int  # 64-bit difference hash of the 9x8 grayscale thumbnail
+    thumb: bytes = b""  # 16x16 grayscale pixels: confirms what the coarse hash only suggests
 
     @property
     def phash_hex(self) -> str:
@@ -191,6 +192,28 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+THUMB_SIDE = 16
+
+
+def thumbnail(img: Image.Image) -> bytes:
+    """The picture at 16x16 in grayscale (box-filtered): finer than the 64-bit hash, still tiny."""
+    return img.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX).tobytes()
+
+
+def thumb_similarity(a: bytes, b: bytes) -> float:
+    """Pearson correlation of two thumbnails: 1 for the same picture whatever its brightness, contrast or
+    encoding; lower for two different pictures, even similar ones (two sneakers on black, say)."""
+    if len(a) != len(b) or not a:
+        return 0.0
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    da, db = [x - ma for x in a], [y - mb for y in b]
+    va, vb = sum(x * x for x in da), sum(y * y for y in db)
+    if va < 1e-9 or vb < 1e-9:  # a flat picture: the same only if the other is flat at about the same level
+        return 1.0 if va < 1e-9 and vb < 1e-9 and abs(ma - mb) < 8 else 0.0
+    return float(sum(x * y for x, y in zip(da, db, strict=True)) / (va * vb) ** 0.5)
+
+
 def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Fingerprint:
     """Accept or refuse bytes as an image (like :func:`inspect`) and say what they look like."""
     import hashlib
@@ -200,4 +223,4 @@ def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Fingerprint:
     # same stream, so equal pixels hash equally whatever wraps them.
     rgb = decode_rgb(data, max_pixels, draft_size=512)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
-    return Fingerprint(head, digest, difference_hash(rgb))
+    return Fingerprint(head, digest, difference_hash(rgb), thumbnail(rgb))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from admin.domain.labels import LabelSet, normalize_label
-from admin.domain.samples import SampleIntake, Upload, split_for
+from admin.domain.samples import NEAR_DUPLICATE_BITS, SAME_PICTURE_SIMILARITY, SampleIntake, Upload, split_for
 from admin.store.db import Database
 from admin.store.labels import LabelStore
 from admin.store.samples import SampleStore
@@ -176,14 +176,45 @@ def test_near_duplicates_of_holdout_images_stay_holdout(tmp_path: Path) -> None:
     from tests.support.images import encode
 
     base = Image.effect_noise((64, 64), 40).convert("RGB")
-    holdout_hash = fingerprint(encode(base, "PNG")).phash
-    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_phashes=lambda: [holdout_hash])
+    held = tmp_path / "holdout.png"
+    held.write_bytes(encode(base, "PNG"))
+    holdout_hash = fingerprint(held.read_bytes()).phash
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(holdout_hash, held)])
     copy = encode(base, "JPEG", quality=70)  # re-encoded: other bytes, other pixels, the same picture
     stored = intake.accept([Upload("copy.jpg", copy)], ["ants"], True)[0]
     assert stored.split == "holdout", "a near-duplicate of a holdout image never reaches training"
     other = intake.accept([Upload("other.png", encode(Image.effect_noise((64, 64), 40).convert("RGB"), "PNG"))],
                           ["ants"], True)[0]  # fmt: skip
     assert other.split == "train"
+
+
+def _gradient_with_checks(phase: int) -> bytes:
+    """A strong left-to-right gradient (what the 64-bit hash sees) under an 8-px checkerboard of +-15 levels
+    (what only the thumbnail sees); ``phase`` 0 or 1 flips the checkerboard."""
+    from PIL import Image
+
+    from tests.support.images import encode
+
+    img = Image.new("L", (64, 64))
+    checks = [15 if ((x // 8) + (y // 8) + phase) % 2 else -15 for y in range(64) for x in range(64)]
+    img.putdata([220 - 3 * (i % 64) + c for i, c in enumerate(checks)])
+    return encode(img.convert("RGB"), "PNG")
+
+
+def test_a_different_picture_the_coarse_hash_confuses_is_not_pinned_to_the_holdout(tmp_path: Path) -> None:
+    """Small, similar pictures (28x28 clothes on black) often share the 64-bit hash; the thumbnails decide."""
+    from graft.core.images import hamming, thumb_similarity
+
+    held = tmp_path / "holdout.png"
+    held.write_bytes(_gradient_with_checks(0))
+    other = _gradient_with_checks(1)
+    a, b = fingerprint(held.read_bytes()), fingerprint(other)
+    assert hamming(a.phash, b.phash) <= NEAR_DUPLICATE_BITS, "the coarse hash calls them the same"
+    assert thumb_similarity(a.thumb, b.thumb) < SAME_PICTURE_SIMILARITY, "the thumbnails do not"
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(a.phash, held)])
+    assert intake.accept([Upload("other.png", other)], ["ants"], True)[0].split == "train"
+    again = intake.accept([Upload("again.png", _gradient_with_checks(0) + b"\x00")], ["ants"], True)[0]
+    assert again.split == "holdout", "the same picture still is pinned"
 
 
 def test_a_batch_over_the_pixel_budget_is_refused_before_decoding(

@@ -20,6 +20,11 @@ def test_settings_refuse_to_start_without_a_token(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match="no admin token"):
         AdminSettings().check()
     AdminSettings(insecure_dev=True).check()
+    for host in ("localhost", "::1", "127.0.0.2"):
+        AdminSettings(insecure_dev=True, admin_host=host).check()
+    for host in ("0.0.0.0", "10.1.2.3", "::", "admin.example.com"):  # reachable from elsewhere: never without auth
+        with pytest.raises(ConfigError, match="only on a loopback address"):
+            AdminSettings(insecure_dev=True, admin_host=host).check()
     with pytest.raises(ConfigError, match="shorter"):
         AdminSettings(admin_token=SecretStr("short")).check()
     with pytest.raises(ConfigError, match="differ"):
