@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin.domain.samples import NEAR_DUPLICATE_BITS  # noqa: E402
-from graft.core.images import difference_hash, hamming, thumb_similarity, thumbnail  # noqa: E402
-from training.fashion_mnist import FASHION_MNIST_DIR, read_idx  # noqa: E402
+from admin.domain.samples import NEAR_DUPLICATE_BITS
+from graft.core.images import difference_hash, hamming, thumb_similarity, thumbnail
+from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 log = logging.getLogger("bench.near_duplicates")
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96)
@@ -74,7 +74,8 @@ def main() -> int:
     for i in random.Random(0).sample(range(len(images)), min(args.copies, len(images))):
         for name, alter in ALTERATIONS.items():
             copy = alter(images[i])
-            copies[name].append((hamming(hashes[i], difference_hash(copy)), thumb_similarity(thumbs[i], thumbnail(copy))))
+            bits = hamming(hashes[i], difference_hash(copy))
+            copies[name].append((bits, thumb_similarity(thumbs[i], thumbnail(copy))))
     rows = []
     for t in THRESHOLDS:
         row: dict[str, float] = {"threshold": t, "different_pairs_called_same": float(np.mean([c >= t for c in near]))}
@@ -90,8 +91,8 @@ def main() -> int:
         print(row["threshold"], f"{row['different_pairs_called_same']:.3f}",
               {k: round(v, 2) for k, v in row.items() if k in ALTERATIONS})  # fmt: skip
     if args.json:
-        result = {"images": len(images), "copies": args.copies, "bits": NEAR_DUPLICATE_BITS,
-                  "different_pairs_within_bits": len(near), "copies_within_bits": within_bits, "rows": rows}  # fmt: skip
+        result = {"images": len(images), "copies": args.copies, "bits": NEAR_DUPLICATE_BITS, "rows": rows,
+                  "different_pairs_within_bits": len(near), "copies_within_bits": within_bits}  # fmt: skip
         args.json.write_text(json.dumps(result, indent=1))
     return 0
 
