@@ -137,7 +137,7 @@ class CaptureIndex:
 
     def _fingerprint(self, capture: Capture) -> Fingerprint | None:
         try:
-            return fingerprint(capture.image, self.max_image_pixels)
+            return fingerprint(capture.image, self.max_image_pixels, thumb=False)
         except GraftError as e:
             log.warning("capture %s: image unreadable (%s)", capture.record.id, e)
             return None

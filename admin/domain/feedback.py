@@ -8,6 +8,7 @@ captures, marks pruned ones gone, refreshes the capture and drift gauges and, wh
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -122,6 +123,7 @@ class Feedback:
             self._thread.join(10)
 
     def _loop(self) -> None:
+        _lower_priority(self.settings.capture_nice)
         while not self._stop.wait(self.settings.capture_scan_s):
             try:
                 self.run_pass()
@@ -163,3 +165,16 @@ class Feedback:
             return  # a job is running: it will train on what is there, the trigger fires again later if needed
         self.db.set_meta(_DRIFT_TRIGGER_KEY, str(time.time()))
         log.warning("drift: PSI %.3f >= %.3f started job %s", psi, threshold, getattr(job, "id", "?"))
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this thread at a lower CPU priority: indexing is background work, and on a machine it shares with
+    the inference workers it should take the cores they leave idle, not the ones they need. (Linux sets
+    priorities per thread; lowering one needs no privilege.)"""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + nice))
+    except OSError as e:
+        log.info("capture indexing keeps its priority: %s", e)

@@ -214,8 +214,9 @@ def thumb_similarity(a: bytes, b: bytes) -> float:
     return float(sum(x * y for x, y in zip(da, db, strict=True)) / (va * vb) ** 0.5)
 
 
-def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Fingerprint:
-    """Accept or refuse bytes as an image (like :func:`inspect`) and say what they look like."""
+def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, thumb: bool = True) -> Fingerprint:
+    """Accept or refuse bytes as an image (like :func:`inspect`) and say what they look like (``thumb``:
+    with the thumbnail, which only the holdout check needs)."""
     import hashlib
 
     head = header(open_image(data, max_pixels))  # limits checked on the header, before any decoding
@@ -223,4 +224,4 @@ def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Fingerprint:
     # same stream, so equal pixels hash equally whatever wraps them.
     rgb = decode_rgb(data, max_pixels, draft_size=512)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
-    return Fingerprint(head, digest, difference_hash(rgb), thumbnail(rgb))
+    return Fingerprint(head, digest, difference_hash(rgb), thumbnail(rgb) if thumb else b"")

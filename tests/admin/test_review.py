@@ -208,3 +208,15 @@ def test_a_segment_is_read_as_captures_arrive_and_a_dead_writers_tail_is_given_u
     dead.unlink()
     assert index.sweep("graft") == 3 and store.read_to("graft") == {}, "pruned segments: captures gone"
     db.close()
+
+
+def test_indexing_runs_at_a_lower_cpu_priority_than_the_api(served: Served) -> None:
+    """The background indexer takes the cores the inference workers leave idle (GRAFT_CAPTURE_NICE, 10)."""
+    import os
+    import threading
+
+    (indexer,) = [t for t in threading.enumerate() if t.name == "admin-captures"]
+    assert indexer.native_id is not None
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # the rest of the process keeps its own
+    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, indexer.native_id) == min(19, base + 10), 5,  # type: ignore[arg-type]
+             what="the indexer's niceness")  # fmt: skip
