@@ -169,12 +169,16 @@ class Feedback:
 
 def _lower_priority(nice: int) -> None:
     """Run this thread at a lower CPU priority: indexing is background work, and on a machine it shares with
-    the inference workers it should take the cores they leave idle, not the ones they need. (Linux sets
-    priorities per thread; lowering one needs no privilege.)"""
+    the inference workers it should take the cores they leave idle, not the ones they need. On Linux the
+    thread also joins SCHED_IDLE, which only runs when nothing else wants the core (a niced thread still
+    preempts a worker's intra-op threads mid-operator). Lowering a priority needs no privilege; Linux keeps
+    it per thread."""
     if nice <= 0 or not hasattr(os, "setpriority"):
         return
+    me = threading.get_native_id()
     try:
-        me = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + nice))
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(me, os.SCHED_IDLE, os.sched_param(0))
     except OSError as e:
         log.info("capture indexing keeps its priority: %s", e)

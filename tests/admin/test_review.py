@@ -220,3 +220,6 @@ def test_indexing_runs_at_a_lower_cpu_priority_than_the_api(served: Served) -> N
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # the rest of the process keeps its own
     wait_for(lambda: os.getpriority(os.PRIO_PROCESS, indexer.native_id) == min(19, base + 10), 5,  # type: ignore[arg-type]
              what="the indexer's niceness")  # fmt: skip
+    if hasattr(os, "SCHED_IDLE"):
+        assert os.sched_getscheduler(indexer.native_id) == os.SCHED_IDLE, "it runs only when a core is idle"
+        assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
