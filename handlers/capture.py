@@ -127,7 +127,7 @@ class CaptureWriter:
                 log.debug("capture count failed", exc_info=True)
 
     def _write(self, item: _Item) -> int:
-        """One new file, written once (see :mod:`graft.core.capture`); the bytes written."""
+        """Append the capture to this worker's segment (see :mod:`graft.core.capture`); the bytes written."""
         capture_id = f"{time.time_ns():020d}-{self._random.getrandbits(32):08x}"
         order = sorted(range(len(item.probs)), key=lambda i: item.probs[i], reverse=True)[: self.topk]
         margin, entropy = uncertainty(item.probs)

@@ -14,7 +14,6 @@ from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
 from admin.api.schemas import SampleOut
 from admin.store.rows import CaptureRow
-from graft.core.capture import MEDIA_TYPES
 from graft.core.errors import ConflictError
 
 router = APIRouter(prefix="/v1/review", tags=["review"], responses=ERRORS)
@@ -130,9 +129,8 @@ def review_item(request: Request, capture_id: str) -> ReviewItem:
 def review_image(request: Request, capture_id: str) -> Response:
     """The captured image as the client sent it."""
     capture, _row = service(request).feedback.review.image(capture_id, service(request).model_name)
-    media = MEDIA_TYPES.get(capture.record.image_type, "application/octet-stream")
     # nosniff: the bytes came from a client; a browser must not guess another type from them.
-    return Response(capture.image, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+    return Response(capture.image, media_type=capture.record.media_type, headers={"X-Content-Type-Options": "nosniff",
                                                                "Cache-Control": "private, max-age=3600"})  # fmt: skip
 
 

@@ -10,7 +10,6 @@ from fastapi.responses import FileResponse, RedirectResponse
 from admin.api.deps import service
 from admin.console import views
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
-from graft.core.capture import MEDIA_TYPES
 from graft.core.errors import NotFoundError
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -126,5 +125,4 @@ def review(request: Request, strategy: Annotated[str, Query(pattern="^(margin|en
 @router.get("/review/{capture_id}/image")
 def review_image(request: Request, capture_id: str) -> Response:
     capture, _ = service(request).feedback.review.image(capture_id, service(request).model_name)
-    media = MEDIA_TYPES.get(capture.record.image_type, "application/octet-stream")
-    return Response(capture.image, media_type=media, headers=_IMAGE_HEADERS)
+    return Response(capture.image, media_type=capture.record.media_type, headers=_IMAGE_HEADERS)

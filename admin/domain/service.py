@@ -106,7 +106,7 @@ class AdminService:
                                    settings.max_batch_pixels, self._base_holdout_prints)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
-        self._base_phashes: tuple[BaseData, list[tuple[int, Path]]] | None = None
+        self._base_prints: tuple[BaseData, list[tuple[int, Path]]] | None = None
         self._base_lock = threading.Lock()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
         archive = settings.archive_path if settings.rollout == "torchserve" else None
@@ -250,19 +250,19 @@ class AdminService:
 
     def _base_holdout_prints(self) -> list[tuple[int, Path]]:
         """Perceptual hashes and files of the base holdout (computed once per base data): uploads of the same
-        pictures stay holdout."""
+        pictures stay holdout. No thumbnails here: the intake reads one only for a file whose hash matches."""
         with self._base_lock:
-            if self._base_phashes is None or self._base_phashes[0] != self.base:
+            if self._base_prints is None or self._base_prints[0] != self.base:
                 hashes = []
                 items = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
                 for item in (i for i in items if i.split == "holdout"):
                     try:
-                        fp = fingerprint(item.path.read_bytes(), self.settings.max_image_pixels)
+                        fp = fingerprint(item.path.read_bytes(), self.settings.max_image_pixels, thumb=False)
                     except (OSError, GraftError):
                         continue
                     hashes.append((fp.phash, item.path))
-                self._base_phashes = (self.base, hashes)
-            return self._base_phashes[1]
+                self._base_prints = (self.base, hashes)
+            return self._base_prints[1]
 
     def _refresh_sample_gauges(self) -> None:
         for label, splits in self.samples.counts().items():

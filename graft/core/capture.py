@@ -55,6 +55,10 @@ class CaptureRecord:
     def predicted(self) -> str:
         return self.labels[0]
 
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.image_type]  # a record with another type does not decode
+
     def to_json(self) -> str:
         # Field by field, not asdict(): no deep copy (the handler writes one per captured request).
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, separators=(",", ":"))
