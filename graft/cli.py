@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,13 +49,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except GraftError as e:
         # Domain errors are the user's to fix: one clear line, no traceback.
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """``graft backbones | head``: the reader closed the pipe after what it wanted; not an error."""
+    # Python would flush stdout again at exit and report the same broken pipe; point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 if __name__ == "__main__":
