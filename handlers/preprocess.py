@@ -46,6 +46,8 @@ class Preprocessor:
         # Draft keeps both sides >= resize, so the short side still gets resized down (never up) to it.
         self.draft_size = int(preprocessing.resize) if fast_decode else None
         self.gpu_decode = gpu_decode and device.type == "cuda"
+        # Transparency is composited as training composited it (nvjpeg only sees JPEGs, which have none).
+        self.background = preprocessing.background
 
     def __call__(self, payloads: Sequence[bytes]) -> list[Result]:
         results: list[Result | None] = [None] * len(payloads)
@@ -58,7 +60,7 @@ class Preprocessor:
 
     def _on_cpu(self, payload: bytes) -> Result:
         try:
-            image = decode_rgb(payload, self.max_pixels, self.draft_size)
+            image = decode_rgb(payload, self.max_pixels, self.draft_size, self.background)
         except BadInputError as e:
             return e
         return self._transform(image)

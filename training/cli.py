@@ -1,4 +1,4 @@
-"""``graft train``, ``graft export`` and ``graft backbones``: argument parsing only.
+"""``graft train``, ``graft check``, ``graft export`` and ``graft backbones``: argument parsing only.
 
 ``graft train``'s flags are generated from :class:`training.config.TrainConfig`'s fields (name, type,
 choices, help), so every setting has exactly one flag and a field without a flag cannot exist.
@@ -159,7 +159,43 @@ def _run_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check",
+        help="report what is wrong with a data set before training on it",
+        description="Decode every image of DATA (a folder or a dataset manifest) once and report unreadable "
+        "files, transparency, duplicates within and across splits, classes too small or imbalanced, labels that "
+        "look like typos of one another, odd sizes and modes. Exit status 1 when graft train would refuse the "
+        "data (or, with --strict, on any warning).",
+        allow_abbrev=False,
+    )
+    p.add_argument("data", type=Path, help="DIR/<label>/*, DIR/train/<label> + DIR/val/<label>, or a manifest")
+    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    p.add_argument("--strict", action="store_true", help="exit status 1 on warnings too")
+    p.add_argument("--background", default="white", help="colour transparency is composited on (as for train)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share when DATA has no val split")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed when DATA has no val split")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from graft.core.errors import ConfigInvalidError
+    from graft.core.preprocessing import parse_color
+    from training.check import check_data
+    from training.check_text import render_text
+
+    try:
+        background = parse_color(args.background)
+    except ValueError as e:
+        raise ConfigInvalidError(f"--background: {e}") from e
+    report = check_data(args.data, background, args.val_fraction, args.seed)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render_text(report))
+    failed = report.count("error") > 0 or (args.strict and report.count("warning") > 0)
+    return 1 if failed else 0
+
+
 def register(sub: Any) -> None:
     _add_train(sub)
+    _add_check(sub)
     _add_export(sub)
     _add_backbones(sub)

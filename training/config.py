@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.core.errors import ConfigInvalidError
+from graft.core.preprocessing import parse_color
 
 # Fields that name files or folders: they describe where a run reads and writes, not how it trains, so they
 # stay out of the recipe in model.json and can never be set through the admin API.
@@ -66,6 +67,11 @@ class TrainConfig(BaseModel):
     patience: int = Field(5, ge=0, description="early stopping: epochs without improvement (0 = off)")
     augment: bool = Field(False, description="random resized crops and flips (turns the feature cache off)")
     feature_cache: bool = Field(True, description="run frozen stages once per image (off: the whole network)")
+    background: str | None = Field(
+        None,
+        description="colour transparent pixels are composited on, in training and serving alike: white, black, "
+        "gray, #RRGGBB or R,G,B (unset: white, or a warm start's parent's)",
+    )
 
     # runtime
     seed: int = Field(0, ge=0)
@@ -73,6 +79,13 @@ class TrainConfig(BaseModel):
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
     num_workers: int = Field(0, ge=0, description="data loader processes")
+
+    @field_validator("background")
+    @classmethod
+    def _color(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_color(v)  # ValueError names the accepted forms
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

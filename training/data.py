@@ -10,7 +10,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,16 @@ from torch.utils.data import Dataset
 
 from graft.core.errors import BadInputError, DatasetError
 from graft.core.images import is_readable_image, load_rgb
-from graft.core.manifest import Item, Split, dataset_digest, read_manifest
+from graft.core.manifest import Item, dataset_digest, read_manifest
+from graft.core.preprocessing import WHITE
+from training.layout import Layout, explain, find_layout
+from training.scan import ImageFacts, Skipped, scan_files
 
 log = logging.getLogger(__name__)
 
-_VAL_DIR_NAMES = ("val", "valid", "validation")
 __all__ = [
-    "DatasetSplit", "ImageDataset", "Item", "is_readable_image", "load_image_folder", "load_manifest", "load_rgb",
+    "Collected", "DatasetSplit", "ImageDataset", "Item", "Skipped", "collect_folder", "collect_manifest",
+    "is_readable_image", "load_image_folder", "load_manifest", "load_rgb",
 ]  # fmt: skip
 
 
@@ -37,8 +40,9 @@ class DatasetSplit:
     train: list[Item]
     val: list[Item]
     digest: str
-    skipped: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
     source: str = ""
+    facts: dict[Path, ImageFacts] = field(default_factory=dict)  # every used image, when decoded in full
 
     def index(self, samples: Sequence[Item]) -> list[tuple[Path, int]]:
         pos = {label: i for i, label in enumerate(self.labels)}
@@ -48,24 +52,21 @@ class DatasetSplit:
         c = Counter(s.label for s in self.train)
         return {label: c.get(label, 0) for label in self.labels}
 
+    @property
+    def transparent(self) -> int:
+        """Used images with transparency (composited on the model's background)."""
+        return sum(1 for f in self.facts.values() if f.transparent)
 
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+@dataclass
+class Collected:
+    """The usable items of a folder or manifest, split, and what was left out; nothing refused yet."""
 
-def _scan_class_folder(root: Path, split: Split) -> tuple[list[Item], int]:
-    samples: list[Item] = []
-    skipped = 0
-    for cdir in _class_dirs(root):
-        for f in sorted(cdir.rglob("*")):
-            if not f.is_file() or f.name.startswith("."):
-                continue
-            if is_readable_image(f):
-                samples.append(Item(f.resolve(), cdir.name, split))
-            else:
-                skipped += 1
-                log.debug("skipping unreadable file %s", f)
-    return samples, skipped
+    source: str
+    items: list[Item]
+    skipped: list[Skipped]
+    facts: dict[Path, ImageFacts]
+    layout: Layout | None = None  # None for a manifest
 
 
 def stratified_split(samples: Sequence[Item], val_fraction: float, seed: int) -> list[Item]:
@@ -98,62 +99,112 @@ def _cap(samples: list[Item], max_per_class: int | None, seed: int) -> list[Item
     return out
 
 
-def _finish(samples: list[Item], skipped: int, source: str) -> DatasetSplit:
-    labels = sorted({s.label for s in samples})
-    if len(labels) < 2:
-        raise DatasetError(f"{source}: found {len(labels)} class(es) with readable images; need at least 2")
-    train = [s for s in samples if s.split == "train"]
-    val = [s for s in samples if s.split == "val"]
-    if not train or not val:
-        raise DatasetError(f"{source}: need images in both train and val (have {len(train)} and {len(val)})")
-    if skipped:
-        log.warning("skipped %d unreadable or non-image file(s) under %s", skipped, source)
-    return DatasetSplit(labels, train, val, dataset_digest(samples), skipped, source)
+def _header_check(items: list[Item]) -> tuple[list[Item], list[Skipped]]:
+    """Cheap first pass: files that are not images of an accepted format (or are missing) go."""
+    kept: list[Item] = []
+    skipped: list[Skipped] = []
+    for item in items:
+        if not item.path.is_file():
+            skipped.append(Skipped(item.path, "file not found"))
+        elif is_readable_image(item.path):
+            kept.append(item)
+        else:
+            skipped.append(Skipped(item.path, "not an image of an accepted format (JPEG, PNG, WebP, BMP, GIF)"))
+    return kept, skipped
 
 
-def load_image_folder(
-    root: Path, val_fraction: float = 0.2, seed: int = 0, max_per_class: int | None = None
-) -> DatasetSplit:
-    """``root/<label>/*`` (split by seed) or ``root/train/<label>`` + ``root/val/<label>``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset folder {str(root)!r} does not exist")
-    train_dir = root / "train"
-    val_dir = next((root / n for n in _VAL_DIR_NAMES if (root / n).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
-        train, s1 = _scan_class_folder(train_dir, "train")
-        val, s2 = _scan_class_folder(val_dir, "val")
-        samples, skipped = train + val, s1 + s2
-    else:
-        found, skipped = _scan_class_folder(root, "train")
-        samples = stratified_split(found, val_fraction, seed)
-    return _finish(_cap(samples, max_per_class, seed), skipped, str(root.resolve()))
+def _decode_check(
+    items: list[Item], verify: bool, exclude: frozenset[Path], background: tuple[int, int, int]
+) -> tuple[list[Item], list[Skipped], dict[Path, ImageFacts]]:
+    """Decode every item in full (``verify``); without it, drop only the ``exclude``d paths (a run's recorded
+    skips: the export rebuilds the run's split without decoding the folder again)."""
+    if not verify:
+        return [i for i in items if i.path not in exclude], [], {}
+    facts, skipped = scan_files([i.path for i in items], background)
+    return [i for i in items if i.path in facts], skipped, facts
 
 
-def load_manifest(
-    path: Path, max_per_class: int | None = None, seed: int = 0, val_fraction: float = 0.2
-) -> DatasetSplit:
+def _select(
+    found: list[Item], split_by_seed: bool, val_fraction: float, seed: int, max_per_class: int | None
+) -> list[Item]:
+    return _cap(stratified_split(found, val_fraction, seed) if split_by_seed else found, max_per_class, seed)
+
+
+def collect_folder(
+    root: Path, val_fraction: float = 0.2, seed: int = 0, max_per_class: int | None = None, verify: bool = True,
+    exclude: frozenset[Path] = frozenset(), background: tuple[int, int, int] = WHITE,
+) -> Collected:  # fmt: skip
+    """The usable images of ``root/<label>/*`` (split by seed) or ``root/train/<label>`` + ``root/val/<label>``.
+
+    Order: header check of every file, split, cap, then a full decode of what is kept (``verify``).
+    """
+    layout = find_layout(Path(root))
+    found, skipped = _header_check(layout.files)
+    chosen = _select(found, not layout.split_dirs, val_fraction, seed, max_per_class)
+    kept, broken, facts = _decode_check(chosen, verify, exclude, background)
+    return Collected(str(layout.root.resolve()), kept, skipped + broken, facts, layout)
+
+
+def collect_manifest(
+    path: Path, max_per_class: int | None = None, seed: int = 0, val_fraction: float = 0.2, verify: bool = True,
+    exclude: frozenset[Path] = frozenset(), background: tuple[int, int, int] = WHITE,
+) -> Collected:  # fmt: skip
     """Train/val items of a manifest. Holdout items are left out; without val items, a stratified
     ``val_fraction`` of the train items becomes the validation split (by seed)."""
     path = Path(path)
     items, _ = read_manifest(path)
-    kept = [s for s in items if s.path.is_file() and is_readable_image(s.path)]
-    skipped = len(items) - len(kept)
-    holdout = [s for s in kept if s.split == "holdout"]
-    kept = [s for s in kept if s.split != "holdout"]
+    holdout = [s for s in items if s.split == "holdout"]
     if holdout:
         log.info("manifest: %d holdout item(s) left out of training", len(holdout))
-    if not any(s.split == "val" for s in kept):
-        kept = stratified_split(kept, val_fraction, seed)
-    return _finish(_cap(kept, max_per_class, seed), skipped, str(path.resolve()))
+    found, skipped = _header_check([s for s in items if s.split != "holdout"])
+    by_seed = not any(s.split == "val" for s in found)
+    chosen = _select(found, by_seed, val_fraction, seed, max_per_class)
+    kept, broken, facts = _decode_check(chosen, verify, exclude, background)
+    return Collected(str(path.resolve()), kept, skipped + broken, facts)
+
+
+def finish(c: Collected) -> DatasetSplit:
+    """The split training uses; DatasetError (with the fix) when it cannot train at all."""
+    labels = sorted({s.label for s in c.items})
+    problem = explain(c.layout, labels) if c.layout is not None else None
+    if problem is None and len(labels) < 2:
+        problem = f"{c.source}: found {len(labels)} class(es) with readable images; need at least 2"
+    if problem is not None:
+        raise DatasetError(problem)
+    train = [s for s in c.items if s.split == "train"]
+    val = [s for s in c.items if s.split == "val"]
+    if not train or not val:
+        raise DatasetError(
+            f"{c.source}: need images in both train and val (have {len(train)} and {len(val)}): add images, or "
+            "leave out the val folder to split one folder per label by seed"
+        )
+    return DatasetSplit(labels, train, val, dataset_digest(c.items), c.skipped, c.source, c.facts)
+
+
+def load_image_folder(
+    root: Path, val_fraction: float = 0.2, seed: int = 0, max_per_class: int | None = None, verify: bool = True,
+    exclude: frozenset[Path] = frozenset(), background: tuple[int, int, int] = WHITE,
+) -> DatasetSplit:  # fmt: skip
+    """``root/<label>/*`` (split by seed) or ``root/train/<label>`` + ``root/val/<label>``, ready to train."""
+    return finish(collect_folder(root, val_fraction, seed, max_per_class, verify, exclude, background))
+
+
+def load_manifest(
+    path: Path, max_per_class: int | None = None, seed: int = 0, val_fraction: float = 0.2, verify: bool = True,
+    exclude: frozenset[Path] = frozenset(), background: tuple[int, int, int] = WHITE,
+) -> DatasetSplit:  # fmt: skip
+    """A manifest's train/val items, ready to train (see :func:`collect_manifest`)."""
+    return finish(collect_manifest(path, max_per_class, seed, val_fraction, verify, exclude, background))
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int] | None]):
     """(path, class index) pairs; a file that fails to decode yields ``None`` (dropped by :func:`collate`)."""
 
-    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable[[Any], torch.Tensor]):
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable[[Any], torch.Tensor],
+                 background: tuple[int, int, int] = WHITE) -> None:  # fmt: skip
         self.items = list(items)
         self.transform = transform
+        self.background = background  # the model card's: transparency composited as the handler composites it
 
     def __len__(self) -> int:
         return len(self.items)
@@ -161,7 +212,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int] | None]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path, target = self.items[i]
         try:
-            return self.transform(load_rgb(path)), target
+            return self.transform(load_rgb(path, background=self.background)), target
         except (OSError, BadInputError, ValueError) as e:
             log.warning("skipping %s: %s", path, e)
             return None

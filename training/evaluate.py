@@ -87,7 +87,8 @@ def predict_probabilities(
         device = "cpu"
     else:
         model, card = load_model(run_dir, device)
-    ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(card.preprocessing))
+    pre = card.preprocessing
+    ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(pre), pre.background)
     out: list[list[float]] = [[] for _ in paths]
     for x, idx in DataLoader(ds, batch_size=batch_size, collate_fn=collate):
         if x.numel() == 0:

@@ -18,7 +18,6 @@ import torch
 
 from graft.core.artifact import MODEL_JSON, ONNX_FILE, ONNX_INT8_FILE, load_model, read_card, write_card
 from graft.core.errors import ArtifactError, ExportError
-from graft.core.transforms import eval_transform
 from graft.core.util import child_env
 from training.export_settings import ExportSettings, ensure_int8, record_settings
 from training.quantize import QuantizeOptions
@@ -44,36 +43,29 @@ class OnnxCheck:
 
 
 def _check_images(run_dir: Path, explicit: Sequence[Path] | None, limit: int = 16) -> list[Path]:
-    """Real images to verify the export on: the ones given, else the run's validation data."""
-    from graft.core.images import is_readable_image
-    from training.data import load_manifest
+    """Real images to verify the export on: the ones given, else some of the run's own validation images.
+
+    Never the whole data folder: training decoded it and recorded what it skipped (``run_split``).
+    """
+    from training.run_images import run_split, spread
 
     if explicit:
         return [Path(p) for p in explicit][:limit]
-    source = read_card(run_dir).lineage.dataset_path
-    if not source or not Path(source).exists():
-        return []
-    src = Path(source)
-    if src.is_file():
-        try:
-            return [s.path for s in load_manifest(src).val][:limit]
-        except Exception:  # an old manifest may point at moved files; fall back to synthetic inputs
-            return []
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    step = max(1, len(files) // limit)
-    return [p for p in files[::step] if is_readable_image(p)][:limit]
+    split = run_split(read_card(run_dir))
+    return [] if split is None else [i.path for i in spread(split.val, limit)]
 
 
-def _inputs(run_dir: Path, images: Sequence[Path]) -> torch.Tensor:
-    from graft.core.images import load_rgb
+def _inputs(run_dir: Path, images: Sequence[Path]) -> tuple[torch.Tensor, bool]:
+    """(inputs, whether they are real images): an image that does not decode is a warning with its path."""
+    from training.run_images import tensors
 
     card = read_card(run_dir)
-    tf = eval_transform(card.preprocessing)
-    if images:
-        return torch.stack([tf(load_rgb(p)) for p in images])
+    x, _ = tensors(card, images)  # decoded and transformed as the handler does; unreadable ones logged, left out
+    if len(x):
+        return torch.from_numpy(x), True
     log.warning("no real images to verify the ONNX export on; using random inputs (pass --check-images DIR)")
     g = torch.Generator().manual_seed(0)
-    return torch.randn(8, 3, card.preprocessing.crop, card.preprocessing.crop, generator=g)
+    return torch.randn(8, 3, card.preprocessing.crop, card.preprocessing.crop, generator=g), False
 
 
 def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> OnnxCheck:
@@ -87,8 +79,7 @@ def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> On
         # The custom autograd op has no ONNX form; the plain Swish is the same function. (Only then:
         # set_swish would also replace the ReLU6 of the Lite models.)
         model.set_swish(memory_efficient=False)
-    images = _check_images(run_dir, check_images)
-    x = _inputs(run_dir, images)
+    x, real = _inputs(run_dir, _check_images(run_dir, check_images))
     path = run_dir / ONNX_FILE
     torch.onnx.export(
         model,
@@ -106,7 +97,7 @@ def export_onnx(run_dir: Path, check_images: Sequence[Path] | None = None) -> On
     got = sess.run(["logits"], {"input": x.numpy()})[0]
     diff = float(abs(ref - got).max())
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    check = OnnxCheck(diff, agree, len(x), real_images=bool(images))
+    check = OnnxCheck(diff, agree, len(x), real_images=real)
     log.info("ONNX check on %d images: max |logit diff| %.2e, top-1 agreement %.3f", len(x), diff, agree)
     if diff > ONNX_TOLERANCE:
         raise ExportError(

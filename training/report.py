@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graft.core.artifact import METRICS_JSON, Lineage, ModelCard, save_weights, write_card
+from graft.core.artifact import MAX_SKIPPED_LISTED, METRICS_JSON, Lineage, ModelCard, save_weights, write_card
 from graft.core.util import utc_now
 from training.config import TrainConfig
 from training.data import DatasetSplit
@@ -86,6 +86,9 @@ def write_run_folder(
             num_train=len(data.train),
             num_val=len(data.val),
             class_counts=data.class_counts(),
+            skipped=[s.as_dict() for s in data.skipped[:MAX_SKIPPED_LISTED]],
+            num_skipped=len(data.skipped),
+            num_transparent=data.transparent,
             pretrained_weights=trainer.start.weights,
             parent_model=trainer.start.parent,
             started_at=started,

@@ -34,11 +34,14 @@ def run_split(card: ModelCard) -> DatasetSplit | None:
     cap = recipe.get("max_per_class")
     max_per_class = int(cap) if cap is not None else None
     src = Path(source)
+    # Training decoded every image and recorded the ones it skipped: leave those out instead of decoding the
+    # whole folder again (the same split comes back; only the images used later get decoded).
+    skipped = frozenset(Path(s["path"]) for s in card.lineage.skipped if "path" in s)
     try:
         if src.is_file():
-            data = load_manifest(src, max_per_class, seed, val_fraction)
+            data = load_manifest(src, max_per_class, seed, val_fraction, verify=False, exclude=skipped)
         else:
-            data = load_image_folder(src, val_fraction, seed, max_per_class)
+            data = load_image_folder(src, val_fraction, seed, max_per_class, verify=False, exclude=skipped)
     except DatasetError as e:
         log.warning("the run's data at %s cannot be loaded any more: %s", src, e)
         return None
@@ -60,12 +63,13 @@ def spread(items: Sequence[Item], n: int) -> list[Item]:
 
 
 def tensors(card: ModelCard, paths: Sequence[Path]) -> tuple[np.ndarray, list[int]]:
-    """(N×3×H×W float32 inputs, indices of the paths that decoded), through the handler's transform."""
-    tf = eval_transform(card.preprocessing)
+    """(N×3×H×W float32 inputs, indices of the paths that decoded), through the handler's decoding and transform."""
+    pre = card.preprocessing
+    tf = eval_transform(pre)
     rows, kept = [], []
     for i, path in enumerate(paths):
         try:
-            rows.append(tf(load_rgb(path)).numpy())
+            rows.append(tf(load_rgb(path, background=pre.background)).numpy())
         except (OSError, BadInputError, ValueError) as e:
             log.warning("skipping %s: %s", path, e)
             continue

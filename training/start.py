@@ -9,30 +9,53 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graft.core.artifact import load_model
-from graft.core.preprocessing import Preprocessing
+from graft.core.artifact import load_model, read_card
+from graft.core.errors import DatasetError
+from graft.core.preprocessing import WHITE, Preprocessing, parse_color
 from graft.core.util import file_digest
 from graft.core.zoo import LoadReport, create_model, find_head, replace_head
 from training.config import TrainConfig
-from training.data import DatasetSplit, load_image_folder, load_manifest
+from training.data import DatasetSplit, collect_folder, collect_manifest, finish
 
 log = logging.getLogger(__name__)
 
 
+def background(cfg: TrainConfig) -> tuple[int, int, int]:
+    """The colour transparency is composited on: the flag, else a warm start's parent's, else white."""
+    if cfg.background is not None:
+        return parse_color(cfg.background)
+    if cfg.init_from is not None:
+        return read_card(cfg.init_from).preprocessing.background
+    return WHITE
+
+
 def load_data(cfg: TrainConfig) -> DatasetSplit:
+    """Every kept image decoded once; refuses (with the fix) what cannot train, warns about what misleads."""
+    from training.check import findings
+
+    bg = background(cfg)
     if cfg.manifest is not None:
-        data = load_manifest(cfg.manifest, cfg.max_per_class, cfg.seed, cfg.val_fraction)
+        collected = collect_manifest(cfg.manifest, cfg.max_per_class, cfg.seed, cfg.val_fraction, background=bg)
     else:
         assert cfg.data is not None
-        data = load_image_folder(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_per_class)
+        collected = collect_folder(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_per_class, background=bg)
+    found = findings(collected, near=False, background=bg)
+    errors = [f.message for f in found if f.severity == "error"]
+    if errors:
+        raise DatasetError(" ".join(errors) + f" ('graft check {collected.source}' reports every problem)")
+    data = finish(collected)
+    for s in data.skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    for f in found:
+        if f.severity != "error" and f.code not in ("unreadable", "transparency"):  # both in the summary below
+            log.log(logging.WARNING if f.severity == "warning" else logging.INFO, "data: %s", f.summary())
     log.info(
-        "data: %d train / %d val images, %d classes (%s)%s",
-        len(data.train),
-        len(data.val),
-        len(data.labels),
+        "data: %d train / %d val images used, %d classes (%s)%s%s",
+        len(data.train), len(data.val), len(data.labels),
         ", ".join(f"{k}={v}" for k, v in data.class_counts().items()),
-        f"; skipped {data.skipped} unreadable file(s)" if data.skipped else "",
-    )
+        f"; {data.transparent} with transparency, composited on RGB {bg}" if data.transparent else "",
+        f"; skipped {len(data.skipped)} unreadable file(s), listed above" if data.skipped else "",
+    )  # fmt: skip
     return data
 
 
@@ -60,6 +83,7 @@ def create_or_warm_start(cfg: TrainConfig, labels: list[str]) -> Start:
     """
     if cfg.init_from is None:
         model, pre, report = create_model(cfg.backbone, len(labels), cfg.weights)
+        pre = pre.model_copy(update={"background": background(cfg)})
         return Start(model, pre, report, weights_source(cfg.weights), cfg.backbone)
     parent, card = load_model(cfg.init_from)
     head_path, old_head = find_head(parent)
@@ -75,7 +99,7 @@ def create_or_warm_start(cfg: TrainConfig, labels: list[str]) -> Start:
             new_head.bias[i_new] = old_state["bias"][i_old]
     new = sorted(set(labels) - set(card.labels))
     log.info("warm start from %s: kept head rows for %d labels, new: %s", cfg.init_from, len(kept), new or "none")
-    pre = card.preprocessing
+    pre = card.preprocessing.model_copy(update={"background": background(cfg)})
     report = LoadReport(source=f"run:{cfg.init_from}", head=head_path)
     if card.backbone != cfg.backbone:
         log.info("warm start keeps the parent's backbone %s (not %s)", card.backbone, cfg.backbone)

@@ -79,8 +79,8 @@ def _loaders(
     cfg: TrainConfig, data: DatasetSplit, rt: Runtime, pre: Any, augment: bool
 ) -> tuple[DataLoader, DataLoader]:
     train_items, val_items = data.index(data.train), data.index(data.val)
-    train_ds = ImageDataset(train_items, train_transform(pre, augment))
-    val_ds = ImageDataset(val_items, eval_transform(pre))
+    train_ds = ImageDataset(train_items, train_transform(pre, augment), pre.background)
+    val_ds = ImageDataset(val_items, eval_transform(pre), pre.background)
     g = torch.Generator().manual_seed(cfg.seed)
     sampler: Any = None
     if rt.distributed:

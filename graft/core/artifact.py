@@ -27,6 +27,8 @@ ONNX_FILE = "model.onnx"
 # The statically quantized (QDQ, per-channel INT8) copy of model.onnx, written by `graft export --quantize int8`.
 ONNX_INT8_FILE = "model.int8.onnx"
 SCHEMA_VERSION = 1
+# A folder of thousands of stray files should not make model.json megabytes long; train.log lists them all.
+MAX_SKIPPED_LISTED = 1000
 
 
 class Lineage(BaseModel):
@@ -37,6 +39,11 @@ class Lineage(BaseModel):
     num_train: int = 0
     num_val: int = 0
     class_counts: dict[str, int] = Field(default_factory=dict)
+    # Files under dataset_path training could not decode ({"path", "reason"}, at most MAX_SKIPPED_LISTED of
+    # num_skipped): the export rebuilds the run's split without them instead of decoding the folder again.
+    skipped: list[dict[str, str]] = Field(default_factory=list)
+    num_skipped: int = 0
+    num_transparent: int = 0  # used images with transparency, composited on preprocessing.background
     pretrained_weights: str = "none"
     parent_model: str | None = None
     code_version: str = Field(default_factory=lambda: code_version())

@@ -4,6 +4,9 @@ Uploads to the admin, requests to the handler and files read by training all pas
 an image one part accepts the others accept too. Images come from untrusted clients: the pixel limit
 is checked on the header, before any pixel is decoded, and without touching ``PIL.Image.MAX_IMAGE_PIXELS``
 (the process-wide guard stays on). Every refusal is a typed :class:`graft.core.errors.BadInputError`.
+
+Transparency is composited over a background (the model card's ``preprocessing.background``, white by
+default), never dropped: training, the handler and the export's checks decode alike (:func:`flatten`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from graft.core.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
+from graft.core.preprocessing import WHITE
 
 # PIL plugin ids tried on open. Multi-picture JPEGs (MPO, written by many cameras) open through the JPEG
 # plugin and report format "MPO": they are JPEGs whose first picture is the photo.
@@ -108,21 +112,75 @@ def header(img: Image.Image) -> Header:
     return Header(format=str(img.format), width=img.width, height=img.height, mode=img.mode)
 
 
-def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None) -> Image.Image:
-    """Decode to RGB: grayscale, palette, RGBA and CMYK converted; GIF and WebP give their first frame.
+# Modes with an alpha channel; palette, grey and RGB images may instead name one transparent colour (tRNS, GIF).
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_KEYED_MODES = frozenset({"P", "L", "RGB", "1"})
+
+
+def decode_frame(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None
+                 ) -> tuple[Header, Image.Image]:  # fmt: skip
+    """The header as sent and the first frame fully decoded in its own mode (alpha kept); the caller closes it.
 
     ``draft_size``: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both sides stay
-    >= ``draft_size`` (the model's resize target), which skips most of the work for large photos.
+    >= ``draft_size``, which skips most of the work for large photos (truncation is still detected).
     """
     img = open_image(data, max_pixels)
+    head = header(img)
     try:
         if draft_size and img.format in JPEG_FORMATS:
             img.draft(None, (draft_size, draft_size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # palette-with-transparency notices
             img.seek(0)
-            return img.convert("RGB")
+            img.load()
     except Exception as e:  # truncated streams raise OSError, broken chunks SyntaxError/ValueError/zlib errors
+        img.close()
+        raise TruncatedImageError(f"image data is truncated or corrupt ({img.format}): {e}") from e
+    return head, img
+
+
+def _with_alpha(img: Image.Image) -> Image.Image | None:
+    """The image as RGBA when it carries transparency (an alpha channel or a transparent colour), else None."""
+    if img.mode in _ALPHA_MODES or (img.mode in _KEYED_MODES and "transparency" in img.info):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return img.convert("RGBA")
+    return None
+
+
+def has_transparency(img: Image.Image) -> bool:
+    """Some pixel is not fully opaque (an RGBA screenshot whose alpha is 255 everywhere has none)."""
+    rgba = _with_alpha(img)
+    if rgba is None:
+        return False
+    low, _ = rgba.getchannel("A").getextrema()  # one band: (min, max)
+    return int(low) < 255  # type: ignore[arg-type]
+
+
+def flatten(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """RGB, transparency composited over ``background``: the one decode policy of training and serving.
+
+    Converting RGBA to RGB drops alpha and keeps whatever colour transparent pixels happen to store (often
+    black): black-on-transparent icons would all become solid black.
+    """
+    rgba = _with_alpha(img)
+    if rgba is None:
+        return img.convert("RGB")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None,
+               background: tuple[int, int, int] = WHITE) -> Image.Image:  # fmt: skip
+    """Decode to RGB: grayscale, palette and CMYK converted, transparency composited over ``background``
+    (a model's is ``card.preprocessing.background``); GIF and WebP give their first frame.
+
+    ``draft_size``: see :func:`decode_frame` (the model's resize target keeps the short side above it).
+    """
+    _, img = decode_frame(data, max_pixels, draft_size)
+    try:
+        return flatten(img, background)
+    except Exception as e:  # a mode PIL cannot convert is as unusable as a corrupt stream
         raise TruncatedImageError(f"image data is truncated or corrupt ({img.format}): {e}") from e
     finally:
         img.close()
@@ -148,9 +206,10 @@ def inspect(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Header:
     return head
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, background: tuple[int, int, int] = WHITE
+             ) -> Image.Image:  # fmt: skip
     """A file decoded to RGB under the same policy (training and evaluation read images this way)."""
-    return decode_rgb(Path(path).read_bytes(), max_pixels)
+    return decode_rgb(Path(path).read_bytes(), max_pixels, background=background)
 
 
 def is_readable_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> bool:

@@ -44,20 +44,18 @@ def test_train_val_layout_is_used_as_is(hymenoptera: Path) -> None:
     assert d.labels == ["ants", "bees"]
     assert len(d.val) == 153
     # 245 training files, one of them a GIF placeholder that is a valid image
-    assert len(d.train) == 245 and d.skipped == 0
+    assert len(d.train) == 245 and d.skipped == []
 
 
-def test_unreadable_and_non_image_files_are_skipped_and_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unreadable_and_non_image_files_are_skipped_with_their_paths(tmp_path: Path) -> None:
     root = _flat_dataset(tmp_path / "d", {"a": 4, "b": 4})
     (root / "a" / "notes.txt").write_text("not an image")
     (root / "b" / "fake.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (root / "b" / "empty.png").write_bytes(b"")
     d = load_image_folder(root)
-    assert d.skipped == 3
+    assert sorted(s.path.name for s in d.skipped) == ["empty.png", "fake.jpg", "notes.txt"]
+    assert all(s.reason for s in d.skipped)
     assert len(d.train) + len(d.val) == 8
-    assert "skipped 3 unreadable" in caplog.text
 
 
 def test_modes_are_converted_to_rgb(tmp_path: Path) -> None:
