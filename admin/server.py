@@ -43,7 +43,12 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--initial-run", "initial_run", Path, "run folder of the model in service, imported when the registry is empty"),
     ("--initial-version", "initial_version", str, "its version (default 1)"),
     ("--auto-retrain-after", "auto_retrain_after", int, "start a job after N new samples (default 0 = off)"),
-    ("--gate-tolerance", "gate_tolerance", float, "allowed holdout accuracy drop vs the champion (default 0)"),
+    ("--gate-policy", "gate_policy", str,
+     "non_inferior (default: promoted unless significantly worse), better (only if significantly better), "
+     "or accuracy (raw holdout accuracy, graft's first rule)"),
+    ("--gate-alpha", "gate_alpha", float, "significance level of the gate's paired tests (default 0.05)"),
+    ("--gate-tolerance", "gate_tolerance", float,
+     "how much worse a candidate may look on the holdout without being significantly worse (default 0.03)"),
     ("--gate-floor", "gate_floor", float, "minimum holdout accuracy to promote (default 0)"),
 ]
 

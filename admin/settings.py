@@ -79,8 +79,11 @@ class AdminSettings(BaseSettings):
     job_poll_s: float = Field(default=1.0, gt=0)
     auto_retrain_after: int = Field(default=0, ge=0)  # 0 = off
     eval_device: str = "cpu"
-    # --- the gate
-    gate_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    # --- the gate (admin/domain/gate.py): a paired comparison on the holdout images neither model saw
+    gate_policy: Literal["non_inferior", "better", "accuracy"] = "non_inferior"
+    gate_alpha: float = Field(default=0.05, gt=0.0, lt=0.5)  # significance level of the paired tests
+    # non_inferior: how much worse a candidate may look without being significantly worse; accuracy: the drop allowed
+    gate_tolerance: float = Field(default=0.03, ge=0.0, le=1.0)
     gate_floor: float = Field(default=0.0, ge=0.0, le=1.0)
     gate_min_holdout: int = Field(default=1, ge=1)
     # --- rollout (TorchServe management API)

@@ -31,6 +31,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "candidate_accuracy": (job.candidate_metrics or {}).get("accuracy"),
         "champion_accuracy": (job.champion_metrics or {}).get("accuracy"),
         "new_labels": gate.get("new_labels", []), "replay": job.replay, "promoted": job.promoted,
+        "gate_summary": gate.get("summary"), "gate_policy": gate.get("policy"), "advice": gate.get("advice") or [],
+        "regressed": gate.get("regressed") or [],
     }  # fmt: skip
 
 
@@ -57,7 +59,7 @@ def model_view(view: ModelView) -> dict[str, Any]:
         "lineage": m.lineage, "recipe": m.recipe, "parent": m.parent_version, "job_id": m.job_id,
         "dataset_digest": m.dataset_digest, "num_train": m.num_train, "num_holdout": m.num_holdout,
         "plots": [name for name in PLOTS if m.run_dir is not None and (m.run_dir / PLOTS[name]).is_file()],
-        "evidence": m.recipe.get("evidence") or m.recipe.get("auto"),
+        "evidence": m.recipe.get("evidence") or m.recipe.get("auto"), "gate": m.metrics.get("gate"),
     }  # fmt: skip
 
 

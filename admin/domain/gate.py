@@ -1,22 +1,47 @@
-"""The promotion gate: candidate against champion on the same holdout, with the numbers in the reason.
+"""The promotion gate: candidate against champion, image by image, on holdout images neither model saw.
 
 Pure functions over per-image predictions, so the rule is tested without training anything:
 
-* both models are scored on the holdout images whose label *both* know (a new label the champion
-  never saw cannot count against it, nor for the candidate); new labels are reported apart;
-* the candidate passes when ``cand >= champ - tolerance`` and ``cand >= floor``;
-* with no champion (the first model), only the floor applies;
-* too few shared holdout images is a rejection: no evidence, no promotion.
+* the caller passes only *fair* holdout images: none that either model trained or selected on (see
+  :mod:`admin.domain.fairness`); the decision says how many that is and how many were left out;
+* both models are scored on the images whose label *both* know (a new label the champion never saw
+  cannot count against it, nor for the candidate); new labels are reported apart;
+* the comparison is paired (:mod:`admin.domain.paired`): the accuracy difference with a bootstrap
+  interval, the exact McNemar test on the discordant images, and each class's recall change;
+* policies: ``non_inferior`` (the default) promotes unless the candidate is significantly worse
+  (one-sided exact McNemar at ``alpha``), looks worse by more than ``tolerance`` even without proof, or
+  one class's recall fell significantly (Holm-corrected); ``better`` promotes only a candidate that is
+  significantly better; ``accuracy`` is graft's first rule, ``cand >= champ - tolerance`` on raw accuracy;
+* every policy: the candidate must meet ``floor``, and too few fair images is a rejection.
+
+Why non-inferiority by default: a candidate is trained on a superset of the champion's data, so "at least
+as good" is the expectation, and a rule that demands proof of improvement rejects most real improvements
+on the few hundred holdout images a small project has (TFMA's validation with confidence intervals makes
+the same choice: a threshold fails only when the whole interval is on the wrong side).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from admin.domain.paired import ClassChange, PairedComparison, class_changes, compare, images_to_settle
+
+GatePolicy = Literal["non_inferior", "better", "accuracy"]
+GATE_POLICIES: tuple[GatePolicy, ...] = ("non_inferior", "better", "accuracy")
 # Accuracy is a ratio of small integers; this absorbs float rounding, never a real difference.
 _EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GateRule:
+    policy: GatePolicy = "non_inferior"
+    tolerance: float = 0.03  # accuracy a candidate may look worse by, without significance
+    floor: float = 0.0
+    min_holdout: int = 1
+    alpha: float = 0.05
+    holdout_fraction: float = 0.2  # only to turn "holdout images needed" into "uploads needed"
 
 
 @dataclass(frozen=True)
@@ -39,13 +64,22 @@ class GateDecision:
     shared_labels: list[str]
     new_labels: list[str]
     dropped_labels: list[str]
-    candidate_all: Score  # the candidate on every holdout image whose label it knows
+    candidate_all: Score  # the candidate on every fair holdout image whose label it knows
     tolerance: float
     floor: float
+    policy: GatePolicy = "non_inferior"
+    alpha: float = 0.05
+    comparison: PairedComparison | None = None
+    classes: list[ClassChange] = field(default_factory=list)
+    regressed: list[str] = field(default_factory=list)  # classes whose recall fell significantly
+    left_out: int = 0  # holdout images left out because one of the two models trained or selected on them
+    advice: list[str] = field(default_factory=list)  # what to do next, when the candidate was rejected
+    summary: str = ""  # the comparison in one line of words
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["champion"] = None if self.champion is None else self.champion.as_dict()
+        out["comparison"] = None if self.comparison is None else self.comparison.as_dict()
         return out
 
 
@@ -70,11 +104,15 @@ def decide(
     champion_pred: Sequence[str | None] | None,
     champion_labels: Sequence[str] | None,
     *,
-    tolerance: float = 0.0,
-    floor: float = 0.0,
-    min_holdout: int = 1,
+    rule: GateRule | None = None,
+    left_out: int = 0,
+    **overrides: Any,
 ) -> GateDecision:
-    """Judge the candidate; ``champion_*`` None means there is no model in service yet."""
+    """Judge the candidate; ``champion_*`` None means there is no model in service yet.
+
+    ``rule`` (or keyword overrides of its fields: ``tolerance=0.01``) says how; ``left_out`` is how many
+    holdout images the caller left out as unfair, for the report."""
+    rule = GateRule(**{**asdict(rule or GateRule()), **overrides})
     cand_set = set(candidate_labels)
     champ_set = set(champion_labels) if champion_labels is not None else cand_set
     shared = cand_set & champ_set
@@ -82,37 +120,125 @@ def decide(
     champ = score(truth, champion_pred, shared) if champion_pred is not None else None
     new = sorted(cand_set - champ_set) if champion_labels is not None else []
     dropped = sorted(champ_set - cand_set) if champion_labels is not None else []
-    passed, reason = _verdict(cand, champ, tolerance, floor, min_holdout)
+    comparison, classes = None, []
+    if champion_pred is not None:
+        idx = [i for i, t in enumerate(truth) if t in shared]
+        cand_right = [candidate_pred[i] == truth[i] for i in idx]
+        champ_right = [champion_pred[i] == truth[i] for i in idx]
+        comparison = compare(cand_right, champ_right, 1.0 - rule.alpha)
+        classes = class_changes([truth[i] for i in idx], cand_right, champ_right, rule.alpha)
+    verdict = _verdict(rule, cand, champ, comparison, classes, left_out)
+    reason = verdict.reason
     if new:
         reason += f"; new label(s) not judged against the champion: {', '.join(new)}"
     if dropped:
         reason += f"; label(s) the candidate no longer predicts: {', '.join(dropped)}"
     return GateDecision(
-        passed,
-        reason,
-        cand,
-        champ,
-        sorted(shared),
-        new,
-        dropped,
-        score(truth, candidate_pred, cand_set),
-        tolerance,
-        floor,
+        verdict.passed, reason, cand, champ, sorted(shared), new, dropped,
+        score(truth, candidate_pred, cand_set), rule.tolerance, rule.floor, rule.policy, rule.alpha,
+        comparison, classes, verdict.regressed, left_out, verdict.advice, verdict.summary,
+    )  # fmt: skip
+
+
+@dataclass
+class _Verdict:
+    passed: bool
+    reason: str
+    summary: str = ""
+    regressed: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def describe(comparison: PairedComparison, left_out: int = 0) -> str:
+    """"+0.7 points (95% CI -2.1 to +3.5) on 340 paired images, 23 discordant (12 vs 11)"."""
+    c = comparison
+    unseen = " neither model saw" + (f" ({left_out} more left out: a model trained or selected on them)"
+                                     if left_out else "")  # fmt: skip
+    return (
+        f"candidate {_points(c.difference)} points ({100 * c.level:.0f}% CI {_points(c.ci_low)} to "
+        f"{_points(c.ci_high)}) on {c.n} paired holdout images{unseen}, {c.discordant} discordant "
+        f"({c.candidate_only} only the candidate got right, {c.champion_only} only the champion)"
     )
 
 
-def _verdict(cand: Score, champ: Score | None, tolerance: float, floor: float, min_holdout: int) -> tuple[bool, str]:
+def _verdict(
+    rule: GateRule,
+    cand: Score,
+    champ: Score | None,
+    comparison: PairedComparison | None,
+    classes: list[ClassChange],
+    left_out: int,
+) -> _Verdict:
     c = f"candidate {cand.accuracy:.4f} ({cand.correct}/{cand.n})"
-    if cand.n < min_holdout:
-        return False, f"rejected: only {cand.n} holdout image(s) with labels both models know; need {min_holdout}"
-    if cand.accuracy + _EPS < floor:
-        return False, f"rejected: {c} is below the floor {floor:.4f}"
-    if champ is None:
-        return True, f"passed: {c} meets the floor {floor:.4f}; there is no champion to beat"
+    if cand.n < rule.min_holdout:
+        more = rule.min_holdout - cand.n
+        advice = [f"label about {_uploads(more, rule)} more images (1 in {1 / rule.holdout_fraction:.0f} goes to the "
+                  f"holdout) so that {rule.min_holdout} holdout images judge the next candidate"]  # fmt: skip
+        why = f" ({left_out} left out: a model trained or selected on them)" if left_out else ""
+        return _Verdict(False, f"rejected: only {cand.n} fair holdout image(s){why} with labels both models know; "
+                        f"need {rule.min_holdout}", advice=advice)  # fmt: skip
+    if cand.accuracy + _EPS < rule.floor:
+        return _Verdict(False, f"rejected: {c} is below the floor {rule.floor:.4f}",
+                        advice=["the candidate is not good enough on its own: more or cleaner training data, "
+                                "or another recipe"])  # fmt: skip
+    if champ is None or comparison is None:
+        return _Verdict(True, f"passed: {c} meets the floor {rule.floor:.4f}; there is no champion to beat")
     h = f"champion {champ.accuracy:.4f} ({champ.correct}/{champ.n})"
-    if cand.accuracy + tolerance + _EPS < champ.accuracy:
-        return False, (
-            f"rejected: {c} is lower than {h} by {champ.accuracy - cand.accuracy:.4f}, "
-            f"more than the tolerance {tolerance:.4f}, on the same holdout"
-        )
-    return True, f"passed: {c} vs {h} on the same holdout (tolerance {tolerance:.4f}, floor {floor:.4f})"
+    summary = describe(comparison, left_out)
+    head = f"{c} vs {h}: {summary}"
+    if rule.policy == "accuracy":
+        return _accuracy_rule(rule, cand, champ, head, summary)
+    if comparison.p_worse < rule.alpha:
+        return _Verdict(False, f"rejected: {head}; significantly worse (p={comparison.p_worse:.3g} < {rule.alpha})",
+                        summary, advice=["the candidate is worse than the model in service: check the labels of the "
+                                         "samples added since the champion was trained, or retrain with another "
+                                         "recipe"])  # fmt: skip
+    regressed = [k for k in classes if k.fell]
+    if regressed:
+        names = "; ".join(f"{k.label} {k.champion_recall:.2f} -> {k.candidate_recall:.2f} (p={k.p_fell:.3g})"
+                          for k in regressed)  # fmt: skip
+        advice = [f"look at the samples labelled {k.label!r} added since the champion was trained: a wrong label or "
+                  "a new kind of picture there is the usual cause" for k in regressed]  # fmt: skip
+        return _Verdict(False, f"rejected: {head}; recall fell significantly for {names}", summary,
+                        [k.label for k in regressed], advice)  # fmt: skip
+    return _comparison_rule(rule, comparison, head, summary)
+
+
+def _accuracy_rule(rule: GateRule, cand: Score, champ: Score, head: str, summary: str) -> _Verdict:
+    if cand.accuracy + rule.tolerance + _EPS < champ.accuracy:
+        return _Verdict(False, (
+            f"rejected: candidate {cand.accuracy:.4f} ({cand.correct}/{cand.n}) is lower than champion "
+            f"{champ.accuracy:.4f} ({champ.correct}/{champ.n}) by {champ.accuracy - cand.accuracy:.4f}, "
+            f"more than the tolerance {rule.tolerance:.4f} (policy accuracy); {summary}"
+        ), summary)  # fmt: skip
+    return _Verdict(True, f"passed: {head}; within the tolerance {rule.tolerance:.4f} (policy accuracy)", summary)
+
+
+def _comparison_rule(rule: GateRule, cmp: PairedComparison, head: str, summary: str) -> _Verdict:
+    a = rule.alpha
+    settle = images_to_settle(cmp, a)
+    more = (f"about {settle} more fair holdout images (about {_uploads(settle, rule)} more labelled uploads) would "
+            "settle whether the difference is real" if settle else "")  # fmt: skip
+    if rule.policy == "better":
+        if cmp.p_better < a:
+            why = f"significantly better (p={cmp.p_better:.3g}, policy better)"
+            return _Verdict(True, f"passed: {head}; {why}", summary)
+        advice = [more] if more and cmp.difference > 0 else ["retrain when more labelled data has arrived"]
+        return _Verdict(False, f"rejected: {head}; not significantly better (p={cmp.p_better:.3g} >= {a}, policy "
+                        "better)", summary, advice=advice)  # fmt: skip
+    if cmp.difference + rule.tolerance + _EPS < 0:
+        advice = [more] if more else []
+        return _Verdict(False, (
+            f"rejected: {head}; worse by more than the tolerance of {100 * rule.tolerance:.1f} points, though not "
+            f"significantly (p={cmp.p_worse:.3g})"
+        ), summary, advice=advice)  # fmt: skip
+    return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}), within the tolerance of "
+                    f"{100 * rule.tolerance:.1f} points", summary)  # fmt: skip
+
+
+def _uploads(holdout_images: int, rule: GateRule) -> int:
+    return round(holdout_images / rule.holdout_fraction)

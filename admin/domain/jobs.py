@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from admin.domain.adoption import BaseData
-from admin.domain.gate import GateDecision, decide
+from admin.domain.gate import GateDecision, GateRule
+from admin.domain.judge import EvaluateFn, default_evaluate, judge
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
 from admin.domain.replay import ReplayRejectedError, ReplayReport, check
@@ -42,26 +43,11 @@ from training.config import TrainConfig, write_config_file
 
 log = logging.getLogger(__name__)
 
-EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
 ShadowFn = Callable[[str, str | None], ReplayReport | None]  # (candidate, champion) -> the replay, if any
 # Gives a candidate run the champion's export settings (and its INT8 model when the champion serves INT8).
 PrepareFn = Callable[[Path, Path | None], object]
 CONFIG_FILE = "train-config.json"
-
-
-def default_evaluate(
-    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
-) -> tuple[list[str | None], list[str]]:
-    """Top-1 label per image (None when unreadable) and the run's labels, via the training library.
-
-    The model is judged as its archive serves it: ``model.int8.onnx`` when it was exported with
-    ``--quantize int8`` (or prepared like an INT8 champion), else its weights.
-    """
-    from training.evaluate import evaluate_run
-    from training.export_settings import serving_precision
-
-    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
-    return list(report["predictions"]), list(report["labels"])
+__all__ = ["EvaluateFn", "JobManager", "JobServices", "default_evaluate", "default_prepare", "smoke_images"]
 
 
 def default_prepare(run_dir: Path, champion_dir: Path | None) -> object:
@@ -126,6 +112,9 @@ class JobManager:
 
             version = self.s.jobs.create(job_id, trigger, request.model_dump(exclude_defaults=True), job_dir, reserve)
             self.s.jobs.update(job_id, config=config.model_dump(mode="json", exclude_unset=True))
+            if note := self._no_new_data(champion):
+                self._notes[job_id] = [note]
+                self.s.jobs.update(job_id, reason=note)  # said before training, while the job runs
             self._cancel[job_id] = threading.Event()
             thread = threading.Thread(target=self._run, args=(job_id, config), name=f"job-{job_id}", daemon=True)
             self._threads[job_id] = thread
@@ -133,6 +122,12 @@ class JobManager:
         thread.start()
         log.info("job %s queued (%s): candidate version %s", job_id, trigger, version)
         return self.get(job_id)
+
+    def _no_new_data(self, champion: ModelVersion | None) -> str | None:
+        if champion is None or self.s.samples.max_seq() > champion.max_sample_seq:
+            return None
+        return (f"note: no labelled samples arrived since version {champion.version} was trained, so this candidate "
+                "can differ from it only by its recipe or by chance")  # fmt: skip
 
     def get(self, job_id: str) -> Job:
         job = self.s.jobs.get(job_id)
@@ -221,7 +216,8 @@ class JobManager:
         decision, card = self._evaluate(job_id, version, run_dir, snap, champion)
         if not decision.passed:
             self.s.registry.update(version, status="rejected")
-            self._finish(job_id, "rejected", decision.reason)
+            advice = f"; what to do next: {'; '.join(decision.advice)}" if decision.advice else ""
+            self._finish(job_id, "rejected", decision.reason + advice)
             return
         self.s.registry.update(version, status="accepted")
         if decision.new_labels and not self.s.settings.promote_new_labels:
@@ -267,7 +263,7 @@ class JobManager:
         snap = take_snapshot(self.s.samples, base)
         champion = self.s.registry.champion()
         notes += hold_back_new_labels(snap, champion.labels if champion else [], self.s.settings.min_label_samples)
-        self._notes[job_id] = notes
+        self._notes[job_id] = self._notes.get(job_id, []) + notes
         snap = write_snapshot(snap, job_dir / "manifest.json")
         self.s.jobs.update(job_id, progress=0.05, dataset_digest=snap.digest, max_sample_seq=snap.max_sample_seq)
         log.info("job %s: snapshot %s: %d train, %d holdout", job_id, snap.digest, len(snap.train), len(snap.holdout))
@@ -325,20 +321,19 @@ class JobManager:
             num_holdout=len(snap.holdout),
             metrics={"training": card.metrics},
         )
-        holdout = [(i.path, i.label) for i in snap.holdout]
         st = self.s.settings
-        cand_pred, cand_labels = self.s.evaluate(run_dir, holdout, st.eval_device)
-        champ_pred = champ_labels = None
-        if champion is not None and champion.run_dir is not None:
-            champ_pred, champ_labels = self.s.evaluate(champion.run_dir, holdout, st.eval_device)
-        truth = [label for _, label in holdout]
-        decision = decide(
-            truth, cand_pred, cand_labels, champ_pred, champ_labels,
-            tolerance=st.gate_tolerance, floor=st.gate_floor, min_holdout=st.gate_min_holdout,
-        )  # fmt: skip
+        rule = GateRule(st.gate_policy, st.gate_tolerance, st.gate_floor, st.gate_min_holdout, st.gate_alpha,
+                        st.holdout_fraction)  # fmt: skip
+        champion_dir = champion.run_dir if champion is not None else None
+        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device)
+        log.info("job %s: gate on %d fair holdout images (%d left out: seen by a model)", job_id, len(fair.items),
+                 fair.left_out)  # fmt: skip
         if decision.champion is not None:
             self.s.metrics.serving_accuracy.set(decision.champion.accuracy)
-        self.s.registry.update(version, metrics={"training": card.metrics, "holdout": decision.candidate_all.as_dict()})
+        gate = {"policy": decision.policy, "passed": decision.passed, "summary": decision.summary,
+                "reason": decision.reason, "champion_version": champion.version if champion else None}  # fmt: skip
+        self.s.registry.update(version, metrics={"training": card.metrics, "holdout": decision.candidate_all.as_dict(),
+                                                 "gate": gate})  # fmt: skip
         self.s.jobs.update(
             job_id,
             progress=0.9,

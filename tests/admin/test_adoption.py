@@ -23,7 +23,7 @@ from tests.support.fakes import (
     placeholder_export,
     write_toy_card,
 )
-from tests.support.images import image_folder
+from tests.support.images import image_folder, png
 from tests.support.waiting import wait_for, wait_job, wait_ready
 
 
@@ -78,7 +78,11 @@ def test_the_one_model_in_the_store_is_adopted_with_its_card_and_base_data(tmp_p
     assert m["metrics"]["training"]["val_accuracy"] == 0.6 and m["labels"] == ["ants", "bees"]
     assert (tmp_path / "state" / "models" / "ab-3" / "model.json").is_file(), "the card was unpacked for the gate"
     job = wait_job(api, api.post("/v1/retrain").json()["job_id"])
-    assert job["status"] == "succeeded" and job["metrics"]["champion"]["n"] == 8, "the base holdout judged it"
+    # the base data was adopted: its 8 validation images are the holdout, but the champion chose its best epoch
+    # on them, so they cannot judge it (the fair holdout); with no samples yet there is nothing fair to judge on
+    assert job["status"] == "rejected" and job["gate"]["left_out"] == 8, job["reason"]
+    assert "only 0 fair holdout image(s) (8 left out" in job["reason"]
+    assert "no labelled samples arrived" in job["reason"]
     assert "base data" not in job["reason"]
 
 
@@ -126,8 +130,12 @@ def test_the_serving_plan_keeps_the_default_and_its_rollback_targets(tmp_path: P
     toy_archive(tmp_path, "ab", "1", dataset=image_folder(tmp_path / "base", {"train": 3, "val": 2}))
     server, api = serve()
     wait_ready(api)
+    for i in range(20):  # samples: some land in the holdout, which judges v2 against v1 (v1 chose on base/val)
+        files = {"file": (f"s{i}.png", png(900 + i), "image/png")}
+        assert api.post("/v1/samples", files=files, data={"label": "ants" if i % 2 else "bees"}).status_code == 201
     for _ in range(2):
-        assert wait_job(api, api.post("/v1/retrain").json()["job_id"])["status"] == "succeeded"
+        job = wait_job(api, api.post("/v1/retrain").json()["job_id"])
+        assert job["status"] == "succeeded", job["reason"]
     server.stop()
     st = settings(tmp_path, keep_versions=2)
     plan = serving_plan(st, adopt_first=False)

@@ -145,7 +145,9 @@ def test_candidate_takes_the_champions_export_settings(env: Env) -> None:
 def test_worse_candidate_is_rejected_and_the_champion_stays(env: Env, api: httpx.Client) -> None:
     job = retrain(api, env, 0.1)
     assert job["status"] == "rejected" and not job["promoted"], job
-    assert job["reason"].startswith("rejected: candidate") and "lower than champion" in job["reason"]
+    assert job["reason"].startswith("rejected: candidate") and "significantly worse" in job["reason"]
+    assert "95% CI" in job["reason"] and "what to do next" in job["reason"]
+    assert job["gate"]["comparison"]["p_worse"] < 0.05
     assert env.rollout.default_version("graft") == "1" and "2" not in env.rollout.versions("graft")
     models = api.get("/v1/models").json()
     assert models["default"] == "1"

@@ -73,7 +73,7 @@ def fake_train(argv: Sequence[str]) -> int:
         tmp.write_text(json.dumps({"phase": "train", "epoch": epoch, "epochs": epochs, "fraction": epoch / epochs}))
         tmp.replace(output / "progress.json")
     parent = Path(config["init_from"]) if config.get("init_from") else None
-    write_toy_card(output, labels, quality, manifest["digest"], parent=parent)
+    write_toy_card(output, labels, quality, manifest["digest"], parent=parent, dataset_path=Path(config["manifest"]))
     print(json.dumps({"run_dir": str(output), "val_accuracy": quality}))
     return 0
 

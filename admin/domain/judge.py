@@ -1,0 +1,77 @@
+"""Judging a candidate: both models predict the fair holdout, and the gate decides on the pairs.
+
+The evaluation runs through the training library (``training.evaluate``), as the archive would serve the
+model (INT8 when it was exported so). Which holdout images count is :mod:`admin.domain.fairness`'s rule;
+what the predictions mean is :mod:`admin.domain.gate`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from admin.domain.fairness import FairHoldout, fair_holdout, seen_by
+from admin.domain.gate import GateDecision, GateRule, decide
+from graft.core.artifact import read_card
+from graft.core.manifest import Item
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+
+
+def default_evaluate(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
+) -> tuple[list[str | None], list[str]]:
+    """Top-1 label per image (None when unreadable) and the run's labels, via the training library.
+
+    The model is judged as its archive serves it: ``model.int8.onnx`` when it was exported with
+    ``--quantize int8`` (or prepared like an INT8 champion), else its weights.
+    """
+    from training.evaluate import evaluate_run
+    from training.export_settings import serving_precision
+
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
+    return list(report["predictions"]), list(report["labels"])
+
+
+def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str) -> tuple[
+    list[str | None], list[str]
+]:
+    if not samples:  # nothing fair to judge on: the labels still say what the model knows
+        return [], list(read_card(run_dir).labels)
+    return evaluate(run_dir, samples, device)
+
+
+def judge(
+    evaluate: EvaluateFn,
+    candidate_dir: Path,
+    champion_dir: Path | None,
+    holdout: Sequence[Item],
+    rule: GateRule,
+    device: str = "cpu",
+) -> tuple[GateDecision, FairHoldout]:
+    """The gate's decision on the holdout images neither model trained or selected on."""
+    seen = [("candidate", seen_by(candidate_dir))]
+    if champion_dir is not None:
+        seen.append(("champion", seen_by(champion_dir)))
+    fair = fair_holdout(holdout, seen)
+    samples = [(i.path, i.label) for i in fair.items]
+    cand_pred, cand_labels = _predict(evaluate, candidate_dir, samples, device)
+    champ_pred = champ_labels = None
+    if champion_dir is not None:
+        champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device)
+    truth = [label for _, label in samples]
+    decision = decide(truth, cand_pred, cand_labels, champ_pred, champ_labels, rule=rule, left_out=fair.left_out)
+    if fair.unknown:
+        note = (f"the data the {' and the '.join(fair.unknown)} trained on could not be listed, so holdout images it "
+                "saw may have graded it")  # fmt: skip
+        log.warning("gate: %s", note)
+        decision = _with_note(decision, note)
+    return decision, fair
+
+
+def _with_note(decision: GateDecision, note: str) -> GateDecision:
+    return replace(decision, reason=f"{decision.reason}; {note}")
