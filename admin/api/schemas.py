@@ -28,10 +28,13 @@ class SampleOut(BaseModel):
     label: str
     split: Literal["train", "holdout"]
     duplicate: bool = Field(description="true when these exact bytes were already stored")
+    split_reason: str = Field(
+        default="", description='why this split: "hash split", or "near-duplicate of <id>" (a holdout picture)'
+    )
 
     @classmethod
     def of(cls, s: StoredSample) -> SampleOut:
-        return cls(id=s.id, label=s.label, split=s.split, duplicate=s.duplicate)
+        return cls(id=s.id, label=s.label, split=s.split, duplicate=s.duplicate, split_reason=s.split_reason)
 
 
 class BatchOut(BaseModel):
@@ -49,6 +52,7 @@ class SampleMetaOut(BaseModel):
     width: int
     height: int
     received_at: str
+    split_reason: str = Field(default="", description='"hash split" or "near-duplicate of <id>"')
 
     @classmethod
     def of(cls, s: SampleMeta) -> SampleMetaOut:

@@ -5,9 +5,10 @@ already stored, then image headers against a pixel budget, then full decoding), 
 batch in one transaction: a request stores all its samples or none, and a hostile one costs little CPU.
 
 The split (train or holdout) is a function of the image's decoded pixels: the same picture lands in the
-same split whoever posts it, in whatever file. A near-duplicate of a holdout image (a re-encoding, a crop
-of a few pixels: its perceptual hash within a few bits) is pinned to the holdout, so the gate's holdout
-never leaks into training.
+same split whoever posts it, in whatever file. The same picture as a holdout image in other bytes (re-encoded,
+resized, lightly cropped, brightened: :mod:`graft.core.likeness`) is pinned to the holdout, so the gate's
+holdout never leaks into training; a different picture that merely looks alike is not, so the holdout stays
+near its configured share. The stored sample says why it went where it did (``split_reason``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from admin.domain.labels import LabelSet
 from admin.store.rows import SampleSplit, StoredSample
 from admin.store.samples import NewSample, SampleStore, content_address
 from graft.core.errors import ConflictError, GraftError, InvalidSampleError, TooManyPixelsError
-from graft.core.images import Fingerprint, fingerprint, hamming, open_image, thumb_similarity
+from graft.core.images import decode_rgb, fingerprint, open_image
+from graft.core.likeness import Likeness, LikenessIndex, likeness
 
-# dHash bits two images may differ by and still be "the same picture" (re-encodings differ by 0-4 here).
+# Kept for the capture queue's coarse collapsing (admin/domain/captures.py): dHash bits of "the same picture".
 NEAR_DUPLICATE_BITS = 6
-# ...and the thumbnails' correlation that confirms it (calibrated on Fashion-MNIST: README, "Near-duplicates").
-SAME_PICTURE_SIMILARITY = 0.92
-# A holdout image's perceptual hash and its file (the thumbnail is read from it only when the hash matches).
+# A holdout image's perceptual hash and its file (the intake reads the file once to know what it looks like).
 HoldoutPrint = tuple[int, Path]
+HASH_SPLIT = "hash split"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class SampleIntake:
         self.max_image_pixels = max_image_pixels
         self.max_batch_pixels = max_batch_pixels
         self.base_holdout_prints = base_holdout_prints
-        self._thumbs: dict[Path, bytes] = {}  # holdout images' thumbnails, read when a hash first matches
+        self._index = LikenessIndex()  # every holdout picture, read once per process
+        self._indexed: set[str] = set()
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
         """Check every item (the error names the item), then store them all in one transaction."""
@@ -92,9 +94,15 @@ class SampleIntake:
                 out[i] = StoredSample(id=stored.id, label=stored.label, split=stored.split, duplicate=True,
                                       seq=stored.seq)  # fmt: skip
         self._check_pixel_budget([uploads[i] for i in todo])
-        holdout = [*self.store.holdout_prints(), *self.base_holdout_prints()] if todo else []
-        checked = {i: self._check(uploads[i], names[i], i, n, holdout) for i in todo}
-        out.update(zip(checked, self.store.add_many(list(checked.values())), strict=True))
+        if todo:
+            self._sync_index()
+        checked = {i: self._check(uploads[i], names[i], i, n) for i in todo}
+        stored = self.store.add_many([new for new, _ in checked.values()])
+        for (_, look), sample in zip(checked.values(), stored, strict=True):
+            if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
+                self._index.add(sample.id, look)  # the next item of this request is checked against it too
+                self._indexed.add(sample.id)
+        out.update(zip(checked, stored, strict=True))
         for name in {names[i] for i in checked}:
             self.labels.resolve(name, may_add=True)  # a new label (admin only) joins the set once stored
         return [out[i] for i in range(n)]
@@ -121,30 +129,29 @@ class SampleIntake:
                 "send fewer or smaller images per request"
             )
 
-    def _check(self, up: Upload, label: str, i: int, n: int, holdout: list[HoldoutPrint]) -> NewSample:
+    def _check(self, up: Upload, label: str, i: int, n: int) -> tuple[NewSample, Likeness]:
         try:
-            fp = fingerprint(up.data, self.max_image_pixels)
+            fp = fingerprint(up.data, self.max_image_pixels, thumb=False)
+            look = likeness(decode_rgb(up.data, self.max_image_pixels, draft_size=256))
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
-        split = "holdout" if self._near_holdout(fp, holdout) else split_for(fp.pixels_sha, self.holdout_fraction)
-        return NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex)
+        split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
+        if split == "train" and (twin := self._index.match(look)) is not None:
+            split, reason = "holdout", f"near-duplicate of {twin[0]}"
+        sample = NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex,
+                           reason)  # fmt: skip
+        return sample, look
 
-    def _near_holdout(self, fp: Fingerprint, holdout: list[HoldoutPrint]) -> bool:
-        """The same picture as a holdout image: the 64-bit hash within NEAR_DUPLICATE_BITS, confirmed by the
-        thumbnails (on small, similar images such as 28x28 clothes on black, many different pictures fall
-        within a few bits of each other; the thumbnails tell them apart)."""
-        for phash, path in holdout:
-            if hamming(fp.phash, phash) > NEAR_DUPLICATE_BITS:
-                continue
-            thumb = self._thumb(path)
-            if thumb is None or thumb_similarity(fp.thumb, thumb) >= SAME_PICTURE_SIMILARITY:
-                return True  # an unreadable holdout image: keep the old, cautious answer
-        return False
-
-    def _thumb(self, path: Path) -> bytes | None:
-        if path not in self._thumbs:
+    def _sync_index(self) -> None:
+        """Holdout pictures not yet indexed (stored by an earlier process, or base images) are read once."""
+        known = [(sid, path) for sid, path in self.store.holdout_files() if sid not in self._indexed]
+        known += [(f"base:{path.name}", path) for _, path in self.base_holdout_prints()
+                  if f"base:{path.name}" not in self._indexed]  # fmt: skip
+        for key, path in known:
             try:
-                self._thumbs[path] = fingerprint(path.read_bytes(), self.max_image_pixels).thumb
+                look = likeness(decode_rgb(path.read_bytes(), self.max_image_pixels, draft_size=256))
             except (OSError, GraftError):
-                return None
-        return self._thumbs[path]
+                self._indexed.add(key)  # an unreadable holdout file cannot be matched (the hash split still applies)
+                continue
+            self._index.add(key, look)
+            self._indexed.add(key)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS samples (
     height       INTEGER NOT NULL,
     received_at  TEXT NOT NULL,
     pixels_sha   TEXT,                               -- sha256 of the decoded pixels: the split follows it
-    phash        TEXT                                -- 64-bit perceptual hash (hex): near-duplicates
+    phash        TEXT,                               -- 64-bit perceptual hash (hex): near-duplicates
+    split_reason TEXT                                -- why this split: "hash split" | "near-duplicate of <id>"
 );
 CREATE INDEX IF NOT EXISTS samples_label ON samples (label, split);
 """
@@ -184,7 +185,7 @@ class Database:
         if "replay" not in jobs:  # schema 4
             self._conn.execute("ALTER TABLE jobs ADD COLUMN replay TEXT")
         samples = {row["name"] for row in self._conn.execute("PRAGMA table_info(samples)")}
-        for column in ("pixels_sha", "phash"):  # schema 3
+        for column in ("pixels_sha", "phash", "split_reason"):  # schema 3; split_reason: schema 7
             if column not in samples:
                 self._conn.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
         captures = {row["name"] for row in self._conn.execute("PRAGMA table_info(captures)")}

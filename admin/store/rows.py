@@ -26,6 +26,7 @@ class StoredSample(_Row):
     split: SampleSplit
     duplicate: bool
     seq: int
+    split_reason: str = ""  # "hash split", or "near-duplicate of <id>" (a holdout picture in other bytes)
 
 
 class SampleRef(_Row):
@@ -58,6 +59,7 @@ class SampleMeta(_Row):
     width: int
     height: int
     received_at: str
+    split_reason: str = ""
 
 
 class ModelVersion(_Row):

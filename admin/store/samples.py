@@ -32,6 +32,7 @@ class NewSample:
     sha256: str  # of ``data``: the content address
     pixels_sha: str  # of the decoded pixels: what makes two files one image
     phash: str  # perceptual hash, hex
+    split_reason: str = "hash split"  # or "near-duplicate of <id>"
 
 
 def content_address(data: bytes) -> str:
@@ -68,6 +69,11 @@ class SampleStore:
         rows = self.db.all("SELECT phash, path FROM samples WHERE split = 'holdout' AND phash IS NOT NULL")
         return [(int(r["phash"], 16), self.root / r["path"]) for r in rows]
 
+    def holdout_files(self) -> list[tuple[str, Path]]:
+        """(id, file) of every holdout sample."""
+        rows = self.db.all("SELECT sha256, path FROM samples WHERE split = 'holdout'")
+        return [(r["sha256"], self.root / r["path"]) for r in rows]
+
     def phashes(self) -> list[tuple[str, int]]:
         """(id, perceptual hash) of every fingerprinted sample."""
         rows = self.db.all("SELECT sha256, phash FROM samples WHERE phash IS NOT NULL")
@@ -102,19 +108,21 @@ class SampleStore:
 
     def _insert(self, conn: Any, s: NewSample, rel: Path) -> StoredSample:
         # Stored before, earlier in this batch, or raced in from another request: the first row wins.
-        row = conn.execute("SELECT sha256, seq, label, split FROM samples WHERE sha256 = ? OR pixels_sha = ? "
-                           "ORDER BY seq LIMIT 1", (s.sha256, s.pixels_sha)).fetchone()  # fmt: skip
+        row = conn.execute("SELECT sha256, seq, label, split, split_reason FROM samples WHERE sha256 = ? OR "
+                           "pixels_sha = ? ORDER BY seq LIMIT 1", (s.sha256, s.pixels_sha)).fetchone()  # fmt: skip
         if row is not None:
             if row["label"] != s.label:
                 raise ConflictError(_conflict(row["sha256"], row["label"], s.label))
-            return StoredSample(id=row["sha256"], label=s.label, split=row["split"], duplicate=True, seq=row["seq"])
+            return StoredSample(id=row["sha256"], label=s.label, split=row["split"], duplicate=True, seq=row["seq"],
+                                split_reason=row["split_reason"] or "")  # fmt: skip
         cur = conn.execute(
             "INSERT INTO samples (sha256, label, split, path, size, format, width, height, received_at, pixels_sha,"
-            " phash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " phash, split_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (s.sha256, s.label, s.split, str(rel), len(s.data), s.header.format, s.header.width, s.header.height,
-             utc_now(), s.pixels_sha, s.phash),
+             utc_now(), s.pixels_sha, s.phash, s.split_reason),
         )  # fmt: skip
-        return StoredSample(id=s.sha256, label=s.label, split=s.split, duplicate=False, seq=int(cur.lastrowid or 0))
+        return StoredSample(id=s.sha256, label=s.label, split=s.split, duplicate=False, seq=int(cur.lastrowid or 0),
+                            split_reason=s.split_reason)  # fmt: skip
 
     def _check_label(self, s: NewSample) -> None:
         existing = self.by_bytes(s.sha256) or self.by_pixels(s.pixels_sha)
@@ -191,4 +199,5 @@ def _meta(row: Any) -> SampleMeta:
     return SampleMeta(
         id=row["sha256"], label=row["label"], split=row["split"], size=row["size"], format=row["format"],
         width=row["width"], height=row["height"], received_at=row["received_at"],
+        split_reason=row["split_reason"] or "",
     )  # fmt: skip

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from admin.domain.labels import LabelSet, normalize_label
-from admin.domain.samples import NEAR_DUPLICATE_BITS, SAME_PICTURE_SIMILARITY, SampleIntake, Upload, split_for
+from admin.domain.samples import NEAR_DUPLICATE_BITS, SampleIntake, Upload, split_for
 from admin.store.db import Database
 from admin.store.labels import LabelStore
 from admin.store.samples import SampleStore
@@ -201,20 +202,56 @@ def _gradient_with_checks(phase: int) -> bytes:
     return encode(img.convert("RGB"), "PNG")
 
 
-def test_a_different_picture_the_coarse_hash_confuses_is_not_pinned_to_the_holdout(tmp_path: Path) -> None:
-    """Small, similar pictures (28x28 clothes on black) often share the 64-bit hash; the thumbnails decide."""
-    from graft.core.images import hamming, thumb_similarity
+def _decode(data: bytes) -> Any:
+    import io
 
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_a_different_picture_that_looks_alike_is_not_pinned_to_the_holdout(tmp_path: Path) -> None:
+    """Small, similar pictures (28x28 clothes on black) share their outline; the detail decides."""
+    from graft.core.images import hamming
+    from graft.core.likeness import SAME_PICTURE, coarse_similarity, likeness, same_picture_score
     held = tmp_path / "holdout.png"
     held.write_bytes(_gradient_with_checks(0))
     other = _gradient_with_checks(1)
     a, b = fingerprint(held.read_bytes()), fingerprint(other)
     assert hamming(a.phash, b.phash) <= NEAR_DUPLICATE_BITS, "the coarse hash calls them the same"
-    assert thumb_similarity(a.thumb, b.thumb) < SAME_PICTURE_SIMILARITY, "the thumbnails do not"
+    la, lb = likeness(_decode(held.read_bytes())), likeness(_decode(other))
+    assert coarse_similarity(la, lb) > 0.7, "retrieval finds it as a candidate"
+    assert same_picture_score(la, lb) < SAME_PICTURE, "the detail says different"
     intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(a.phash, held)])
-    assert intake.accept([Upload("other.png", other)], ["ants"], True)[0].split == "train"
+    first = intake.accept([Upload("other.png", other)], ["ants"], True)[0]
+    assert first.split == "train" and first.split_reason == "hash split"
     again = intake.accept([Upload("again.png", _gradient_with_checks(0) + b"\x00")], ["ants"], True)[0]
-    assert again.split == "holdout", "the same picture still is pinned"
+    assert again.split == "holdout" and again.split_reason == "near-duplicate of base:holdout.png"
+
+
+def test_altered_copies_of_a_holdout_picture_are_pinned_and_say_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.support.images import encode, photo
+
+    held = tmp_path / "held.png"
+    held.write_bytes(photo(7))
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(0, held)])
+    original = _decode(photo(7))
+    w, h = original.size
+    copies = {
+        "jpeg q50": encode(original, "JPEG", quality=50),
+        "0.8x": encode(original.resize((int(w * 0.8), int(h * 0.8)), Image.Resampling.BILINEAR), "PNG"),
+        "2-px crop": encode(original.crop((2, 2, w, h)), "PNG"),
+        "brighter": encode(Image.eval(original, lambda v: min(255, int(v * 1.1))), "PNG"),
+        "darker": encode(Image.eval(original, lambda v: int(v * 0.9)), "PNG"),
+    }
+    for name, data in copies.items():
+        got = intake.accept([Upload(f"{name}.png", data)], ["ants"], True)[0]
+        assert got.split == "holdout" and got.split_reason == "near-duplicate of base:held.png", name
+    others = [intake.accept([Upload(f"o{k}.png", photo(100 + k))], ["ants"], True)[0] for k in range(20)]
+    assert all(o.split == "train" for o in others), "different pictures go by the hash split"
+    assert intake.store.get(others[0].id).split_reason == "hash split"  # type: ignore[union-attr]
 
 
 def test_a_batch_over_the_pixel_budget_is_refused_before_decoding(
