@@ -97,12 +97,12 @@ class SampleIntake:
         if todo:
             self._sync_index()
         checked = {i: self._check(uploads[i], names[i], i, n) for i in todo}
-        stored = self.store.add_many([new for new, _ in checked.values()])
-        for (_, look), sample in zip(checked.values(), stored, strict=True):
+        added = self.store.add_many([new for new, _ in checked.values()])
+        for (_, look), sample in zip(checked.values(), added, strict=True):
             if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
-                self._index.add(sample.id, look)  # the next item of this request is checked against it too
+                self._index.add(sample.id, look)  # later requests are checked against it
                 self._indexed.add(sample.id)
-        out.update(zip(checked, stored, strict=True))
+        out.update(zip(checked, added, strict=True))
         for name in {names[i] for i in checked}:
             self.labels.resolve(name, may_add=True)  # a new label (admin only) joins the set once stored
         return [out[i] for i in range(n)]
