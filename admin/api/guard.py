@@ -4,9 +4,9 @@ give a body a deadline.
 FastAPI would parse a JSON body (and answer 422) before a route's auth dependency runs, and would read a
 body of any size at any pace. This ASGI middleware decides from the request line and headers alone:
 
-* who may call: public probes, the samples and review routes (admin or samples token), everything else
-  under ``/v1`` and the API docs (admin token), the console's pages (a session cookie; without one a page
-  redirects to the sign-in form and anything else is a 401); a missing or wrong token is a 401 and a
+* who may call: public probes, the samples, review and sample-correction routes (admin or samples token),
+  everything else under ``/v1`` and the API docs (admin token), the console's pages (a session cookie; without
+  one a page redirects to the sign-in form and anything else is a 401); a missing or wrong token is a 401 and a
   samples token on an admin route a 403, before a single body byte is read;
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
@@ -63,8 +63,10 @@ def policy_for(method: str, path: str, st: AdminSettings) -> Policy:
         return Policy("samples", st.max_upload_bytes + MULTIPART_OVERHEAD)
     if method == "POST" and path == "/v1/samples/batch":
         return Policy("samples", st.max_batch_bytes)
-    if _is_review(method, path) or (method == "GET" and path == "/v1/labels"):
-        return Policy("samples", SMALL_BODY)  # whoever may post samples may label captures, with known labels
+    if _is_review(method, path) or _is_own_samples(method, path) or (method == "GET" and path == "/v1/labels"):
+        # Whoever may post samples may label captures, with known labels, and correct what it uploaded (the
+        # routes check whose the sample is).
+        return Policy("samples", SMALL_BODY)
     if path.startswith("/v1/") or path == "/v1":
         return Policy("admin", SMALL_BODY)
     return Policy("public", 0)  # unknown paths: the router answers 404, no body needed
@@ -73,7 +75,14 @@ def policy_for(method: str, path: str, st: AdminSettings) -> Policy:
 def _is_review(method: str, path: str) -> bool:
     if not (path == "/v1/review" or path.startswith("/v1/review/")):
         return False
-    return method == "GET" or (method == "POST" and path.endswith("/label"))  # DELETE: admin
+    return method == "GET" or (method == "POST" and path.endswith(("/label", "/undo")))  # DELETE: admin
+
+
+def _is_own_samples(method: str, path: str) -> bool:
+    """Listing samples, and relabelling or deleting one (``/v1/samples/{id}``)."""
+    if method == "GET":
+        return path == "/v1/samples"
+    return method in ("PATCH", "DELETE") and path.startswith("/v1/samples/") and path.count("/") == 3
 
 
 def _error(exc: GraftError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -1,4 +1,5 @@
-"""``/v1/review``: captured traffic to label (admin or samples token; deleting needs the admin token)."""
+"""``/v1/review``: captured traffic to label, and decisions to undo (admin or samples token; the samples token
+undoes its own decisions only; deleting a capture needs the admin token)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
 from admin.api.schemas import SampleOut
+from admin.domain.undo import Undone
 from admin.store.rows import CaptureRow
 from graft.core.errors import ConflictError
 
@@ -62,6 +64,7 @@ class Decision(BaseModel):
     label: str | None = Field(default=None, max_length=512)
     skip: bool = False
     reject: bool = False
+    new_label: bool = Field(default=False, description="confirm a new label close to a known one (admin)")
 
     @model_validator(mode="after")
     def _one(self) -> Decision:
@@ -73,6 +76,24 @@ class Decision(BaseModel):
 class DecisionOut(BaseModel):
     item: ReviewItem
     sample: SampleOut | None = None
+
+
+class UndoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    count: int = Field(default=1, ge=1, le=100, description="how many of this token's latest decisions")
+
+
+class UndoneOut(BaseModel):
+    item: ReviewItem = Field(description="the capture, back in the queue")
+    decision: str = Field(description="what was undone: labelled | skipped | rejected")
+    label: str | None
+    sample_removed: str | None = Field(description="the sample the label decision had created, now deleted")
+    sample_kept: str | None = Field(description="a sample kept: stored before the decision, or used by another")
+    audit_id: int
+
+
+class UndoOut(BaseModel):
+    undone: list[UndoneOut]
 
 
 class ReviewStatsOut(BaseModel):
@@ -141,11 +162,35 @@ async def decide(
     """Label it (same rules as an upload: a samples token may use known labels only), skip or reject it."""
     queue, name = service(request).feedback.review, service(request).model_name
     if body.label is not None:
-        stored = await run_in_threadpool(queue.label, capture_id, body.label, role in ("admin", "insecure"), name)
+        stored = await run_in_threadpool(lambda: queue.label(capture_id, str(body.label), role, name,
+                                                             new_label=body.new_label))  # fmt: skip
         row = await run_in_threadpool(queue.get, capture_id)
         return DecisionOut(item=ReviewItem.of(row), sample=SampleOut.of(stored))
-    row = await run_in_threadpool(queue.decide, capture_id, "skipped" if body.skip else "rejected", name)
+    row = await run_in_threadpool(queue.decide, capture_id, "skipped" if body.skip else "rejected", name, role)
     return DecisionOut(item=ReviewItem.of(row))
+
+
+def undo_out(done: list[Undone]) -> UndoOut:
+    return UndoOut(undone=[
+        UndoneOut(item=ReviewItem.of(u.capture), decision=u.decision, label=u.label, sample_removed=u.sample_removed,
+                  sample_kept=u.sample_kept, audit_id=u.audit_id)
+        for u in done
+    ])  # fmt: skip
+
+
+@router.post("/undo", response_model=UndoOut)
+async def undo_last(request: Request, role: Annotated[Role, Depends(require_sampler)],
+                    body: UndoIn | None = None) -> UndoOut:  # fmt: skip
+    """Undo this token's latest decisions (all of them or none): each capture goes back to the queue, and a
+    sample a label decision created is removed unless something else uses it."""
+    count = body.count if body is not None else 1
+    return undo_out(await run_in_threadpool(service(request).undo.undo_last, role, count))
+
+
+@router.post("/{capture_id}/undo", response_model=UndoOut)
+async def undo(request: Request, capture_id: str, role: Annotated[Role, Depends(require_sampler)]) -> UndoOut:
+    """Undo the decision on this capture (label, skip or reject)."""
+    return undo_out([await run_in_threadpool(service(request).undo.undo, capture_id, role)])
 
 
 @router.delete("/{capture_id}", status_code=204, dependencies=[Depends(require_admin)])

@@ -1,16 +1,18 @@
-"""``/v1/samples``: labelled images in (admin or samples token), statistics and metadata out (admin)."""
+"""``/v1/samples``: labelled images in (admin or samples token), statistics and metadata out (admin), and
+corrections: relabel (``PATCH``) and delete (``DELETE``), the samples token on its own training samples only."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
 from admin.api.schemas import BatchOut, SampleMetaOut, SampleOut, StatsOut
-from admin.api.uploads import read_form
+from admin.api.uploads import read_form_fields
 from admin.store.rows import StoredSample
 from graft.core.errors import GraftError, InvalidSampleError, NotFoundError
 
@@ -25,30 +27,39 @@ _MULTIPART_DOC = {
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, ...)"},
                         "label": {"type": "string", "description": "class name"},
+                        "new_label": {"type": "boolean", "description": "confirm a new label close to a known one"},
                     },
                 }
             }
         },
     }
 }
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=ERRORS)
+
+
+def form_flag(value: str | None, name: str) -> bool:
+    """A boolean form field: true/1/yes/on or false/0/no/off (absent: false)."""
+    text = (value or "").strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise InvalidSampleError(f"form field {name!r} must be true or false, not {value!r}")
 
 
 async def _receive(request: Request, batch: bool, role: Role) -> list[StoredSample]:
     svc = service(request)
     st = svc.settings
     try:
-        if batch:
-            uploads, labels = await read_form(request, st.max_upload_bytes, st.max_batch_files)
-        else:
-            uploads, labels = await read_form(request, st.max_upload_bytes, 1)
+        files = st.max_batch_files if batch else 1
+        uploads, labels, fields = await read_form_fields(request, st.max_upload_bytes, files, ("new_label",))
         if not labels:
             raise InvalidSampleError("missing label: send the class name in the 'label' form field")
+        new_label = form_flag(fields.get("new_label"), "new_label")
     except GraftError as e:
         svc.metrics.samples_rejected.labels(reason=type(e).__name__).inc()
         raise
-    return await run_in_threadpool(svc.add_samples, uploads, labels, role in ("admin", "insecure"))
+    return await run_in_threadpool(svc.add_samples, uploads, labels, role, new_label=new_label)
 
 
 @router.post(
@@ -70,6 +81,27 @@ async def post_samples_batch(request: Request, role: Annotated[Role, Depends(req
     return BatchOut(items=[SampleOut.of(s) for s in stored], created=len(stored) - dups, duplicates=dups)
 
 
+class SampleList(BaseModel):
+    samples: list[SampleMetaOut]
+    offset: int
+    limit: int
+
+
+@router.get("", response_model=SampleList)
+def list_samples(
+    request: Request,
+    role: Annotated[Role, Depends(require_sampler)],
+    label: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> SampleList:
+    """Stored samples, newest first (the samples token sees the ones it uploaded)."""
+    svc = service(request)
+    name = svc.labels.get(label).name if label is not None else None
+    rows = svc.samples.browse(name, "samples" if role == "samples" else None, limit, offset)
+    return SampleList(samples=[SampleMetaOut.of(s) for s in rows], offset=offset, limit=limit)
+
+
 @router.get("/stats", response_model=StatsOut, dependencies=[Depends(require_admin)])
 def sample_stats(request: Request) -> StatsOut:
     return StatsOut.of(service(request).stats())
@@ -82,3 +114,44 @@ def get_sample(request: Request, sample_id: str) -> Any:
     if sample is None:
         raise NotFoundError(f"no sample {sample_id!r}")
     return SampleMetaOut.of(sample)
+
+
+class Relabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(max_length=512, description="the right label")
+    new_label: bool = Field(default=False, description="confirm a new label close to a known one (admin)")
+
+
+class Relabelled(BaseModel):
+    sample: SampleMetaOut
+    previous_label: str
+    changed: bool
+    audit_id: int | None = Field(description="its entry in GET /v1/audit (null when nothing changed)")
+
+
+class Deleted(BaseModel):
+    deleted: SampleMetaOut
+    requeued: list[str] = Field(description="captures labelled as this sample, back in the review queue")
+    file: str = Field(description='"deleted", or kept until the running job that may read it ends')
+    audit_id: int
+
+
+@router.patch("/{sample_id}", response_model=Relabelled)
+async def relabel_sample(
+    request: Request, sample_id: str, body: Relabel, role: Annotated[Role, Depends(require_sampler)]
+) -> Relabelled:
+    """Relabel a sample: its split stays (a holdout sample stays holdout). The samples token may relabel the
+    training samples it uploaded, to known labels."""
+    done = await run_in_threadpool(service(request).corrections.relabel_sample, sample_id, body.label, role,
+                                   body.new_label)  # fmt: skip
+    return Relabelled(sample=SampleMetaOut.of(done.sample), previous_label=done.previous,
+                      changed=done.audit_id is not None, audit_id=done.audit_id)  # fmt: skip
+
+
+@router.delete("/{sample_id}", response_model=Deleted)
+async def delete_sample(request: Request, sample_id: str, role: Annotated[Role, Depends(require_sampler)]) -> Deleted:
+    """Delete a sample. A running job keeps the file until it ends; the next snapshot leaves the sample out. The
+    samples token may delete the training samples it uploaded."""
+    done = await run_in_threadpool(service(request).corrections.delete_sample, sample_id, role)
+    return Deleted(deleted=SampleMetaOut.of(done.sample), requeued=done.requeued, file=done.file,
+                   audit_id=done.audit_id)  # fmt: skip

@@ -53,6 +53,8 @@ class SampleMetaOut(BaseModel):
     height: int
     received_at: str
     split_reason: str = Field(default="", description='"hash split" or "near-duplicate of <id>"')
+    uploader: str | None = Field(default=None, description="the token that stored it: admin | samples | insecure "
+                                 "(null: stored before graft recorded it)")  # fmt: skip
 
     @classmethod
     def of(cls, s: SampleMeta) -> SampleMetaOut:

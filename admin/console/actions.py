@@ -1,4 +1,5 @@
-"""The console's forms (POST): sign in and out, promote, roll back, retrain, cancel, upload.
+"""The console's forms (POST): sign in and out, promote, roll back, retrain, cancel, upload (the corrections'
+forms are in admin/console/corrections.py).
 
 Every form but the sign-in carries the session's CSRF token (a hidden field, or the ``X-CSRF-Token``
 header from the page's script); without it the form is refused with a 403 and nothing changes. The
@@ -37,7 +38,7 @@ async def _form(request: Request) -> dict[str, Any]:
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-async def _checked_form(request: Request, admin: bool = True) -> tuple[Session, dict[str, Any]]:
+async def checked_form(request: Request, admin: bool = True) -> tuple[Session, dict[str, Any]]:
     session = require_admin_page(request) if admin else session_of(request)
     form = await _form(request)
     check_csrf(session, form.get("csrf") or request.headers.get(CSRF_HEADER))
@@ -72,7 +73,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session, _ = await _checked_form(request, admin=False)
+    session, _ = await checked_form(request, admin=False)
     request.app.state.sessions.delete(session.id)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
@@ -81,21 +82,21 @@ async def logout(request: Request) -> Response:
 
 @router.post("/models/{version}/promote")
 async def promote(request: Request, version: str) -> Response:
-    _, form = await _checked_form(request)
+    _, form = await checked_form(request)
     await run_in_threadpool(service(request).promote, version, form.get("force") == "true")
     return RedirectResponse(f"/console/models?changed={version}", status_code=303)
 
 
 @router.post("/rollback")
 async def rollback(request: Request) -> Response:
-    await _checked_form(request)
+    await checked_form(request)
     model = await run_in_threadpool(service(request).rollback)
     return RedirectResponse(f"/console/models?changed={model.version}", status_code=303)
 
 
 @router.post("/retrain")
 async def retrain(request: Request) -> Response:
-    _, form = await _checked_form(request)
+    _, form = await checked_form(request)
     epochs = str(form.get("epochs") or "").strip()
     body = RetrainRequest(epochs=int(epochs) if epochs.isdigit() else None)
     job = await run_in_threadpool(service(request).jobs.start, body, "console")
@@ -104,7 +105,7 @@ async def retrain(request: Request) -> Response:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel(request: Request, job_id: str) -> Response:
-    await _checked_form(request)
+    await checked_form(request)
     service(request).jobs.cancel(job_id)
     return RedirectResponse(f"/console/jobs/{job_id}", status_code=303)
 
@@ -115,11 +116,13 @@ async def upload(request: Request) -> Response:
     session = session_of(request)
     svc = service(request)
     st = svc.settings
-    uploads, labels, fields = await read_form_fields(request, st.max_upload_bytes, st.max_batch_files, ("csrf",))
+    uploads, labels, fields = await read_form_fields(request, st.max_upload_bytes, st.max_batch_files,
+                                                     ("csrf", "new_label"))  # fmt: skip
     check_csrf(session, fields.get("csrf") or request.headers.get(CSRF_HEADER))
     if not labels or not labels[0].strip():
         raise InvalidSampleError("choose a label for these images")
-    stored = await run_in_threadpool(svc.add_samples, uploads, labels[:1], session.is_admin)
+    stored = await run_in_threadpool(lambda: svc.add_samples(uploads, labels[:1], session.role,
+                                                             new_label=fields.get("new_label") == "true"))
     dups = sum(s.duplicate for s in stored)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"stored": len(stored) - dups, "duplicates": dups, "label": stored[0].label})

@@ -1,6 +1,6 @@
-"""JSON for the console's scripts: live job progress and the review page's queue and decisions.
+"""JSON for the console's scripts: live job progress and the review page's queue, decisions and undo.
 
-Same session cookie as the pages; a decision also needs the ``X-CSRF-Token`` header."""
+Same session cookie as the pages; a decision or an undo also needs the ``X-CSRF-Token`` header."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from admin.api.deps import service
 from admin.console import views
 from admin.console.actions import CSRF_HEADER, check_csrf
 from admin.console.render import require_admin_page, session_of
+from admin.domain.undo import Undone
+from admin.store.rows import CaptureStatus
 from graft.core.errors import ConflictError, UserInputError
 
 router = APIRouter(prefix="/console/api", include_in_schema=False)
@@ -24,6 +26,7 @@ class ReviewDecision(BaseModel):
     label: str | None = Field(default=None, max_length=512)
     skip: bool = False
     reject: bool = False
+    new_label: bool = False
 
 
 def _review_stats(request: Request) -> dict[str, Any]:
@@ -67,10 +70,36 @@ async def decide(request: Request, capture_id: str, body: ReviewDecision) -> dic
     queue, name = service(request).feedback.review, service(request).model_name
     out: dict[str, Any] = {"id": capture_id}
     if body.label is not None:
-        stored = await run_in_threadpool(queue.label, capture_id, body.label, session.is_admin, name)
+        label = body.label
+        stored = await run_in_threadpool(lambda: queue.label(capture_id, label, session.role, name,
+                                                             new_label=body.new_label))  # fmt: skip
         out.update(status="labelled", label=stored.label, sample=stored.id, split=stored.split)
     else:
-        row = await run_in_threadpool(queue.decide, capture_id, "skipped" if body.skip else "rejected", name)
+        status: CaptureStatus = "skipped" if body.skip else "rejected"
+        row = await run_in_threadpool(queue.decide, capture_id, status, name, session.role)
         out.update(status=row.status)
     out["stats"] = await run_in_threadpool(_review_stats, request)
     return out
+
+
+@router.post("/review/undo")
+async def undo_last(request: Request) -> dict[str, Any]:
+    """The latest decision of this session's token (after a reload the page no longer knows its own)."""
+    session = session_of(request)
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    done = await run_in_threadpool(service(request).undo.undo_last, session.role, 1)
+    return await _undone(request, done)
+
+
+@router.post("/review/{capture_id}/undo")
+async def undo(request: Request, capture_id: str) -> dict[str, Any]:
+    session = session_of(request)
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    done = await run_in_threadpool(service(request).undo.undo, capture_id, session.role)
+    return await _undone(request, [done])
+
+
+async def _undone(request: Request, done: list[Undone]) -> dict[str, Any]:
+    items = [{**views.review_item(u.capture), "undone": u.decision, "label": u.label,
+              "sample_removed": u.sample_removed} for u in done]  # fmt: skip
+    return {"items": items, "stats": await run_in_threadpool(_review_stats, request)}

@@ -76,7 +76,8 @@ class CaptureIndex:
         self.max_image_pixels = max_image_pixels
         self.lock = threading.Lock()
         self._captures: dict[str, _Hashes] = {}  # per model
-        self._samples: tuple[int, _Hashes] | None = None  # (samples' max seq when loaded, hashes)
+        # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
+        self._samples: tuple[tuple[int, int], _Hashes] | None = None
 
     def folder(self, model_name: str) -> Path:
         return model_dir(self.root, model_name)
@@ -186,15 +187,19 @@ class CaptureIndex:
         return self._captures[model_name]
 
     def _sample_hashes(self) -> _Hashes:
-        seq = self.samples.max_seq()
-        if self._samples is None or self._samples[0] != seq:
-            self._samples = (seq, _Hashes(self.samples.phashes()))
+        seen = (self.samples.max_seq(), self.samples.count())
+        if self._samples is None or self._samples[0] != seen:
+            self._samples = (seen, _Hashes(self.samples.phashes()))
         return self._samples[1]
 
-    def forget(self, model_name: str) -> None:
-        """Drop the cached hashes (after captures were deleted or pruned)."""
+    def forget(self, model_name: str | None = None) -> None:
+        """Drop the cached hashes (after captures were deleted, pruned or put back in the queue): one model's,
+        or every model's."""
         with self.lock:
-            self._captures.pop(model_name, None)
+            if model_name is None:
+                self._captures.clear()
+            else:
+                self._captures.pop(model_name, None)
 
     def sweep(self, model_name: str) -> int:
         """Mark ``gone`` the captures whose segment the workers pruned; how many."""

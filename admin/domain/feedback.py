@@ -22,6 +22,7 @@ from admin.domain.review import AddSamples, ReviewQueue
 from admin.metrics import AdminMetrics
 from admin.rollouts.base import Replayable, Rollout
 from admin.settings import AdminSettings
+from admin.store.audit import AuditStore
 from admin.store.captures import CaptureStore
 from admin.store.db import Database
 from admin.store.registry import Registry
@@ -48,8 +49,11 @@ class Feedback:
         start_job: Callable[[str], object],
         rollout: Rollout | None,
         probabilities: ProbabilitiesFn = default_probabilities,
+        audit: AuditStore | None = None,
+        housekeeping: Callable[[], object] | None = None,
     ):
         self.settings = settings
+        self.housekeeping = housekeeping  # run every sweep interval too (the deleted samples' files)
         self.db = db
         self.registry = registry
         self.metrics = metrics
@@ -58,7 +62,7 @@ class Feedback:
         self.rollout = rollout
         self.store = CaptureStore(db)
         self.index = CaptureIndex(self.store, samples, settings.capture_path, settings.max_image_pixels)
-        self.review = ReviewQueue(self.store, self.index, add_samples)
+        self.review = ReviewQueue(self.store, self.index, add_samples, audit)
         self.drift = DriftMonitor(db, self.store, probabilities, settings.eval_device, settings.low_margin,
                                   settings.drift_min_captures)  # fmt: skip
         self._stop = threading.Event()
@@ -133,14 +137,18 @@ class Feedback:
                 log.exception("capture pass failed")
 
     def run_pass(self) -> None:
+        sweep = time.monotonic() - self._last_sweep > _SWEEP_EVERY_S
+        if sweep:
+            self._last_sweep = time.monotonic()
+            if self.housekeeping is not None:
+                self.housekeeping()
         name = self.registry.model_name
         if name is None:
             return
         # Small passes: an API call waiting on the index lock waits for one pass at most.
         while self.index.sync(name, limit=_PASS) == _PASS and not self._stop.is_set():
             pass
-        if time.monotonic() - self._last_sweep > _SWEEP_EVERY_S:
-            self._last_sweep = time.monotonic()
+        if sweep:
             self.index.sweep(name)
         totals: dict[str, int] = {}
         for counts in self.store.counts(name).values():

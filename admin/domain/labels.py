@@ -7,14 +7,21 @@
 * Hygiene: NFKC normalisation (full-width "ａｎｔｓ" is "ants"), case-insensitive identity ("Ants" is "ants":
   the first spelling registered is the one used), no control, format, line- or paragraph-separator
   characters, no path characters, at most 64 characters and 128 UTF-8 bytes.
+* The typo guard: a *new* label close to one the set has (admin/domain/typos.py: "baterry" beside "battery",
+  "cafe" beside "café", "grey heron" beside "grey-heron") is refused (409, naming it) unless the caller
+  confirms with ``new_label=true``, the admin token included: a typo would otherwise become a class.
+* Keys: labels keep the order they joined the set (``position``), which the review page's keys 1-9 follow.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
+from admin.domain.typos import similar
+from admin.store.audit import AuditStore
 from admin.store.labels import LabelStore
-from admin.store.rows import Label
+from admin.store.rows import Actor, Label
 from graft.core.errors import ConflictError, InvalidSampleError, NotFoundError, PermissionDeniedError
 
 MAX_LABEL_LENGTH = 64
@@ -27,6 +34,14 @@ _FORBIDDEN_CATEGORIES = ("C", "Zl", "Zp")
 
 class UnknownLabelError(PermissionDeniedError):
     """A label the model in service does not know and no admin approved, posted with the samples token."""
+
+
+class SimilarLabelError(ConflictError):
+    """A new label close to an existing one, sent without ``new_label=true``: probably a typo."""
+
+
+def _did_you_mean(names: list[str]) -> str:
+    return " or ".join(repr(n) for n in names[:3])
 
 
 def normalize_label(raw: str | None) -> str:
@@ -55,8 +70,9 @@ def label_key(name: str) -> str:
 
 
 class LabelSet:
-    def __init__(self, store: LabelStore):
+    def __init__(self, store: LabelStore, audit: AuditStore | None = None):
         self.store = store
+        self.audit = audit
 
     def known(self) -> list[str]:
         return [label.name for label in self.store.all()]
@@ -64,43 +80,71 @@ class LabelSet:
     def all(self) -> list[Label]:
         return self.store.all()
 
-    def check(self, raw: str | None, may_add: bool) -> str:
+    def get(self, raw: str) -> Label:
+        """The label ``raw`` names (any case or width); 404 when the set has none."""
+        label = self.store.get(label_key(normalize_label(raw)))
+        if label is None:
+            raise NotFoundError(f"no label {raw!r} in the label set (GET /v1/labels lists them)")
+        return label
+
+    def check(self, raw: str | None, may_add: bool, *, new_label: bool = False, pending: Sequence[str] = ()) -> str:
         """The stored spelling of ``raw``, or its normal form when it is new and ``may_add`` (an admin);
-        a new label without ``may_add`` is refused (403, listing the known ones). Nothing is written."""
+        a new label without ``may_add`` is refused (403, listing the known ones), and a new label close to a
+        known one (or to one of ``pending``, new in the same request) without ``new_label`` is refused (409).
+        Nothing is written."""
         name = normalize_label(raw)
         known = self.store.get(label_key(name))
         if known is not None:
             return known.name
+        same = [p for p in pending if label_key(p) == label_key(name)]
+        if same:  # new in this request already, in another case or width: one label, the first spelling
+            return same[0]
+        names = self.known()
+        close = similar(name, [*names, *pending])
         if not may_add:
-            listing = ", ".join(self.known()) or "none yet"
+            listing = ", ".join(names) or "none yet"
+            hint = f"did you mean {_did_you_mean(close)}? " if close else ""
             raise UnknownLabelError(
                 f"label {name!r} is not one the model in service knows or an admin has approved (known: {listing}); "
-                "an admin can approve it with POST /v1/labels"
+                f"{hint}an admin can approve it with POST /v1/labels"
+            )
+        if close and not new_label:
+            raise SimilarLabelError(
+                f"label {name!r} would be new, and it is close to {_did_you_mean(close)}: send that label if you "
+                f"meant it; if {name!r} is a class of its own, send it again with new_label=true"
             )
         return name
 
-    def resolve(self, raw: str | None, may_add: bool) -> str:
-        """Like :meth:`check`, and a new label joins the set."""
-        name = self.check(raw, may_add)
-        return self.store.add(label_key(name), name, "admin").name
+    def resolve(self, raw: str | None, may_add: bool, *, actor: Actor = "admin", new_label: bool = True) -> str:
+        """Like :meth:`check`, and a new label joins the set (recorded as the ``actor``'s). ``new_label``
+        defaults to true here: callers resolve what they have checked already."""
+        name = self.check(raw, may_add, new_label=new_label)
+        label, added = self.store.insert(label_key(name), name, "admin")
+        if added and self.audit is not None:
+            self.audit.record(actor, "label.add", label.name, position=label.position)
+        return label.name
 
-    def approve(self, raw: str) -> Label:
-        name = normalize_label(raw)
-        return self.store.add(label_key(name), name, "admin")
+    def approve(self, raw: str, *, actor: Actor = "admin", new_label: bool = False) -> Label:
+        """An admin approves a label (the typo guard applies)."""
+        name = self.resolve(raw, True, actor=actor, new_label=new_label)
+        return self.get(name)
 
     def adopt(self, names: list[str]) -> None:
         """The labels of a model put in service join the set (their spelling wins over nothing)."""
         for name in names:
             self.store.add(label_key(name), name, "model")
 
-    def remove(self, raw: str, in_service: list[str]) -> None:
+    def remove(self, raw: str, in_service: list[str], *, actor: Actor = "admin") -> None:
         """Withdraw an approval: never a label of the model in service, never one with samples."""
-        key = label_key(normalize_label(raw))
-        label = self.store.get(key)
-        if label is None:
-            raise NotFoundError(f"no label {raw!r} in the label set (GET /v1/labels lists them)")
-        if any(label_key(n) == key for n in in_service):
+        label = self.get(raw)
+        if any(label_key(n) == label.key for n in in_service):
             raise ConflictError(f"label {label.name!r} belongs to the model in service and cannot be removed")
         if (n := self.store.sample_count(label.name)) > 0:
-            raise ConflictError(f"label {label.name!r} has {n} stored sample(s) and cannot be removed")
-        self.store.remove(key)
+            raise ConflictError(
+                f"label {label.name!r} has {n} stored sample(s): merge it into the right label "
+                f"(POST /v1/labels/{label.name}/merge {{\"into\": NAME}}), or relabel or delete its samples first"
+            )
+        with self.store.db.tx():
+            self.store.remove(label.key)
+            if self.audit is not None:
+                self.audit.record(actor, "label.remove", label.name, source=label.source)

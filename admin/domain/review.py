@@ -3,25 +3,36 @@
 A label goes through the same intake as an upload (label rules, dedupe, split by pixels, all checks), so
 a reviewed capture is an ordinary sample from then on; a rejection ("none of these classes") is counted
 and kept out of training; a skip only hides the item. Listing never decodes an image: the index did.
+Every decision records who made it (the token's role) in the capture and in the audit trail, which is what
+lets it be undone (admin/domain/undo.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from admin.domain.captures import CaptureIndex
 from admin.domain.samples import Upload
+from admin.store.audit import AuditStore
 from admin.store.captures import CaptureStore, Strategy
-from admin.store.rows import CaptureRow, CaptureStatus, StoredSample
+from admin.store.rows import Actor, CaptureRow, CaptureStatus, StoredSample
 from graft.core.capture import Capture, read_at, valid_id
 from graft.core.errors import ConflictError, GoneError, NotFoundError
 
 log = logging.getLogger(__name__)
 
-AddSamples = Callable[[Sequence[Upload], Sequence[str], bool], list[StoredSample]]
+
+
+class AddSamples(Protocol):
+    """The intake as the service runs it (admin/domain/service.py: ``AdminService.add_samples``)."""
+
+    def __call__(self, uploads: Sequence[Upload], labels: Sequence[str], actor: Actor, *, new_label: bool = False,
+                 audit: bool = True) -> list[StoredSample]: ...  # fmt: skip
+
 _REVIEWABLE: tuple[CaptureStatus, ...] = ("queued", "skipped", "rejected")
 
 
@@ -33,10 +44,16 @@ class ReviewStats:
 
 
 class ReviewQueue:
-    def __init__(self, store: CaptureStore, index: CaptureIndex, add_samples: AddSamples):
+    def __init__(self, store: CaptureStore, index: CaptureIndex, add_samples: AddSamples,
+                 audit: AuditStore | None = None):  # fmt: skip
         self.store = store
         self.index = index
         self.add_samples = add_samples
+        self.audit = audit
+
+    def _record(self, actor: Actor, action: str, capture_id: str, **detail: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(actor, action, capture_id, **detail)
 
     def items(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
@@ -84,25 +101,32 @@ class ReviewQueue:
             raise GoneError(f"capture {capture_id}'s image was pruned by the capture disk budget")
         return capture, row
 
-    def label(self, capture_id: str, label: str, may_add_labels: bool, model_name: str | None = None) -> StoredSample:
+    def label(self, capture_id: str, label: str, actor: Actor, model_name: str | None = None, *,
+              new_label: bool = False) -> StoredSample:  # fmt: skip
         """Store the capture as a sample of ``label`` through the upload intake (same rules, same split)."""
         capture, row = self.image(capture_id, model_name)
         if row.status == "labelled":
-            raise ConflictError(f"capture {capture_id} is already sample {row.sample_id} labelled {row.label!r}")
+            raise ConflictError(f"capture {capture_id} is already sample {row.sample_id} labelled {row.label!r}; "
+                                f"POST /v1/review/{capture_id}/undo takes the decision back")  # fmt: skip
         if row.status == "duplicate":
             raise ConflictError(f"capture {capture_id} is a near-duplicate of {row.duplicate_of}: label that one")
         name = f"capture-{row.id}.{capture.record.image_type}"
-        (stored,) = self.add_samples([Upload(name, capture.image)], [label], may_add_labels)
-        self.store.set_status(row.id, "labelled", label=stored.label, sample_id=stored.id)
+        (stored,) = self.add_samples([Upload(name, capture.image)], [label], actor, new_label=new_label, audit=False)
+        self.store.set_status(row.id, "labelled", label=stored.label, sample_id=stored.id, reviewed_by=actor,
+                              created_sample=int(not stored.duplicate))  # fmt: skip
+        self._record(actor, "review.label", row.id, label=stored.label, sample=stored.id, split=stored.split,
+                     created_sample=not stored.duplicate)  # fmt: skip
         log.info("capture %s labelled %r: sample %s (%s)", row.id, stored.label, stored.id, stored.split)
         return stored
 
-    def decide(self, capture_id: str, status: CaptureStatus, model_name: str | None = None) -> CaptureRow:
+    def decide(self, capture_id: str, status: CaptureStatus, model_name: str | None = None,
+               actor: Actor = "admin") -> CaptureRow:  # fmt: skip
         """Skip (hide) or reject (none of the classes) an item that is not labelled yet."""
         row = self.get(capture_id, model_name)
         if row.status not in _REVIEWABLE:
             raise ConflictError(f"capture {capture_id} is {row.status}; only unlabelled captures can be {status}")
-        self.store.set_status(row.id, status)
+        self.store.set_status(row.id, status, reviewed_by=actor)
+        self._record(actor, "review.skip" if status == "skipped" else "review.reject", row.id, before=row.status)
         return self.get(capture_id)
 
     def delete(self, capture_id: str) -> None:

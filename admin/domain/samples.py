@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from admin.domain.labels import LabelSet
-from admin.store.rows import SampleSplit, StoredSample
-from admin.store.samples import NewSample, SampleStore, content_address
+from admin.store.rows import Actor, SampleSplit, StoredSample
+from admin.store.samples import NewSample, SampleStore, conflict_message, content_address
 from graft.core.errors import ConflictError, GraftError, InvalidSampleError, TooManyPixelsError
 from graft.core.images import decode_rgb, fingerprint, open_image
 from graft.core.likeness import Likeness, LikenessIndex, likeness
@@ -66,21 +66,29 @@ class SampleIntake:
         self._index = LikenessIndex()  # every holdout picture, read once per process
         self._indexed: set[str] = set()
 
-    def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
-        """Check every item (the error names the item), then store them all in one transaction."""
+    def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, *,
+               new_label: bool = False, uploader: Actor | None = None) -> list[StoredSample]:  # fmt: skip
+        """Check every item (the error names the item), then store them all in one transaction.
+
+        ``new_label``: the caller confirms that a new label close to a known one is meant (the typo guard);
+        ``uploader``: the token's role, recorded on each new sample (by default what ``may_add_labels`` implies)."""
+        who: Actor = uploader or ("admin" if may_add_labels else "samples")
         try:
-            return self._accept(uploads, raw_labels, may_add_labels)
+            return self._accept(uploads, raw_labels, may_add_labels, new_label, who)
         except GraftError as e:
             if len(uploads) > 1:
                 raise type(e)(f"nothing from this batch was stored: {e}") from e
             raise
 
-    def _accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
+    def _accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, new_label: bool,
+                uploader: Actor) -> list[StoredSample]:  # fmt: skip
         n = len(uploads)
         if len(raw_labels) not in (1, n):
             raise InvalidSampleError(f"{n} files but {len(raw_labels)} labels: send one label, or one per file")
-        names = [self._label(raw_labels[0] if len(raw_labels) == 1 else raw_labels[i], may_add_labels, i, up, n)
-                 for i, up in enumerate(uploads)]  # fmt: skip
+        names: list[str] = []
+        for i, up in enumerate(uploads):  # each label also checked against the new ones before it
+            raw = raw_labels[0] if len(raw_labels) == 1 else raw_labels[i]
+            names.append(self._label(raw, may_add_labels, new_label, names, _where(i, up, n)))
         out: dict[int, StoredSample] = {}
         todo: list[int] = []
         for i, up in enumerate(uploads):  # bytes already stored: nothing to decode
@@ -88,30 +96,29 @@ class SampleIntake:
             if stored is None:
                 todo.append(i)
             elif stored.label != names[i]:
-                raise ConflictError(f"{_where(i, up, n)}this image is already stored as sample {stored.id} "
-                                    f"with label {stored.label!r}, not {names[i]!r}")  # fmt: skip
+                raise ConflictError(f"{_where(i, up, n)}{conflict_message(stored.id, stored.label, names[i])}")
             else:
                 out[i] = StoredSample(id=stored.id, label=stored.label, split=stored.split, duplicate=True,
-                                      seq=stored.seq)  # fmt: skip
+                                      seq=stored.seq, split_reason=stored.split_reason)  # fmt: skip
         self._check_pixel_budget([uploads[i] for i in todo])
         if todo:
             self._sync_index()
-        checked = {i: self._check(uploads[i], names[i], i, n) for i in todo}
+        checked = {i: self._check(uploads[i], names[i], i, n, uploader) for i in todo}
         added = self.store.add_many([new for new, _ in checked.values()])
         for (_, look), sample in zip(checked.values(), added, strict=True):
             if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
                 self._index.add(sample.id, look)  # later requests are checked against it
                 self._indexed.add(sample.id)
         out.update(zip(checked, added, strict=True))
-        for name in {names[i] for i in checked}:
-            self.labels.resolve(name, may_add=True)  # a new label (admin only) joins the set once stored
+        for name in dict.fromkeys(names[i] for i in checked):
+            self.labels.resolve(name, may_add=True, actor=uploader)  # a new label (admin only) joins once stored
         return [out[i] for i in range(n)]
 
-    def _label(self, raw: str, may_add: bool, i: int, up: Upload, n: int) -> str:
+    def _label(self, raw: str, may_add: bool, new_label: bool, pending: list[str], where: str) -> str:
         try:
-            return self.labels.check(raw, may_add)
+            return self.labels.check(raw, may_add, new_label=new_label, pending=pending)
         except GraftError as e:
-            raise type(e)(f"{_where(i, up, n)}{e}") from e
+            raise type(e)(f"{where}{e}") from e
 
     def _check_pixel_budget(self, uploads: Sequence[Upload]) -> None:
         """Headers only: a batch of huge, compressible images is refused before any pixel is decoded."""
@@ -129,7 +136,7 @@ class SampleIntake:
                 "send fewer or smaller images per request"
             )
 
-    def _check(self, up: Upload, label: str, i: int, n: int) -> tuple[NewSample, Likeness]:
+    def _check(self, up: Upload, label: str, i: int, n: int, uploader: Actor) -> tuple[NewSample, Likeness]:
         try:
             fp = fingerprint(up.data, self.max_image_pixels, thumb=False)
             look = likeness(decode_rgb(up.data, self.max_image_pixels, draft_size=256))
@@ -139,7 +146,7 @@ class SampleIntake:
         if split == "train" and (twin := self._index.match(look)) is not None:
             split, reason = "holdout", f"near-duplicate of {twin[0]}"
         sample = NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex,
-                           reason)  # fmt: skip
+                           reason, uploader)  # fmt: skip
         return sample, look
 
     def _sync_index(self) -> None:

@@ -7,13 +7,15 @@ jobs, import the initial model); agreeing with TorchServe happens in a backgroun
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from admin.domain.adoption import BaseData, adopt, import_run, resolve_base
+from admin.domain.corrections import Corrections
 from admin.domain.drift import ProbabilitiesFn, default_probabilities
 from admin.domain.feedback import Feedback
 from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
@@ -22,15 +24,17 @@ from admin.domain.promotion import ExportFn, Promoter, default_export
 from admin.domain.recipe import RetrainRequest
 from admin.domain.samples import SampleIntake, Upload
 from admin.domain.snapshot import base_items
+from admin.domain.undo import ReviewUndo
 from admin.metrics import AdminMetrics
 from admin.rollouts.base import Rollout
 from admin.runners.base import JobRunner
 from admin.settings import AdminSettings
+from admin.store.audit import AuditStore
 from admin.store.db import Database
 from admin.store.jobs import JobStore
 from admin.store.labels import LabelStore
 from admin.store.registry import Registry
-from admin.store.rows import Deployment, ModelVersion, StoredSample
+from admin.store.rows import Actor, Deployment, ModelVersion, StoredSample
 from admin.store.samples import SampleStore
 from graft.core.errors import ConflictError, GraftError
 from graft.core.images import fingerprint
@@ -101,7 +105,8 @@ class AdminService:
         self.metrics = AdminMetrics()
         self.db = Database(settings.db_path)
         self.samples = SampleStore(self.db, settings.state_dir)
-        self.labels = LabelSet(LabelStore(self.db))
+        self.audit = AuditStore(self.db)
+        self.labels = LabelSet(LabelStore(self.db), self.audit)
         self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
                                    settings.max_batch_pixels, self._base_holdout_prints)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
@@ -113,7 +118,11 @@ class AdminService:
         self.promoter = Promoter(self.registry, self.rollout, self.metrics, settings.keep_versions, export, archive,
                                  on_default=lambda model: self.labels.adopt(model.labels))  # fmt: skip
         self.feedback = Feedback(settings, self.db, self.samples, self.registry, self.metrics, self.add_samples,
-                                 self.holdout_images, self._start_job, self.rollout, probabilities)  # fmt: skip
+                                 self.holdout_images, self._start_job, self.rollout, probabilities, self.audit,
+                                 housekeeping=lambda: self.corrections.sweep())  # fmt: skip
+        self.corrections = Corrections(self.db, self.samples, self.labels, self.feedback.store, self.feedback.index,
+                                       self.audit, self.served_labels, self._refresh_sample_gauges)  # fmt: skip
+        self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
             self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow,
@@ -132,6 +141,7 @@ class AdminService:
         self.adopt()
         if n := self.samples.backfill_fingerprints(_fingerprint):
             log.info("fingerprinted %d sample(s) stored before fingerprints existed", n)
+        self.corrections.sweep()  # deleted samples' files a job was still reading when the last process stopped
         self._refresh_sample_gauges()
 
     def adopt(self) -> bool:
@@ -201,13 +211,15 @@ class AdminService:
         self.db.close()
 
     # ------------------------------------------------------------------ samples
-    def add_samples(self, uploads: Sequence[Upload], labels: Sequence[str], may_add_labels: bool) -> list[StoredSample]:
-        """Validate every upload, store them all or none, count them, and maybe trigger a job.
+    def add_samples(self, uploads: Sequence[Upload], labels: Sequence[str], actor: Actor, *, new_label: bool = False,
+                    audit: bool = True) -> list[StoredSample]:  # fmt: skip
+        """Validate every upload, store them all or none, count them, record them, and maybe trigger a job.
 
-        ``may_add_labels``: the caller is an admin, whose new labels join the label set; anyone else may
-        use known labels only."""
+        ``actor``: the token's role. An admin's new labels join the label set (``new_label`` confirms one the
+        typo guard would refuse); the samples token may use known labels only. ``audit``: an entry per new
+        sample (the review queue records its own decision instead)."""
         try:
-            stored = self.intake.accept(uploads, labels, may_add_labels)
+            stored = self.intake.accept(uploads, labels, actor != "samples", new_label=new_label, uploader=actor)
         except GraftError as e:
             self.metrics.samples_rejected.labels(reason=type(e).__name__).inc()
             raise
@@ -215,7 +227,12 @@ class AdminService:
             self.metrics.samples_received.labels(label=s.label, split=s.split, duplicate=str(s.duplicate).lower()).inc()
             if not s.duplicate:
                 self.metrics.samples_stored.labels(label=s.label, split=s.split).inc()
-        if any(not s.duplicate for s in stored):
+        new = [s for s in stored if not s.duplicate]
+        if audit and new:
+            with self.db.tx():  # one commit for the lot
+                for s in new:
+                    self.audit.record(actor, "sample.add", s.id, label=s.label, split=s.split)
+        if new:
             self.after_new_sample()
         return stored
 
@@ -264,10 +281,21 @@ class AdminService:
                 self._base_prints = (self.base, hashes)
             return self._base_prints[1]
 
-    def _refresh_sample_gauges(self) -> None:
-        for label, splits in self.samples.counts().items():
+    def _refresh_sample_gauges(self, changed: Iterable[str] = ()) -> None:
+        """Every label's counts; a ``changed`` label left without samples loses its series (a merged or renamed
+        label is not in the label set any more, and metric label values are the set's only)."""
+        counts = self.samples.counts()
+        for label, splits in counts.items():
             for split, n in splits.items():
                 self.metrics.samples_stored.labels(label=label, split=split).set(n)
+        for label in set(changed) - set(counts):
+            for split in ("train", "holdout"):
+                with contextlib.suppress(KeyError):  # never had that series
+                    self.metrics.samples_stored.remove(label, split)
+
+    def served_labels(self) -> list[str]:
+        champion = self.registry.champion()
+        return list(champion.labels) if champion else []
 
     # ------------------------------------------------------------------ models
     def import_model(self, run_dir: Path, version: str) -> ModelVersion:

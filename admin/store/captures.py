@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from admin.store.db import Database
-from admin.store.rows import CaptureRow, CaptureStatus
+from admin.store.rows import Actor, CaptureRow, CaptureStatus
 from graft.core.capture import CaptureRecord
 from graft.core.util import utc_now
 
@@ -118,9 +119,57 @@ class CaptureStore:
         return [_row(r) for r in rows]
 
     def set_status(self, capture_id: str, status: CaptureStatus, **fields: Any) -> None:
-        fields = {"status": status, "reviewed_at": utc_now(), **fields}
+        # Microseconds: "undo the last decisions" orders by this, and a labeller decides several times a second.
+        fields = {"status": status, "reviewed_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"), **fields}
         assignments = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE captures SET {assignments} WHERE id = ?", (*fields.values(), capture_id))
+
+    def last_decided(self, reviewed_by: Actor | None, limit: int) -> list[CaptureRow]:
+        """The latest label, skip and reject decisions (of one token's role, or anyone's), newest first."""
+        where, params = "status IN ('labelled', 'skipped', 'rejected')", []
+        if reviewed_by is not None:
+            where, params = where + " AND reviewed_by = ?", [reviewed_by]
+        rows = self.db.all(f"SELECT * FROM captures WHERE {where} ORDER BY reviewed_at DESC, id DESC LIMIT ?",
+                           (*params, limit))  # fmt: skip
+        return [_row(r) for r in rows]
+
+    def reopen(self, capture_id: str) -> None:
+        """Back in the queue, as if nobody had decided."""
+        self.db.execute("UPDATE captures SET status = 'queued', label = NULL, sample_id = NULL, reviewed_at = NULL, "
+                        "reviewed_by = NULL, created_sample = 0 WHERE id = ?", (capture_id,))  # fmt: skip
+
+    def labelled_as(self, sample_id: str) -> list[str]:
+        """Captures whose label decision is this sample."""
+        rows = self.db.all("SELECT id FROM captures WHERE status = 'labelled' AND sample_id = ? ORDER BY id",
+                           (sample_id,))  # fmt: skip
+        return [str(r["id"]) for r in rows]
+
+    def release_sample(self, sample_id: str) -> list[str]:
+        """The sample is gone: its captures return to the queue (their ids), and captures filed as its
+        near-duplicates follow the first of them, so the queue still shows each picture once."""
+        with self.db.tx() as conn:
+            reopened = self.labelled_as(sample_id)
+            for cid in reopened:
+                self.reopen(cid)
+            dups = conn.execute("SELECT id, model_name FROM captures WHERE duplicate_of = ? ORDER BY id",
+                                (f"sample:{sample_id}",)).fetchall()  # fmt: skip
+            heads = {r["model_name"]: r["id"] for r in conn.execute(
+                "SELECT id, model_name FROM captures WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id DESC",
+                (json.dumps(reopened),))}  # fmt: skip
+            for d in dups:
+                head = heads.setdefault(d["model_name"], d["id"])  # none reopened: the oldest duplicate leads
+                if head == d["id"]:
+                    conn.execute("UPDATE captures SET status = 'queued', duplicate_of = NULL WHERE id = ?", (head,))
+                else:
+                    conn.execute("UPDATE captures SET duplicate_of = ? WHERE id = ?", (head, d["id"]))
+                    conn.execute("UPDATE captures SET seen = seen + 1 WHERE id = ?", (head,))
+        return reopened
+
+    def relabel_sample(self, sample_id: str, label: str) -> None:
+        self.db.execute("UPDATE captures SET label = ? WHERE sample_id = ?", (label, sample_id))
+
+    def move_label(self, old: str, new: str) -> None:
+        self.db.execute("UPDATE captures SET label = ? WHERE label = ?", (new, old))
 
     def counts(self, model_name: str) -> dict[str, dict[str, int]]:
         """{predicted label: {status: n}}."""

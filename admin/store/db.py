@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS samples (
     received_at  TEXT NOT NULL,
     pixels_sha   TEXT,                               -- sha256 of the decoded pixels: the split follows it
     phash        TEXT,                               -- 64-bit perceptual hash (hex): near-duplicates
-    split_reason TEXT                                -- why this split: "hash split" | "near-duplicate of <id>"
+    split_reason TEXT,                               -- why this split: "hash split" | "near-duplicate of <id>"
+    uploader     TEXT                                -- the token that stored it: admin | samples | insecure (schema 8)
 );
 CREATE INDEX IF NOT EXISTS samples_label ON samples (label, split);
 """
@@ -66,6 +67,26 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- One job at a time, enforced by the database itself and not only by a lock in one process.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active
     ON jobs ((status IN ('queued', 'running'))) WHERE status IN ('queued', 'running');
+"""
+
+# Schema 8: corrections. Every change to the data (samples, labels, review decisions) is recorded: who (the
+# token's role), what, when. A deleted sample's file waits in ``trash`` until no job is active, because a running
+# job's snapshot lists file paths and must keep reading the data it started with.
+_CORRECTIONS = """
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    actor   TEXT NOT NULL,                -- admin | samples | insecure
+    action  TEXT NOT NULL,                -- e.g. sample.delete, sample.relabel, label.merge, review.undo
+    target  TEXT NOT NULL,                -- a sample id, a label, a capture id
+    detail  TEXT NOT NULL DEFAULT '{}'    -- JSON: what it was and what it became
+);
+CREATE INDEX IF NOT EXISTS audit_target ON audit (target);
+CREATE TABLE IF NOT EXISTS trash (
+    path        TEXT PRIMARY KEY,         -- relative to the state folder
+    sample_id   TEXT NOT NULL,
+    deleted_at  TEXT NOT NULL
+);
 """
 
 _SCHEMA = _SAMPLES + _JOBS + """
@@ -102,7 +123,8 @@ CREATE TABLE IF NOT EXISTS labels (
     key         TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
     source      TEXT NOT NULL CHECK (source IN ('model', 'admin')),
-    created_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL,
+    position    INTEGER          -- the review page's key order: a new label goes last, so no key moves (schema 8)
 );
 
 -- Served inputs the inference workers captured (files in the capture folder), indexed for the review queue,
@@ -131,7 +153,9 @@ CREATE TABLE IF NOT EXISTS captures (
     label          TEXT,
     sample_id      TEXT,
     reviewed_at    TEXT,
-    indexed_at     TEXT NOT NULL
+    indexed_at     TEXT NOT NULL,
+    reviewed_by    TEXT,                       -- the token that decided: admin | samples | insecure (schema 8)
+    created_sample INTEGER NOT NULL DEFAULT 0  -- 1: the label decision stored a new sample (undo removes it)
 );
 CREATE INDEX IF NOT EXISTS captures_queue ON captures (model_name, status, margin);
 CREATE INDEX IF NOT EXISTS captures_time ON captures (model_name, captured_at);
@@ -155,7 +179,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     job_id       TEXT,
     at           TEXT NOT NULL
 );
-"""
+""" + _CORRECTIONS
 
 
 class Database:
@@ -179,21 +203,11 @@ class Database:
 
     def _migrate(self) -> None:
         """Bring a database written by an earlier graft up to this schema."""
-        jobs = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        if "config" not in jobs:  # schema 1
-            self._conn.execute("ALTER TABLE jobs ADD COLUMN config TEXT")
-        if "replay" not in jobs:  # schema 4
-            self._conn.execute("ALTER TABLE jobs ADD COLUMN replay TEXT")
-        samples = {row["name"] for row in self._conn.execute("PRAGMA table_info(samples)")}
-        for column in ("pixels_sha", "phash", "split_reason"):  # schema 3; split_reason: schema 7
-            if column not in samples:
-                self._conn.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
-        captures = {row["name"] for row in self._conn.execute("PRAGMA table_info(captures)")}
-        for column in ("file_offset", "file_length"):  # schema 6: captures live in segment files
-            if column not in captures:
-                self._conn.execute(f"ALTER TABLE captures ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-        # Here, not in the schema: on an older database the column exists only after the lines above.
+        self._add_columns()
+        # Here, not in the schema: on an older database the columns exist only after the lines above.
         self._conn.execute("CREATE INDEX IF NOT EXISTS samples_pixels ON samples (pixels_sha)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS captures_reviewed ON captures (reviewed_by, reviewed_at)")
+        self._number_labels()
         ddl = self._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()["sql"]
         if "'held'" not in ddl:  # schema 3: a CHECK constraint cannot be altered, the table is rebuilt
             cols = ", ".join(row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)"))
@@ -201,6 +215,30 @@ class Database:
                 "BEGIN; ALTER TABLE jobs RENAME TO jobs_old; DROP INDEX IF EXISTS jobs_one_active;" + _JOBS
                 + f"INSERT INTO jobs ({cols}) SELECT {cols} FROM jobs_old; DROP TABLE jobs_old; COMMIT;"
             )
+
+    def _add_columns(self) -> None:
+        added = {
+            "jobs": [("config", "TEXT"), ("replay", "TEXT")],  # schema 1, schema 4
+            # schema 3; split_reason: schema 7; uploader: schema 8
+            "samples": [("pixels_sha", "TEXT"), ("phash", "TEXT"), ("split_reason", "TEXT"), ("uploader", "TEXT")],
+            # schema 6: captures live in segment files; schema 8: who decided, and whether a sample was created
+            "captures": [("file_offset", "INTEGER NOT NULL DEFAULT 0"), ("file_length", "INTEGER NOT NULL DEFAULT 0"),
+                         ("reviewed_by", "TEXT"), ("created_sample", "INTEGER NOT NULL DEFAULT 0")],
+            "labels": [("position", "INTEGER")],  # schema 8
+        }  # fmt: skip
+        for table, columns in added.items():
+            have = {row["name"] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns:
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _number_labels(self) -> None:
+        """Labels without a position (schema 7 and before) get one, in the order the review page used to show them
+        (by name): nobody's keys move on upgrade, and from then on a new label goes last."""
+        rows = self._conn.execute("SELECT key FROM labels WHERE position IS NULL ORDER BY name").fetchall()
+        top = self._conn.execute("SELECT COALESCE(MAX(position), 0) FROM labels").fetchone()[0]
+        for i, row in enumerate(rows, start=int(top) + 1):
+            self._conn.execute("UPDATE labels SET position = ? WHERE key = ?", (i, row["key"]))
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -18,15 +18,28 @@ class LabelStore:
         return None if row is None else Label(**dict(row))
 
     def all(self) -> list[Label]:
-        return [Label(**dict(r)) for r in self.db.all("SELECT * FROM labels ORDER BY name")]
+        """In key order: the order labels joined the set (the review page's keys 1-9 follow it)."""
+        return [Label(**dict(r)) for r in self.db.all("SELECT * FROM labels ORDER BY position, name")]
 
     def add(self, key: str, name: str, source: Literal["model", "admin"]) -> Label:
         """Insert unless the key is there already; the label as stored either way."""
-        self.db.execute("INSERT OR IGNORE INTO labels (key, name, source, created_at) VALUES (?, ?, ?, ?)",
-                        (key, name, source, utc_now()))  # fmt: skip
+        label, _ = self.insert(key, name, source)
+        return label
+
+    def insert(self, key: str, name: str, source: Literal["model", "admin"]) -> tuple[Label, bool]:
+        """:meth:`add`, and whether this call added it. A new label goes last: no other label's key moves."""
+        with self.db.tx() as conn:
+            added = conn.execute(
+                "INSERT OR IGNORE INTO labels (key, name, source, created_at, position) VALUES (?, ?, ?, ?, "
+                "(SELECT COALESCE(MAX(position), 0) + 1 FROM labels))", (key, name, source, utc_now()),
+            ).rowcount == 1  # fmt: skip
         label = self.get(key)
         assert label is not None
-        return label
+        return label, added
+
+    def rename(self, key: str, new_key: str, new_name: str) -> None:
+        """The same label (same position, same source) under another spelling."""
+        self.db.execute("UPDATE labels SET key = ?, name = ? WHERE key = ?", (new_key, new_name, key))
 
     def remove(self, key: str) -> bool:
         return self.db.execute("DELETE FROM labels WHERE key = ?", (key,)) == 1

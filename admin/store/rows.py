@@ -12,6 +12,8 @@ ModelStatus = Literal["training", "failed", "rejected", "accepted"]
 JobStatus = Literal["queued", "running", "succeeded", "held", "rejected", "failed"]
 DeployAction = Literal["import", "promote", "rollback"]
 ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+# Who made a change: the role of the token (or console session) behind it. Tokens are shared secrets, not people.
+Actor = Literal["admin", "samples", "insecure"]
 
 
 class _Row(BaseModel):
@@ -46,6 +48,7 @@ class Label(_Row):
     name: str  # the spelling samples are stored and trained under
     source: Literal["model", "admin"]
     created_at: str
+    position: int | None = None  # the review page's key order
 
 
 class SampleMeta(_Row):
@@ -60,6 +63,18 @@ class SampleMeta(_Row):
     height: int
     received_at: str
     split_reason: str = ""
+    uploader: Actor | None = None  # None: stored before graft recorded it (schema 8)
+
+
+class AuditEntry(_Row):
+    """One recorded change: who (a token's role), what, when, and what it was before."""
+
+    id: int
+    at: str
+    actor: Actor
+    action: str
+    target: str
+    detail: dict[str, Any] = {}
 
 
 class ModelVersion(_Row):
@@ -150,3 +165,5 @@ class CaptureRow(_Row):
     reviewed_at: str | None
     file_offset: int = 0  # where in the segment, and how many bytes
     file_length: int = 0
+    reviewed_by: Actor | None = None
+    created_sample: bool = False  # the label decision stored a new sample

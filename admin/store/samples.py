@@ -4,6 +4,10 @@ A sample's id is the sha256 of its bytes and its file lives at ``samples/ab/<sha
 holds what it looks like (the sha256 of its decoded pixels, a perceptual hash). The caller
 (admin/domain/samples.py) decides label and split; this module only stores, and refuses the same image
 (the same bytes, or the same pixels) under a second label. A batch is stored in one transaction.
+
+Corrections (admin/domain/corrections.py) delete rows and change labels; a deleted sample's file goes to the
+``trash`` table and is removed by :meth:`SampleStore.sweep_trash` only once no job is active, because a running
+job's snapshot is a list of these files.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from admin.store.db import Database
-from admin.store.rows import SampleMeta, SampleRef, SampleSplit, StoredSample
+from admin.store.rows import Actor, SampleMeta, SampleRef, SampleSplit, StoredSample
 from graft.core.errors import ConflictError
 from graft.core.images import Header
 from graft.core.util import utc_now, write_atomic
@@ -33,6 +37,7 @@ class NewSample:
     pixels_sha: str  # of the decoded pixels: what makes two files one image
     phash: str  # perceptual hash, hex
     split_reason: str = "hash split"  # or "near-duplicate of <id>"
+    uploader: Actor | None = None  # the token that sent it: the samples token may correct its own samples only
 
 
 def content_address(data: bytes) -> str:
@@ -45,6 +50,7 @@ class Existing:
     label: str
     split: SampleSplit
     seq: int
+    split_reason: str = ""
 
 
 class SampleStore:
@@ -61,8 +67,11 @@ class SampleStore:
         return self._one("pixels_sha = ?", pixels_sha)
 
     def _one(self, where: str, value: str) -> Existing | None:
-        row = self.db.one(f"SELECT sha256, label, split, seq FROM samples WHERE {where} ORDER BY seq LIMIT 1", (value,))
-        return None if row is None else Existing(row["sha256"], row["label"], row["split"], int(row["seq"]))
+        row = self.db.one(f"SELECT sha256, label, split, seq, split_reason FROM samples WHERE {where} ORDER BY seq "
+                          "LIMIT 1", (value,))  # fmt: skip
+        if row is None:
+            return None
+        return Existing(row["sha256"], row["label"], row["split"], int(row["seq"]), row["split_reason"] or "")
 
     def holdout_prints(self) -> list[tuple[int, Path]]:
         """(perceptual hash, file) of every holdout sample."""
@@ -112,22 +121,24 @@ class SampleStore:
                            "pixels_sha = ? ORDER BY seq LIMIT 1", (s.sha256, s.pixels_sha)).fetchone()  # fmt: skip
         if row is not None:
             if row["label"] != s.label:
-                raise ConflictError(_conflict(row["sha256"], row["label"], s.label))
+                raise ConflictError(conflict_message(row["sha256"], row["label"], s.label))
             return StoredSample(id=row["sha256"], label=s.label, split=row["split"], duplicate=True, seq=row["seq"],
                                 split_reason=row["split_reason"] or "")  # fmt: skip
         cur = conn.execute(
             "INSERT INTO samples (sha256, label, split, path, size, format, width, height, received_at, pixels_sha,"
-            " phash, split_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " phash, split_reason, uploader) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (s.sha256, s.label, s.split, str(rel), len(s.data), s.header.format, s.header.width, s.header.height,
-             utc_now(), s.pixels_sha, s.phash, s.split_reason),
+             utc_now(), s.pixels_sha, s.phash, s.split_reason, s.uploader),
         )  # fmt: skip
+        if not (self.root / rel).is_file():  # the same bytes were deleted, and the trash swept, since we looked
+            write_atomic(self.root / rel, s.data)
         return StoredSample(id=s.sha256, label=s.label, split=s.split, duplicate=False, seq=int(cur.lastrowid or 0),
                             split_reason=s.split_reason)  # fmt: skip
 
     def _check_label(self, s: NewSample) -> None:
         existing = self.by_bytes(s.sha256) or self.by_pixels(s.pixels_sha)
         if existing is not None and existing.label != s.label:
-            raise ConflictError(_conflict(existing.id, existing.label, s.label))
+            raise ConflictError(conflict_message(existing.id, existing.label, s.label))
 
     def backfill_fingerprints(self, fingerprint: Callable[[bytes], tuple[str, str]]) -> int:
         """Rows stored before fingerprints existed get them (``fingerprint(bytes) -> (pixels_sha, phash)``)."""
@@ -180,14 +191,67 @@ class SampleStore:
         row = self.db.one("SELECT path FROM samples WHERE sha256 = ?", (sample_id,))
         return None if row is None else (self.root / row["path"]).resolve()
 
+    def browse(self, label: str | None = None, uploader: Actor | None = None, limit: int = 50,
+             offset: int = 0) -> list[SampleMeta]:  # fmt: skip
+        """Newest first, optionally of one label or one uploader."""
+        where, params = "1 = 1", list[Any]()
+        if label is not None:
+            where, params = where + " AND label = ?", [*params, label]
+        if uploader is not None:
+            where, params = where + " AND uploader = ?", [*params, uploader]
+        rows = self.db.all(f"SELECT * FROM samples WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                           (*params, limit, offset))  # fmt: skip
+        return [_meta(r) for r in rows]
+
+    # ------------------------------------------------------------------ corrections
+    def remove(self, sample_id: str) -> bool:
+        """Delete the row; its file waits in the trash for :meth:`sweep_trash` (a running job may read it)."""
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT path FROM samples WHERE sha256 = ?", (sample_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM samples WHERE sha256 = ?", (sample_id,))
+            conn.execute("INSERT OR REPLACE INTO trash (path, sample_id, deleted_at) VALUES (?, ?, ?)",
+                         (row["path"], sample_id, utc_now()))  # fmt: skip
+        return True
+
+    def set_label(self, sample_id: str, label: str) -> None:
+        self.db.execute("UPDATE samples SET label = ? WHERE sha256 = ?", (label, sample_id))
+
+    def move_label(self, old: str, new: str) -> int:
+        """Every sample of ``old`` is ``new`` from now on; how many."""
+        return self.db.execute("UPDATE samples SET label = ? WHERE label = ?", (new, old))
+
+    def sweep_trash(self) -> tuple[int, str | None]:
+        """Remove the files of deleted samples, unless a job is active: (files removed, the active job's id).
+
+        Under the database's lock, so no job starts (and snapshots) meanwhile and no upload of the same bytes
+        slips in between the check and the unlink; a file whose bytes were stored again since stays."""
+        removed = 0
+        with self.db.tx() as conn:
+            active = conn.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+            if active is not None:
+                return 0, str(active["id"])
+            for row in conn.execute("SELECT path, sample_id FROM trash").fetchall():
+                if conn.execute("SELECT 1 FROM samples WHERE sha256 = ?", (row["sample_id"],)).fetchone() is None:
+                    (self.root / row["path"]).unlink(missing_ok=True)
+                    removed += 1
+                conn.execute("DELETE FROM trash WHERE path = ?", (row["path"],))
+        return removed, None
+
+    def trash_count(self) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM trash")
+        return int(row["n"]) if row else 0
+
     def missing_files(self) -> list[str]:
         """Ids of samples whose file is gone: should always be empty (the crash test checks it)."""
         rows = self.db.all("SELECT sha256, path FROM samples")
         return [r["sha256"] for r in rows if not (self.root / r["path"]).is_file()]
 
 
-def _conflict(sha: str, stored: str, asked: str) -> str:
-    return f"this image is already stored as sample {sha} with label {stored!r}, not {asked!r}"
+def conflict_message(sha: str, stored: str, asked: str) -> str:
+    return (f"this image is already stored as sample {sha} with label {stored!r}, not {asked!r}; if {stored!r} is "
+            f"wrong, relabel it first (PATCH /v1/samples/{sha} with {{\"label\": \"{asked}\"}})")  # fmt: skip
 
 
 def _ref(root: Path, row: Any) -> SampleRef:
@@ -199,5 +263,5 @@ def _meta(row: Any) -> SampleMeta:
     return SampleMeta(
         id=row["sha256"], label=row["label"], split=row["split"], size=row["size"], format=row["format"],
         width=row["width"], height=row["height"], received_at=row["received_at"],
-        split_reason=row["split_reason"] or "",
+        split_reason=row["split_reason"] or "", uploader=row["uploader"],
     )  # fmt: skip

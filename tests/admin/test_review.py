@@ -223,3 +223,87 @@ def test_indexing_runs_at_a_lower_cpu_priority_than_the_api(served: Served) -> N
     if hasattr(os, "SCHED_IDLE"):
         assert os.sched_getscheduler(indexer.native_id) == os.SCHED_IDLE, "it runs only when a core is idle"
         assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
+
+
+# --------------------------------------------------------------------------- undo
+
+
+def undo(served: Served, capture_id: str | None = None, headers: dict[str, str] = SAMPLER, **body: Any
+         ) -> httpx.Response:  # fmt: skip
+    path = f"/v1/review/{capture_id}/undo" if capture_id else "/v1/review/undo"
+    return served.c.post(path, json=body or None, headers=headers)
+
+
+def test_undo_takes_decisions_back(served: Served) -> None:
+    from tests.admin.test_corrections import audit, pictures
+
+    a, b, c = (served.capture(data, 0.6 + i / 10) for i, data in enumerate(pictures("train", 3)))
+    labelled = served.c.post(f"/v1/review/{a}/label", json={"label": "bees"}, headers=SAMPLER).json()
+    sample = labelled["sample"]["id"]
+    assert served.c.post(f"/v1/review/{b}/label", json={"skip": True}, headers=SAMPLER).status_code == 200
+    assert served.c.post(f"/v1/review/{c}/label", json={"reject": True}, headers=SAMPLER).status_code == 200
+    assert served.queue() == []
+    r = undo(served, a)
+    assert r.status_code == 200, r.text
+    (done,) = r.json()["undone"]
+    assert (done["decision"], done["label"], done["sample_removed"]) == ("labelled", "bees", sample)
+    assert done["item"]["status"] == "queued" and done["item"]["sample_id"] is None
+    assert served.c.get(f"/v1/samples/{sample}", headers=ADMIN).status_code == 404, "the sample it made is gone"
+    assert [i["id"] for i in served.queue()] == [a]
+    r = undo(served, count=2)  # this token's two latest decisions, newest first
+    assert [(u["item"]["id"], u["decision"]) for u in r.json()["undone"]] == [(c, "rejected"), (b, "skipped")]
+    assert {i["id"] for i in served.queue()} == {a, b, c}
+    r = undo(served)
+    assert r.status_code == 409 and "no review decision" in error_of(r)["message"]
+    assert undo(served, a).status_code == 409, "queued: nothing to undo"
+    assert undo(served, "00000000000000000000-00000000").status_code == 404
+    assert served.c.post(f"/v1/review/{a}/label", json={"label": "ants"}, headers=ADMIN).status_code == 200
+    r = undo(served, a)
+    assert r.status_code == 403 and "admin token" in error_of(r)["message"], "an admin's decision is the admin's"
+    assert undo(served, a, headers=ADMIN).status_code == 200
+    assert undo(served, headers=ADMIN).status_code == 409, "the admin's own latest decisions: none left"
+    trail = [(e["actor"], e["action"]) for e in audit(served.c, action="review.*")]
+    assert trail[:3] == [("admin", "review.undo"), ("admin", "review.label"), ("samples", "review.undo")]
+    assert trail.count(("samples", "review.undo")) == 3
+    deleted = audit(served.c, action="sample.delete")
+    assert len(deleted) == 2 and deleted[-1]["detail"]["via"] == f"review.undo of capture {a}"
+
+
+def test_undo_keeps_a_sample_it_did_not_make_and_the_holdout_is_the_admins(served: Served) -> None:
+    from tests.admin.test_corrections import pictures
+
+    (known,), (held,) = pictures("train", 1), pictures("holdout", 1)
+    first = served.capture(known, 0.6)
+    assert [i["id"] for i in served.queue()] == [first], "queued before the same picture is uploaded"
+    r = served.c.post("/v1/samples", files={"file": ("k.png", known, "image/png")}, data={"label": "ants"},
+                      headers=ADMIN)  # fmt: skip
+    sample = r.json()["id"]
+    assert served.c.post(f"/v1/review/{first}/label", json={"label": "ants"}, headers=SAMPLER).json()["sample"][
+        "duplicate"] is True  # fmt: skip
+    (done,) = undo(served, first).json()["undone"]
+    assert done["sample_removed"] is None and done["sample_kept"] == sample, "stored before the decision: kept"
+    assert served.c.get(f"/v1/samples/{sample}", headers=ADMIN).status_code == 200
+    second = served.capture(held, 0.7)
+    r = served.c.post(f"/v1/review/{second}/label", json={"label": "bees"}, headers=SAMPLER)
+    assert r.json()["sample"]["split"] == "holdout"
+    r = undo(served, second)
+    assert r.status_code == 403 and "holdout" in error_of(r)["message"]
+    assert served.c.get(f"/v1/review/{second}", headers=SAMPLER).json()["status"] == "labelled", "nothing changed"
+    r = undo(served, count=2)
+    assert r.status_code == 403, "all of them or none"
+    assert served.c.get(f"/v1/review/{first}", headers=SAMPLER).json()["status"] == "queued"
+    (done,) = undo(served, second, headers=ADMIN).json()["undone"]
+    assert done["sample_removed"] is not None and {i["id"] for i in served.queue()} == {first, second}
+
+
+def test_deleting_a_sample_puts_its_captures_back_in_the_queue(served: Served) -> None:
+    x = served.capture(photo(70), 0.6)
+    sample = served.c.post(f"/v1/review/{x}/label", json={"label": "bees"}, headers=ADMIN).json()["sample"]["id"]
+    y = served.capture(photo(70, fmt="JPEG", quality=85), 0.55)  # the same picture again: a duplicate of the sample
+    assert served.c.get(f"/v1/review/{y}", headers=SAMPLER).json()["status"] == "duplicate"
+    r = served.c.delete(f"/v1/samples/{sample}", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["requeued"] == [x]
+    (item,) = served.queue()
+    assert item["id"] == x and item["seen"] == 2, "its near-duplicate counts on it again"
+    assert served.c.get(f"/v1/review/{y}", headers=SAMPLER).json()["status"] == "duplicate"
+    assert served.c.post(f"/v1/review/{x}/label", json={"label": "ants"}, headers=ADMIN).status_code == 200

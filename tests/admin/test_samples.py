@@ -150,6 +150,39 @@ def test_one_label_whatever_its_spelling(intake: SampleIntake) -> None:
     assert intake.labels.known() == ["ants"]
 
 
+@pytest.mark.parametrize(
+    ("new", "known", "close"),
+    [
+        ("baterry", ["ants", "battery"], ["battery"]),  # two edits in seven letters
+        ("bese", ["bees"], ["bees"]),  # a swap is one edit
+        ("cafe", ["café"], ["café"]),  # an accent
+        ("grey heron", ["Grey-Heron"], ["Grey-Heron"]),  # case and separators
+        ("cats", ["cat", "dog"], ["cat"]),
+        ("wasps", ["ants", "bees"], []),
+        ("7", ["1", "2", "3"], []),  # digits are all meant
+        ("baterry", ["battery", "batery"], ["batery", "battery"]),  # closest first
+    ],
+)
+def test_the_typo_guard_measure(new: str, known: list[str], close: list[str]) -> None:
+    from admin.domain.typos import similar
+
+    assert similar(new, known) == close
+
+
+def test_a_new_label_close_to_a_known_one_needs_a_confirmation(intake: SampleIntake) -> None:
+    from admin.domain.labels import SimilarLabelError
+
+    intake.labels.adopt(["battery"])
+    with pytest.raises(SimilarLabelError, match="'battery'") as refused:
+        intake.accept([Upload("a", solid((1, 2, 3)))], ["baterry"], True)
+    assert refused.value.status_code == 409 and intake.store.count() == 0
+    stored = intake.accept([Upload("a", solid((1, 2, 3)))], ["baterry"], True, new_label=True)[0]
+    assert stored.label == "baterry" and intake.labels.known() == ["battery", "baterry"], "a new label goes last"
+    two = intake.accept([Upload("b", solid((4, 5, 6))), Upload("c", solid((7, 8, 9)))], ["Wasps", "wasps"], True)
+    assert [s.label for s in two] == ["Wasps", "Wasps"], "one new label in two spellings: the first one"
+    assert intake.store.get(two[0].id).uploader == "admin"  # type: ignore[union-attr]
+
+
 def test_the_samples_token_may_not_invent_labels(intake: SampleIntake) -> None:
     intake.labels.adopt(["ants", "bees"])
     with pytest.raises(PermissionDeniedError, match="known: ants, bees") as refused:

@@ -88,3 +88,52 @@ def test_a_captures_table_of_schema_5_gains_segment_offsets(tmp_path: Path) -> N
     assert row is not None and (row.image_file, row.file_offset, row.file_length) == ("x.png", 0, 0)
     assert CaptureStore(db).read_to("ab") == {}
     db.close()
+
+
+# What schema 7 had of the tables schema 8 changed: samples without uploader, labels without position, captures
+# without who decided; no audit or trash table.
+SCHEMA_7 = """
+CREATE TABLE samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
+    split TEXT NOT NULL CHECK (split IN ('train', 'holdout')), path TEXT NOT NULL, size INTEGER NOT NULL,
+    format TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, received_at TEXT NOT NULL,
+    pixels_sha TEXT, phash TEXT, split_reason TEXT);
+CREATE TABLE labels (key TEXT PRIMARY KEY, name TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('model', 'admin')), created_at TEXT NOT NULL);
+INSERT INTO samples (sha256, label, split, path, size, format, width, height, received_at, split_reason)
+    VALUES ('cd', 'battery', 'train', 'samples/cd/cd.jpg', 10, 'JPEG', 4, 4, '2026-01-01', 'hash split');
+INSERT INTO labels (key, name, source, created_at) VALUES ('wasps', 'wasps', 'admin', '2026-01-03'),
+    ('ants', 'ants', 'model', '2026-01-01'), ('battery', 'battery', 'admin', '2026-01-02');
+""" + CAPTURES_5.replace("INSERT INTO captures", "-- schema 6 added the offsets\nINSERT INTO captures").replace(
+    "    reviewed_at    TEXT,\n", "    reviewed_at    TEXT,\n    file_offset    INTEGER NOT NULL DEFAULT 0,\n"
+    "    file_length    INTEGER NOT NULL DEFAULT 0,\n"
+)
+
+
+def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
+    """Schema 8: who uploaded a sample, who decided a capture, the labels' key order, the audit trail, the trash."""
+    from admin.store.audit import AuditStore
+    from admin.store.captures import CaptureStore
+    from admin.store.labels import LabelStore
+    from admin.store.samples import SampleStore
+
+    path = tmp_path / "admin.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(SCHEMA_7)
+    con.close()
+    db = Database(path)
+    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 8  # type: ignore[index]
+    sample = SampleStore(db, tmp_path).get("cd")
+    assert sample is not None and sample.uploader is None, "unknown uploader: only the admin token may correct it"
+    labels = LabelStore(db)
+    assert [x.name for x in labels.all()] == ["ants", "battery", "wasps"], "the keys the review page showed (by name)"
+    labels.add("bees", "bees", "admin")
+    assert [(x.name, x.position) for x in labels.all()][-1] == ("bees", 4), "a new label goes last"
+    capture = CaptureStore(db).get("00000000000000000001-aaaaaaaa")
+    assert capture is not None and capture.reviewed_by is None and capture.created_sample is False
+    entry = AuditStore(db).record("admin", "sample.relabel", "cd", before="battery", after="bees")
+    assert [e.id for e in AuditStore(db).entries()] == [entry]
+    assert SampleStore(db, tmp_path).remove("cd") and SampleStore(db, tmp_path).trash_count() == 1
+    db.close()
+    db = Database(path)
+    assert [x.position for x in LabelStore(db).all()] == [1, 2, 3, 4], "numbered once, not again on reopening"
+    db.close()
