@@ -8,9 +8,9 @@ from fastapi.staticfiles import StaticFiles
 
 def install(app: FastAPI) -> None:
     """The console's routes and static files, on the app the JSON API built."""
-    from admin.console import actions, api, pages
+    from admin.console import actions, api, corrections, pages
     from admin.console.render import STATIC
 
-    for module in (api, actions, pages):
+    for module in (api, actions, corrections, pages):
         app.include_router(module.router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")

@@ -61,6 +61,16 @@ async def review(
     return {"items": [views.review_item(r) for r in rows], "stats": await run_in_threadpool(_review_stats, request)}
 
 
+@router.post("/review/undo")
+async def undo_last(request: Request) -> dict[str, Any]:
+    """The latest decision of this session's token (after a reload the page no longer knows its own). Declared
+    before ``/review/{capture_id}``, which would take "undo" for an id."""
+    session = session_of(request)
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    done = await run_in_threadpool(service(request).undo.undo_last, session.role, 1)
+    return await _undone(request, done)
+
+
 @router.post("/review/{capture_id}")
 async def decide(request: Request, capture_id: str, body: ReviewDecision) -> dict[str, Any]:
     session = session_of(request)
@@ -80,15 +90,6 @@ async def decide(request: Request, capture_id: str, body: ReviewDecision) -> dic
         out.update(status=row.status)
     out["stats"] = await run_in_threadpool(_review_stats, request)
     return out
-
-
-@router.post("/review/undo")
-async def undo_last(request: Request) -> dict[str, Any]:
-    """The latest decision of this session's token (after a reload the page no longer knows its own)."""
-    session = session_of(request)
-    check_csrf(session, request.headers.get(CSRF_HEADER))
-    done = await run_in_threadpool(service(request).undo.undo_last, session.role, 1)
-    return await _undone(request, done)
 
 
 @router.post("/review/{capture_id}/undo")

@@ -1,4 +1,5 @@
-"""The console's pages (GET): overview, models, jobs, samples, review, and the images they show."""
+"""The console's pages (GET): overview, models, jobs, samples and labels, review, history, and the images they
+show."""
 
 from __future__ import annotations
 
@@ -99,11 +100,46 @@ def job(request: Request, job_id: str) -> Response:
 
 
 @router.get("/samples")
-def samples(request: Request, stored: int | None = None, duplicates: int | None = None) -> Response:
+def samples(request: Request, stored: int | None = None, duplicates: int | None = None,
+            label: Annotated[str | None, Query(max_length=512)] = None,
+            changed: str | None = None) -> Response:  # fmt: skip
     svc = service(request)
-    recent = svc.samples.recent(24)
-    return page(request, "samples.html", stats=svc.stats(), labels=[label.name for label in svc.labels.all()],
-                recent=recent, stored=stored, duplicates=duplicates)  # fmt: skip
+    shown = svc.labels.get(label).name if label else None
+    recent = svc.samples.browse(shown, limit=48)
+    return page(request, "samples.html", stats=svc.stats(), labels=views.label_rows(svc), recent=recent,
+                stored=stored, duplicates=duplicates, shown=shown, changed=changed)  # fmt: skip
+
+
+@router.get("/samples/{sample_id}")
+def sample(request: Request, sample_id: str, changed: str | None = None) -> Response:
+    """One sample: its image and facts; relabel and delete when this session may; its history (admin)."""
+    session = session_of(request)
+    svc = service(request)
+    s = svc.corrections.sample(sample_id)
+    history = svc.audit.entries(50, target=s.id) if session.is_admin else []
+    return page(request, "sample.html", s=s, labels=views.label_rows(svc), history=history, changed=changed,
+                refused=views.may_change(svc, s, session.role))  # fmt: skip
+
+
+@router.get("/labels/{name}")
+def label(request: Request, name: str, changed: str | None = None) -> Response:
+    """One label: its counts, rename, merge, remove, and its history (admin)."""
+    require_admin_page(request)
+    svc = service(request)
+    found = svc.labels.get(name)
+    (row,) = [r for r in views.label_rows(svc) if r["name"] == found.name]
+    return page(request, "label.html", label=row, labels=views.label_rows(svc), changed=changed,
+                history=svc.audit.entries(50, target=found.name))  # fmt: skip
+
+
+@router.get("/history")
+def history(request: Request, action: Annotated[str | None, Query(max_length=64)] = None,
+            before: int | None = None) -> Response:  # fmt: skip
+    """The audit trail: who changed the data, what, when (admin)."""
+    require_admin_page(request)
+    entries = service(request).audit.entries(100, before, action or None)
+    return page(request, "history.html", entries=entries, action=action or "",
+                older=entries[-1].id if len(entries) == 100 else None)  # fmt: skip
 
 
 @router.get("/samples/{sample_id}/image")
@@ -118,7 +154,7 @@ def sample_image(request: Request, sample_id: str) -> FileResponse:
 def review(request: Request, strategy: Annotated[str, Query(pattern="^(margin|entropy|random)$")] = "margin"
            ) -> Response:  # fmt: skip
     svc = service(request)
-    labels = [label.name for label in svc.labels.all()]
+    labels = [label.name for label in svc.labels.all()]  # in key order: a new label never moves another's key
     return page(request, "review.html", labels=labels, strategy=strategy, model_name=svc.model_name)
 
 

@@ -32,7 +32,8 @@ SECURITY_HEADERS = {
 
 # (path, title, admin only)
 NAV = [("/console", "Overview", True), ("/console/models", "Models", True), ("/console/jobs", "Jobs", True),
-       ("/console/samples", "Samples", False), ("/console/review", "Review", False)]  # fmt: skip
+       ("/console/samples", "Samples", False), ("/console/review", "Review", False),
+       ("/console/history", "History", True)]  # fmt: skip
 
 
 @functools.cache

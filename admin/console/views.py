@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from admin.domain.service import AdminService, ModelView
-from admin.store.rows import CaptureRow, Job
+from admin.store.rows import Actor, CaptureRow, Job, SampleMeta
 from graft.core.errors import GraftError
 
 LOG_LINES = 80
@@ -127,3 +127,25 @@ def change_words(svc: AdminService, current: str | None, target: str) -> list[st
             lines.append(f"Labels no longer predicted: {', '.join(sorted(dropped))}.")
     lines.append("No request fails during the switch; it can be rolled back from this console.")
     return lines
+
+
+def label_rows(svc: AdminService) -> list[dict[str, Any]]:
+    """The label set in key order, with counts: the samples page's table and the review page's keys."""
+    counts = svc.samples.counts()
+    served = set(svc.served_labels())
+    rows = []
+    for i, label in enumerate(svc.labels.all(), start=1):
+        c = counts.get(label.name, {})
+        rows.append({"name": label.name, "key": i if i <= 9 else None, "source": label.source,
+                     "in_service": label.name in served, "train": c.get("train", 0), "holdout": c.get("holdout", 0),
+                     "total": sum(c.values())})  # fmt: skip
+    return rows
+
+
+def may_change(svc: AdminService, sample: SampleMeta, role: Actor) -> str | None:
+    """None when ``role`` may relabel and delete ``sample``; else why not, in words."""
+    try:
+        svc.corrections.may_change(sample, role, "change")
+    except GraftError as e:
+        return str(e)
+    return None

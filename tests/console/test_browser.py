@@ -100,7 +100,7 @@ def test_sign_in_with_each_token_and_a_wrong_one(browser: Any, loop: Loop) -> No
     assert "403" in d.title or "403" in css(d, "h1")[0].text
     sign_in(d, url, ADMIN_TOKEN)
     assert d.current_url.endswith("/console")
-    assert [a.text for a in css(d, "nav a")] == ["Overview", "Models", "Jobs", "Samples", "Review"]
+    assert [a.text for a in css(d, "nav a")] == ["Overview", "Models", "Jobs", "Samples", "Review", "History"]
     assert "version 1" in css(d, ".big")[0].text
     for img in css(d, "img"):
         assert img.get_attribute("alt"), "every image has alt text"

@@ -143,3 +143,80 @@ def test_review_api_labels_captures(server: tuple[AdminServer, Path]) -> None:
     assert bad.status_code == 400
     assert httpx.get(f"{srv.url}/v1/samples/stats", headers=ADMIN).json()["labels"]["bees"]["train"] + \
         httpx.get(f"{srv.url}/v1/samples/stats", headers=ADMIN).json()["labels"]["bees"]["holdout"] == 1
+
+
+def test_labels_and_samples_are_corrected_from_the_console(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    api = httpx.Client(base_url=srv.url, headers=ADMIN)
+    ids = [api.post("/v1/samples", files={"file": (f"{i}.png", photo(60 + i), "image/png")},
+                    data={"label": "ants"}).json()["id"] for i in range(2)]  # fmt: skip
+    c = sign_in(srv, ADMIN_TOKEN)
+    csrf = csrf_of(c.get("/console/samples").text)
+    assert c.post("/console/labels", data={"name": "battery", "csrf": csrf}).status_code == 303
+    typo = c.post("/console/labels", data={"name": "baterry", "csrf": csrf})
+    assert typo.status_code == 409 and "battery" in typo.text and "new_label" in typo.text
+    page = c.get("/console/samples").text
+    assert re.search(r"<kbd>3</kbd></td>\s*<th scope=\"row\"><a href=\"/console/labels/battery\">battery", page)
+    assert f'href="/console/samples/{ids[0]}"' in page and '<option value="battery">' in page
+    sample = c.get(f"/console/samples/{ids[0]}")
+    assert sample.status_code == 200 and "Relabel" in sample.text and "Delete this sample" in sample.text
+    assert c.post(f"/console/samples/{ids[0]}/relabel", data={"label": "bees"}).status_code == 403, "no CSRF"
+    r = c.post(f"/console/samples/{ids[0]}/relabel", data={"label": "bees", "csrf": csrf})
+    assert r.status_code == 303 and api.get(f"/v1/samples/{ids[0]}").json()["label"] == "bees"
+    assert "sample.relabel" in c.get(r.headers["location"]).text, "its history is on its page"
+    r = c.post(f"/console/samples/{ids[1]}/delete", data={"csrf": csrf})
+    assert r.status_code == 303 and api.get(f"/v1/samples/{ids[1]}").status_code == 404
+    label = c.get("/console/labels/battery")
+    assert label.status_code == 200 and "Rename" in label.text and "Merge" in label.text
+    r = c.post("/console/labels/battery/rename", data={"to": "cells", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/labels/cells")
+    r = c.post("/console/labels/cells/merge", data={"into": "bees", "csrf": csrf})
+    assert r.status_code == 303 and "cells" not in [x["name"] for x in api.get("/v1/labels").json()["labels"]]
+    assert "cannot be renamed" in c.get("/console/labels/ants").text, "a class of the model in service"
+    history = c.get("/console/history").text
+    for action in ("label.merge", "label.rename", "sample.delete", "sample.relabel", "label.add"):
+        assert action in history, action
+    only_samples = c.get("/console/history?action=sample.*").text
+    assert "<td>label.merge</td>" in history and "<td>label.merge</td>" not in only_samples
+
+
+def test_the_samples_token_sees_why_it_may_not_correct(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    theirs = httpx.post(f"{srv.url}/v1/samples", files={"file": ("a.png", photo(80), "image/png")},
+                        data={"label": "ants"}, headers=ADMIN).json()["id"]  # fmt: skip
+    c = sign_in(srv, SAMPLES_TOKEN)
+    page = c.get(f"/console/samples/{theirs}")
+    assert page.status_code == 200 and "only the admin token" in page.text and "Delete this sample" not in page.text
+    csrf = csrf_of(page.text)
+    assert c.post(f"/console/samples/{theirs}/delete", data={"csrf": csrf}).status_code == 403
+    for path in ("/console/labels/ants", "/console/history"):
+        assert c.get(path).status_code == 403, path
+    assert c.post("/console/labels/ants/rename", data={"to": "x", "csrf": csrf}).status_code == 403
+
+
+def test_the_review_page_undoes_and_shows_its_keys(server: tuple[AdminServer, Path]) -> None:
+    srv, captures = server
+    written: list[str] = []
+    writer = CaptureWriter(captures, "graft", "1", ["ants", "bees"], 1.0, 10**9,
+                           lambda outcome, n: written.extend([outcome] * n))  # fmt: skip
+    writer.offer(photo(90), [0.6, 0.4], "r")
+    wait_for(lambda: written, 10, what="the capture")
+    httpx.post(f"{srv.url}/v1/labels", json={"name": "wasps"}, headers=ADMIN)
+    c = sign_in(srv, SAMPLES_TOKEN)
+    review = c.get("/console/review").text
+    assert re.search(r"<kbd>1</kbd> ants · <kbd>2</kbd> bees · <kbd>3</kbd> wasps", review), "in key order"
+    assert 'id="undo"' in review and "<kbd>u</kbd> undo" in review
+    csrf = {"X-CSRF-Token": csrf_of(review)}
+    (item,) = c.get("/console/api/review").json()["items"]
+    assert c.post("/console/api/review/undo", headers=csrf).status_code == 409, "nothing decided yet"
+    r = c.post(f"/console/api/review/{item['id']}", json={"label": "bees"}, headers=csrf)
+    assert r.status_code == 200 and r.json()["stats"]["labelled"] == 1
+    assert c.post(f"/console/api/review/{item['id']}/undo").status_code == 403, "no CSRF token"
+    r = c.post(f"/console/api/review/{item['id']}/undo", headers=csrf)
+    assert r.status_code == 200, r.text
+    (back,) = r.json()["items"]
+    assert (back["id"], back["undone"], back["label"]) == (item["id"], "labelled", "bees")
+    assert back["sample_removed"] and r.json()["stats"]["queued"] == 1 and r.json()["stats"]["labelled"] == 0
+    assert c.post(f"/console/api/review/{item['id']}", json={"skip": True}, headers=csrf).status_code == 200
+    r = c.post("/console/api/review/undo", headers=csrf)
+    assert r.status_code == 200 and r.json()["items"][0]["undone"] == "skipped"

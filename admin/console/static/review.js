@@ -1,5 +1,6 @@
 // The review page: a grid of captured inputs, most uncertain first; label by click or keyboard.
-// 1..9 = the labels in order, s = skip, x = none of these classes, arrows = move. No page reloads.
+// 1..9 = the labels in key order (the order they joined the set), s = skip, x = none of these classes,
+// u (or Ctrl+Z) = undo the last decision, arrows = move. No page reloads.
 "use strict";
 
 (function () {
@@ -10,6 +11,7 @@
   const grid = document.getElementById("grid"), progress = document.getElementById("progress");
   const empty = document.getElementById("empty");
   let items = [], selected = 0, doneHere = 0, busy = false, stats = null;
+  const decided = [];  // ids decided on this page, newest last: what "undo" takes back first
 
   function say(text) { progress.textContent = text; }
   function counter() {
@@ -79,6 +81,7 @@
       if (!r.ok) { say((out.error && out.error.message) || `refused (${r.status})`); return; }
       stats = out.stats;
       doneHere += 1;
+      decided.push(id);
       items = items.filter((x) => x.id !== id);
       if (items.length < 6) await load(); else render();
       const next = grid.querySelectorAll("li")[selected];
@@ -86,11 +89,34 @@
     } finally { busy = false; }
   }
 
+  async function undo() {
+    if (busy) return;
+    busy = true;
+    try {
+      const id = decided.pop();  // none left on this page: the server undoes this token's latest decision
+      const url = id ? `/console/api/review/${encodeURIComponent(id)}/undo` : "/console/api/review/undo";
+      const r = await fetch(url, { method: "POST", headers: { Accept: "application/json", "X-CSRF-Token": document.body.dataset.csrf } });
+      const out = await r.json().catch(() => ({}));
+      if (!r.ok) { say((out.error && out.error.message) || `undo refused (${r.status})`); return; }
+      stats = out.stats;
+      doneHere = Math.max(0, doneHere - out.items.length);
+      for (const item of out.items) { items = [item, ...items.filter((x) => x.id !== item.id)]; }
+      selected = 0;
+      render();
+      const what = out.items.map((x) => x.undone + (x.label ? ` ${x.label}` : "")).join(", ");
+      say(`undone: ${what} · ${stats.queued} waiting`);
+      const first = grid.querySelector("li");
+      if (first) first.focus();
+    } finally { busy = false; }
+  }
+  document.getElementById("undo").addEventListener("click", undo);
+
   document.addEventListener("keydown", (e) => {
     if (e.target.closest && e.target.closest("input, textarea")) return;
     const item = items[selected];
     if (e.key === "ArrowRight") { select(selected + 1); e.preventDefault(); return; }
     if (e.key === "ArrowLeft") { select(selected - 1); e.preventDefault(); return; }
+    if (e.key === "u" || (e.key === "z" && (e.ctrlKey || e.metaKey))) { undo(); e.preventDefault(); return; }
     if (!item) return;
     if (/^[1-9]$/.test(e.key) && labels[Number(e.key) - 1] !== undefined) { decide(item.id, { label: labels[Number(e.key) - 1] }); e.preventDefault(); }
     else if (e.key === "s") { decide(item.id, { skip: true }); e.preventDefault(); }
