@@ -47,8 +47,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
      "non_inferior (default: promoted unless significantly worse), better (only if significantly better), "
      "or accuracy (raw holdout accuracy, graft's first rule)"),
     ("--gate-alpha", "gate_alpha", float, "significance level of the gate's paired tests (default 0.05)"),
-    ("--gate-tolerance", "gate_tolerance", float,
-     "how much worse a candidate may look on the holdout without being significantly worse (default 0.03)"),
+    ("--gate-tolerance", "gate_tolerance", float, "--gate-policy accuracy: the accuracy drop allowed (default 0)"),
     ("--gate-floor", "gate_floor", float, "minimum holdout accuracy to promote (default 0)"),
 ]
 

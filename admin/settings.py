@@ -82,8 +82,7 @@ class AdminSettings(BaseSettings):
     # --- the gate (admin/domain/gate.py): a paired comparison on the holdout images neither model saw
     gate_policy: Literal["non_inferior", "better", "accuracy"] = "non_inferior"
     gate_alpha: float = Field(default=0.05, gt=0.0, lt=0.5)  # significance level of the paired tests
-    # non_inferior: how much worse a candidate may look without being significantly worse; accuracy: the drop allowed
-    gate_tolerance: float = Field(default=0.03, ge=0.0, le=1.0)
+    gate_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)  # gate_policy=accuracy: the accuracy drop allowed
     gate_floor: float = Field(default=0.0, ge=0.0, le=1.0)
     gate_min_holdout: int = Field(default=1, ge=1)
     # --- rollout (TorchServe management API)

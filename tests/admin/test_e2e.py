@@ -103,7 +103,9 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         good = run_job(api)
         assert good["status"] == "succeeded" and good["promoted"], good
         cand, champ = good["metrics"]["candidate"], good["metrics"]["champion"]
-        assert cand["n"] == champ["n"] >= 20 and cand["accuracy"] > champ["accuracy"], good["reason"]
+        # the first model chose its best epoch on base/val: those 20 images cannot judge it (the fair holdout)
+        assert good["gate"]["left_out"] == 20 and cand["n"] == champ["n"] == good["gate"]["comparison"]["n"]
+        assert "neither model saw (20 more left out" in good["reason"], good["reason"]
         answer = httpx.post(url, content=probe, headers=headers, timeout=60).json()
         assert answer["model_version"] == "2" and answer["predictions"][0]["label"] in ("ants", "bees")
 
@@ -112,10 +114,10 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         post_batch(api, jpegs(data, "train", "bees")[14:30], "ants")
         bad = run_job(api)
         assert bad["status"] == "rejected" and not bad["promoted"], bad
-        assert (
-            "lower than champion" in bad["reason"]
-            and bad["metrics"]["champion"]["accuracy"] > bad["metrics"]["candidate"]["accuracy"]
-        )
+        # neither version 2 nor the candidate saw base/val: now it judges, with the new samples' holdout
+        assert bad["gate"]["left_out"] == 0 and bad["gate"]["comparison"]["n"] >= 20, bad["reason"]
+        assert bad["reason"].startswith("rejected: candidate") and "95% CI" in bad["reason"], bad["reason"]
+        assert bad["metrics"]["champion"]["accuracy"] > bad["metrics"]["candidate"]["accuracy"]
         assert httpx.post(url, content=probe, headers=headers, timeout=60).json()["model_version"] == "2"
 
         # 3. Roll back to the first model.

@@ -1,0 +1,218 @@
+"""One simulated retraining loop through the admin's own code (bench/loop_truth.py drives several).
+
+What is real: the sample intake (hash split, near-duplicate pinning) on a real SQLite file, the snapshot and
+its manifest, the job's training configuration (``build_train_config``: the champion's choices replayed,
+``--recipe auto`` deciding afresh), ``training.fit``, the evaluation the admin uses, the fair holdout and the
+gate. What is left out: HTTP, TorchServe and the swap (tests/serving cover those), so a round costs what the
+training and the evaluation cost.
+
+Each round uploads a labelled batch, trains a candidate on the snapshot, and judges it twice on the same
+predictions: with graft's first rule (raw accuracy on the whole holdout, tolerance 0) and with the current
+gate (the fair holdout, the paired comparison). Every model is also scored on a truth set neither ever saw.
+The loop serves what the current gate promotes; the first rule's served model is followed alongside.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from admin.domain.fairness import fair_holdout, seen_by
+from admin.domain.gate import GateRule, decide
+from admin.domain.judge import default_evaluate
+from admin.domain.labels import LabelSet
+from admin.domain.recipe import RetrainRequest, build_train_config
+from admin.domain.samples import SampleIntake, Upload
+from admin.domain.snapshot import base_items, take_snapshot, write_snapshot
+from admin.store.db import Database
+from admin.store.labels import LabelStore
+from admin.store.rows import ModelVersion
+from admin.store.samples import SampleStore
+from graft.core.artifact import read_card
+from graft.core.manifest import Item
+from graft.core.util import utc_now
+from training.config import TrainConfig
+
+log = logging.getLogger("bench.loop_truth")
+Labelled = tuple[bytes, str]  # image bytes (PNG or JPEG) and its true label
+
+
+@dataclass
+class Domain:
+    name: str
+    base_train: list[Labelled]  # the first model's training images
+    base_val: list[Labelled]  # ... and its validation images (they become the admin's holdout)
+    rounds: list[list[Labelled]]  # what each round uploads
+    truth: list[tuple[Path, str]]  # files neither model ever sees
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig values of every training
+
+
+@dataclass
+class Round:
+    domain: str
+    seed: int
+    round: int
+    uploaded: int
+    holdout_share: float  # of all uploads so far
+    pinned: int  # uploads so far pinned as near-duplicates
+    champion_truth: float
+    candidate_truth: float
+    truth_diff: float
+    old_passed: bool  # graft's first rule: raw accuracy, whole holdout, tolerance 0
+    old_n: int
+    new_passed: bool
+    new_n: int
+    left_out: int
+    discordant: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_worse: float
+    reason: str
+    served_truth: float  # the served model's truth accuracy after this round (current gate)
+    old_served_truth: float  # ... and under the first rule
+    recipe: str
+    seconds: float
+
+
+def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
+    for k, (data, label) in enumerate(items):
+        ext = "jpg" if data[:2] == b"\xff\xd8" else "png"
+        path = root / split / label / f"{k:05d}.{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+class Loop:
+    def __init__(self, domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule):
+        self.d, self.seed, self.work, self.rule = domain, seed, workdir, rule
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.base = workdir / "base"
+        _write(self.base, domain.base_train, "train")
+        _write(self.base, domain.base_val, "val")
+        db = Database(workdir / "admin.sqlite3")
+        self.store = SampleStore(db, workdir)
+        labels = sorted({label for _, label in domain.base_train})
+        self.labels = LabelSet(LabelStore(db))
+        for label in labels:
+            self.labels.resolve(label, may_add=True)
+        self.fraction = fraction
+        self.base_items = base_items(self.base, None, fraction)
+        holdout_base = [(0, i.path) for i in self.base_items if i.split == "holdout"]
+        self.intake = SampleIntake(self.store, self.labels, fraction, 50_000_000, 2_000_000_000,
+                                   lambda: holdout_base)  # fmt: skip
+        self._preds: dict[tuple[Path, Path], str | None] = {}
+        self._truth: dict[Path, float] = {}
+        self.uploaded = self.pinned = self.held = 0
+
+    # ------------------------------------------------------------------ models
+    def train(self, name: str, manifest: Path | None, champion: Path | None) -> Path:
+        out = self.work / name
+        if manifest is None:  # the first model: graft train on the folder, as a user would
+            cfg = TrainConfig(data=self.base, output=out, seed=self.seed, device="cpu", **self.d.train)
+        else:
+            version = _version(champion) if champion is not None else None
+            cfg = build_train_config(manifest, out, version, self.d.train, RetrainRequest(seed=self.seed),
+                                     device="cpu")  # fmt: skip
+        from training.engine import fit
+
+        fit(cfg)
+        return out
+
+    def predict(self, run: Path, items: Sequence[tuple[Path, str]]) -> list[str | None]:
+        todo = [(p, lab) for p, lab in items if (run, p) not in self._preds]
+        if todo:
+            preds, _ = default_evaluate(run, todo, "cpu")
+            self._preds.update({(run, p): y for (p, _), y in zip(todo, preds, strict=True)})
+        return [self._preds[(run, p)] for p, _ in items]
+
+    def truth(self, run: Path) -> float:
+        if run not in self._truth:
+            preds = self.predict(run, self.d.truth)
+            self._truth[run] = sum(p == t for p, (_, t) in zip(preds, self.d.truth, strict=True)) / len(preds)
+        return self._truth[run]
+
+    # ------------------------------------------------------------------ one round
+    def upload(self, batch: Sequence[Labelled]) -> None:
+        for start in range(0, len(batch), 64):  # the API's batch limit
+            chunk = batch[start : start + 64]
+            stored = self.intake.accept([Upload(f"{k}.png", data) for k, (data, _) in enumerate(chunk)],
+                                        [label for _, label in chunk], True)  # fmt: skip
+            for s in stored:
+                if not s.duplicate:
+                    self.uploaded += 1
+                    self.held += s.split == "holdout"
+                    self.pinned += s.split_reason.startswith("near-duplicate")
+
+    def judge(self, cand: Path, champ: Path, holdout: list[Item]) -> tuple[Any, Any]:
+        everything = [(i.path, i.label) for i in holdout]
+        truth = [label for _, label in everything]
+        labels_c, labels_h = read_card(cand).labels, read_card(champ).labels
+        old = decide(truth, self.predict(cand, everything), labels_c, self.predict(champ, everything), labels_h,
+                     policy="accuracy", tolerance=0.0, min_holdout=1)  # fmt: skip
+        fair = fair_holdout(holdout, [("candidate", seen_by(cand)), ("champion", seen_by(champ))])
+        items = [(i.path, i.label) for i in fair.items]
+        new = decide([label for _, label in items], self.predict(cand, items), labels_c, self.predict(champ, items),
+                     labels_h, rule=self.rule, left_out=fair.left_out)  # fmt: skip
+        return old, new
+
+
+def _version(run: Path) -> ModelVersion:
+    card = read_card(run)
+    now = utc_now()
+    return ModelVersion(version="1", status="accepted", source="job", run_dir=run, labels=card.labels,
+                        recipe={"backbone": card.backbone, **card.recipe}, created_at=now, updated_at=now)  # fmt: skip
+
+
+def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule) -> list[Round]:
+    loop = Loop(domain, seed, workdir, fraction, rule)
+    champion = old_champion = loop.train("v0", None, None)
+    log.info("%s seed %d: first model, truth %.4f", domain.name, seed, loop.truth(champion))
+    rounds = []
+    for r, batch in enumerate(domain.rounds, start=1):
+        t0 = time.perf_counter()
+        loop.upload(batch)
+        snap = write_snapshot(take_snapshot(loop.store, loop.base_items), workdir / f"r{r}" / "manifest.json")
+        cand = loop.train(f"v{r}", snap.manifest, champion)
+        old, new = loop.judge(cand, champion, snap.holdout)
+        old_vs = loop.judge(cand, old_champion, snap.holdout)[0] if old_champion != champion else old
+        c = new.comparison
+        row = Round(
+            domain.name, seed, r, loop.uploaded, round(loop.held / max(1, loop.uploaded), 4), loop.pinned,
+            round(loop.truth(champion), 4), round(loop.truth(cand), 4),
+            round(loop.truth(cand) - loop.truth(champion), 4), old.passed, old.candidate.n, new.passed,
+            new.candidate.n, new.left_out, c.discordant if c else 0, c.difference if c else 0.0,
+            c.ci_low if c else 0.0, c.ci_high if c else 0.0, c.p_worse if c else 1.0, new.reason,
+            0.0, 0.0, _recipe(cand), round(time.perf_counter() - t0, 1),
+        )  # fmt: skip
+        champion = cand if new.passed else champion
+        old_champion = cand if old_vs.passed else old_champion
+        row.served_truth, row.old_served_truth = round(loop.truth(champion), 4), round(loop.truth(old_champion), 4)
+        log.info("%s seed %d round %d: %s", domain.name, seed, r, asdict(row))
+        rounds.append(row)
+    return rounds
+
+
+def _recipe(run: Path) -> str:
+    stages = read_card(run).recipe.get("trainable_stages")
+    return "head" if not stages else f"last {stages}"
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def shuffled(items: list[Labelled], seed: int) -> list[Labelled]:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out

@@ -1,0 +1,181 @@
+"""Is the loop's one decision right? Simulated retraining rounds judged against truth.
+
+Two domains: Fashion-MNIST (Debian's ``dataset-fashion-mnist``; truth: t10k images, ``--fm-truth`` of them)
+and ants/bees (``../shared``; truth: its whole validation set, 153 photos, which the loop never uploads).
+Each seed starts from a few images per class (a first model trained with ``graft train``'s defaults), then
+uploads a labelled batch per round through the admin's intake, retrains and gates (bench/_loop_sim.py). Every
+champion and candidate is scored on the truth set; every gate decision is recorded under graft's first rule
+(raw accuracy on the whole holdout, tolerance 0) and under the current gate, side by side on the same
+rounds. Not a timed test; the README reports its tables.
+
+    .venv/bin/python bench/loop_truth.py --seeds 3 --json bench/results/loop_truth.json \\
+        --markdown bench/results/loop_truth.md          # about an hour on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from admin.domain.gate import GateRule
+from bench._loop_sim import Domain, Labelled, Round, encode_png, run_loop, shuffled
+from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
+
+log = logging.getLogger("bench.loop_truth")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+
+
+def _per_class(items: list[Labelled], n: int, skip: int = 0) -> list[Labelled]:
+    out, seen = [], {}
+    for data, label in items:
+        k = seen.get(label, 0)
+        seen[label] = k + 1
+        if skip <= k < skip + n:
+            out.append((data, label))
+    return out
+
+
+def _rounds(pool: list[Labelled], first: int, per_round: int, rounds: int) -> list[list[Labelled]]:
+    return [_per_class(pool, per_round, first + r * per_round) for r in range(rounds)]
+
+
+def fashion(seed: int, args: argparse.Namespace, truth_dir: Path) -> Domain:
+    pixels = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
+    targets = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
+    wanted = 10 * (args.first * 2 + args.per_round * args.rounds) * 3  # enough of every class, in a seeded order
+    idx = np.random.default_rng(seed).permutation(len(pixels))[:wanted]
+    pool = [(encode_png(Image.fromarray(pixels[i], mode="L")), FASHION_MNIST_LABELS[targets[i]]) for i in idx]
+    base = _per_class(pool, args.first * 2)
+    train = {"backbone": "mobilenet_v2", "weights": str(WEIGHTS)} if WEIGHTS.is_file() else {}
+    return Domain("fashion-mnist", _per_class(base, args.first), _per_class(base, args.first, args.first),
+                  _rounds(pool, args.first * 2, args.per_round, args.rounds), _fm_truth(truth_dir, args.fm_truth),
+                  {**train, "epochs": args.epochs})  # fmt: skip
+
+
+def _fm_truth(root: Path, n: int) -> list[tuple[Path, str]]:
+    pixels = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")[:n]
+    targets = read_idx(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")[:n]
+    out = []
+    for k, (x, y) in enumerate(zip(pixels, targets, strict=True)):
+        path = root / "fashion-mnist" / f"{k:05d}.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x, mode="L").save(path)
+        out.append((path, FASHION_MNIST_LABELS[int(y)]))
+    return out
+
+
+def ants_bees(seed: int, args: argparse.Namespace) -> Domain:
+    root = SHARED / "data" / "hymenoptera"
+    files = sorted(p for p in (root / "train").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    pool = shuffled([(p.read_bytes(), p.parent.name) for p in files], seed)
+    base = _per_class(pool, args.first * 2)
+    truth = sorted((p, p.parent.name) for p in (root / "val").rglob("*.jpg"))
+    train = {"backbone": "mobilenet_v2", "weights": str(WEIGHTS), "epochs": args.epochs}
+    return Domain("ants-bees", _per_class(base, args.first), _per_class(base, args.first, args.first),
+                  _rounds(pool, args.first * 2, args.ab_per_round, args.rounds), truth, train)  # fmt: skip
+
+
+def summarise(rows: list[Round]) -> dict[str, Any]:
+    better = [r for r in rows if r.truth_diff >= 0.01]
+    worse = [r for r in rows if r.truth_diff <= -0.01]
+
+    def share(items: list[Round], key: str, want: bool) -> dict[str, Any]:
+        hit = sum(getattr(r, key) == want for r in items)
+        return {"rounds": len(items), "count": hit, "rate": round(hit / len(items), 4) if items else None}
+
+    served = {}
+    for key in ("served_truth", "old_served_truth"):
+        drops = []
+        for r in rows:
+            prev = next((p for p in rows if (p.domain, p.seed, p.round) == (r.domain, r.seed, r.round - 1)), None)
+            before = getattr(prev, key) if prev else r.champion_truth if r.round == 1 else None
+            if before is not None:
+                drops.append(round(before - getattr(r, key), 4))
+        served[key] = {"largest_drop": max(drops, default=0.0)}
+    return {
+        "rounds": len(rows),
+        "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False)},
+        "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True)},
+        "served": served,
+    }
+
+
+def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
+    out = ["| domain | seed | round | uploads | holdout share | champion truth | candidate truth | first rule "
+           "| gate | fair n (left out) | diff [95% CI] | served truth (first rule) |", "|" + "---|" * 12]
+    for r in rows:
+        out.append(
+            f"| {r.domain} | {r.seed} | {r.round} | {r.uploaded} | {r.holdout_share:.2f} | {r.champion_truth:.4f} | "
+            f"{r.candidate_truth:.4f} | {'promote' if r.old_passed else 'reject'} ({r.old_n}) | "
+            f"{'promote' if r.new_passed else 'reject'} | {r.new_n} ({r.left_out}) | {100 * r.difference:+.1f} "
+            f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {r.served_truth:.4f} ({r.old_served_truth:.4f}) |"
+        )
+    out.append("")
+    for name, s in summary.items():
+        out.append(f"**{name}**: `{json.dumps(s)}`")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=fmt)
+    p.add_argument("--domains", nargs="+", default=["fashion-mnist", "ants-bees"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--first", type=int, default=10, help="training (and as many validation) images per class first")
+    p.add_argument("--per-round", type=int, default=20, help="Fashion-MNIST images per class each round")
+    p.add_argument("--ab-per-round", type=int, default=20, help="ants/bees images per class each round")
+    p.add_argument("--fm-truth", type=int, default=10_000, help="t10k images as Fashion-MNIST's truth")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("training").setLevel(logging.WARNING)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="loop_truth-"))
+    rule = GateRule()
+    rows: list[Round] = []
+    started = time.perf_counter()
+    for domain in args.domains:
+        if domain == "ants-bees" and not WEIGHTS.is_file():
+            log.warning("%s not found: ants-bees left out", SHARED)
+            continue
+        if domain == "fashion-mnist" and not FASHION_MNIST_DIR.is_dir():
+            log.warning("%s not found (apt-get install dataset-fashion-mnist): left out", FASHION_MNIST_DIR)
+            continue
+        for seed in range(args.seeds):
+            d = fashion(seed, args, work / "truth") if domain == "fashion-mnist" else ants_bees(seed, args)
+            rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule)
+    summary = {d: summarise([r for r in rows if r.domain == d]) for d in sorted({r.domain for r in rows})}
+    summary["all"] = summarise(rows)
+    report = {"rule": asdict(rule), "args": {k: str(v) for k, v in vars(args).items()},
+              "rounds": [asdict(r) for r in rows],
+              "summary": summary, "wall_s": round(time.perf_counter() - started, 1),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(rows, summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
