@@ -232,9 +232,9 @@ def _comparison_rule(rule: GateRule, cmp: PairedComparison, head: str, summary: 
         advice = [more] if more and cmp.difference > 0 else ["retrain when more labelled data has arrived"]
         return _Verdict(False, f"rejected: {head}; not significantly better (p={cmp.p_better:.3g} >= {a}, policy "
                         "better)", summary, advice=advice)  # fmt: skip
-    if cmp.difference < 0 and (more := images_to_settle(cmp, a)):
-        return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}); about {more} more fair "
-                        "holdout images would tell whether the drop is real", summary)  # fmt: skip
+    if cmp.difference < 0 and settle:
+        return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}); about {settle} more "
+                        "fair holdout images would tell whether the drop is real", summary)  # fmt: skip
     return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g})", summary)
 
 
