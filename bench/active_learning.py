@@ -140,7 +140,8 @@ def label_round(svc: Service, strategy: str, budget: int, truth: dict[str, str])
 def arm(work: Path, run: Path, strategy: str, pool: dict[str, str], test: list[tuple[Path, str]],
         args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     """One strategy from the same first model: accuracy on the test set after each round."""
-    env = {"GRAFT_GATE_TOLERANCE": "1.0", "GRAFT_HOLDOUT_FRACTION": "0.05", "GRAFT_CAPTURE_SCAN_S": "1",
+    env = {"GRAFT_GATE_POLICY": "accuracy",
+           "GRAFT_GATE_TOLERANCE": "1.0", "GRAFT_HOLDOUT_FRACTION": "0.05", "GRAFT_CAPTURE_SCAN_S": "1",
            "GRAFT_TRAIN_ARGS": json.dumps({"epochs": args.epochs})}  # fmt: skip
     curve = [{"round": 0, "labels": 0, "accuracy": accuracy(run, test), "version": "1"}]
     log.info("%s: round 0: %.4f", strategy, curve[0]["accuracy"])

@@ -108,7 +108,7 @@ def test_drift_moves_when_the_class_mix_moves(loop: Loop) -> None:
         assert loop.predict(f.read_bytes()).status_code == 200
     wait_for(lambda: loop.api.get("/v1/drift").json()["windows"][0]["captures"] >= 20, 60, what="captures indexed")
     before = loop.api.get("/v1/drift").json()
-    assert before["version"] == version and before["reference"]["n"] == 16
+    assert before["version"] == version and before["reference"]["n"] == 32  # the admin base data's val: 16 per class
     for f in jpegs(loop.data, "val", "ants")[40:70]:
         assert loop.predict(f.read_bytes()).status_code == 200
     wait_for(lambda: loop.api.get("/v1/drift").json()["windows"][0]["captures"] >= 50, 60, what="captures indexed")

@@ -67,12 +67,17 @@ def live_loop(tmp: Path, data: Path, weights: Path, budget_mb: int = 64, **admin
     """``tmp`` holds everything; ``admin`` overrides the admin's settings."""
     from graft.torchserve.launcher import TorchServe, free_ports
 
-    base = tmp / "base"
+    # The first model trains on base (its val/ chose its best epoch); the admin's base data adds 8 labelled
+    # photos per class that no model saw to the holdout, so the gate has fair images to judge on.
+    base, admin_base = tmp / "base", tmp / "admin-base"
     for label in ("ants", "bees"):
-        for split, files in (("train", jpegs(data, "train", label)[:10]), ("val", jpegs(data, "val", label)[:8])):
-            (base / split / label).mkdir(parents=True)
+        train, val = jpegs(data, "train", label)[:10], jpegs(data, "val", label)
+        for root, split, files in (
+            (base, "train", train), (base, "val", val[:8]), (admin_base, "train", train), (admin_base, "val", val[:16])
+        ):  # fmt: skip
+            (root / split / label).mkdir(parents=True)
             for f in files:
-                (base / split / label / f.name).symlink_to(f)
+                (root / split / label / f.name).symlink_to(f)
     run1, store, captures = tmp / "run1", tmp / "store", tmp / "captures"
     graft("train", "--data", str(base), "--backbone", "mobilenet_v2", "--weights", str(weights),
           "--trainable-stages", "0", "--epochs", "4", "--output", str(run1))  # fmt: skip
@@ -84,10 +89,11 @@ def live_loop(tmp: Path, data: Path, weights: Path, budget_mb: int = 64, **admin
         ts.wait_ready(timeout=300)
         values: dict[str, Any] = dict(
             admin_token=SecretStr(ADMIN_TOKEN), samples_token=SecretStr(SAMPLES_TOKEN), admin_port=free_ports(1)[0],
-            state_dir=tmp / "state", model_store=store, model_name=NAME, base_data=base, initial_run=run1,
+            state_dir=tmp / "state", model_store=store, model_name=NAME, base_data=admin_base, initial_run=run1,
             torchserve_management_url=ts.management_url, torchserve_inference_url=ts.inference_url,
             torchserve_key_file=ts.key_file, job_poll_s=0.5, train_args={"epochs": 4}, smoke_images=2,
-            gate_tolerance=1.0, capture_dir=captures, capture_scan_s=0.5, replay_captures=50, drift_min_captures=10,
+            gate_policy="accuracy", gate_tolerance=1.0, capture_dir=captures, capture_scan_s=0.5, replay_captures=50,
+            drift_min_captures=10,
         )  # fmt: skip
         values.update(admin)
         with AdminServer(AdminSettings(**values)) as server, \
