@@ -107,7 +107,8 @@ class Corrections:
     def remove_rows(self, sample: SampleMeta, actor: Actor, **why: Any) -> tuple[list[str], int]:
         """The rows of a deletion, inside the caller's transaction. Once it has committed, call
         :meth:`after_removal`, then :meth:`sweep` (never before: a rollback would bring back a row whose file
-        is gone)."""
+        is gone). The intake's in-memory index of holdout pictures keeps a deleted holdout picture until the
+        next start: its near-duplicates stay pinned to the holdout meanwhile, which is the safe side."""
         requeued = self.captures.release_sample(sample.id)
         if not self.samples.remove(sample.id):
             raise NotFoundError(f"no sample {sample.id!r}: deleted meanwhile")
@@ -127,7 +128,8 @@ class Corrections:
         if name == sample.label:
             return Relabelled(sample, sample.label, None)
         with self.db.tx():
-            self.samples.set_label(sample.id, name)
+            if not self.samples.set_label(sample.id, name):
+                raise NotFoundError(f"no sample {sample.id!r}: deleted meanwhile")
             self.captures.relabel_sample(sample.id, name)
             self.labels.resolve(name, True, actor=actor)  # a new label (admin only, checked above) joins the set
             audit_id = self.audit.record(actor, "sample.relabel", sample.id, before=sample.label, after=name,

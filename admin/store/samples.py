@@ -215,8 +215,9 @@ class SampleStore:
                          (row["path"], sample_id, utc_now()))  # fmt: skip
         return True
 
-    def set_label(self, sample_id: str, label: str) -> None:
-        self.db.execute("UPDATE samples SET label = ? WHERE sha256 = ?", (label, sample_id))
+    def set_label(self, sample_id: str, label: str) -> bool:
+        """False when the sample is gone (deleted meanwhile)."""
+        return self.db.execute("UPDATE samples SET label = ? WHERE sha256 = ?", (label, sample_id)) == 1
 
     def move_label(self, old: str, new: str) -> int:
         """Every sample of ``old`` is ``new`` from now on; how many."""
