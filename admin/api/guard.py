@@ -11,7 +11,9 @@ body of any size at any pace. This ASGI middleware decides from the request line
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
 * how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body (a body trickled a byte at a time
-  is a 408, not a connection held for minutes).
+  is a 408, not a connection held for minutes);
+* without authentication (insecure_dev), whether the request is this machine's own (admin/api/origin.py: the
+  ``Host``, ``Origin`` and ``Sec-Fetch-Site`` headers), so that a web page cannot drive the admin.
 
 The route dependencies (admin/api/auth.py) check the token again: defence in depth, and the OpenAPI docs.
 """
@@ -28,6 +30,7 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin.api.auth import TokenAuth, bearer_token
+from admin.api.origin import check_local_request
 from admin.api.sessions import SessionStore, cookie_value
 from admin.settings import AdminSettings
 from graft.core.errors import AuthenticationError, GraftError, PayloadTooLargeError, RequestTimeoutError
@@ -138,6 +141,8 @@ class Guard:
             await send(message)
 
         try:
+            if self.auth().insecure:  # no authentication: only this machine's programs and the admin's own pages
+                check_local_request(scope["method"], headers, scope.get("scheme", "http"))
             if policy.who == "session":
                 session = self.sessions().get(cookie_value(headers.get("cookie"))) if self.sessions else None
                 if session is None:

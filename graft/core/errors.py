@@ -121,6 +121,10 @@ class PermissionDeniedError(GraftError):
     status_code = 403
 
 
+class DisallowedHostError(UserInputError):
+    """A request addressed to a name this service does not answer (a DNS-rebinding page's, in insecure mode)."""
+
+
 class NotFoundError(GraftError):
     """An unknown job, model version or sample."""
 
