@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from admin.api.auth import Role, require_admin, require_sampler
 from admin.api.deps import ERRORS, service
-from admin.domain.corrections import LabelChange
+from admin.domain.corrections import LabelChange, sees_splits
 
 router = APIRouter(prefix="/v1/labels", tags=["labels"], responses=ERRORS)
 
@@ -40,8 +40,8 @@ class LabelOut(BaseModel):
     name: str
     source: str = Field(description="model: a model in service knows it; admin: an admin approved it")
     samples: int = Field(description="stored samples under this label")
-    train: int
-    holdout: int
+    train: int | None = Field(description="training samples (null for the samples token: the split is the admin's)")
+    holdout: int | None = Field(description="holdout samples (null for the samples token)")
     in_service: bool = Field(description="the model in service predicts it")
     key: int | None = Field(description="its key on the review page (1-9), in the order labels joined the set")
 
@@ -57,16 +57,18 @@ class LabelChangeOut(BaseModel):
     audit_id: int
 
 
-def labels_out(request: Request) -> LabelsOut:
+def labels_out(request: Request, role: Role = "admin") -> LabelsOut:
+    """The label set; the counts per split only for the admin (the samples token must not learn the holdout)."""
     svc = service(request)
+    splits = sees_splits(role)
     counts = svc.samples.counts()
     served = set(svc.served_labels())
     out = []
     for i, label in enumerate(svc.labels.all(), start=1):
         c = counts.get(label.name, {})
-        out.append(LabelOut(name=label.name, source=label.source, samples=sum(c.values()), train=c.get("train", 0),
-                            holdout=c.get("holdout", 0), in_service=label.name in served,
-                            key=i if i <= 9 else None))  # fmt: skip
+        train, holdout = (c.get("train", 0), c.get("holdout", 0)) if splits else (None, None)
+        out.append(LabelOut(name=label.name, source=label.source, samples=sum(c.values()), train=train,
+                            holdout=holdout, in_service=label.name in served, key=i if i <= 9 else None))  # fmt: skip
     return LabelsOut(labels=out)
 
 
@@ -75,10 +77,10 @@ def _change(request: Request, change: LabelChange) -> LabelChangeOut:
     return LabelChangeOut(label=label, previous=change.previous, samples=change.samples, audit_id=change.audit_id)
 
 
-@router.get("", response_model=LabelsOut, dependencies=[Depends(require_sampler)])
-def list_labels(request: Request) -> LabelsOut:
+@router.get("", response_model=LabelsOut)
+def list_labels(request: Request, role: Annotated[Role, Depends(require_sampler)]) -> LabelsOut:
     """Every label samples may be posted under (the samples token may use only these), in key order."""
-    return labels_out(request)
+    return labels_out(request, role)
 
 
 @router.post("", status_code=201, response_model=LabelsOut)

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from admin.api.deps import service
 from admin.console import views
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
+from admin.domain.corrections import sees_splits
 from graft.core.errors import NotFoundError
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -103,11 +104,15 @@ def job(request: Request, job_id: str) -> Response:
 def samples(request: Request, stored: int | None = None, duplicates: int | None = None,
             label: Annotated[str | None, Query(max_length=512)] = None,
             changed: str | None = None) -> Response:  # fmt: skip
+    """The labels and the newest samples: the admin's all, the samples token's its own (as ``GET /v1/samples``),
+    without the counts per split (``GET /v1/samples/stats`` is the admin's)."""
+    role = session_of(request).role
     svc = service(request)
     shown = svc.labels.get(label).name if label else None
-    recent = svc.samples.browse(shown, limit=48)
-    return page(request, "samples.html", stats=svc.stats(), labels=views.label_rows(svc), recent=recent,
-                stored=stored, duplicates=duplicates, shown=shown, changed=changed)  # fmt: skip
+    recent = svc.samples.browse(shown, None if sees_splits(role) else "samples", limit=48)
+    return page(request, "samples.html", stats=svc.stats() if sees_splits(role) else None,
+                labels=views.label_rows(svc, role), recent=recent, stored=stored, duplicates=duplicates, shown=shown,
+                changed=changed)  # fmt: skip
 
 
 @router.get("/samples/{sample_id}")
@@ -116,9 +121,10 @@ def sample(request: Request, sample_id: str, changed: str | None = None) -> Resp
     session = session_of(request)
     svc = service(request)
     s = svc.corrections.sample(sample_id)
+    svc.corrections.may_see(s, session.role)
     history = svc.audit.entries(50, target=s.id) if session.is_admin else []
-    return page(request, "sample.html", s=s, labels=views.label_rows(svc), history=history, changed=changed,
-                refused=views.may_change(svc, s, session.role))  # fmt: skip
+    return page(request, "sample.html", s=s, labels=views.label_rows(svc, session.role), history=history,
+                changed=changed, refused=views.may_change(svc, s, session.role))  # fmt: skip
 
 
 @router.get("/labels/{name}")
@@ -144,9 +150,12 @@ def history(request: Request, action: Annotated[str | None, Query(max_length=64)
 
 @router.get("/samples/{sample_id}/image")
 def sample_image(request: Request, sample_id: str) -> FileResponse:
-    path = service(request).samples.path_of(sample_id) if len(sample_id) == 64 else None
-    if path is None or not path.is_file():
+    svc = service(request)
+    meta = svc.samples.get(sample_id) if len(sample_id) == 64 else None
+    path = svc.samples.path_of(sample_id) if meta is not None else None
+    if meta is None or path is None or not path.is_file():
         raise NotFoundError(f"no sample {sample_id!r}")
+    svc.corrections.may_see(meta, session_of(request).role)  # a holdout picture is the admin's to see
     return _image(path)
 
 

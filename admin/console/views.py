@@ -7,6 +7,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from admin.domain.corrections import sees_splits
 from admin.domain.service import AdminService, ModelView
 from admin.store.rows import Actor, CaptureRow, Job, SampleMeta
 from graft.core.errors import GraftError
@@ -129,16 +130,18 @@ def change_words(svc: AdminService, current: str | None, target: str) -> list[st
     return lines
 
 
-def label_rows(svc: AdminService) -> list[dict[str, Any]]:
-    """The label set in key order, with counts: the samples page's table and the review page's keys."""
+def label_rows(svc: AdminService, role: Actor = "admin") -> list[dict[str, Any]]:
+    """The label set in key order, with counts: the samples page's table and the review page's keys. The counts
+    per split are the admin's, as in ``GET /v1/labels`` (None for the samples token)."""
     counts = svc.samples.counts()
     served = set(svc.served_labels())
+    splits = sees_splits(role)
     rows = []
     for i, label in enumerate(svc.labels.all(), start=1):
         c = counts.get(label.name, {})
         rows.append({"name": label.name, "key": i if i <= 9 else None, "source": label.source,
-                     "in_service": label.name in served, "train": c.get("train", 0), "holdout": c.get("holdout", 0),
-                     "total": sum(c.values())})  # fmt: skip
+                     "in_service": label.name in served, "train": c.get("train", 0) if splits else None,
+                     "holdout": c.get("holdout", 0) if splits else None, "total": sum(c.values())})  # fmt: skip
     return rows
 
 

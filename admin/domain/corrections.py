@@ -34,6 +34,11 @@ from graft.core.errors import ConflictError, NotFoundError, PermissionDeniedErro
 log = logging.getLogger(__name__)
 
 
+def sees_splits(actor: Actor) -> bool:
+    """Whether ``actor`` may know how the samples split into training and holdout (the admin only)."""
+    return actor != "samples"
+
+
 @dataclass(frozen=True)
 class Deleted:
     sample: SampleMeta  # as it was
@@ -84,6 +89,14 @@ class Corrections:
         if sample is None:
             raise NotFoundError(f"no sample {sample_id!r} (deleted ones are in GET /v1/audit?action=sample.delete)")
         return sample
+
+    def may_see(self, sample: SampleMeta, actor: Actor) -> None:
+        """PermissionDeniedError when the samples token asks for a sample it did not upload: it lists and corrects
+        only its own (GET /v1/samples), and which pictures are in the holdout, which judges every candidate
+        model, is the admin's to know (GET /v1/samples/ID and the split counts are admin routes)."""
+        if actor == "samples" and sample.uploader != "samples":
+            raise PermissionDeniedError(f"sample {sample.id} was not uploaded with the samples token: only the admin "
+                                        "token may see it")  # fmt: skip
 
     def may_change(self, sample: SampleMeta, actor: Actor, verb: str) -> None:
         """PermissionDeniedError when the samples token reaches beyond what it uploaded, or into the holdout."""

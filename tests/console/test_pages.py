@@ -12,7 +12,7 @@ import pytest
 from admin.server import AdminServer
 from handlers.capture import CaptureWriter
 from tests.admin.test_api import settings
-from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLES_TOKEN
+from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
 from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
 from tests.support.images import image_folder, photo
 from tests.support.waiting import wait_for, wait_ready
@@ -186,8 +186,8 @@ def test_the_samples_token_sees_why_it_may_not_correct(server: tuple[AdminServer
                         data={"label": "ants"}, headers=ADMIN).json()["id"]  # fmt: skip
     c = sign_in(srv, SAMPLES_TOKEN)
     page = c.get(f"/console/samples/{theirs}")
-    assert page.status_code == 200 and "only the admin token" in page.text and "Delete this sample" not in page.text
-    csrf = csrf_of(page.text)
+    assert page.status_code == 403 and "only the admin token" in page.text and "Delete this sample" not in page.text
+    csrf = csrf_of(c.get("/console/review").text)
     assert c.post(f"/console/samples/{theirs}/delete", data={"csrf": csrf}).status_code == 403
     for path in ("/console/labels/ants", "/console/history"):
         assert c.get(path).status_code == 403, path
@@ -220,3 +220,32 @@ def test_the_review_page_undoes_and_shows_its_keys(server: tuple[AdminServer, Pa
     assert c.post(f"/console/api/review/{item['id']}", json={"skip": True}, headers=csrf).status_code == 200
     r = c.post("/console/api/review/undo", headers=csrf)
     assert r.status_code == 200 and r.json()["items"][0]["undone"] == "skipped"
+
+
+def test_the_samples_token_never_sees_the_holdout(server: tuple[AdminServer, Path]) -> None:
+    """The console keeps the API's rules: the samples token sees the samples it uploaded, not the split counts,
+    and no picture of the admin's holdout (which judges every candidate)."""
+    srv, _ = server
+    admin = [httpx.post(f"{srv.url}/v1/samples", files={"file": (f"{i}.png", photo(100 + i), "image/png")},
+                        data={"label": "ants"}, headers=ADMIN).json() for i in range(12)]  # fmt: skip
+    holdout = [x["id"] for x in admin if x["split"] == "holdout"]
+    assert holdout, "some of twelve pictures fall in the holdout (holdout_fraction 0.2)"
+    c = sign_in(srv, SAMPLES_TOKEN)
+    csrf = csrf_of(c.get("/console/review").text)
+    r = c.post("/console/samples", files={"file": ("own.png", photo(200), "image/png")},
+               data={"label": "bees", "csrf": csrf})  # fmt: skip
+    assert r.status_code == 303
+    page = c.get("/console/samples").text
+    assert "Holdout" not in page and "samples in all" not in page and "· holdout" not in page
+    assert not any(x["id"] in page for x in admin), "another token's uploads are not listed"
+    (own,) = re.findall(r'href="/console/samples/([0-9a-f]{64})"', page)
+    assert c.get(f"/console/samples/{own}").status_code == 200
+    assert c.get(f"/console/samples/{own}/image").status_code == 200
+    for sample_id in holdout:
+        assert c.get(f"/console/samples/{sample_id}").status_code == 403
+        assert c.get(f"/console/samples/{sample_id}/image").status_code == 403
+    labels = httpx.get(f"{srv.url}/v1/labels", headers=SAMPLER).json()["labels"]
+    assert all(x["train"] is None and x["holdout"] is None for x in labels), "the API says no more"
+    assert httpx.get(f"{srv.url}/v1/labels", headers=ADMIN).json()["labels"][0]["holdout"] >= 1
+    admin_page = sign_in(srv, ADMIN_TOKEN).get("/console/samples").text
+    assert "Holdout" in admin_page and all(x in admin_page for x in holdout)
