@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from admin.api.auth import TokenAuth
@@ -21,7 +22,7 @@ from admin.api.sessions import COOKIE, Session
 from admin.api.uploads import read_form_fields
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
 from admin.domain.recipe import RetrainRequest
-from graft.core.errors import GraftError, InvalidSampleError, PermissionDeniedError
+from graft.core.errors import ConfigInvalidError, GraftError, InvalidSampleError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -97,10 +98,20 @@ async def rollback(request: Request) -> Response:
 @router.post("/retrain")
 async def retrain(request: Request) -> Response:
     _, form = await checked_form(request)
-    epochs = str(form.get("epochs") or "").strip()
-    body = RetrainRequest(epochs=int(epochs) if epochs.isdigit() else None)
+    body = retrain_request(form)
     job = await run_in_threadpool(service(request).jobs.start, body, "console")
     return RedirectResponse(f"/console/jobs/{job.id}", status_code=303)
+
+
+def retrain_request(form: dict[str, Any]) -> RetrainRequest:
+    """The form's fields through the API's own model (``POST /v1/retrain``): the same limits and the same 422,
+    whatever is typed (a superscript digit, 5000, a number of 5,000 digits)."""
+    fields = {k: v.strip() for k, v in form.items() if k in RetrainRequest.model_fields and v.strip()}
+    try:
+        return RetrainRequest.model_validate(fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigInvalidError(f"invalid retrain form: {problems}") from None
 
 
 @router.post("/jobs/{job_id}/cancel")

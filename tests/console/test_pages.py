@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from admin.console.actions import retrain_request
 from admin.server import AdminServer
 from handlers.capture import CaptureWriter
 from tests.admin.test_api import settings
@@ -249,3 +250,15 @@ def test_the_samples_token_never_sees_the_holdout(server: tuple[AdminServer, Pat
     assert httpx.get(f"{srv.url}/v1/labels", headers=ADMIN).json()["labels"][0]["holdout"] >= 1
     admin_page = sign_in(srv, ADMIN_TOKEN).get("/console/samples").text
     assert "Holdout" in admin_page and all(x in admin_page for x in holdout)
+
+
+def test_the_retrain_form_is_judged_by_the_api_model(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    c = sign_in(srv, ADMIN_TOKEN)
+    csrf = csrf_of(c.get("/console/jobs").text)
+    for epochs in ("²", "5000", "9" * 5000, "0", "-1", "ten", "1.5"):
+        r = c.post("/console/retrain", data={"epochs": epochs, "csrf": csrf})
+        assert r.status_code == 422 and "epochs" in r.text and "<html" in r.text, (epochs[:10], r.status_code)
+    assert httpx.get(f"{srv.url}/v1/jobs", headers=ADMIN).json()["jobs"] == [], "no job from a bad form"
+    assert retrain_request({"epochs": " 3 ", "csrf": "x"}).epochs == 3
+    assert retrain_request({"epochs": ""}).epochs is None
