@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from admin.api import audit, drift, jobs, labels, models, review, samples
 from admin.api.auth import TokenAuth
 from admin.api.guard import Guard
-from admin.api.sessions import SessionStore
+from admin.api.sessions import SessionStore, SignInThrottle
 from admin.domain.drift import ProbabilitiesFn, default_probabilities
 from admin.domain.jobs import EvaluateFn, default_evaluate
 from admin.domain.promotion import ExportFn, default_export
@@ -111,6 +111,7 @@ def build_api(
         settings.resolved_admin_token(), settings.resolved_samples_token(), insecure=settings.insecure_dev
     )
     app.state.sessions = SessionStore(settings.console_session_minutes * 60)
+    app.state.sign_in_throttle = SignInThrottle()
     app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings, sessions=lambda: app.state.sessions)
     app.add_exception_handler(GraftError, _graft_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -9,6 +9,7 @@ session cookie is HttpOnly and SameSite=Strict as well, and Secure over TLS.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from admin.api.auth import TokenAuth
 from admin.api.deps import service
-from admin.api.sessions import COOKIE, Session
+from admin.api.sessions import COOKIE, Session, SessionStore, SignInThrottle
 from admin.api.uploads import read_form_fields
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
 from admin.domain.recipe import RetrainRequest
@@ -59,13 +60,22 @@ async def login(request: Request) -> Response:
     target = str(form.get("next") or "/console")
     target = target if target.startswith("/console") and "//" not in target else "/console"
     auth: TokenAuth = request.app.state.auth
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    client = request.client.host if request.client else "?"
+    if (wait := math.ceil(throttle.wait_s(client))) > 0:  # not judged at all: a guesser learns nothing meanwhile
+        refused = page(request, "login.html", status=429, next=target,
+                       error=f"Too many wrong tokens from this address: try again in {wait} s.")  # fmt: skip
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     try:
         role = auth.check(str(form.get("token", "")).strip() or None, samples_ok=True)
     except GraftError:
-        log.warning("console: sign-in refused from %s", request.client.host if request.client else "?")
+        throttle.failed(client)
+        log.warning("console: sign-in refused from %s", client)
         return page(request, "login.html", status=401, next=target, error="That token is not valid here.")
-    sessions = request.app.state.sessions
-    session = sessions.create(role)
+    throttle.succeeded(client)
+    sessions: SessionStore = request.app.state.sessions
+    session = sessions.create(role, client)
     response = RedirectResponse(target if session.is_admin else "/console/review", status_code=303)
     response.set_cookie(COOKIE, session.id, max_age=int(sessions.ttl_s), httponly=True, samesite="strict",
                         secure=_secure(request), path="/console")  # fmt: skip
