@@ -193,7 +193,8 @@ async def undo(request: Request, capture_id: str, role: Annotated[Role, Depends(
     return undo_out([await run_in_threadpool(service(request).undo.undo, capture_id, role)])
 
 
-@router.delete("/{capture_id}", status_code=204, dependencies=[Depends(require_admin)])
-def delete_capture(request: Request, capture_id: str) -> None:
-    """Delete the capture's files (its row stays, marked deleted, for the counts)."""
-    service(request).feedback.review.delete(capture_id)
+@router.delete("/{capture_id}", status_code=204)
+def delete_capture(request: Request, capture_id: str, role: Annotated[Role, Depends(require_admin)]) -> None:
+    """Erase the captured picture: this capture's image, every other copy of it (exact and near duplicates), and
+    every later capture of it (rows stay, marked deleted, for the counts; replay never sends them)."""
+    service(request).feedback.review.delete(capture_id, role)

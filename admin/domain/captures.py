@@ -7,7 +7,8 @@ image (the same pixel hash and perceptual hash as uploads) and files it as
 * ``duplicate`` of a stored sample or of an earlier capture when its pixels are the same or its
   perceptual hash is within :data:`NEAR_DUPLICATE_BITS` (the earlier capture's ``seen`` count grows;
   a queued one answered by an older model version is replaced by the new capture instead), or
-* ``queued`` for review otherwise (``unreadable`` when the image cannot be decoded).
+* ``queued`` for review otherwise (``unreadable`` when the image cannot be decoded), or
+* ``deleted`` at once, its image erased, when it is a copy of a picture an admin erased (:meth:`erase_picture`).
 
 A capture cut short at the end of a segment is being written: it is read next pass, or given up once the
 segment has not changed for :data:`INCOMPLETE_GRACE_S`. Captures whose segment the workers pruned to keep
@@ -27,6 +28,7 @@ import numpy as np
 
 from admin.domain.samples import NEAR_DUPLICATE_BITS
 from admin.store.captures import CaptureStore
+from admin.store.rows import CaptureRow
 from admin.store.samples import SampleStore
 from graft.core.capture import (
     INCOMPLETE_GRACE_S,
@@ -34,6 +36,7 @@ from graft.core.capture import (
     CaptureRecord,
     DamagedSegmentError,
     decode_segment,
+    erase_image,
     model_dir,
     segment_names,
 )
@@ -78,6 +81,7 @@ class CaptureIndex:
         self._captures: dict[str, _Hashes] = {}  # per model
         # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
         self._samples: tuple[tuple[int, int], _Hashes] | None = None
+        self._erased: tuple[dict[str, str], _Hashes] | None = None  # erased pictures: by pixels, by hash
 
     def folder(self, model_name: str) -> Path:
         return model_dir(self.root, model_name)
@@ -148,6 +152,11 @@ class CaptureIndex:
             self.store.add(record, where, "unreadable")
             return
         pixels, phash = fp.pixels_sha, fp.phash_hex
+        erased = self._erased_of(fp)
+        if erased is not None:  # an admin erased this picture: it is not kept again, not even for a moment more
+            self.store.add(record, where, "deleted", pixels, phash, duplicate_of=f"erased:{erased}")
+            erase_image(self.folder(record.model_name) / where[0], where[1], where[2], record.id)
+            return
         sample = self.samples.by_pixels(pixels)
         if sample is not None:
             self.store.add(record, where, "duplicate", pixels, phash, duplicate_of=f"sample:{sample.id}")
@@ -191,6 +200,41 @@ class CaptureIndex:
         if self._samples is None or self._samples[0] != seen:
             self._samples = (seen, _Hashes(self.samples.phashes()))
         return self._samples[1]
+
+    def _erased_of(self, fp: Fingerprint) -> str | None:
+        """The erasure (its capture id) this picture falls under: the same pixels or a near perceptual hash."""
+        if self._erased is None:
+            rows = self.store.erased()
+            by_pixels = {pixels: cid for cid, pixels, _ in rows if pixels}
+            self._erased = (by_pixels, _Hashes([(cid, int(h, 16)) for cid, _, h in rows if h]))
+        by_pixels, hashes = self._erased
+        return by_pixels.get(fp.pixels_sha) or hashes.near(fp.phash)
+
+    def erase_picture(self, row: CaptureRow) -> list[str]:
+        """Erase the image of every kept capture of ``row``'s picture (the same pixels, or a perceptual hash within
+        :data:`NEAR_DUPLICATE_BITS`: the copies the queue collapses into one item; any model), mark them deleted,
+        and remember the picture so that later captures of it are erased as they are indexed. The ids erased."""
+        with self.lock:
+            same = {row.id}
+            if row.pixels_sha is not None or row.phash is not None:
+                kept = self.store.fingerprints()
+                same |= {cid for cid, pixels, _ in kept if pixels is not None and pixels == row.pixels_sha}
+                hashed = [(cid, int(h, 16)) for cid, _, h in kept if h is not None]
+                if row.phash is not None and hashed:
+                    values = np.array([h for _, h in hashed], dtype=np.uint64)
+                    near = np.bitwise_count(values ^ np.uint64(int(row.phash, 16))) <= NEAR_DUPLICATE_BITS
+                    same |= {hashed[i][0] for i in np.flatnonzero(near)}
+            for cid in sorted(same):
+                copy = self.store.get(cid)
+                if copy is not None:
+                    erase_image(self.folder(copy.model_name) / copy.image_file, copy.file_offset, copy.file_length,
+                                copy.id)  # fmt: skip
+            with self.store.batch():
+                self.store.add_erased(row.id, row.pixels_sha, row.phash)
+                self.store.mark_deleted(sorted(same), row.id)
+            self._erased = None
+            self._captures.clear()
+            return sorted(same)
 
     def forget(self, model_name: str | None = None) -> None:
         """Drop the cached hashes (after captures were deleted, pruned or put back in the queue): one model's,

@@ -129,24 +129,20 @@ class ReviewQueue:
         self._record(actor, "review.skip" if status == "skipped" else "review.reject", row.id, before=row.status)
         return self.get(capture_id)
 
-    def delete(self, capture_id: str) -> None:
-        """Erase the capture's image; its row stays, marked deleted, so counts and drift keep it."""
+    def delete(self, capture_id: str, actor: Actor = "admin") -> list[str]:
+        """Erase the picture: this capture's image and every other kept copy of it (exact and near duplicates,
+        any model), and every later capture of it as it is indexed. The rows stay, marked deleted, so counts and
+        drift keep them; replay and review never see them again. The capture ids erased."""
         row = self.store.get(capture_id) if valid_id(capture_id) else None
         if row is None:
             raise NotFoundError(f"no capture {capture_id!r}")
-        self._erase(row)
-        self.store.set_status(row.id, "deleted")
-        self.index.forget(row.model_name)
-
-    def _erase(self, row: CaptureRow) -> None:
-        """Overwrite the image's bytes in the segment with zeros (the worker only ever appends, so writing
-        inside the file is safe); the record before it stays, so the segment still reads end to end."""
-        capture = self._read(row)
-        if capture is None:
-            return  # pruned already
-        with open(self.capture_path(row), "r+b") as f:
-            f.seek(row.file_offset + row.file_length - len(capture.image))
-            f.write(bytes(len(capture.image)))
+        erased = self.index.erase_picture(row)
+        sample = self.index.samples.by_pixels(row.pixels_sha) if row.pixels_sha else None
+        self._record(actor, "review.erase", row.id, captures=erased, sample_of_it=sample.id if sample else None)
+        if sample is not None:  # a stored sample is corrected through its own route, with its own audit entry
+            log.warning("capture %s erased; the same picture is stored as sample %s: DELETE /v1/samples/%s erases it",
+                        row.id, sample.id, sample.id)  # fmt: skip
+        return erased
 
     def stats(self, model_name: str) -> ReviewStats:
         self.index.sync(model_name, limit=200)

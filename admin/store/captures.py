@@ -101,6 +101,26 @@ class CaptureStore:
         )
         return [(r["id"], r["image_file"]) for r in rows]
 
+    def fingerprints(self) -> list[tuple[str, str | None, str | None]]:
+        """(id, pixels sha, perceptual hash) of every capture whose image may still be kept, any model."""
+        rows = self.db.all("SELECT id, pixels_sha, phash FROM captures WHERE status NOT IN ('deleted', 'gone')")
+        return [(r["id"], r["pixels_sha"], r["phash"]) for r in rows]
+
+    def mark_deleted(self, ids: Sequence[str], erased_of: str) -> None:
+        """The captures' images were erased as copies of capture ``erased_of``'s picture."""
+        with self.db.tx() as conn:
+            conn.executemany("UPDATE captures SET status = 'deleted', duplicate_of = ? WHERE id = ?",
+                             [(f"erased:{erased_of}", i) for i in ids])  # fmt: skip
+
+    def add_erased(self, capture_id: str, pixels_sha: str | None, phash: str | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO erased_pictures (capture_id, pixels_sha, phash, erased_at) "
+                        "VALUES (?, ?, ?, ?)", (capture_id, pixels_sha, phash, utc_now()))  # fmt: skip
+
+    def erased(self) -> list[tuple[str, str | None, str | None]]:
+        """(capture id, pixels sha, perceptual hash) of every erased picture."""
+        rows = self.db.all("SELECT capture_id, pixels_sha, phash FROM erased_pictures ORDER BY erased_at")
+        return [(r["capture_id"], r["pixels_sha"], r["phash"]) for r in rows]
+
     def mark_gone(self, ids: Sequence[str]) -> None:
         with self.db.tx() as conn:
             conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", [(i,) for i in ids])

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -168,6 +168,13 @@ CREATE TABLE IF NOT EXISTS capture_segments (
 );
 -- Indexing looks every new capture up by its pixels: without this, a scan of the whole table per capture.
 CREATE INDEX IF NOT EXISTS captures_pixels ON captures (model_name, pixels_sha);
+-- Pictures an admin erased (schema 9): every capture of one, then and later, has its image erased on sight.
+CREATE TABLE IF NOT EXISTS erased_pictures (
+    capture_id  TEXT PRIMARY KEY,               -- the capture the erasure was asked for
+    pixels_sha  TEXT,                           -- its fingerprint: the same pixels,
+    phash       TEXT,                           -- or a perceptual hash within NEAR_DUPLICATE_BITS
+    erased_at   TEXT NOT NULL
+);
 
 -- The history of defaults. previous_seq links each entry to the one a rollback returns to, so that
 -- successive rollbacks walk back through history instead of bouncing between two versions.

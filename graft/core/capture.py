@@ -130,6 +130,22 @@ def read_at(path: Path, offset: int, length: int) -> Capture | None:
     return None if found is None or found[1] != length else found[0]
 
 
+def erase_image(path: Path, offset: int, length: int, capture_id: str) -> bool:
+    """Overwrite the image of the capture at ``offset`` with zeros; False when it is not there (pruned, damaged,
+    or another capture). The record before it stays, so the segment still reads end to end, and the worker only
+    ever appends, so writing inside the file is safe while it writes."""
+    capture = read_at(path, offset, length)
+    if capture is None or capture.record.id != capture_id:
+        return False
+    try:
+        with open(path, "r+b") as f:
+            f.seek(offset + length - len(capture.image))
+            f.write(bytes(len(capture.image)))
+    except OSError:
+        return False  # pruned meanwhile
+    return True
+
+
 def segment_bytes(budget_bytes: int) -> int:
     """How large a worker lets its segment grow: the budget is kept by deleting whole segments."""
     return max(64 * 1024, min(8 * 2**20, budget_bytes // 16))

@@ -23,8 +23,9 @@ from tests.support.waiting import error_of, wait_for, wait_ready
 class Served:
     """The admin, and a capture writer standing for the inference workers of model 'graft' version 1."""
 
-    def __init__(self, client: httpx.Client, capture_dir: Path):
+    def __init__(self, client: httpx.Client, capture_dir: Path, server: AdminServer | None = None):
         self.c = client
+        self.server = server
         self.dir = capture_dir
         self.stored = 0
         self.writer = CaptureWriter(capture_dir, "graft", "1", ["ants", "bees"], 1.0, 10**9, self._count)
@@ -51,7 +52,7 @@ def served(tmp_path: Path, free_port: int) -> Iterator[Served]:
     extra = {"evaluate": fake_evaluate, "export": placeholder_export}
     with AdminServer(st, rollout=FakeRollout(), app_kwargs=extra) as server, httpx.Client(base_url=server.url) as c:
         wait_ready(c)
-        yield Served(c, st.capture_path)
+        yield Served(c, st.capture_path, server)
 
 
 def test_the_queue_is_unlabelled_captures_most_uncertain_first(served: Served) -> None:
@@ -123,6 +124,31 @@ def test_skip_hides_and_reject_counts_without_training(served: Served) -> None:
     for bad in ({}, {"label": "ants", "skip": True}, {"skip": False}, {"reject": True, "extra": 1}):
         r = served.c.post(f"/v1/review/{c}/label", json=bad, headers=SAMPLER)
         assert r.status_code == 422, (bad, r.text)
+
+
+def test_erasing_a_picture_erases_every_copy_and_every_later_one(served: Served) -> None:
+    data, reencoded = photo(30), photo(30, fmt="JPEG", quality=85)
+    copies = [served.capture(data, 0.6) for _ in range(3)] + [served.capture(reencoded, 0.55)]
+    other = served.capture(photo(31), 0.7)
+    assert [i["id"] for i in served.queue()] == [copies[0], other], "one picture, one item"
+    assert served.c.delete(f"/v1/review/{copies[1]}", headers=ADMIN).status_code == 204, "asked on any copy"
+
+    def kept() -> bytes:
+        return b"".join(f.read_bytes() for f in served.dir.joinpath("graft").glob("*.seg"))
+
+    assert data not in kept() and reencoded not in kept(), "no copy left in the segments, exact or near"
+    for cid in copies:
+        assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410, cid
+    assert served.c.get(f"/v1/review/{other}/image", headers=SAMPLER).status_code == 200, "another picture stays"
+    later = served.capture(data, 0.5)
+    assert [i["id"] for i in served.queue()] == [other], "captured again: never queued again"
+    assert served.c.get(f"/v1/review/{later}", headers=SAMPLER).status_code == 410
+    assert data not in kept(), "its bytes erased as it was indexed"
+    assert served.server is not None
+    store = served.server.app.state.service.feedback.store
+    assert [r.id for r in store.recent("graft", 100)] == [other], "replay never sends it again"
+    (entry,) = served.c.get("/v1/audit", params={"action": "review.erase"}, headers=ADMIN).json()["entries"]
+    assert sorted(entry["detail"]["captures"]) == sorted(copies) and entry["actor"] == "admin"
 
 
 def test_images_deletion_and_pruning(served: Served) -> None:
