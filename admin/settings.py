@@ -103,6 +103,8 @@ class AdminSettings(BaseSettings):
     # Where the inference workers write captures (graft serve --capture-rate; None: STATE_DIR/captures).
     capture_dir: Path | None = None
     capture_scan_s: float = Field(default=5.0, gt=0)  # how often new captures are indexed
+    # Rows of undecided captures the index keeps (newest first): tiny images fit a disk budget by the million.
+    capture_index_max: int = Field(default=100_000, ge=100)
     # Niceness the indexing thread adds to the process's: it runs on the cores the workers leave idle (0: as the API).
     capture_nice: int = Field(default=10, ge=0, le=19)
     # Replayed to a candidate before it becomes the default (0 = no replay); optional gate on the agreement.

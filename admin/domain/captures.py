@@ -12,7 +12,8 @@ image (the same pixel hash and perceptual hash as uploads) and files it as
 
 A capture cut short at the end of a segment is being written: it is read next pass, or given up once the
 segment has not changed for :data:`INCOMPLETE_GRACE_S`. Captures whose segment the workers pruned to keep
-their disk budget are marked ``gone`` by :meth:`CaptureIndex.sweep`.
+their disk budget are forgotten by :meth:`CaptureIndex.sweep` (rows nobody decided on are deleted, decided ones
+marked ``gone``), which also caps the index: the budget bounds the database as it bounds the files.
 """
 
 from __future__ import annotations
@@ -245,8 +246,9 @@ class CaptureIndex:
             else:
                 self._captures.pop(model_name, None)
 
-    def sweep(self, model_name: str) -> int:
-        """Mark ``gone`` the captures whose segment the workers pruned; how many."""
+    def sweep(self, model_name: str, keep: int) -> int:
+        """Forget the captures whose segment the workers pruned (their rows go, decided ones stay marked gone),
+        then keep the index to the newest ``keep`` undecided captures; how many were pruned."""
         with self.lock:
             present = set(segment_names(self.root, model_name))
             gone = [cid for cid, segment in self.store.live_files(model_name) if segment not in present]
@@ -254,7 +256,11 @@ class CaptureIndex:
             if read:
                 self.store.forget_segments(model_name, read)
             if gone:
-                self.store.mark_gone(gone)
-                self._captures.pop(model_name, None)
+                self.store.drop_pruned(gone)
                 log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
+            capped = self.store.cap(keep)
+            if capped:
+                log.info("the capture index keeps the newest %d captures: %d older row(s) dropped", keep, capped)
+            if gone or capped:
+                self._captures.clear()  # their hashes must not match new captures
             return len(gone)

@@ -149,7 +149,7 @@ class Feedback:
         while self.index.sync(name, limit=_PASS) == _PASS and not self._stop.is_set():
             pass
         if sweep:
-            self.index.sweep(name)
+            self.index.sweep(name, self.settings.capture_index_max)
         totals: dict[str, int] = {}
         for counts in self.store.counts(name).values():
             for status, k in counts.items():

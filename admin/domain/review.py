@@ -64,7 +64,7 @@ class ReviewQueue:
             if self.capture_path(row).is_file():
                 out.append(row)
             else:  # pruned by the workers' disk budget since it was indexed
-                self.store.set_status(row.id, "gone")
+                self.store.drop_pruned([row.id])
         return out
 
     def get(self, capture_id: str, model_name: str | None = None) -> CaptureRow:
@@ -97,7 +97,7 @@ class ReviewQueue:
         row = self.get(capture_id, model_name)
         capture = self._read(row)
         if capture is None:
-            self.store.set_status(row.id, "gone")
+            self.store.drop_pruned([row.id])
             raise GoneError(f"capture {capture_id}'s image was pruned by the capture disk budget")
         return capture, row
 

@@ -14,6 +14,7 @@ from graft.core.capture import CaptureRecord
 from graft.core.util import utc_now
 
 Strategy = Literal["margin", "entropy", "random"]
+_UNDECIDED = "('queued', 'duplicate', 'unreadable')"  # statuses of captures no person decided on
 _ORDER: dict[str, str] = {
     "margin": "margin ASC, captured_at DESC",  # smallest gap between the top two classes first
     "entropy": "entropy DESC, captured_at DESC",  # the flattest distributions first
@@ -121,9 +122,25 @@ class CaptureStore:
         rows = self.db.all("SELECT capture_id, pixels_sha, phash FROM erased_pictures ORDER BY erased_at")
         return [(r["capture_id"], r["pixels_sha"], r["phash"]) for r in rows]
 
-    def mark_gone(self, ids: Sequence[str]) -> None:
+    def drop_pruned(self, ids: Sequence[str]) -> None:
+        """Captures whose segment the workers pruned: the rows nobody decided on go (the disk budget bounds the
+        index as it bounds the files), the decided ones stay, marked gone, for the history of the decision."""
+        params = [(i,) for i in ids]
         with self.db.tx() as conn:
-            conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", [(i,) for i in ids])
+            conn.executemany(f"DELETE FROM captures WHERE id = ? AND status IN {_UNDECIDED}", params)
+            conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", params)
+
+    def cap(self, keep: int) -> int:
+        """Keep the rows of the newest ``keep`` captures nobody decided on (every model together): whatever the
+        files hold (a million tiny images fit a budget), the index stays bounded. How many rows went."""
+        return self.db.execute(
+            f"DELETE FROM captures WHERE id IN (SELECT id FROM captures WHERE status IN {_UNDECIDED[:-1]}, 'gone')"
+            " ORDER BY id DESC LIMIT -1 OFFSET ?)", (keep,),
+        )  # fmt: skip
+
+    def rows(self) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM captures")
+        return 0 if row is None else int(row["n"])
 
     # ------------------------------------------------------------------ review
     def get(self, capture_id: str) -> CaptureRow | None:
