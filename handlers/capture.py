@@ -1,8 +1,8 @@
 """Capture: keep a sample of served inputs with what the model answered, for the admin's review queue.
 
 It never fails or noticeably slows a prediction: the request path only draws a random number and puts a
-reference on a bounded queue (``put_nowait``); a thread of the worker appends it to the worker's segment
-file. A full queue, a full disk or an unwritable folder drops the capture and counts it
+reference on a queue bounded in items and in bytes (``put_nowait``); a thread of the worker appends it to the
+worker's segment file. A full queue, a full disk or an unwritable folder drops the capture and counts it
 (``graft_captures_total{Outcome}``, emitted at most once a second: each emission is a line the frontend
 parses). The disk budget is kept by that thread: past it, the oldest segments go first. Format:
 :mod:`graft.core.capture`.
@@ -29,6 +29,9 @@ from graft.core.capture import SEGMENT_SUFFIX, CaptureRecord, encode, image_type
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+# Bytes of images waiting for the writer thread, whatever their count: 256 captures of 4 MiB would hold 1 GiB in a
+# worker while a slow disk catches up. Past it a capture is dropped (and counted), like a full queue.
+QUEUE_BYTES = 32 * 2**20
 # The folder is listed (to keep the budget) when this writer's own count says it is over, and at least this
 # often: the other workers of the model write to the same folder.
 _RESCAN_EVERY_S = 30.0
@@ -69,6 +72,8 @@ class CaptureWriter:
         self._random = random.Random(secrets.randbits(64))  # ids need to be unique, not secret
         self.topk = topk
         self.queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.queued_bytes = 0  # images on the queue (kept by offer and the writer thread, under the lock)
+        self._queued_lock = threading.Lock()
         self._used: int | None = None  # the folder's bytes as of the last listing, plus what this writer added
         self._segment: BinaryIO | None = None  # this worker's open segment, its path and size
         self._segment_path: Path | None = None
@@ -84,7 +89,15 @@ class CaptureWriter:
         try:
             if random.random() >= self.rate:
                 return
-            self.queue.put_nowait(_Item(payload, [float(p) for p in probs], request_id, time.time()))
+            with self._queued_lock:  # a few instructions: the request path never waits on the writer
+                if self.queued_bytes + len(payload) > QUEUE_BYTES:
+                    raise queue.Full
+                self.queued_bytes += len(payload)
+            try:
+                self.queue.put_nowait(_Item(payload, [float(p) for p in probs], request_id, time.time()))
+            except queue.Full:
+                self._dequeued(len(payload))
+                raise
         except queue.Full:
             self._tally("dropped_queue")
         except Exception:  # nothing in capture may fail a prediction
@@ -105,12 +118,18 @@ class CaptureWriter:
                 self._tally("dropped_error")
                 log.warning("capture dropped: %s", e)
                 written = 0
+            finally:
+                self._dequeued(len(item.payload))
             if time.monotonic() - self._flushed_at > _FLUSH_EVERY_S:
                 self._flush()
             if self._used is not None:
                 self._used += written
             if self._used is None or self._used > self.budget or time.monotonic() - self._listed_at > _RESCAN_EVERY_S:
                 self._prune()
+
+    def _dequeued(self, size: int) -> None:
+        with self._queued_lock:
+            self.queued_bytes -= size
 
     def _tally(self, outcome: str) -> None:
         with self._pending_lock:

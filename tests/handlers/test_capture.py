@@ -23,7 +23,7 @@ from graft.core.capture import (
 )
 from graft.core.errors import ArtifactError
 from graft.core.handler_settings import HandlerSettings, with_environment
-from handlers.capture import QUEUE_SIZE, CaptureWriter
+from handlers.capture import QUEUE_BYTES, QUEUE_SIZE, CaptureWriter
 from tests.support.images import png, solid
 
 LABELS = ["ants", "bees", "wasps"]
@@ -154,6 +154,29 @@ def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
     stuck._flush()
     assert counts == {"dropped_queue": 50}
     _StuckWriter.release.set()
+
+
+def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """255 captures of 4 MiB behind a stuck disk held 1 GiB in a worker; the queue now holds QUEUE_BYTES at most."""
+    import psutil
+
+    counts: dict[str, int] = {}
+    stuck = _StuckWriter(tmp_path, "antsbees", "3", LABELS, 1.0, 10**9,
+                         count=lambda outcome, n: counts.__setitem__(outcome, counts.get(outcome, 0) + n))  # fmt: skip
+    rss = psutil.Process().memory_info().rss
+    big = 4 * 2**20
+    for i in range(255):
+        stuck.offer(bytes([i]) * big, [0.6, 0.3, 0.1], str(i))  # each request's own body, every page touched
+    held = QUEUE_BYTES // big
+    assert stuck.queue.qsize() == held and stuck.queued_bytes == held * big <= QUEUE_BYTES
+    assert psutil.Process().memory_info().rss - rss < QUEUE_BYTES + 64 * 2**20
+    stuck._flush()
+    assert counts == {"dropped_queue": 255 - held}
+    small = writer(tmp_path / "w", counts=(done := {}))
+    for i in range(3):
+        small.offer(png(i), [0.6, 0.3, 0.1], str(i))
+    wait_for(lambda: done.get("stored") == 3)
+    assert small.queued_bytes == 0, "the writer gives back what it wrote"
 
 
 def test_extensions_follow_the_magic_bytes() -> None:
