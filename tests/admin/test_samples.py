@@ -299,3 +299,41 @@ def test_a_batch_over_the_pixel_budget_is_refused_before_decoding(
     with pytest.raises(TooManyPixelsError, match="48000000 pixels") as refused:
         intake.accept([Upload(f"{i}.png", big + bytes([i])) for i in range(3)], ["ants"], True)
     assert refused.value.status_code == 413 and not decoded and intake.store.count() == 0
+
+
+def test_on_fashion_mnist_copies_are_pinned_and_other_garments_are_not(tmp_path: Path) -> None:
+    """Real small grayscale pictures (Debian's dataset-fashion-mnist, which make setup installs): copies of
+    holdout pictures are pinned, while distinct garments of the same classes mostly go by the hash split."""
+    import io
+
+    from PIL import Image
+
+    from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"{FASHION_MNIST_DIR} is absent: apt-get install dataset-fashion-mnist (make setup does)")
+    pixels = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")[:260]
+
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    held = []
+    for k, x in enumerate(pixels[:20]):
+        path = tmp_path / "base" / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png(Image.fromarray(x, mode="L")))
+        held.append((0, path))
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: held)
+    pinned = 0
+    for k, x in enumerate(pixels[:20]):
+        img = Image.fromarray(x, mode="L")
+        copy = img.crop((2, 2, 28, 28)) if k % 2 else Image.eval(img, lambda v: min(255, int(v * 1.1)))
+        got = intake.accept([Upload(f"c{k}.png", png(copy))], ["ants"], True)[0]
+        pinned += got.split_reason == f"near-duplicate of base:{k}.png"
+    assert pinned == 20, "every 2-pixel crop and brighter copy of a holdout garment is pinned"
+    others = intake.accept([Upload(f"o{k}.png", png(Image.fromarray(x, mode="L"))) for k, x in enumerate(pixels[20:])],
+                           ["ants"], True)  # fmt: skip
+    wrongly = sum(o.split == "holdout" for o in others)
+    assert wrongly <= 12, f"{wrongly} of 240 different garments pinned (about 3% expected at this holdout size)"
