@@ -11,6 +11,7 @@ parses). The disk budget is kept by that thread: past it, the oldest segments go
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import queue
@@ -24,7 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from graft.core.capture import SEGMENT_SUFFIX, CaptureRecord, encode, image_type, model_dir, segment_bytes, uncertainty
+from graft.core.capture import (
+    SEGMENT_SUFFIX,
+    CaptureRecord,
+    encode,
+    image_type,
+    model_dir,
+    no_capture_key,
+    segment_bytes,
+    uncertainty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ _RESCAN_EVERY_S = 30.0
 _PRUNE_TO = 0.9  # of the budget: room for a while before the next listing
 _FLUSH_EVERY_S = 1.0  # counts are summed and emitted at most this often under load,
 _IDLE_FLUSH_S = 0.05  # and as soon as the queue has been empty this long
+_KEY_REREAD_S = 5.0  # the no-capture key file is read again at most this often (it appears when the admin starts)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,8 @@ class CaptureWriter:
         count: Callable[[str, int], None] = lambda _outcome, _n: None,
         topk: int = 5,
     ):
-        self.folder = model_dir(Path(root), model_name)
+        self.root = Path(root)
+        self.folder = model_dir(self.root, model_name)
         self.model_name, self.model_version = model_name, model_version
         self.labels = list(labels)
         self.rate = rate
@@ -80,6 +92,8 @@ class CaptureWriter:
         self._segment_size = 0
         self._segment_limit = segment_bytes(budget_bytes)
         self._listed_at = 0.0
+        self._key: str | None = None  # the admin's no-capture key, read from the capture folder
+        self._key_read_at = -_KEY_REREAD_S
         self._thread = threading.Thread(target=self._run, name="graft-capture", daemon=True)
         self._thread.start()
 
@@ -102,6 +116,18 @@ class CaptureWriter:
             self._tally("dropped_queue")
         except Exception:  # nothing in capture may fail a prediction
             log.debug("capture offer failed", exc_info=True)
+
+    def exempt(self, header: str | None) -> bool:
+        """Whether a request is the admin's own (a smoke test or a replay): its ``X-Graft-No-Capture`` header
+        carries the key in the capture folder, which the admin wrote and no inference client can read. Any other
+        value is ignored, so a client cannot keep its traffic out of drift and review."""
+        if not header:
+            return False
+        if (self._key is None or not hmac.compare_digest(header.encode(), self._key.encode())) \
+                and time.monotonic() - self._key_read_at > _KEY_REREAD_S:  # fmt: skip
+            self._key_read_at = time.monotonic()
+            self._key = no_capture_key(self.root)
+        return self._key is not None and hmac.compare_digest(header.encode(), self._key.encode())
 
     # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:

@@ -65,9 +65,13 @@ def _request_id(context: Any, idx: int) -> str:
     return str(ids.get(idx, "")) if isinstance(ids, dict) else ""
 
 
-def _no_capture(context: Any, idx: int) -> bool:
+def no_capture_header(context: Any, idx: int) -> str | None:
+    """The value of request ``idx``'s ``X-Graft-No-Capture`` header (the capture writer judges it)."""
     wanted = NO_CAPTURE_HEADER.lower()
-    return any(str(k).lower() == wanted for k in _headers(context, idx))
+    for k, v in _headers(context, idx).items():
+        if str(k).lower() == wanted:
+            return v.decode("latin-1") if isinstance(v, bytes | bytearray) else str(v)
+    return None
 
 
 def _model_version(context: Any) -> str:
@@ -158,7 +162,7 @@ class ImageClassifierService:
             else:
                 mine, rows = rows[: len(tensors[i])], rows[len(tensors[i]) :]
                 out.append(self._answer(context, i, requests[i], mine, n_images))
-                if self.capture is not None and not _no_capture(context, i):
+                if self.capture is not None and not self.capture.exempt(no_capture_header(context, i)):
                     for payload, row in zip(requests[i].payloads, mine, strict=True):
                         self.capture.offer(payload, row.tolist(), _request_id(context, i))
         return out

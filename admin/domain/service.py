@@ -36,6 +36,7 @@ from admin.store.labels import LabelStore
 from admin.store.registry import Registry
 from admin.store.rows import Actor, Deployment, ModelVersion, StoredSample
 from admin.store.samples import SampleStore
+from graft.core.capture import no_capture_key
 from graft.core.errors import ConflictError, GraftError
 from graft.core.images import fingerprint
 from graft.core.manifest import Item
@@ -59,16 +60,31 @@ def build_rollout(settings: AdminSettings) -> Rollout | None:
     if settings.rollout == "kubernetes":
         from admin.rollouts import kubernetes
 
-        return kubernetes.build_rollout(settings)
+        k8s = kubernetes.build_rollout(settings)
+        k8s.no_capture_key = _no_capture_key(settings)
+        return k8s
     from admin.rollouts.torchserve import TorchServeRollout
 
-    return TorchServeRollout(
+    ts = TorchServeRollout(
         settings.torchserve_management_url,
         settings.torchserve_inference_url,
         settings.torchserve_key_file,
         settings.torchserve_timeout_s,
         drain_grace_s=settings.drain_grace_s,
     )
+    ts.no_capture_key = _no_capture_key(settings)
+    return ts
+
+
+def _no_capture_key(settings: AdminSettings) -> str:
+    """The key in the capture folder that keeps the admin's smoke tests and replays out of capture (created once;
+    the workers read it). Without a writable capture folder they are captured like any request, and say so."""
+    try:
+        key = no_capture_key(settings.capture_path, create=True)
+    except OSError as e:
+        key = None
+        log.warning("no no-capture key in %s (%s): smoke tests and replays will be captured", settings.capture_path, e)
+    return key or "1"
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ def _same_file(a: Path, b: Path) -> bool:
 class KubernetesRollout:
     """Implements :class:`admin.rollouts.base.Rollout` by patching the inference Deployment's pod template."""
 
+    no_capture_key = "1"  # the value of X-Graft-No-Capture the workers honour (admin/domain/service.py sets it)
+
     def __init__(
         self,
         api_client: Any,
@@ -249,13 +251,13 @@ class KubernetesRollout:
 
         # Management is never called here; TorchServe runs without tokens on Kubernetes.
         with TorchServeClient(self.cfg.inference_url, self.cfg.inference_url, None) as ts:
-            smoke_test(ts, model_name, version, images, labels)
+            smoke_test(ts, model_name, version, images, labels, self.no_capture_key)
 
     def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
         from admin.rollouts.torchserve import predict_top
 
         with TorchServeClient(self.cfg.inference_url, self.cfg.inference_url, None) as ts:
-            return predict_top(ts, model_name, version, payload)
+            return predict_top(ts, model_name, version, payload, self.no_capture_key)
 
     def retire(self, model_name: str, version: str) -> None:
         _check_names(model_name, version)

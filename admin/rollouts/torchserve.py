@@ -40,6 +40,9 @@ def labels_in(body: Any) -> Iterator[str]:
 class TorchServeRollout:
     """Deploys, swaps and retires model versions on one TorchServe through its management API."""
 
+    # The value of X-Graft-No-Capture on smoke tests and replays: the key the workers honour (graft.core.capture).
+    no_capture_key = "1"
+
     def __init__(
         self,
         management_url: str,
@@ -132,17 +135,19 @@ class TorchServeRollout:
             log.info("TorchServe: unregistered %s version %s", model_name, version)
 
     def smoke_test(self, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str]) -> None:
-        smoke_test(self.client, model_name, version, images, labels)
+        smoke_test(self.client, model_name, version, images, labels, self.no_capture_key)
 
     def predict(self, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
-        return predict_top(self.client, model_name, version, payload)
+        return predict_top(self.client, model_name, version, payload, self.no_capture_key)
 
 
-def predict_top(client: TorchServeClient, model_name: str, version: str, payload: bytes) -> list[tuple[str, float]]:
-    """``version``'s top-k answer to one image, never captured: [(label, score)], most probable first.
+def predict_top(client: TorchServeClient, model_name: str, version: str, payload: bytes, no_capture: str = "1"
+                ) -> list[tuple[str, float]]:  # fmt: skip
+    """``version``'s top-k answer to one image, never captured (``no_capture``: the key the workers honour):
+    [(label, score)], most probable first.
 
     BadInputError when the server refused the input (4xx), UpstreamError when it failed."""
-    r = client.predict(model_name, payload, version=version, headers={NO_CAPTURE_HEADER: "1"})
+    r = client.predict(model_name, payload, version=version, headers={NO_CAPTURE_HEADER: no_capture})
     if 400 <= r.status_code < 500:
         raise BadInputError(f"version {version} refused the input: {r.status_code} {message_of(r)}")
     if r.status_code != 200:
@@ -155,12 +160,14 @@ def predict_top(client: TorchServeClient, model_name: str, version: str, payload
 
 
 def smoke_test(
-    client: TorchServeClient, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str]
+    client: TorchServeClient, model_name: str, version: str, images: Sequence[Path], labels: Sequence[str],
+    no_capture: str = "1",
 ) -> None:
     """Each image to ``/predictions/NAME/VERSION``: 200, JSON, and only labels the model has."""
     known = set(labels)
     for path in images:
-        r = client.predict(model_name, Path(path).read_bytes(), version=version, headers={NO_CAPTURE_HEADER: "1"})
+        headers = {NO_CAPTURE_HEADER: no_capture}
+        r = client.predict(model_name, Path(path).read_bytes(), version=version, headers=headers)
         if r.status_code != 200:
             raise UpstreamError(
                 f"smoke test: {Path(path).name} got {r.status_code} from version {version}: {message_of(r)}"

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,8 +29,11 @@ MAGIC = b"graft-capture 1\n"
 # A segment ending in a partial capture is being written; past this age (since its last write), its writer is gone.
 INCOMPLETE_GRACE_S = 60.0
 # Requests carrying this header are never captured: the admin's smoke tests and shadow replays, whose inputs
-# were captured already (or are holdout images) and must not come back as new traffic.
+# were captured already (or are holdout images) and must not come back as new traffic. Its value must be the key
+# in CAPTURE_DIR/NO_CAPTURE_KEY_FILE, which the admin writes and the workers read and no inference client can:
+# otherwise any client could keep its traffic out of drift and review.
 NO_CAPTURE_HEADER = "X-Graft-No-Capture"
+NO_CAPTURE_KEY_FILE = "no-capture.key"
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "bmp": "image/bmp",
                "gif": "image/gif", "bin": "application/octet-stream"}  # fmt: skip
 _ID = re.compile(r"^[0-9]{20}-[0-9a-f]{8}$")
@@ -144,6 +148,24 @@ def erase_image(path: Path, offset: int, length: int, capture_id: str) -> bool:
     except OSError:
         return False  # pruned meanwhile
     return True
+
+
+def no_capture_key(root: Path, create: bool = False) -> str | None:
+    """The key that exempts a request from capture (``CAPTURE_DIR/no-capture.key``, mode 0600): None when there is
+    none, unless ``create`` (the admin) makes one. The workers only read it."""
+    path = Path(root) / NO_CAPTURE_KEY_FILE
+    if create and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        except FileExistsError:
+            pass  # another admin process made it first: use theirs
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def segment_bytes(budget_bytes: int) -> int:

@@ -57,3 +57,33 @@ def test_rejected_torchserve_key_is_renewed_and_the_call_retried(tmp_path: Path)
     ro2 = TorchServeRollout("http://ts:8081", "http://ts:8080", key_file, http=client2)
     with pytest.raises(UpstreamError, match="refused to renew"):
         ro2.versions("m")
+
+
+def test_smoke_tests_and_replays_carry_the_no_capture_key(tmp_path: Path) -> None:
+    """The workers honour X-Graft-No-Capture only with the key in the capture folder (any client may send the
+    header); the admin creates that key (0600) and its rollout sends it."""
+    from admin.domain.service import build_rollout
+    from admin.settings import AdminSettings
+    from graft.core.capture import NO_CAPTURE_KEY_FILE
+
+    st = AdminSettings(state_dir=tmp_path / "state", torchserve_inference_url="http://ts:8080")
+    ro = build_rollout(st)
+    key_file = st.capture_path / NO_CAPTURE_KEY_FILE
+    assert isinstance(ro, TorchServeRollout) and key_file.stat().st_mode & 0o777 == 0o600
+    assert ro.no_capture_key == key_file.read_text().strip() and len(ro.no_capture_key) >= 32
+    assert build_rollout(st).no_capture_key == ro.no_capture_key, "created once, the same for every admin"  # type: ignore[union-attr]
+    sent: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("x-graft-no-capture"))
+        return httpx.Response(200, json={"predictions": [{"label": "ants", "score": 0.9}]})
+
+    ro.client.close()
+    mock = httpx.Client(transport=httpx.MockTransport(handler))
+    ro = TorchServeRollout("http://ts:8081", "http://ts:8080", http=mock)
+    ro.no_capture_key = "k" * 40
+    assert ro.predict("m", "2", b"x") == [("ants", 0.9)]
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    ro.smoke_test("m", "2", [image], ["ants", "bees"])
+    assert sent == ["k" * 40, "k" * 40]

@@ -179,6 +179,26 @@ def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     assert small.queued_bytes == 0, "the writer gives back what it wrote"
 
 
+def test_only_the_admins_key_keeps_a_request_out_of_capture(tmp_path: Path) -> None:
+    """Any client may send X-Graft-No-Capture; only the key in the capture folder (the admin's) is honoured."""
+    from graft.core.capture import no_capture_key
+    from handlers.service import no_capture_header
+
+    key = no_capture_key(tmp_path, create=True)
+    assert key is not None and no_capture_key(tmp_path) == key
+    w = writer(tmp_path)
+    assert w.exempt(key)
+    for header in (None, "", "1", "true", key[:-1], key + "x", "k" * len(key)):
+        assert not w.exempt(header), header
+
+    class Context:
+        def get_all_request_header(self, idx: int) -> dict[str, object]:
+            return [{"X-Graft-No-Capture": key.encode()}, {"x-graft-no-capture": "1"}, {}][idx]
+
+    assert [no_capture_header(Context(), i) for i in range(3)] == [key, "1", None]
+    assert not writer(tmp_path / "elsewhere").exempt(key), "no key file: nobody is exempt"
+
+
 def test_extensions_follow_the_magic_bytes() -> None:
     assert image_type(solid(fmt="JPEG")) == "jpg" and image_type(solid(fmt="PNG")) == "png"
     assert image_type(solid(fmt="WEBP")) == "webp" and image_type(solid(fmt="BMP")) == "bmp"
