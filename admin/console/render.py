@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from admin.api.app import error_response
 from admin.api.sessions import Session
 from graft.core.errors import GraftError, PermissionDeniedError, UserInputError
 
@@ -77,8 +78,13 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def error_page(request: Request, error: GraftError) -> HTMLResponse:
+def error_page(request: Request, error: GraftError) -> Response:
+    """The error as a page, or as the API's JSON error for the page's own scripts (``Accept: application/json``),
+    which show its message: the reason, not only a status."""
     status = int(getattr(error, "status_code", 500))
+    if "application/json" in request.headers.get("accept", ""):
+        message = str(error) if status < 500 else "internal error; the service log has the details"
+        return error_response(status, type(error).__name__, message, dict(SECURITY_HEADERS))
     return page(request, "error.html", status=status, status_code=status, kind=type(error).__name__,
                 message=str(error) if status < 500 else "internal error; the service log has the details")  # fmt: skip
 

@@ -262,3 +262,17 @@ def test_the_retrain_form_is_judged_by_the_api_model(server: tuple[AdminServer, 
     assert httpx.get(f"{srv.url}/v1/jobs", headers=ADMIN).json()["jobs"] == [], "no job from a bad form"
     assert retrain_request({"epochs": " 3 ", "csrf": "x"}).epochs == 3
     assert retrain_request({"epochs": ""}).epochs is None
+
+
+def test_the_upload_script_gets_the_reason_of_a_refusal(server: tuple[AdminServer, Path]) -> None:
+    srv, _ = server
+    c = sign_in(srv, SAMPLES_TOKEN)
+    csrf = {"X-CSRF-Token": csrf_of(c.get("/console/review").text), "Accept": "application/json"}
+    r = c.post("/console/samples", files={"file": ("a.tif", b"II*\x00" + bytes(64), "image/tiff")},
+               data={"label": "ants"}, headers=csrf)  # fmt: skip
+    assert r.status_code == 415 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["status"] == 415 and error["message"] and error["type"], "what the page shows after the status"
+    r = c.post("/console/samples", files={"file": ("a.png", photo(7), "image/png")}, data={"label": "wasps"},
+               headers=csrf)  # fmt: skip
+    assert r.status_code == 403 and "POST /v1/labels" in r.json()["error"]["message"]

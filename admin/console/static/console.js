@@ -41,7 +41,10 @@ function setupUpload() {
                                          headers: { Accept: "application/json", "X-CSRF-Token": csrf() } });
     const body = await r.json().catch(() => ({}));
     if (r.ok) { window.location.href = `/console/samples?stored=${body.stored}&duplicates=${body.duplicates}`; }
-    else { status.textContent = (body.error && body.error.message) || `upload failed (${r.status})`; status.className = "error"; }
+    else {
+      const why = (body.error && body.error.message) || r.statusText || "no reason given";
+      status.textContent = `upload failed (${r.status}): ${why}`; status.className = "error";
+    }
   });
 }
 
