@@ -40,6 +40,7 @@ from graft.core.capture import no_capture_key
 from graft.core.errors import ConflictError, GraftError
 from graft.core.images import fingerprint
 from graft.core.manifest import Item
+from graft.core.util import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class AdminService:
         probabilities: ProbabilitiesFn = default_probabilities,
     ):
         self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.state_dir)  # tokens, samples and the database: the owner's only (0700)
         self.metrics = AdminMetrics()
         self.db = Database(settings.db_path)
         self.samples = SampleStore(self.db, settings.state_dir)

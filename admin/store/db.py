@@ -8,13 +8,17 @@ Every SQL statement of the admin lives in this package (admin/store/).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from graft.core.util import private_dir
 
 SCHEMA_VERSION = 9
 
@@ -194,7 +198,12 @@ class Database:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        # Owner only: SQLite gives its -wal and -shm files the database file's permissions.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if self.path.stat().st_mode & 0o077:
+            with contextlib.suppress(PermissionError):  # not ours to change: the folder above is private anyway
+                self.path.chmod(0o600)
         # isolation_level=None: autocommit, with explicit BEGIN IMMEDIATE in tx() where it matters.
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.row_factory = sqlite3.Row

@@ -110,7 +110,7 @@ class SampleStore:
         for s in samples:
             rel = Path("samples") / s.sha256[:2] / f"{s.sha256}.{s.header.extension}"
             if s.sha256 not in paths and not (self.root / rel).is_file():
-                write_atomic(self.root / rel, s.data)
+                write_atomic(self.root / rel, s.data, mode=0o600)
             paths[s.sha256] = rel
         with self.db.tx() as conn:
             return [self._insert(conn, s, paths[s.sha256]) for s in samples]
@@ -131,7 +131,7 @@ class SampleStore:
              utc_now(), s.pixels_sha, s.phash, s.split_reason, s.uploader),
         )  # fmt: skip
         if not (self.root / rel).is_file():  # the same bytes were deleted, and the trash swept, since we looked
-            write_atomic(self.root / rel, s.data)
+            write_atomic(self.root / rel, s.data, mode=0o600)
         return StoredSample(id=s.sha256, label=s.label, split=s.split, duplicate=False, seq=int(cur.lastrowid or 0),
                             split_reason=s.split_reason)  # fmt: skip
 

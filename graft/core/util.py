@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -11,6 +12,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -31,16 +34,30 @@ def file_digest(path: Path) -> str:
     return f"sha256:{file_sha256(path)}"
 
 
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter (0700), made if missing and tightened if it was wider: what is
+    inside (tokens, samples, the database) is nobody else's on a shared machine."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as e:  # a volume's root owned by someone else (Kubernetes fsGroup): its mount decides
+            log.warning("cannot make %s private (0700): %s", path, e)
+    return path
+
+
+def write_atomic(path: Path, data: bytes, fsync: bool = True, mode: int = 0o666) -> None:
     """Write-then-rename in the same folder: a reader never sees a partial file.
 
-    With ``fsync`` the bytes and the rename are flushed to disk, so the file survives a crash.
+    With ``fsync`` the bytes and the rename are flushed to disk, so the file survives a crash. ``mode`` is the new
+    file's (the umask applies too): 0o600 for what only its owner may read.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer: writers race
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             if fsync:
                 f.flush()
