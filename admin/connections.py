@@ -10,10 +10,12 @@ request a 503, probes included, for as long as they were held. This module plugs
 * a **header deadline**: from the moment a connection opens, or the moment its last response ended, the next
   request's headers must arrive within ``header_timeout_s`` (a byte now and then does not extend it); otherwise
   the connection is closed (with a 408 when part of a request had come);
-* **idle connections give way**: a connection waiting for headers is *idle*. One client (one peer address) keeps
-  at most ``max_idle_per_client`` idle connections (its oldest goes first), and when the server is at its
-  connection limit a new connection closes the oldest idle connection of the client holding the most. A request
-  that has its headers is never closed here: the guard's body deadline and uvicorn's 503 still apply to it.
+* **idle connections are not requests**: a connection waiting for headers is *idle*, and only connections with a
+  request in progress count toward ``limit_concurrency`` (uvicorn's own 503 past it), as uvicorn already does for
+  a connection it hands to a WebSocket protocol. Idle connections are bounded on their own: one client (one peer
+  address) keeps at most ``max_idle_per_client`` that have had the time to send a request, and past ``max_idle``
+  in all, the oldest idle connection of the client holding the most is closed. A request that has its headers is
+  never closed here: the guard's body deadline applies to it.
 
 The event loop is single-threaded: the book below needs no lock.
 """
@@ -21,22 +23,26 @@ The event loop is single-threaded: the book below needs no lock.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _ANSWERING = (h11.SEND_RESPONSE, h11.SEND_BODY)  # h11 states of a server that owes a response: a request is in
+# A connection idle this long has had its chance to send a request (a real client sends it within milliseconds).
+GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
 class Limits:
     header_timeout_s: float  # a request's headers must be complete within this
-    max_idle_per_client: int  # idle connections one peer address may hold
-    max_connections: int  # uvicorn's limit_concurrency: idle ones give way before it is reached
+    max_idle_per_client: int  # idle connections one peer address may hold (once they had GRACE_S)
+    max_idle: int  # idle connections in all (sockets and memory stay bounded)
 
 
 class IdleBook:
@@ -45,39 +51,58 @@ class IdleBook:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.idle: dict[str, OrderedDict[GuardedH11Protocol, None]] = {}
+        self.count = 0
 
     def add(self, conn: GuardedH11Protocol) -> None:
-        self.idle.setdefault(conn.peer, OrderedDict())[conn] = None
+        mine = self.idle.setdefault(conn.peer, OrderedDict())
+        if conn not in mine:
+            mine[conn] = None
+            self.count += 1
 
     def remove(self, conn: GuardedH11Protocol) -> None:
         mine = self.idle.get(conn.peer)
-        if mine is not None:
-            mine.pop(conn, None)
+        if mine is not None and conn in mine:
+            del mine[conn]
+            self.count -= 1
             if not mine:
                 del self.idle[conn.peer]
 
-    def make_room(self, newcomer: GuardedH11Protocol, open_connections: set[Any]) -> None:
-        """Close idle connections so that ``newcomer``'s client stays within its share and a request arriving on
-        ``newcomer`` finds the server under its connection limit (uvicorn's 503 counts ``open_connections``)."""
-        mine = self.idle.get(newcomer.peer, OrderedDict())
-        while len(mine) > self.limits.max_idle_per_client and self._evict(newcomer, newcomer.peer, "too many idle"):
-            pass
-        while len(open_connections) >= self.limits.max_connections:
-            busiest = sorted(self.idle, key=lambda peer: len(self.idle[peer]), reverse=True)
-            if not any(self._evict(newcomer, peer, "server at its connection limit") for peer in busiest):
-                return  # every other connection is answering a request: uvicorn's 503 is the right answer
+    def make_room(self, newcomer: GuardedH11Protocol) -> None:
+        """Keep ``newcomer``'s client to its share of idle connections, and all of them under ``max_idle``.
 
-    def _evict(self, newcomer: GuardedH11Protocol, peer: str, why: str) -> bool:
-        """Close ``peer``'s oldest idle connection other than ``newcomer``; False when it has none."""
-        for conn in self.idle.get(peer, ()):
-            if conn is not newcomer:
-                conn.close_idle(why)
-                return True
-        return False
+        Only connections idle for :data:`GRACE_S` count against a client's share: one that has just opened has not
+        had the time to send its request yet (a probe among a burst of sockets from the same address)."""
+        now = newcomer.loop.time()
+        mine = self.idle.get(newcomer.peer, OrderedDict())
+        while len(mine) > self.limits.max_idle_per_client:
+            stale = next((c for c in mine if c is not newcomer and now - c.idle_since >= GRACE_S), None)
+            if stale is None:
+                break
+            stale.close_idle("the client holds too many idle connections")
+        while self.count > self.limits.max_idle:
+            victim = self._victim(newcomer, now)
+            if victim is None:
+                return
+            victim.close_idle("too many idle connections")
+
+    def _victim(self, newcomer: GuardedH11Protocol, now: float) -> GuardedH11Protocol | None:
+        """The oldest idle connection of the client holding the most that has had :data:`GRACE_S` to send its
+        request; else (a burst) the busiest client's oldest."""
+        fallback = None
+        for peer in sorted(self.idle, key=lambda p: len(self.idle[p]), reverse=True):
+            oldest = next((c for c in self.idle[peer] if c is not newcomer), None)
+            if oldest is not None and now - oldest.idle_since >= GRACE_S:
+                return oldest
+            fallback = fallback or oldest
+        return fallback
+
+    def close_all(self) -> None:
+        for conn in [c for mine in self.idle.values() for c in mine]:
+            conn.close_idle("the server is stopping")
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header deadline and idle connections that give way (module docstring)."""
+    """uvicorn's h11 protocol with a header deadline, counted as a connection only while it has a request."""
 
     book: ClassVar[IdleBook]  # one per server: :func:`protocol_class` binds it
 
@@ -86,12 +111,13 @@ class GuardedH11Protocol(H11Protocol):
         self.peer = "?"
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of a request came while idle
+        self.idle_since = 0.0  # loop time
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.peer = self.client[0] if self.client else "?"
         self._idle()
-        self.book.make_room(self, self.connections)
+        self.book.make_room(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._busy()
@@ -99,9 +125,10 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._partial = True
-        super().data_received(data)
-        if self.conn.our_state in _ANSWERING:
+        super().data_received(data)  # uvicorn's 503 check counts the connections with a request, not this one
+        if self.conn.our_state in _ANSWERING and not self.transport.is_closing():
             self._busy()  # the headers are in: the guard's body deadline and the app take over
+            self.connections.add(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start a pipelined request at once
@@ -112,12 +139,13 @@ class GuardedH11Protocol(H11Protocol):
         self._busy()
         if self._partial:
             self.transport.write(_TIMEOUT_408)  # outside h11: no request was parsed to answer
-        self.logger.info("closing an idle connection from %s: %s", self.peer, why)
+        self.logger.debug("closing an idle connection from %s: %s", self.peer, why)
         self.transport.close()
-        self.connections.discard(self)  # at once: the newcomer that made room must not see it counted
 
     def _idle(self) -> None:
+        self.connections.discard(self)
         self._partial = False
+        self.idle_since = self.loop.time()
         self.book.add(self)
         if self._deadline is not None:
             self._deadline.cancel()
@@ -131,6 +159,32 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline = None
 
 
+def idle_limit(max_connections: int) -> int:
+    """How many idle connections to hold: plenty (16 per request slot, so a burst of sockets rarely closes a
+    client's connection before it is read), within a quarter of the process's file descriptors (past them the
+    event loop stops accepting for a second)."""
+    try:
+        import resource
+
+        fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        fds = 1024
+    fds = fds if fds > 0 else 2**20  # RLIM_INFINITY
+    return max(max_connections, min(16 * max_connections, fds // 4))
+
+
 def protocol_class(limits: Limits) -> type[GuardedH11Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with its own book (one per server)."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"book": IdleBook(limits)})
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server; at shutdown it also closes the idle connections, which it does not count as its own."""
+
+    def __init__(self, config: uvicorn.Config, book: IdleBook):
+        super().__init__(config)
+        self.book = book
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.book.close_all()
+        await super().shutdown(sockets)

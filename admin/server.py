@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from admin.connections import Limits, protocol_class
+from admin.connections import GuardedServer, Limits, idle_limit, protocol_class
 from admin.rollouts.base import Rollout
 from admin.runners.base import JobRunner
 from admin.settings import DEV_TOKEN_FILE, AdminSettings, load_settings
@@ -110,17 +110,21 @@ class AdminServer:
 
         self.settings = settings
         self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
-        limits = Limits(settings.header_timeout_s, settings.max_idle_per_client, settings.max_connections)
+        # Idle connections (no request yet) are bounded on their own and never count toward the 503 limit.
+        limits = Limits(settings.header_timeout_s, settings.max_idle_per_client, idle_limit(settings.max_connections))
+        protocol = protocol_class(limits)
         config = uvicorn.Config(
             self.app, host=settings.admin_host, port=settings.admin_port, log_level="warning", lifespan="on",
             timeout_graceful_shutdown=10,
-            # Bounded: past max_connections uvicorn answers 503; idle keep-alive connections close after 5 s.
+            # Bounded: past max_connections requests in progress uvicorn answers 503; idle keep-alive connections
+            # close after 5 s.
             limit_concurrency=settings.max_connections, timeout_keep_alive=5,
-            # uvicorn's own h11 protocol, plus a header deadline and idle connections that give way to requests,
-            # so that sockets which never finish a request cannot make probes and admins a 503 (admin/connections.py).
-            http=protocol_class(limits),
+            # uvicorn's own h11 protocol, plus a header deadline, and idle connections that are not counted as
+            # requests, so that sockets which never finish a request cannot make probes and admins a 503
+            # (admin/connections.py).
+            http=protocol,
         )  # fmt: skip
-        self.server = uvicorn.Server(config)
+        self.server = GuardedServer(config, protocol.book)
         self._thread: threading.Thread | None = None
 
     @property

@@ -61,9 +61,10 @@ class AdminSettings(BaseSettings):
     max_batch_files: int = Field(default=64, gt=0)
     max_batch_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # a whole batch request
     body_timeout_s: float = Field(default=30.0, gt=0)  # a whole request body must arrive within this
-    max_connections: int = Field(default=64, gt=0)  # concurrent connections; 503 beyond (uvicorn)
+    max_connections: int = Field(default=64, gt=0)  # connections with a request in progress; 503 beyond (uvicorn)
     # A request's headers must arrive within this (from the connection's start or its last response), and one
-    # client address keeps at most this many connections that have not sent a whole request (admin/connections.py).
+    # client address keeps at most this many connections that have not sent a whole request (admin/connections.py;
+    # 16 x max_connections of those in all, within a quarter of the file descriptors).
     header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     max_idle_per_client: int = Field(default=16, ge=1)
     api_docs: bool = False  # /docs, /redoc, /openapi.json (behind the admin token) for development
