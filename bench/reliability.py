@@ -9,7 +9,12 @@ input and faults, traffic to 127.0.0.1 only, bounded in count and time (a few mi
 4. a worker killed with SIGKILL under load: failed requests and the time to the next success;
 5. a promotion and a rollback under load: zero failed requests;
 6. ``graft serve`` (the admin) killed with SIGKILL in the middle of a retraining job, then restarted: the job
-   marked interrupted, no orphan, the default unchanged, zero samples lost.
+   marked interrupted, no orphan, the default unchanged, zero samples lost;
+7. 64, then 1,000 connections that never finish their headers: probes and an admin keep their answers within 1 s;
+8. the insecure dev mode against a web page: cross-site forms and fetches, DNS rebinding; nothing stored;
+9. a picture captured three times and once re-encoded, erased: no copy left, a later capture of it erased too;
+10. a day (``--capture-hours``) of tiny captures at 100/s against a 1 MB budget, simulated through the handler's
+    writer and the admin's index on real files and SQLite: the database's size stays flat.
 
     .venv/bin/python bench/reliability.py --json bench/results/reliability.json --markdown bench/results/reliability.md
 """
@@ -37,6 +42,7 @@ sys.path[:0] = [str(REPO)] if str(REPO) not in sys.path else []
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench._attacks import capture_day, erase_repeated_picture, idle_connections, insecure_web_pages  # noqa: E402
 from bench._hostile import admin_cases, inference_cases  # noqa: E402
 from bench._service import ADMIN_TOKEN, SAMPLES_TOKEN, Service, run_job  # noqa: E402
 from bench._service import serving as _serving  # noqa: E402
@@ -279,6 +285,21 @@ def admin_kill(work: Path, run: Path, samples: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# --------------------------------------------------------------------------- 8-9. insecure dev mode, erasure
+
+
+def insecure_mode(work: Path, run: Path) -> list[dict[str, Any]]:
+    """``graft serve`` with GRAFT_INSECURE_DEV and capture on: a web page's requests, then an erasure."""
+    image = jpegs("val", "ants")[31].read_bytes()
+    args = ["--capture-rate", "1", "--capture-budget-mb", "64"]
+    with _serving(work, run, NAME, None, args=args, env={"GRAFT_INSECURE_DEV": "true"}) as svc:
+        before = svc.workers()
+        rows = [insecure_web_pages(svc, image), erase_repeated_picture(svc, work / "state" / "captures", image, NAME)]
+        rows[-1]["worker_restarts"] = len(svc.workers() - before)
+        rows[-1]["passed"] = rows[-1]["passed"] and svc.workers() == before
+    return rows
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
@@ -299,6 +320,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="where models and state go (default: a temporary folder)")
     ap.add_argument("--inference-requests", type=int, default=1200)
     ap.add_argument("--load-seconds", type=float, default=60)
+    ap.add_argument("--capture-hours", type=float, default=1.0, help="simulated hours of captures at 100/s (24: a day)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
@@ -314,11 +336,13 @@ def main() -> int:
         samples = post_samples(svc)
         for step in (lambda: hostile_inference(svc, args.inference_requests), lambda: hostile_admin(svc),
                      lambda: valid_load(svc, args.load_seconds, 32), lambda: worker_kill(svc),
-                     lambda: swap_under_load(svc)):  # fmt: skip
+                     lambda: swap_under_load(svc), lambda: idle_connections(svc)):  # fmt: skip
             rows.append(step())
             log.info("%s: %s", rows[-1]["check"], "passed" if rows[-1]["passed"] else "FAILED")
         peak = svc.peak_rss_mb()
     rows.append(admin_kill(work, run, samples))
+    rows += insecure_mode(work, run)
+    rows.append(capture_day(args.capture_hours))
     machine = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     result = {"machine": machine, "seconds": round(time.monotonic() - t0), "peak_rss_mb": peak, "rows": rows}
     print(json.dumps(result, indent=2))

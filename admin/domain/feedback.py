@@ -146,9 +146,12 @@ class Feedback:
         if name is None:
             return
         # Small passes: an API call waiting on the index lock waits for one pass at most.
-        while self.index.sync(name, limit=_PASS) == _PASS and not self._stop.is_set():
-            pass
-        if sweep:
+        indexed = 0
+        while (n := self.index.sync(name, limit=_PASS)) and not self._stop.is_set():
+            indexed += n
+            if n < _PASS:
+                break
+        if sweep or indexed:  # new captures mean the workers may have pruned: the index follows the budget
             self.index.sweep(name, self.settings.capture_index_max)
         totals: dict[str, int] = {}
         for counts in self.store.counts(name).values():
