@@ -1,35 +1,15 @@
 """Labels that look like one class spelled two ways: case, whitespace, separators, or a typo.
 
 Folder names become labels verbatim, so ``Cat`` and ``cat``, ``golden retriever`` and ``golden_retriever``,
-or ``ants`` and ``antss`` train as different classes that split one class's images between them.
+or ``ants`` and ``antss`` train as different classes that split one class's images between them. The measure
+is the admin's typo guard's (:mod:`graft.core.typos`), so a folder and an upload are judged alike.
 """
 
 from __future__ import annotations
 
-import re
 from itertools import combinations
 
-
-def normalized(label: str) -> str:
-    """Case folded; runs of whitespace, '_', '-' and '.' as one space; stripped."""
-    return re.sub(r"[\s_.\-]+", " ", label.casefold()).strip()
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions)."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def _typo_budget(a: str, b: str) -> int:
-    """Edits that still look like a slip of the keyboard: none for short labels, 1 from 4 letters, 2 from 9."""
-    shortest = min(len(a), len(b))
-    return 0 if shortest < 4 else 1 if shortest < 9 else 2
+from graft.core.typos import allowance, edit_distance, skeleton
 
 
 def _numbered(a: str, b: str) -> bool:
@@ -41,10 +21,10 @@ def look_alike(labels: list[str]) -> list[tuple[str, str, str]]:
     """(label, label, why) for each pair that looks like one class; why is ``spelling`` or ``typo``."""
     out: list[tuple[str, str, str]] = []
     for a, b in combinations(sorted(labels), 2):
-        na, nb = normalized(a), normalized(b)
+        na, nb = skeleton(a), skeleton(b)
         if na == nb:
             out.append((a, b, "spelling"))
-        elif not _numbered(na, nb) and edit_distance(na, nb) <= _typo_budget(na, nb):
+        elif not _numbered(na, nb) and edit_distance(na, nb) <= allowance(na, nb):
             out.append((a, b, "typo"))
     return out
 

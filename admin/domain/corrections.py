@@ -23,13 +23,13 @@ from typing import Any
 
 from admin.domain.captures import CaptureIndex
 from admin.domain.labels import LabelSet, SimilarLabelError, label_key, normalize_label
-from admin.domain.typos import similar
 from admin.store.audit import AuditStore
 from admin.store.captures import CaptureStore
 from admin.store.db import Database
 from admin.store.rows import Actor, Label, SampleMeta
 from admin.store.samples import SampleStore
 from graft.core.errors import ConflictError, NotFoundError, PermissionDeniedError, UserInputError
+from graft.core.typos import similar
 
 log = logging.getLogger(__name__)
 

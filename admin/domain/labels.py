@@ -18,11 +18,11 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from admin.domain.typos import similar
 from admin.store.audit import AuditStore
 from admin.store.labels import LabelStore
 from admin.store.rows import Actor, Label
 from graft.core.errors import ConflictError, InvalidSampleError, NotFoundError, PermissionDeniedError
+from graft.core.typos import similar
 
 MAX_LABEL_LENGTH = 64
 MAX_LABEL_BYTES = 128

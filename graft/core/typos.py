@@ -1,4 +1,4 @@
-"""The typo guard's measure: is a new label suspiciously close to one the set already has?
+"""Labels that look like one class spelled two ways: the admin's typo guard and ``graft check`` share it.
 
 "baterry" next to "battery", "Grey heron" next to "grey-heron", "cafe" next to "café": each would become a
 class of its own, split the pictures of one class in two, and take a review key. Two names are close when
@@ -6,7 +6,7 @@ their *skeletons* (accents, case, spaces, ``-``, ``_`` and ``.`` removed) are eq
 edit distance (optimal string alignment: a swap of two neighbours is one edit). The allowance grows with the
 length: none for one or two characters (classes "0".."9" or "A".."Z" are one edit apart and all meant), one
 edit up to five, two from six. A false alarm ("cat" beside "car") costs one confirmation, once: the label
-then exists and is matched exactly.
+then exists and is matched exactly. ``graft check`` warns about folder names that are close in this sense.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_one_label_whatever_its_spelling(intake: SampleIntake) -> None:
     ],
 )
 def test_the_typo_guard_measure(new: str, known: list[str], close: list[str]) -> None:
-    from admin.domain.typos import similar
+    from graft.core.typos import similar
 
     assert similar(new, known) == close
 

@@ -159,7 +159,8 @@ def test_train_and_test_folders_are_not_taken_for_classes(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("labels", "pairs"), [
     (["cat", "Cat", "dog"], [("Cat", "cat")]),
     (["golden retriever", "golden_retriever"], [("golden retriever", "golden_retriever")]),
-    (["class_1", "class_2", "ant", "ants"], []),  # numbered classes; 3 letters is too short to call a typo
+    (["class_1", "class_2", "car", "dog"], []),  # numbered classes are not typos
+    (["ant", "ants", "battery", "baterry"], [("ant", "ants"), ("baterry", "battery")]),
     (["pedestrian", "pedestrain", "bicycle"], [("pedestrain", "pedestrian")]),
 ])  # fmt: skip
 def test_look_alike_labels(labels: list[str], pairs: list[tuple[str, str]]) -> None:
