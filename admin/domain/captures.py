@@ -246,7 +246,7 @@ class CaptureIndex:
             else:
                 self._captures.pop(model_name, None)
 
-    def sweep(self, model_name: str, keep: int) -> int:
+    def sweep(self, model_name: str, keep: int, keep_since: float | None = None) -> int:
         """Forget the captures whose segment the workers pruned (their rows go, decided ones stay marked gone),
         then keep the index to the newest ``keep`` undecided captures; how many were pruned."""
         with self.lock:
@@ -256,8 +256,10 @@ class CaptureIndex:
             if read:
                 self.store.forget_segments(model_name, read)
             if gone:
-                self.store.drop_pruned(gone)
+                self.store.drop_pruned(gone, keep_since)
                 log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
+            if keep_since is not None:
+                self.store.forget_gone(keep_since)
             capped = self.store.cap(keep)
             if capped:
                 log.info("the capture index keeps the newest %d captures: %d older row(s) dropped", keep, capped)

@@ -152,7 +152,8 @@ class Feedback:
             if n < _PASS:
                 break
         if sweep or indexed:  # new captures mean the workers may have pruned: the index follows the budget
-            self.index.sweep(name, self.settings.capture_index_max)
+            # pruned captures of the current drift window keep their row (marked gone) until they leave it
+            self.index.sweep(name, self.settings.capture_index_max, time.time() - self.settings.drift_window_s)
         totals: dict[str, int] = {}
         for counts in self.store.counts(name).values():
             for status, k in counts.items():

@@ -122,13 +122,22 @@ class CaptureStore:
         rows = self.db.all("SELECT capture_id, pixels_sha, phash FROM erased_pictures ORDER BY erased_at")
         return [(r["capture_id"], r["pixels_sha"], r["phash"]) for r in rows]
 
-    def drop_pruned(self, ids: Sequence[str]) -> None:
+    def drop_pruned(self, ids: Sequence[str], keep_since: float | None = None) -> None:
         """Captures whose segment the workers pruned: the rows nobody decided on go (the disk budget bounds the
-        index as it bounds the files), the decided ones stay, marked gone, for the history of the decision."""
-        params = [(i,) for i in ids]
+        index as it bounds the files), the decided ones stay, marked gone, for the history of the decision.
+        Rows captured at or after ``keep_since`` stay too, marked gone: the drift window still counts what
+        the model answered them (:meth:`forget_gone` drops them once they leave it)."""
+        params = [(i, keep_since if keep_since is not None else float("inf")) for i in ids]
         with self.db.tx() as conn:
-            conn.executemany(f"DELETE FROM captures WHERE id = ? AND status IN {_UNDECIDED}", params)
-            conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", params)
+            conn.executemany(f"DELETE FROM captures WHERE id = ? AND status IN {_UNDECIDED} AND captured_at < ?",
+                             params)  # fmt: skip
+            conn.executemany("UPDATE captures SET status = 'gone' WHERE id = ?", [(i,) for i in ids])
+
+    def forget_gone(self, before: float) -> int:
+        """Pruned captures nobody decided on that have left the drift window: their rows go."""
+        return self.db.execute(
+            "DELETE FROM captures WHERE status = 'gone' AND reviewed_at IS NULL AND captured_at < ?", (before,)
+        )
 
     def cap(self, keep: int) -> int:
         """Keep the rows of the newest ``keep`` captures nobody decided on (every model together): whatever the

@@ -109,15 +109,17 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         answer = httpx.post(url, content=probe, headers=headers, timeout=60).json()
         assert answer["model_version"] == "2" and answer["predictions"][0]["label"] in ("ants", "bees")
 
-        # 2. Samples with swapped labels: a worse candidate, rejected; version 2 keeps serving.
-        post_batch(api, jpegs(data, "train", "ants")[14:30], "bees")
-        post_batch(api, jpegs(data, "train", "bees")[14:30], "ants")
+        # 2. Ants posted as bees: a candidate that takes ants for bees, rejected; version 2 keeps serving.
+        # (Mislabelled samples that land in the holdout favour the candidate on their wrong labels, so the
+        # overall difference may not be significant; the ants' recall, judged on clean images, falls.)
+        for start in (14, 46):
+            post_batch(api, jpegs(data, "train", "ants")[start : start + 32], "bees")
         bad = run_job(api)
-        assert bad["status"] == "rejected" and not bad["promoted"], bad
+        assert bad["status"] == "rejected" and not bad["promoted"], bad["reason"]
         # neither version 2 nor the candidate saw base/val: now it judges, with the new samples' holdout
         assert bad["gate"]["left_out"] == 0 and bad["gate"]["comparison"]["n"] >= 20, bad["reason"]
         assert bad["reason"].startswith("rejected: candidate") and "95% CI" in bad["reason"], bad["reason"]
-        assert bad["metrics"]["champion"]["accuracy"] > bad["metrics"]["candidate"]["accuracy"]
+        assert "ants" in bad["gate"]["regressed"] or "significantly worse" in bad["reason"], bad["reason"]
         assert httpx.post(url, content=probe, headers=headers, timeout=60).json()["model_version"] == "2"
 
         # 3. Roll back to the first model.
