@@ -189,8 +189,9 @@ def test_retrain_watch_promote_and_roll_back(browser: Any, loop: Loop) -> None:
     assert loop.api.get("/v1/models").json()["default"] == new
     d.get(f"{url}/console/models/{new}")
     until(d, lambda d: css(d, "figure.plot img"), what="the model's plots")
-    loaded = d.execute_script("return [...document.querySelectorAll('figure.plot img')].every(i => i.naturalWidth > 0)")
-    assert loaded, "the learning curves and confusion matrix load"
+    # the images load after the page (lazily): wait for them; each must decode
+    script = "return [...document.querySelectorAll('figure.plot img')].every(i => i.complete && i.naturalWidth > 0)"
+    until(d, lambda d: d.execute_script(script), what="the learning curves and confusion matrix to load")
     shot(d, "model")
 
 
