@@ -142,6 +142,7 @@ def main() -> int:
     p.add_argument("--ab-per-round", type=int, default=20, help="ants/bees images per class each round")
     p.add_argument("--fm-truth", type=int, default=10_000, help="t10k images as Fashion-MNIST's truth")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--head-seeds", type=int, default=None, help="graft train's --head-seeds (default: its own)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -161,6 +162,8 @@ def main() -> int:
             continue
         for seed in range(args.seeds):
             d = fashion(seed, args, work / "truth") if domain == "fashion-mnist" else ants_bees(seed, args)
+            if args.head_seeds is not None:
+                d.train["head_seeds"] = args.head_seeds
             rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule)
     summary = {d: summarise([r for r in rows if r.domain == d]) for d in sorted({r.domain for r in rows})}
     summary["all"] = summarise(rows)

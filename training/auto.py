@@ -15,9 +15,13 @@ al. 2014; Kornblith et al. 2019), and a user should not have to know it. So:
    the trained head with lower, discriminative learning rates for a third of the epochs, BatchNorm
    statistics kept or not: on Fashion-MNIST it stayed at the head's 0.86 where ``--trainable-stages 2``
    reached 0.88; re-estimating the BatchNorm statistics of the last stages is much of that gain.)
-4. The candidate with the best validation accuracy is the model; on a tie, the one that trains
-   fewer stages. Each candidate's score, epochs and seconds go into ``model.json`` (``recipe.auto``)
-   and the run log.
+4. The model is the shallowest candidate within one standard error of the best (Breiman's "one standard
+   error" rule): the candidates predict the same validation images, so the error is that of the paired
+   difference of each image's right or wrong. On a small validation split a deeper candidate often wins by
+   an image or two that say nothing (measured in the retraining loop on ants/bees: two of twelve
+   candidates went one stage deeper on a dozen images, and one of them lost 3 points on truth), and a
+   deeper model also varies more from one retraining to the next. Each candidate's score, epochs and
+   seconds go into ``model.json`` (``recipe.auto``) and the run log.
 
 Explicit ``--freeze-until`` / ``--trainable-stages`` win over ``auto``; so does anything that rules the
 feature cache out (``--augment``, ``--frozen-bn train``, ``--no-feature-cache``), which leaves the head alone.
@@ -27,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +68,7 @@ class Result:
     epochs_run: int
     seconds: float
     estimated_cost: float
+    correct: tuple[bool, ...] = field(default=(), repr=False)  # each validation image, at the best epoch
 
 
 def skip_reason(cfg: TrainConfig) -> str | None:
@@ -141,10 +147,23 @@ def _ladder(most: int) -> list[int]:
     return depths
 
 
-def _better(a: Result, b: Result) -> bool:
-    # Strictly better accuracy only: on a tie the shallower candidate (tried first) stays. Loss is no tie-break:
-    # a deeper candidate has trained longer from the head's weights and is usually more confident, not better.
-    return a.val_accuracy > b.val_accuracy
+def paired_se(a: Result, b: Result) -> float:
+    """Standard error of ``a``'s accuracy minus ``b``'s, from the images each got right or wrong."""
+    n = len(a.correct)
+    if n < 2 or len(b.correct) != n:
+        return 0.0
+    d = [int(x) - int(y) for x, y in zip(a.correct, b.correct, strict=True)]
+    mean = sum(d) / n
+    return math.sqrt(max(0.0, sum(v * v for v in d) / n - mean * mean) / (n - 1))
+
+
+def choose(results: list[Result]) -> Result:
+    """The shallowest candidate (``results`` go shallow to deep) within one standard error of the best.
+
+    Loss is no tie-break: a deeper candidate has trained longer from the head's weights and is usually more
+    confident, not better."""
+    best = max(results, key=lambda r: r.val_accuracy)  # the first, i.e. shallowest, of equal scores
+    return next(r for r in results if r.val_accuracy >= best.val_accuracy - paired_se(best, r) - 1e-12)
 
 
 @dataclass
@@ -157,6 +176,11 @@ class _Start:
     @classmethod
     def of(cls, trainer: Trainer) -> _Start:
         return cls({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, torch.get_rng_state())
+
+    def trim(self, best: Best) -> Best:
+        """``best`` holding only the tensors its run changed (every candidate's is kept until the choice)."""
+        best.state = {k: v for k, v in best.state.items() if not torch.equal(v, self.state[k].to(v.device))}
+        return best
 
     def restore(self, trainer: Trainer) -> None:
         trainer.model.load_state_dict(self.state)
@@ -182,6 +206,7 @@ def _result(trainer: Trainer, cand: Candidate, seconds: float) -> Result:
         epochs_run=trainer.epoch,
         seconds=round(seconds, 2),
         estimated_cost=round(cand.cost, 3),
+        correct=tuple(p == t for p, t in zip(trainer.best.val.preds, trainer.best.val.targets, strict=True)),
     )
 
 
@@ -209,8 +234,7 @@ def search(trainer: Trainer) -> Outcome:
         "".join(f", last {c.trainable_stages}" for c in deeper), sum(c.cost for c in deeper), cfg.auto_budget,
     )  # fmt: skip
     results: list[Result] = []
-    kept: _Kept | None = None
-    leader: Result | None = None
+    runs: list[_Kept] = []
     for cand in [Candidate(0, head_plan, 0.0), *deeper]:
         start.restore(trainer)
         t0 = time.perf_counter()
@@ -218,19 +242,20 @@ def search(trainer: Trainer) -> Outcome:
                       cfg.epochs, cached=True)  # fmt: skip
         trainer.run_phase(phase)
         results.append(_result(trainer, cand, time.perf_counter() - t0))
-        if leader is None or _better(results[-1], leader):
-            leader = results[-1]
-            kept = _Kept(trainer.best, trainer.history, trainer.epoch, phase)
-    assert kept is not None and leader is not None
+        runs.append(_Kept(start.trim(trainer.best), trainer.history, trainer.epoch, phase))
+    leader = choose(results)
+    kept = runs[results.index(leader)]
+    kept.best.state = {**start.state, **kept.best.state}
     trainer.model.load_state_dict(kept.best.state)
     trainer.best, trainer.history, trainer.epoch = kept.best, kept.history, kept.epoch
     _log_table(results, leader)
     evidence = {
         "chosen": {"trainable_stages": leader.trainable_stages, "frozen_through": leader.frozen_through},
-        "rule": "best validation accuracy; on a tie, fewer trained stages",
+        "rule": "the fewest trained stages within one standard error (paired, on the validation images) of the "
+        "best validation accuracy",
         "budget": cfg.auto_budget,
         "cache_seconds": round(cache_seconds, 2),  # the one pass over the images that every candidate shares
-        "candidates": [asdict(r) for r in results],
+        "candidates": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in results],
     }
     return Outcome([kept.phase], leader.trainable_stages, evidence)
 

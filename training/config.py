@@ -65,6 +65,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(15, gt=0)
     batch_size: int = Field(32, gt=0)
     patience: int = Field(5, ge=0, description="early stopping: epochs without improvement (0 = off)")
+    head_seeds: int = Field(
+        5, ge=1, le=20, description="a head-only recipe on the feature cache trains the head from N seeds and "
+        "keeps their average, one model (1 = one seed)",
+    )  # fmt: skip
     augment: bool = Field(False, description="random resized crops and flips (turns the feature cache off)")
     feature_cache: bool = Field(True, description="run frozen stages once per image (off: the whole network)")
     background: str | None = Field(

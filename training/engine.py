@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core.util import utc_now
+from training import seeds
 from training.config import TrainConfig
 from training.runtime import init_runtime, seed_everything, shutdown_runtime
 from training.start import create_or_warm_start, load_data
@@ -93,8 +94,10 @@ def fit(cfg: TrainConfig) -> FitResult:
             trainer = Trainer(cfg, rt, data, start)
             if rt.is_main:
                 trainer.on_epoch = lambda row: _write_progress(run_dir, row, trainer.epochs_done, trainer.total_epochs)
+            head = seeds.head_start(trainer)  # before anything trains: where every seed's head starts
             phases, auto = _train(cfg, trainer)
             trainer.model.load_state_dict(trainer.best.state)
+            trainer.soup = seeds.average_heads(trainer, phases[-1], head)
             # The best epoch's validation pass already holds every prediction the report needs.
             final = trainer.best.val
             wall = time.perf_counter() - t0

@@ -118,7 +118,9 @@ class Trainer:
         self.epoch = 0
         self.total_epochs = 0
         self.epochs_done = 0  # every epoch of every phase (the auto recipe restarts ``epoch`` per candidate)
+        self.shuffle_seed = cfg.seed  # the batch order's seed (training/seeds.py gives each head its own)
         self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
+        self.soup: dict[str, Any] | None = None  # several heads averaged (training/seeds.py): the evidence
 
         def plain_loaders() -> tuple[DataLoader, DataLoader]:
             # No augmentation reaches a cache (cache_allowed checks it): the eval transform is exact.
@@ -186,12 +188,12 @@ class Trainer:
         cached = self.cache(phase)
         if cached:
             split, ftr, ytr, fva, yva = cached.split, cached.train, cached.train_targets, cached.val, cached.val_targets
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+            g = torch.Generator().manual_seed(self.shuffle_seed * 1000 + self.epoch)
             weights = None
             if cfg.balance == "sampler":
                 weights = class_weights(ytr.tolist(), len(self.data.labels))[ytr]
             batches = feature_batches(ftr, ytr, cfg.batch_size, g, True, rt.rank, rt.world_size, weights)
-            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc())
+            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc(phase))
             va = eval_epoch(
                 split.suffix, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp
             )
@@ -200,13 +202,13 @@ class Trainer:
             self.train_loader.sampler.set_epoch(self.epoch)
 
         tr = train_epoch(
-            module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, self._desc()
+            module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, self._desc(phase)
         )
         va = eval_epoch(self.model, self.val_loader, self.loss_fn, rt, cfg.amp, self.channels_last)
         return tr, va
 
-    def _desc(self) -> str:
-        return f"epoch {self.epoch}/{self.total_epochs}"
+    def _desc(self, phase: Phase) -> str:
+        return f"{phase.name} epoch {self.epoch}/{phase.epochs}"
 
     def _record(self, phase: Phase, tr: EpochStats, va: EpochStats, opt: Any, improved: bool) -> None:
         row = {
@@ -219,11 +221,14 @@ class Trainer:
             "lr": opt.param_groups[-1]["lr"],
         }
         self.history.append(row)
+        # The epoch within the phase, and the run's progress over every phase (auto trains several candidates).
         log.info(
-            "epoch %d/%d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f%s",
-            self.epoch,
-            self.total_epochs,
+            "[%s] epoch %d/%d (%d of %d in all) train loss %.4f acc %.4f | val loss %.4f acc %.4f%s",
             phase.name,
+            self.epoch,
+            phase.epochs,
+            self.epochs_done,
+            self.total_epochs,
             tr.loss,
             tr.accuracy,
             va.loss,

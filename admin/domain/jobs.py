@@ -31,6 +31,7 @@ from admin.metrics import AdminMetrics
 from admin.runners.base import JobRunner, TrainRequest
 from admin.runners.local import kill_orphan
 from admin.settings import AdminSettings
+from admin.store.audit import AuditStore
 from admin.store.jobs import JobStore
 from admin.store.registry import Registry
 from admin.store.rows import Job, JobStatus, ModelVersion
@@ -65,6 +66,10 @@ class TrainingFailedError(GraftError):
     """The training run ended without a model (its log tail is in the message)."""
 
 
+# Corrections that change the data a retraining sees: after one of these, a job is not "without new data".
+DATA_CHANGES = ("sample.relabel", "sample.delete", "label.rename", "label.merge", "label.remove", "review.erase")
+
+
 @dataclass
 class JobServices:
     """Everything a job touches, built once by the app."""
@@ -80,6 +85,7 @@ class JobServices:
     evaluate: EvaluateFn = default_evaluate
     shadow: ShadowFn | None = None
     prepare: PrepareFn = default_prepare
+    audit: AuditStore | None = None  # corrections since the champion count as new data
 
 
 class JobManager:
@@ -126,6 +132,8 @@ class JobManager:
     def _no_new_data(self, champion: ModelVersion | None) -> str | None:
         if champion is None or self.s.samples.max_seq() > champion.max_sample_seq:
             return None
+        if self.s.audit is not None and self.s.audit.count_since(champion.created_at, DATA_CHANGES):
+            return None  # relabelled or deleted samples change what trains and what judges
         return (f"note: no labelled samples arrived since version {champion.version} was trained, so this candidate "
                 "can differ from it only by its recipe or by chance")  # fmt: skip
 

@@ -142,7 +142,7 @@ class AdminService:
         self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
-            self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow,
+            self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow, audit=self.audit,
         )  # fmt: skip
         self.jobs = JobManager(services)
         self.reconciled = threading.Event()

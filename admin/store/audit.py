@@ -24,6 +24,12 @@ class AuditStore:
                                (utc_now(), actor, action, target, dumps(detail)))  # fmt: skip
             return int(cur.lastrowid or 0)
 
+    def count_since(self, at: str, actions: tuple[str, ...]) -> int:
+        """How many entries of ``actions`` were recorded after the time ``at`` (ISO 8601, as ``utc_now``)."""
+        marks = ", ".join("?" for _ in actions)
+        row = self.db.one(f"SELECT COUNT(*) AS n FROM audit WHERE at > ? AND action IN ({marks})", (at, *actions))
+        return int(row["n"]) if row else 0
+
     def entries(self, limit: int = 100, before: int | None = None, action: str | None = None,
                 target: str | None = None) -> list[AuditEntry]:  # fmt: skip
         """Newest first; ``before`` pages back (the smallest id of the previous page); ``action`` may end in

@@ -69,3 +69,9 @@ def test_the_first_models_validation_images_do_not_grade_it(tmp_path: Path, free
         job = retrain(api, env, 0.95, epochs=1)
         assert job["gate"]["left_out"] == 0 and job["gate"]["comparison"]["n"] == sample_holdout + 12
         assert "no labelled samples arrived since version 2" in job["reason"]
+        # a correction is new data: after a relabel, the next job says nothing of the kind
+        train = next(s for s in stored if s["split"] == "train")
+        fixed = api.patch(f"/v1/samples/{train['id']}", json={"label": "bees" if train["label"] == "ants" else "ants"})
+        assert fixed.status_code == 200, fixed.text
+        job = retrain(api, env, 0.95, epochs=1)
+        assert "no labelled samples arrived" not in (job["reason"] or ""), job["reason"]
