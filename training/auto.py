@@ -30,8 +30,8 @@ feature cache out (``--augment``, ``--frozen-bn train``, ``--no-feature-cache``)
 from __future__ import annotations
 
 import logging
-import time
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

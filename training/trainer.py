@@ -201,8 +201,9 @@ class Trainer:
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(self.epoch)
 
+        desc = self._desc(phase)
         tr = train_epoch(
-            module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, self._desc(phase)
+            module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, desc
         )
         va = eval_epoch(self.model, self.val_loader, self.loss_fn, rt, cfg.amp, self.channels_last)
         return tr, va
