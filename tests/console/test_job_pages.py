@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ def served(env: Env) -> Iterator[tuple[AdminServer, httpx.Client]]:
 
 
 @pytest.fixture
-def env(tmp_path, free_port: int) -> Env:  # type: ignore[no-untyped-def]
+def env(tmp_path: Path, free_port: int) -> Env:
     return Env(tmp_path, free_port)
 
 
@@ -120,7 +121,7 @@ def test_a_running_job_names_its_champion_and_the_retrain_button_says_why_it_is_
         assert live["champion"] == "1" and live["active"]
     finally:
         api.post(f"/v1/jobs/{job_id}/cancel")
-        wait_for(lambda: not api.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running"), 60,
+        wait_for(lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] not in ("queued", "running"), 60,
                  what="the job to stop")  # fmt: skip
     jobs = sign_in(server, ADMIN_TOKEN).get("/console/jobs").text
     assert 'action="/console/retrain"' in jobs, "the form is back once the job ended"
