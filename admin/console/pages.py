@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from admin.api.deps import service
+from admin.api.models import champion_measurements
 from admin.console import views
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
 from admin.domain.corrections import sees_splits
@@ -44,7 +45,8 @@ def overview(request: Request) -> Response:
 def models(request: Request) -> Response:
     require_admin_page(request)
     svc = service(request)
-    return page(request, "models.html", models=[views.model_view(v, svc) for v in reversed(svc.models())],
+    measured = champion_measurements(svc)
+    return page(request, "models.html", models=[views.model_view(v, svc, measured) for v in reversed(svc.models())],
                 model_name=svc.model_name, history=list(reversed(svc.history()))[:20])  # fmt: skip
 
 

@@ -68,11 +68,14 @@ def log_tail(job: Job, lines: int = LOG_LINES) -> str:
         return ""
 
 
-def model_view(view: ModelView, svc: AdminService | None = None) -> dict[str, Any]:
+def model_view(
+    view: ModelView, svc: AdminService | None = None, measured: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """A version for the pages; with ``svc``, a version that has no holdout score of its own (the imported first
-    model) shows the one a job measured while it was the champion, as ``/v1/models`` does."""
+    model) shows the one a job measured while it was the champion, as ``/v1/models`` does (``measured``: those
+    scores, looked up once for a page of several versions)."""
     if svc is not None:
-        view = with_measured_holdout(svc, view)
+        view = with_measured_holdout(svc, view, measured)
     m = view.model
     holdout = m.metrics.get("holdout") or {}
     training = m.metrics.get("training") or {}
