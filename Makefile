@@ -11,7 +11,7 @@ VARIANT ?= cpu
 IMAGE ?= graft:0.1.0-$(VARIANT)
 OFFLINE ?= auto
 
-.PHONY: setup system-deps venv test test-fast lint demo bench clean engine image image-test
+.PHONY: setup system-deps venv test test-fast lint docs demo bench clean engine image image-test
 
 setup: system-deps venv ## create the environment from nothing
 
@@ -28,12 +28,18 @@ system-deps: ## Java 17 for TorchServe, Fashion-MNIST for the demo, Chromium for
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs]'
 
-lint: ## ruff, mypy on the packages, and the layer rules (import-linter)
-	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker
+lint: ## ruff, mypy on the packages, the layer rules (import-linter), and the docs site built strictly
+	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker docs/hooks
 	$(BIN)/mypy
+	$(BIN)/mypy docs/hooks/reference.py
 	$(BIN)/lint-imports
+	$(MAKE) docs
+
+docs: ## the documentation site (MkDocs, offline); a broken link or anchor fails; DOCS_DIR=... to keep it
+	@out=$${DOCS_DIR:-$$(mktemp -d)}; NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d "$$out"; rc=$$?; \
+	if [ -z "$$DOCS_DIR" ]; then rm -rf "$$out"; else echo "docs built in $$out"; fi; exit $$rc
 
 test: ## the whole suite (real TorchServe included), but not the container image (make image-test)
 	$(BIN)/python -m pytest -q -m "not image"

@@ -42,8 +42,9 @@ def _review_stats(request: Request) -> dict[str, Any]:
 @router.get("/jobs/{job_id}")
 def job(request: Request, job_id: str) -> dict[str, Any]:
     require_admin_page(request)
-    j = service(request).jobs.get(job_id)
-    return {**views.job_view(j), "log": views.log_tail(j, 30)}
+    svc = service(request)
+    j = svc.jobs.get(job_id)
+    return {**views.job_view(j, svc.registry.default_version()), "log": views.log_tail(j, 30)}
 
 
 @router.get("/review")

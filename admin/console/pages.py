@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from admin.api.deps import service
+from admin.api.models import champion_measurements
 from admin.console import views
 from admin.console.render import ConsoleRoute, page, require_admin_page, session_of
 from admin.domain.corrections import sees_splits
@@ -44,14 +45,16 @@ def overview(request: Request) -> Response:
 def models(request: Request) -> Response:
     require_admin_page(request)
     svc = service(request)
-    return page(request, "models.html", models=[views.model_view(v) for v in reversed(svc.models())],
+    measured = champion_measurements(svc)
+    return page(request, "models.html", models=[views.model_view(v, svc, measured) for v in reversed(svc.models())],
                 model_name=svc.model_name, history=list(reversed(svc.history()))[:20])  # fmt: skip
 
 
 @router.get("/models/{version}")
 def model(request: Request, version: str) -> Response:
     require_admin_page(request)
-    return page(request, "model.html", m=views.model_view(service(request).model_view(version)))
+    svc = service(request)
+    return page(request, "model.html", m=views.model_view(svc.model_view(version), svc))
 
 
 @router.get("/models/{version}/plot/{name}")
@@ -67,11 +70,13 @@ def model_plot(request: Request, version: str, name: str) -> FileResponse:
 def confirm_promote(request: Request, version: str, force: bool = False) -> Response:
     require_admin_page(request)
     svc = service(request)
-    target = views.model_view(svc.model_view(version))
+    target = views.model_view(svc.model_view(version), svc)
     current = svc.registry.default_version()
+    job = views.job_view(svc.jobs.get(target["job_id"])) if target["job_id"] else None
     return page(request, "confirm.html", action=f"/console/models/{version}/promote", force=force,
                 title=f"Promote version {version}?" + (" (rejected by the gate)" if force else ""),
-                what=views.change_words(svc, current, version), target=target)  # fmt: skip
+                what=views.change_words(svc, current, version), target=target, job=job,
+                champion=views.model_view(svc.model_view(current), svc) if current else None)  # fmt: skip
 
 
 @router.get("/rollback")
@@ -82,22 +87,25 @@ def confirm_rollback(request: Request) -> Response:
     current = svc.registry.default_version()
     return page(request, "confirm.html", action="/console/rollback", force=False,
                 title=f"Roll back to version {target}?", what=views.change_words(svc, current, target),
-                target=views.model_view(svc.model_view(target)))  # fmt: skip
+                target=views.model_view(svc.model_view(target), svc), job=None,
+                champion=views.model_view(svc.model_view(current), svc) if current else None)  # fmt: skip
 
 
 @router.get("/jobs")
 def jobs(request: Request) -> Response:
     require_admin_page(request)
     svc = service(request)
-    return page(request, "jobs.html", jobs=[views.job_view(j) for j in svc.jobs.recent(30)],
+    in_service = svc.registry.default_version()
+    return page(request, "jobs.html", jobs=[views.job_view(j, in_service) for j in svc.jobs.recent(30)],
                 active=svc.jobs.active())  # fmt: skip
 
 
 @router.get("/jobs/{job_id}")
 def job(request: Request, job_id: str) -> Response:
     require_admin_page(request)
-    j = service(request).jobs.get(job_id)
-    return page(request, "job.html", j=views.job_view(j), log=views.log_tail(j))
+    svc = service(request)
+    j = svc.jobs.get(job_id)
+    return page(request, "job.html", j=views.job_view(j, svc.registry.default_version()), log=views.log_tail(j))
 
 
 @router.get("/samples")
@@ -164,7 +172,8 @@ def review(request: Request, strategy: Annotated[str, Query(pattern="^(margin|en
            ) -> Response:  # fmt: skip
     svc = service(request)
     labels = [label.name for label in svc.labels.all()]  # in key order: a new label never moves another's key
-    return page(request, "review.html", labels=labels, strategy=strategy, model_name=svc.model_name)
+    return page(request, "review.html", labels=labels, strategy=strategy, model_name=svc.model_name,
+                orders=views.REVIEW_ORDERS)  # fmt: skip
 
 
 @router.get("/review/{capture_id}/image")

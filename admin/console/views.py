@@ -7,12 +7,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from admin.api.models import with_measured_holdout
 from admin.domain.corrections import sees_splits
 from admin.domain.service import AdminService, ModelView
 from admin.store.rows import Actor, CaptureRow, Job, SampleMeta
 from graft.core.errors import GraftError
 
 LOG_LINES = 80
+# The review queue's orders, as the page names them (the current one is shown in words).
+REVIEW_ORDERS = {"margin": "smallest margin first: the answers the model was least sure of",
+                 "entropy": "highest entropy first: the flattest answers",
+                 "random": "random: a uniform draw, the baseline a labelling budget should beat"}  # fmt: skip
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -23,11 +28,27 @@ def _seconds(start: str | None, end: str | None) -> float | None:
     return round((t1 - t0).total_seconds(), 1)
 
 
-def job_view(job: Job) -> dict[str, Any]:
+# A finished job's outcome in words, where a running job shows its phase.
+OUTCOMES = {
+    "succeeded": "succeeded",
+    "rejected": "rejected by the gate: the model in service stays",
+    "held": "held: it adds labels, an admin decides",
+    "failed": "failed: the model in service stays",
+}
+
+
+def job_view(job: Job, in_service: str | None = None) -> dict[str, Any]:
+    """``in_service``: the default version now, shown as the champion of a running job that has not yet
+    recorded the one it is judged against (it records it when it evaluates)."""
     gate = job.gate or {}
+    champion = job.champion_version or (in_service if job.active else None)
+    stage = job.phase if job.active else OUTCOMES.get(job.status, job.status)
+    if job.status == "succeeded" and job.promoted:
+        stage = f"promoted: version {job.candidate_version} is in service"
     return {
         "id": job.id, "status": job.status, "phase": job.phase, "progress": job.progress, "trigger": job.trigger,
-        "active": job.active, "candidate": job.candidate_version, "champion": job.champion_version,
+        "active": job.active, "candidate": job.candidate_version, "champion": champion, "stage": stage,
+        "champion_pending": job.champion_version is None and champion is not None,
         "reason": job.reason, "created_at": job.created_at, "seconds": _seconds(job.started_at, job.finished_at),
         "candidate_accuracy": (job.candidate_metrics or {}).get("accuracy"),
         "champion_accuracy": (job.champion_metrics or {}).get("accuracy"),
@@ -47,7 +68,14 @@ def log_tail(job: Job, lines: int = LOG_LINES) -> str:
         return ""
 
 
-def model_view(view: ModelView) -> dict[str, Any]:
+def model_view(
+    view: ModelView, svc: AdminService | None = None, measured: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A version for the pages; with ``svc``, a version that has no holdout score of its own (the imported first
+    model) shows the one a job measured while it was the champion, as ``/v1/models`` does (``measured``: those
+    scores, looked up once for a page of several versions)."""
+    if svc is not None:
+        view = with_measured_holdout(svc, view, measured)
     m = view.model
     holdout = m.metrics.get("holdout") or {}
     training = m.metrics.get("training") or {}
@@ -61,7 +89,59 @@ def model_view(view: ModelView) -> dict[str, Any]:
         "dataset_digest": m.dataset_digest, "num_train": m.num_train, "num_holdout": m.num_holdout,
         "plots": [name for name in PLOTS if m.run_dir is not None and (m.run_dir / PLOTS[name]).is_file()],
         "evidence": m.recipe.get("evidence") or m.recipe.get("auto"), "gate": m.metrics.get("gate"),
+        "holdout_job": holdout.get("measured_by_job"), "recipe_rows": recipe_rows(m.recipe),
+        "evidence_table": evidence_table(m.recipe.get("evidence") or m.recipe.get("auto")),
     }  # fmt: skip
+
+
+_EVIDENCE_KEYS = ("evidence", "auto")  # what --recipe auto measured: shown as its own table, not inside the recipe
+
+
+def plain(value: Any) -> str:
+    """One recipe value in words: no JSON braces for a person to parse."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {plain(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) or "–"
+    return str(value)
+
+
+def recipe_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
+    """The recipe as (setting, value) rows; nested settings get dotted names (``phases.0.lr``)."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(name: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{name}.{k}", v)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{name}.{i}", v)
+        else:
+            rows.append((name, plain(value)))
+
+    for key, value in recipe.items():
+        if key not in _EVIDENCE_KEYS:
+            walk(str(key), value)
+    return rows
+
+
+def evidence_table(evidence: Any) -> dict[str, Any] | None:
+    """What ``--recipe auto`` measured: its facts (chosen, budget, rule...) and one row per candidate."""
+    if not isinstance(evidence, dict) or not evidence:
+        return None
+    candidates = [c for c in evidence.get("candidates") or [] if isinstance(c, dict)]
+    columns: list[str] = []
+    for c in candidates:
+        columns += [k for k in c if k not in columns]
+    facts = [(k, plain(v)) for k, v in evidence.items() if k != "candidates"]
+    return {"facts": facts, "columns": columns, "rows": [[plain(c.get(k)) for k in columns] for c in candidates]}
 
 
 PLOTS = {"curves": "curves.png", "confusion": "confusion_matrix.png"}
@@ -95,10 +175,11 @@ def overview(svc: AdminService) -> dict[str, Any]:
             drift = svc.feedback.drift_report(windows=1)["windows"][0]
         except GraftError:
             drift = None
+    in_service = champion.version if champion else None
     return {
-        "model_name": name, "champion": model_view(svc.model_view(champion.version)) if champion else None,
+        "model_name": name, "champion": model_view(svc.model_view(champion.version), svc) if champion else None,
         "why": why_in_service(svc, champion.version) if champion else "",
-        "job": job_view(svc.jobs.get(active)) if active else None, "samples": stats,
+        "job": job_view(svc.jobs.get(active), in_service) if active else None, "samples": stats,
         "review": review, "drift": drift, "warnings": svc.warnings, "problems": svc.ready_problems(),
     }  # fmt: skip
 

@@ -84,3 +84,44 @@ def test_relabel_from_a_thumbnail(browser: Any, admin: tuple[AdminServer, Path])
     until(d, lambda d: "Relabelled" in d.page_source, what="the relabel")
     shot(d, "sample-relabelled")
     assert httpx.get(f"{url}/v1/samples/{sid}", headers=ADMIN).json()["label"] == "bees"
+
+
+def test_a_review_card_is_one_choice_not_a_button_per_label(browser: Any, admin: tuple[AdminServer, Path]) -> None:
+    """Each card has one select (the model's answer chosen) and a submit; choosing another label and submitting
+    stores it, with the session's CSRF token, and the keys still label the selected card."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    srv, captures = admin
+    d, url = browser, srv.url
+    api = httpx.Client(base_url=url)
+    for name in ("wasps", "hornets", "flies"):
+        assert api.post("/v1/labels", json={"name": name}, headers=ADMIN).status_code == 201
+    written: list[str] = []
+    writer = CaptureWriter(captures, "graft", "1", ["ants", "bees"], 1.0, 10**9,
+                           lambda outcome, n: written.extend([outcome] * n))  # fmt: skip
+    for i in range(2):
+        writer.offer(photo(500 + i), [0.7, 0.3], str(i))  # the model said "ants"
+    wait_for(lambda: len(written) == 2, 10, what="captures")
+    wait_for(lambda: api.get("/v1/review/stats", headers=SAMPLER).json()["queued"] == 2, 10, what="indexing")
+    sign_in(d, url, SAMPLES_TOKEN)
+    d.get(f"{url}/console/review")
+    until(d, lambda d: len(grid_ids(d)) == 2, what="the queue")
+    assert "smallest margin first" in css(d, "#order")[0].text, "the current order is shown"
+    first, second = grid_ids(d)
+    card = css(d, f'#grid li[data-id="{first}"]')[0]
+    label_buttons = [b for b in card.find_elements("css selector", "button") if b.text not in ("Label", "skip", "none")]
+    assert label_buttons == [], "no button per label"
+    choice = Select(card.find_element("css selector", "form.choice select"))
+    assert [o.get_attribute("value") for o in choice.options] == ["ants", "bees", "wasps", "hornets", "flies"]
+    assert choice.first_selected_option.get_attribute("value") == "ants", "the model's answer is preselected"
+    shot(d, "review-card-choice")
+    choice.select_by_value("hornets")
+    card.find_element("css selector", "form.choice button[type=submit]").click()
+    until(d, lambda d: first not in grid_ids(d), what="the decision")
+    labelled = api.get("/v1/review", params={"status": "labelled"}, headers=SAMPLER).json()["items"]
+    assert [(i["id"], i["label"]) for i in labelled] == [(first, "hornets")]
+    ActionChains(d).send_keys("2").perform()  # the keyboard flow is unchanged: 2 = bees on the selected card
+    until(d, lambda d: second not in grid_ids(d), what="the keyed decision")
+    labelled = api.get("/v1/review", params={"status": "labelled"}, headers=SAMPLER).json()["items"]
+    assert {(i["id"], i["label"]) for i in labelled} == {(first, "hornets"), (second, "bees")}

@@ -29,21 +29,28 @@
     const answer = document.createElement("p");
     answer.className = "answer";
     answer.textContent = `${item.predicted} ${Math.round(100 * item.score)}% · margin ${item.margin.toFixed(2)}`;
-    const buttons = document.createElement("div");
-    buttons.className = "buttons";
-    labels.slice(0, 9).forEach((label, k) => {
-      const b = document.createElement("button");
-      b.type = "button"; b.textContent = `${k + 1} ${label}`;
-      b.addEventListener("click", () => decide(item.id, { label }));
-      buttons.appendChild(b);
+    // One compact choice per card: a select (the model's answer preselected) and a submit, not a button per label.
+    const form = document.createElement("form");
+    form.className = "choice";
+    const choice = document.createElement("select");
+    choice.name = "label";
+    choice.setAttribute("aria-label", "label for this image");
+    labels.forEach((label, k) => {
+      const option = new Option(k < 9 ? `${k + 1} ${label}` : label, label);
+      option.selected = label === item.predicted;
+      choice.add(option);
     });
+    const submit = document.createElement("button");
+    submit.type = "submit"; submit.className = "primary"; submit.textContent = "Label";
+    form.addEventListener("submit", (e) => { e.preventDefault(); decide(item.id, { label: choice.value }); });
+    form.append(choice, submit);
     for (const [text, body] of [["skip", { skip: true }], ["none", { reject: true }]]) {
       const b = document.createElement("button");
       b.type = "button"; b.textContent = text; b.addEventListener("click", () => decide(item.id, body));
-      buttons.appendChild(b);
+      form.appendChild(b);
     }
-    li.append(img, answer, buttons);
-    li.addEventListener("focus", () => select(items.findIndex((x) => x.id === item.id)));
+    li.append(img, answer, form);
+    li.addEventListener("focusin", () => select(items.findIndex((x) => x.id === item.id)));
     return li;
   }
 
@@ -112,7 +119,7 @@
   document.getElementById("undo").addEventListener("click", undo);
 
   document.addEventListener("keydown", (e) => {
-    if (e.target.closest && e.target.closest("input, textarea")) return;
+    if (e.target.closest && e.target.closest("input, textarea, select")) return;  // a select keeps its own keys
     const item = items[selected];
     if (e.key === "ArrowRight") { select(selected + 1); e.preventDefault(); return; }
     if (e.key === "ArrowLeft") { select(selected - 1); e.preventDefault(); return; }
