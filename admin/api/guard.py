@@ -8,6 +8,9 @@ body of any size at any pace. This ASGI middleware decides from the request line
   everything else under ``/v1`` and the API docs (admin token), the console's pages (a session cookie; without
   one a page redirects to the sign-in form and anything else is a 401); a missing or wrong token is a 401 and a
   samples token on an admin route a 403, before a single body byte is read;
+* how often an address may guess: a wrong bearer token counts against the client's address, and past a few that
+  address waits, doubling, before its next token is judged (a 429 with ``Retry-After`` meanwhile; the table is
+  the console sign-in's, admin/api/sessions.py ``SignInThrottle``);
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
 * how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body (a body trickled a byte at a time
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,11 +34,19 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from admin.api.auth import TokenAuth, bearer_token
+from admin.api.auth import Role, TokenAuth, bearer_token
 from admin.api.origin import check_local_request
-from admin.api.sessions import SessionStore, cookie_value
+from admin.api.sessions import SessionStore, SignInThrottle, cookie_value
 from admin.settings import AdminSettings
-from graft.core.errors import AuthenticationError, GraftError, PayloadTooLargeError, RequestTimeoutError
+from graft.core.errors import (
+    AuthenticationError,
+    GraftError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    TooManyAttemptsError,
+)
+
+log = logging.getLogger(__name__)
 
 SMALL_BODY = 64 * 1024  # JSON bodies of the admin routes
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the label field
@@ -94,6 +107,8 @@ def _error(exc: GraftError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if isinstance(exc, TooManyAttemptsError):
+        headers.append((b"retry-after", str(exc.retry_after_s).encode()))
     if status in (408, 413):
         headers.append((b"connection", b"close"))  # the rest of the body is never read
     return status, headers, body
@@ -114,11 +129,13 @@ async def _send_error(send: Send, exc: GraftError) -> None:
 
 class Guard:
     def __init__(self, app: ASGIApp, auth: Callable[[], TokenAuth], settings: AdminSettings,
-                 sessions: Callable[[], SessionStore] | None = None):  # fmt: skip
+                 sessions: Callable[[], SessionStore] | None = None,
+                 throttle: Callable[[], SignInThrottle] | None = None):  # fmt: skip
         self.app = app
         self.auth = auth
         self.settings = settings
         self.sessions = sessions
+        self.throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,9 +170,7 @@ class Guard:
                     raise AuthenticationError("sign in to the console first (the session expired or is missing)")
                 scope.setdefault("state", {})["console_session"] = session
             elif policy.who != "public":
-                auth = self.auth()
-                token = bearer_token(headers.get("authorization"), strict=not auth.insecure)
-                role = auth.check(token, samples_ok=policy.who == "samples")
+                role = self._check_token(scope, headers, samples_ok=policy.who == "samples")
                 scope.setdefault("state", {})["role"] = role
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > policy.max_body:
@@ -165,6 +180,26 @@ class Guard:
             if started:
                 raise
             await _send_error(send, exc)
+
+    def _check_token(self, scope: Scope, headers: dict[str, str], samples_ok: bool) -> Role:
+        """The bearer token's role; a wrong token counts against the client's address, and an address that has sent
+        too many waits (a 429, the token not judged) before the next is."""
+        auth = self.auth()
+        token = bearer_token(headers.get("authorization"), strict=not auth.insecure)
+        if auth.insecure or token is None or self.throttle is None:
+            return auth.check(token, samples_ok=samples_ok)  # no token is no guess: a plain 401
+        throttle = self.throttle()
+        client = scope["client"][0] if scope.get("client") else "?"
+        if (wait := math.ceil(throttle.wait_s(client))) > 0:
+            raise TooManyAttemptsError(f"too many wrong tokens from this address: try again in {wait} s", wait)
+        try:
+            return auth.check(token, samples_ok=samples_ok)
+        except AuthenticationError:
+            # Only failures count, and a success clears nothing: a program with the right token at the same address
+            # must not reset a guesser's wait with every call.
+            throttle.failed(client)
+            log.warning("admin API: wrong bearer token from %s (%s %s)", client, scope["method"], scope["path"])
+            raise
 
     def _bounded(self, receive: Receive, limit: int, refused: list[GraftError]) -> Receive:
         """``receive`` with the body counted against ``limit`` and due within the body timeout."""
