@@ -13,8 +13,10 @@ body of any size at any pace. This ASGI middleware decides from the request line
   the console sign-in's, admin/api/sessions.py ``SignInThrottle``);
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
-* how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body (a body trickled a byte at a time
-  is a 408, not a connection held for minutes);
+* how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body, and at most
+  :data:`SMALL_BODY_TIMEOUT_S` for one that declares at most :data:`SMALL_BODY` bytes (a sign-in form, a JSON
+  document: a body trickled a byte at a time is a 408 within seconds, not a request slot held for minutes;
+  admin/connections.py also bounds how many such bodies one client may have arriving at once);
 * without authentication (insecure_dev), whether the request is this machine's own (admin/api/origin.py: the
   ``Host``, ``Origin`` and ``Sec-Fetch-Site`` headers), so that a web page cannot drive the admin.
 
@@ -49,6 +51,7 @@ from graft.core.errors import (
 log = logging.getLogger(__name__)
 
 SMALL_BODY = 64 * 1024  # JSON bodies of the admin routes
+SMALL_BODY_TIMEOUT_S = 5.0  # a declared body of at most SMALL_BODY bytes: 64 KiB in 5 s is 13 KB/s, a slow phone
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the label field
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -175,7 +178,10 @@ class Guard:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > policy.max_body:
                 raise PayloadTooLargeError(f"request body is {declared} bytes; the limit here is {policy.max_body}")
-            await self.app(scope, self._bounded(receive, policy.max_body, refused), guarded_send)
+            timeout = self.settings.body_timeout_s
+            if declared.isdigit() and int(declared) <= SMALL_BODY:
+                timeout = min(timeout, SMALL_BODY_TIMEOUT_S)
+            await self.app(scope, self._bounded(receive, policy.max_body, timeout, refused), guarded_send)
         except GraftError as exc:
             if started:
                 raise
@@ -201,10 +207,10 @@ class Guard:
             log.warning("admin API: wrong bearer token from %s (%s %s)", client, scope["method"], scope["path"])
             raise
 
-    def _bounded(self, receive: Receive, limit: int, refused: list[GraftError]) -> Receive:
-        """``receive`` with the body counted against ``limit`` and due within the body timeout."""
+    def _bounded(self, receive: Receive, limit: int, timeout: float, refused: list[GraftError]) -> Receive:
+        """``receive`` with the body counted against ``limit`` and due within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.body_timeout_s
+        deadline = loop.time() + timeout
         seen, done = 0, False
 
         async def bounded() -> Message:
@@ -214,7 +220,6 @@ class Guard:
             try:
                 message: Message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError as e:
-                timeout = self.settings.body_timeout_s
                 refused.append(RequestTimeoutError(f"the request body did not arrive within {timeout:.0f}s"))
                 raise refused[-1] from e
             if message["type"] == "http.request":
