@@ -1,0 +1,91 @@
+"""Request bodies sent slowly, over real sockets to a real uvicorn server on 127.0.0.1 (admin/connections.py upload
+book, admin/api/guard.py body deadlines): the sender pays (refused, or cut off), probes and other users do not.
+
+The console's sign-in form is the one body anyone may send without a token (every other route checks the token
+before reading a body), so the attack is slow sign-in bodies. Other clients are other loopback addresses."""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from admin.connections import MAX_UPLOADS_PER_CLIENT
+from admin.server import AdminServer
+from tests.admin.test_connections import probe_everything, serving
+
+LOGIN_HEAD = (b"POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+              b"Content-Length: 1000\r\n\r\ntoken=")  # fmt: skip
+
+
+def slow_logins(stack: ExitStack, port: int, n: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """``n`` sign-in requests whose headers are in and whose body has only begun."""
+    out = []
+    for _ in range(n):
+        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)))
+        s.sendall(LOGIN_HEAD)
+        out.append(s)
+    return out
+
+
+def answer(s: socket.socket, wait: float) -> bytes:
+    """What the server sent within ``wait`` seconds (b"" if nothing, or closed without a word)."""
+    s.settimeout(wait)
+    try:
+        return s.recv(4096)
+    except (TimeoutError, ConnectionResetError):
+        return b""
+
+
+def sign_in(url: str, source: str) -> int:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=url, transport=transport, timeout=5) as c:
+        return c.post("/console/login", data={"token": "a-wrong-token"}).status_code
+
+
+def assert_everyone_else_answered(server: AdminServer) -> None:
+    for path, (status, took) in probe_everything(server.url).items():
+        assert status == 200 and took < 1.0, (path, status, took)
+    t0 = time.monotonic()
+    assert sign_in(server.url, "127.0.0.9") == 401, "another user's sign-in is judged (a wrong token here)"
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_one_client_s_slow_bodies_are_refused_past_its_share(tmp_path: Path, free_port: int) -> None:
+    # A long body deadline: what keeps the server answering is the per-client share, not the deadline.
+    with serving(tmp_path, free_port, body_timeout_s=60) as server, ExitStack() as stack:
+        socks = slow_logins(stack, free_port, 64)  # as many as there are request slots
+        answers = [answer(s, 0.5 if i >= MAX_UPLOADS_PER_CLIENT else 0.05) for i, s in enumerate(socks)]
+        held = answers[:MAX_UPLOADS_PER_CLIENT]
+        refused = answers[MAX_UPLOADS_PER_CLIENT:]
+        assert held == [b""] * MAX_UPLOADS_PER_CLIENT, "the first few are ordinary slow uploads"
+        assert all(a.startswith(b"HTTP/1.1 429 ") and b"TooManyUploadsError" in a for a in refused), refused[:2]
+        assert_everyone_else_answered(server)
+        assert server.server.config.http.upload_book.count == MAX_UPLOADS_PER_CLIENT  # type: ignore[union-attr]
+
+
+def test_slow_bodies_from_many_addresses_leave_room_for_everyone_else(tmp_path: Path, free_port: int) -> None:
+    with serving(tmp_path, free_port, body_timeout_s=60, max_connections=16) as server, ExitStack() as stack:
+        # 8 request slots for bodies (half of 16), at most 8 per client: 4 addresses, 3 uploads each.
+        socks = [s for i in range(4) for s in slow_logins(stack, free_port, 3, f"127.0.4.{i + 1}")]
+        answers = [answer(s, 0.1) for s in socks]
+        assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == 4, answers
+        book = server.server.config.http.upload_book  # type: ignore[union-attr]
+        assert book.count == 8 and max(len(m) for m in book.uploads.values()) == 2, "the busiest clients gave way"
+        assert_everyone_else_answered(server)
+
+
+def test_a_small_body_has_seconds_not_the_whole_body_timeout(tmp_path: Path, free_port: int) -> None:
+    with serving(tmp_path, free_port, body_timeout_s=60) as server, ExitStack() as stack:
+        (s,) = slow_logins(stack, free_port, 1)
+        t0 = time.monotonic()
+        got = b""
+        while not got and time.monotonic() - t0 < 10:
+            s.sendall(b"a")  # a byte every 0.25 s: 1,000 bytes would take four minutes
+            got = answer(s, 0.25)
+        took = time.monotonic() - t0
+        assert got.startswith(b"HTTP/1.1 408 ") and 4.5 < took < 7, (got[:40], took)
+        assert server.server.config.http.upload_book.count == 0  # type: ignore[union-attr]
