@@ -14,9 +14,10 @@ body of any size at any pace. This ASGI middleware decides from the request line
 * how big a body may be: per route (a ``Content-Length`` over the limit is a 413 at once; a chunked body
   is counted as it streams and refused the moment it passes the limit);
 * how long a body may take: ``GRAFT_BODY_TIMEOUT_S`` for the whole body, and at most
-  :data:`SMALL_BODY_TIMEOUT_S` for one that declares at most :data:`SMALL_BODY` bytes (a sign-in form, a JSON
-  document: a body trickled a byte at a time is a 408 within seconds, not a request slot held for minutes;
-  admin/connections.py also bounds how many such bodies one client may have arriving at once);
+  :data:`SMALL_BODY_TIMEOUT_S` for one that declares at most :data:`SMALL_BODY` bytes or is sent to a route
+  that takes no more (a sign-in form, a JSON document): a body trickled a byte at a time is a 408 within
+  seconds, not a request slot held for minutes (admin/connections.py also bounds how many bodies one client
+  may have arriving at once);
 * without authentication (insecure_dev), whether the request is this machine's own (admin/api/origin.py: the
   ``Host``, ``Origin`` and ``Sec-Fetch-Site`` headers), so that a web page cannot drive the admin.
 
@@ -179,8 +180,8 @@ class Guard:
             if declared.isdigit() and int(declared) > policy.max_body:
                 raise PayloadTooLargeError(f"request body is {declared} bytes; the limit here is {policy.max_body}")
             timeout = self.settings.body_timeout_s
-            if declared.isdigit() and int(declared) <= SMALL_BODY:
-                timeout = min(timeout, SMALL_BODY_TIMEOUT_S)
+            if policy.max_body <= SMALL_BODY or (declared.isdigit() and int(declared) <= SMALL_BODY):
+                timeout = min(timeout, SMALL_BODY_TIMEOUT_S)  # chunked too, where no more may come
             await self.app(scope, self._bounded(receive, policy.max_body, timeout, refused), guarded_send)
         except GraftError as exc:
             if started:
