@@ -211,7 +211,7 @@ class GuardedH11Protocol(H11Protocol):
         """Abandon a request whose body is still arriving: answer ``response`` and close (the app sees a
         disconnect)."""
         self.upload_book.remove(self)
-        self.logger.warning("refused a request body from %s: %s", self.peer, response.split(b"\r\n", 1)[0].decode())
+        self.logger.debug("refused a request body from %s: %s", self.peer, response.split(b"\r\n", 1)[0].decode())
         self.transport.write(response)
         self.transport.close()
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin.api.auth import Role, TokenAuth, bearer_token
@@ -183,6 +184,8 @@ class Guard:
             if policy.max_body <= SMALL_BODY or (declared.isdigit() and int(declared) <= SMALL_BODY):
                 timeout = min(timeout, SMALL_BODY_TIMEOUT_S)  # chunked too, where no more may come
             await self.app(scope, self._bounded(receive, policy.max_body, timeout, refused), guarded_send)
+        except ClientDisconnect:  # gone mid-body (or cut off by admin/connections.py): nobody to answer, no error
+            log.debug("%s %s: the client went away before its body was read", scope["method"], scope["path"])
         except GraftError as exc:
             if started:
                 raise

@@ -46,12 +46,17 @@ def sign_in(url: str, source: str) -> int:
         return c.post("/console/login", data={"token": "a-wrong-token"}).status_code
 
 
+# Answered, not made to wait for the attacker's bodies (held up to the 60 s body deadline here). Not a speed target
+# (bench/admin_attacks.py measures latencies): the bound leaves room for a machine shared with other work.
+PROMPT_S = 5.0
+
+
 def assert_everyone_else_answered(server: AdminServer) -> None:
     for path, (status, took) in probe_everything(server.url).items():
-        assert status == 200 and took < 1.0, (path, status, took)
+        assert status == 200 and took < PROMPT_S, (path, status, took)
     t0 = time.monotonic()
     assert sign_in(server.url, "127.0.0.9") == 401, "another user's sign-in is judged (a wrong token here)"
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < PROMPT_S
 
 
 def test_one_client_s_slow_bodies_are_refused_past_its_share(tmp_path: Path, free_port: int) -> None:
@@ -71,8 +76,13 @@ def test_slow_bodies_from_many_addresses_leave_room_for_everyone_else(tmp_path: 
     with serving(tmp_path, free_port, body_timeout_s=60, max_connections=16) as server, ExitStack() as stack:
         # 8 request slots for bodies (half of 16), at most 8 per client: 4 addresses, 3 uploads each.
         socks = [s for i in range(4) for s in slow_logins(stack, free_port, 3, f"127.0.4.{i + 1}")]
-        answers = [answer(s, 0.1) for s in socks]
-        assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == 4, answers
+        answers = [b""] * len(socks)
+        t0 = time.monotonic()
+        while sum(map(bool, answers)) < 4 and time.monotonic() - t0 < PROMPT_S:  # the server may still be at it
+            answers = [a or answer(s, 0.02) for a, s in zip(answers, socks, strict=True)]
+        time.sleep(0.2)
+        answers = [a or answer(s, 0.02) for a, s in zip(answers, socks, strict=True)]
+        assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == 4 and sum(map(bool, answers)) == 4, answers
         book = server.server.config.http.upload_book  # type: ignore[union-attr]
         assert book.count == 8 and max(len(m) for m in book.uploads.values()) == 2, "the busiest clients gave way"
         assert_everyone_else_answered(server)
