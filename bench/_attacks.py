@@ -165,7 +165,7 @@ def erase_repeated_picture(svc: Service, capture_dir: Path, image: bytes, name: 
             "delete": deleted, "copies_image_status": dict(images), "copies_left_in_segments": left,
             "later_capture": status, "later_bytes_left": kept(), "in_queue": later in queued or any(i in queued
                                                                                                      for i in ids),
-            "passed": deleted == 204 and set(images) == {410} and left == 0 and status == 410 and kept() == 0
+            "passed": deleted == 200 and set(images) == {410} and left == 0 and status == 410 and kept() == 0
                       and all(a == 200 for a in answers)}  # fmt: skip
 
 
