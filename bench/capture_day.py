@@ -1,6 +1,6 @@
 """The capture simulation of bench/reliability.py on its own: ``--hours`` of tiny captures at 100/s against a
 1 MB budget, through the handler's writer and the admin's index (with the drift-window rule), on real files and
-SQLite. No service, no network; one core busy (about 2.7 min a simulated hour on the 2-core test machine).
+SQLite. No service, no network; one process (0.5 h took 1,687 s on the shared 2-core test machine at load 20).
 
     PYTHONPATH=$PWD .venv/bin/python bench/capture_day.py --hours 0.25 --json bench/results/capture_day_0.25h.json
 """
