@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from admin.connections import GuardedServer, Limits, idle_limit, protocol_class
+from admin.connections import MAX_UPLOADS_PER_CLIENT, GuardedServer, Limits, idle_limit, protocol_class
 from admin.rollouts.base import Rollout
 from admin.runners.base import JobRunner
 from admin.settings import DEV_TOKEN_FILE, AdminSettings, load_settings
@@ -110,8 +110,11 @@ class AdminServer:
 
         self.settings = settings
         self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
-        # Idle connections (no request yet) are bounded on their own and never count toward the 503 limit.
-        limits = Limits(settings.header_timeout_s, settings.max_idle_per_client, idle_limit(settings.max_connections))
+        # Idle connections (no request yet) are bounded on their own and never count toward the 503 limit; requests
+        # whose body is still arriving may take at most half the request slots, and one client a few of them.
+        uploads = max(1, settings.max_connections // 2)
+        limits = Limits(settings.header_timeout_s, settings.max_idle_per_client, idle_limit(settings.max_connections),
+                        max_uploads_per_client=min(MAX_UPLOADS_PER_CLIENT, uploads), max_uploads=uploads)  # fmt: skip
         protocol = protocol_class(limits)
         config = uvicorn.Config(
             self.app, host=settings.admin_host, port=settings.admin_port, log_level="warning", lifespan="on",

@@ -112,7 +112,8 @@ def build_api(
     )
     app.state.sessions = SessionStore(settings.console_session_minutes * 60)
     app.state.sign_in_throttle = SignInThrottle()
-    app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings, sessions=lambda: app.state.sessions)
+    app.add_middleware(Guard, auth=lambda: app.state.auth, settings=settings, sessions=lambda: app.state.sessions,
+                       throttle=lambda: app.state.sign_in_throttle)  # fmt: skip
     app.add_exception_handler(GraftError, _graft_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -193,8 +193,24 @@ async def undo(request: Request, capture_id: str, role: Annotated[Role, Depends(
     return undo_out([await run_in_threadpool(service(request).undo.undo, capture_id, role)])
 
 
-@router.delete("/{capture_id}", status_code=204)
-def delete_capture(request: Request, capture_id: str, role: Annotated[Role, Depends(require_admin)]) -> None:
-    """Erase the captured picture: this capture's image, every other copy of it (exact and near duplicates), and
-    every later capture of it (rows stay, marked deleted, for the counts; replay never sends them)."""
-    service(request).feedback.review.delete(capture_id, role)
+class ErasedSample(BaseModel):
+    id: str
+    label: str
+    split: str
+
+
+class ErasedOut(BaseModel):
+    captures: list[str] = Field(description="captures whose image was erased (their rows stay, marked deleted)")
+    samples: list[ErasedSample] = Field(description="stored samples of the same picture, deleted")
+    sample_files: str | None = Field(description="'deleted', or why the samples' files are kept for now")
+    audit_id: int | None
+
+
+@router.delete("/{capture_id}", response_model=ErasedOut)
+def delete_capture(request: Request, capture_id: str, role: Annotated[Role, Depends(require_admin)]) -> ErasedOut:
+    """Erase the captured picture everywhere: this capture's image, every other copy of it (exact and near
+    duplicates), every later capture of it (rows stay, marked deleted, for the counts; replay never sends them),
+    and every stored sample of it. Says what was removed."""
+    done = service(request).feedback.review.delete(capture_id, role)
+    samples = [ErasedSample(id=s.id, label=s.label, split=s.split) for s in done.samples]
+    return ErasedOut(captures=done.captures, samples=samples, sample_files=done.sample_files, audit_id=done.audit_id)

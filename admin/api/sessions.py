@@ -6,14 +6,18 @@ in in a loop cannot grow it without end, and so that such a loop costs nobody el
 sessions go first, then one client's oldest session of that role past :data:`MAX_PER_CLIENT`, then the role's
 oldest past :data:`MAX_PER_ROLE`. A loop with the samples token never signs an admin out.
 
-Wrong tokens back off (:class:`SignInThrottle`): past :data:`FREE_FAILURES` from one address, the next try must
+Wrong tokens back off (:class:`SignInThrottle`, one table for the console's sign-in form and the API's bearer
+tokens, so a guesser gains nothing by switching): past :data:`FREE_FAILURES` from one address, the next try must
 wait twice as long as the last, up to :data:`MAX_BACKOFF_S`; a try during the wait is a 429 and is not judged
-(not even a right token: otherwise the wait would not slow a guesser down).
+(not even a right token: otherwise the wait would not slow a guesser down). Only failures are counted, per address
+(an IPv6 client per /64, the share one host is given), so a guesser elsewhere never delays the token's holder, and
+the table is bounded (:data:`MAX_TRACKED` addresses, the least recently failed forgotten first).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -106,6 +110,7 @@ class SignInThrottle:
 
     def wait_s(self, client: str) -> float:
         """Seconds ``client`` must still wait before a token of its may be judged (0: now)."""
+        client = client_key(client)
         with self._lock:
             f = self._failures.get(client)
             if f is None or f.count < FREE_FAILURES:
@@ -114,6 +119,7 @@ class SignInThrottle:
             return max(0.0, f.last + backoff - self.clock())
 
     def failed(self, client: str) -> None:
+        client = client_key(client)
         now = self.clock()
         with self._lock:
             f = self._failures.pop(client, None)
@@ -125,7 +131,24 @@ class SignInThrottle:
 
     def succeeded(self, client: str) -> None:
         with self._lock:
-            self._failures.pop(client, None)
+            self._failures.pop(client_key(client), None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+
+def client_key(host: str) -> str:
+    """What one throttle entry counts: an IPv4 address, or an IPv6 client's /64 (a host is given a whole /64, so
+    counting single IPv6 addresses would give a guesser 2**64 fresh starts)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # "?" or a name: counted as given
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 
 def cookie_value(cookie_header: str | None) -> str | None:

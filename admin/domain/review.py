@@ -10,16 +10,16 @@ lets it be undone (admin/domain/undo.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from admin.domain.captures import CaptureIndex
-from admin.domain.samples import Upload
+from admin.domain.samples import NEAR_DUPLICATE_BITS, Upload
 from admin.store.audit import AuditStore
 from admin.store.captures import CaptureStore, Strategy
-from admin.store.rows import Actor, CaptureRow, CaptureStatus, StoredSample
+from admin.store.rows import Actor, CaptureRow, CaptureStatus, SampleMeta, StoredSample
 from graft.core.capture import Capture, read_at, valid_id
 from graft.core.errors import ConflictError, GoneError, NotFoundError
 
@@ -37,6 +37,14 @@ _REVIEWABLE: tuple[CaptureStatus, ...] = ("queued", "skipped", "rejected")
 
 
 @dataclass(frozen=True)
+class Erasure:
+    captures: list[str]  # capture ids whose image was erased
+    samples: list[SampleMeta]  # stored samples of the picture, deleted
+    sample_files: str | None  # what became of their files ("deleted", or why they are kept for now); None: no samples
+    audit_id: int | None
+
+
+@dataclass(frozen=True)
 class ReviewStats:
     captured: int
     by_status: dict[str, int]
@@ -50,10 +58,11 @@ class ReviewQueue:
         self.index = index
         self.add_samples = add_samples
         self.audit = audit
+        # The labels whose sample counts an erasure changed (the service refreshes its gauges).
+        self.on_samples_removed: Callable[[list[str]], None] = lambda labels: None
 
-    def _record(self, actor: Actor, action: str, capture_id: str, **detail: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(actor, action, capture_id, **detail)
+    def _record(self, actor: Actor, action: str, capture_id: str, **detail: Any) -> int | None:
+        return self.audit.record(actor, action, capture_id, **detail) if self.audit is not None else None
 
     def items(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
@@ -129,20 +138,38 @@ class ReviewQueue:
         self._record(actor, "review.skip" if status == "skipped" else "review.reject", row.id, before=row.status)
         return self.get(capture_id)
 
-    def delete(self, capture_id: str, actor: Actor = "admin") -> list[str]:
-        """Erase the picture: this capture's image and every other kept copy of it (exact and near duplicates,
-        any model), and every later capture of it as it is indexed. The rows stay, marked deleted, so counts and
-        drift keep them; replay and review never see them again. The capture ids erased."""
+    def delete(self, capture_id: str, actor: Actor = "admin") -> Erasure:
+        """Erase the picture everywhere: this capture's image and every other kept copy of it (exact and near
+        duplicates, any model), every later capture of it as it is indexed, and every stored sample of it (the same
+        pixels or a near-duplicate: a label decision or an upload copied it into the samples). Capture rows stay,
+        marked deleted, so counts and drift keep them; replay and review never see them again. What was removed."""
         row = self.store.get(capture_id) if valid_id(capture_id) else None
         if row is None:
             raise NotFoundError(f"no capture {capture_id!r}")
         erased = self.index.erase_picture(row)
-        sample = self.index.samples.by_pixels(row.pixels_sha) if row.pixels_sha else None
-        self._record(actor, "review.erase", row.id, captures=erased, sample_of_it=sample.id if sample else None)
-        if sample is not None:  # a stored sample is corrected through its own route, with its own audit entry
-            log.warning("capture %s erased; the same picture is stored as sample %s: DELETE /v1/samples/%s erases it",
-                        row.id, sample.id, sample.id)  # fmt: skip
-        return erased
+        with self.store.db.tx():
+            samples = self.index.samples.remove_picture(row.pixels_sha, row.phash, NEAR_DUPLICATE_BITS)
+            linked = {s.id: self.store.labelled_as(s.id) for s in samples}
+            for sample in samples:
+                self._record(actor, "sample.delete", sample.id, label=sample.label, split=sample.split,
+                             uploader=sample.uploader, via=f"review.erase of capture {row.id}")  # fmt: skip
+        # Outside the transaction: erasing takes the index's lock, and the indexing thread takes it before the
+        # database's. A capture labelled as one of the samples is a copy of the picture too.
+        for cid in sorted({c for ids in linked.values() for c in ids} - set(erased)):
+            if (copy := self.store.get(cid)) is not None:
+                erased = sorted(set(erased) | set(self.index.erase_picture(copy)))
+        for sample in samples:
+            self.store.release_sample(sample.id)  # captures filed as its near-duplicates lead their own item again
+        audit_id = self._record(actor, "review.erase", row.id, captures=erased, samples=[s.id for s in samples])
+        files = None
+        if samples:
+            self.index.forget()  # cached hashes of samples changed
+            self.on_samples_removed([s.label for s in samples])
+            _, active = self.index.samples.sweep_trash()
+            files = f"kept until job {active} ends (it is reading them)" if active is not None else "deleted"
+            log.info("capture %s erased with %d stored sample(s) of the same picture: %s", row.id, len(samples),
+                     ", ".join(s.id for s in samples))  # fmt: skip
+        return Erasure(erased, samples, files, audit_id)
 
     def stats(self, model_name: str) -> ReviewStats:
         self.index.sync(model_name, limit=200)

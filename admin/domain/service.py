@@ -140,6 +140,7 @@ class AdminService:
         self.corrections = Corrections(self.db, self.samples, self.labels, self.feedback.store, self.feedback.index,
                                        self.audit, self.served_labels, self._refresh_sample_gauges)  # fmt: skip
         self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
+        self.feedback.review.on_samples_removed = self._refresh_sample_gauges  # an erasure deletes samples too
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
             self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow, audit=self.audit,

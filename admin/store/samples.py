@@ -215,6 +215,22 @@ class SampleStore:
                          (row["path"], sample_id, utc_now()))  # fmt: skip
         return True
 
+    def remove_picture(self, pixels_sha: str | None, phash: str | None, max_bits: int) -> list[SampleMeta]:
+        """Delete every sample of one picture (the same pixels, or a perceptual hash within ``max_bits``), as
+        :meth:`remove` does: the rows now, the files through the trash. What was deleted."""
+        target = int(phash, 16) if phash is not None else None
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT * FROM samples WHERE pixels_sha = ? OR phash IS NOT NULL",
+                                (pixels_sha,)).fetchall()  # fmt: skip
+            same = [r for r in rows if (pixels_sha is not None and r["pixels_sha"] == pixels_sha)
+                    or (target is not None and r["phash"] is not None
+                        and (int(r["phash"], 16) ^ target).bit_count() <= max_bits)]  # fmt: skip
+            for r in same:
+                conn.execute("DELETE FROM samples WHERE sha256 = ?", (r["sha256"],))
+                conn.execute("INSERT OR REPLACE INTO trash (path, sample_id, deleted_at) VALUES (?, ?, ?)",
+                             (r["path"], r["sha256"], utc_now()))  # fmt: skip
+        return [_meta(r) for r in same]
+
     def set_label(self, sample_id: str, label: str) -> bool:
         """False when the sample is gone (deleted meanwhile)."""
         return self.db.execute("UPDATE samples SET label = ? WHERE sha256 = ?", (label, sample_id)) == 1

@@ -121,6 +121,16 @@ class PermissionDeniedError(GraftError):
     status_code = 403
 
 
+class TooManyAttemptsError(GraftError):
+    """Too many wrong tokens from one address: it must wait ``retry_after_s`` before the next is judged."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DisallowedHostError(UserInputError):
     """A request addressed to a name this service does not answer (a DNS-rebinding page's, in insecure mode)."""
 

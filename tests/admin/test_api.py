@@ -71,9 +71,12 @@ def test_every_admin_endpoint_needs_the_admin_token(client: httpx.Client) -> Non
         ("POST", "/v1/models/1/promote"),
         ("POST", "/v1/rollback"),
     ]
-    for method, path in routes:
+    for i, (method, path) in enumerate(routes):
         assert error_of(client.request(method, path))["type"] == "AuthenticationError"
-        r = client.request(method, path, headers={"Authorization": "Bearer wrong-token-0123456789"})
+        # Each wrong token from its own loopback address: wrong tokens from one address back off (429) after a few.
+        elsewhere = httpx.HTTPTransport(local_address=f"127.0.2.{i + 1}")
+        with httpx.Client(base_url=client.base_url, transport=elsewhere) as c:
+            r = c.request(method, path, headers={"Authorization": "Bearer wrong-token-0123456789"})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert client.request(method, path, headers={"Authorization": ADMIN_TOKEN}).status_code == 401  # no scheme
         r = client.request(method, path, headers=SAMPLER)

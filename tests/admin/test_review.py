@@ -131,7 +131,9 @@ def test_erasing_a_picture_erases_every_copy_and_every_later_one(served: Served)
     copies = [served.capture(data, 0.6) for _ in range(3)] + [served.capture(reencoded, 0.55)]
     other = served.capture(photo(31), 0.7)
     assert [i["id"] for i in served.queue()] == [copies[0], other], "one picture, one item"
-    assert served.c.delete(f"/v1/review/{copies[1]}", headers=ADMIN).status_code == 204, "asked on any copy"
+    r = served.c.delete(f"/v1/review/{copies[1]}", headers=ADMIN)
+    assert r.status_code == 200, "asked on any copy"
+    assert sorted(r.json()["captures"]) == sorted(copies) and r.json()["samples"] == [], "what was removed"
 
     def kept() -> bytes:
         return b"".join(f.read_bytes() for f in served.dir.joinpath("graft").glob("*.seg"))
@@ -151,6 +153,42 @@ def test_erasing_a_picture_erases_every_copy_and_every_later_one(served: Served)
     assert sorted(entry["detail"]["captures"]) == sorted(copies) and entry["actor"] == "admin"
 
 
+def test_erasing_a_picture_deletes_its_stored_samples_too(served: Served) -> None:
+    """A label decision copied the capture into the samples, and someone uploaded a re-encoded copy: erasing the
+    capture deletes both samples (rows and files), and says so; another picture's sample stays."""
+    data = photo(40)
+    cid = served.capture(data, 0.6)
+    labelled = served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER).json()["sample"]
+    near = served.c.post("/v1/samples", files={"file": ("n.jpg", photo(40, fmt="JPEG", quality=85), "image/jpeg")},
+                         data={"label": "ants"}, headers=SAMPLER).json()  # fmt: skip
+    other = served.c.post("/v1/samples", files={"file": ("o.png", photo(41), "image/png")}, data={"label": "bees"},
+                          headers=SAMPLER).json()  # fmt: skip
+    assert len({labelled["id"], near["id"], other["id"]}) == 3, "three stored samples"
+    assert served.server is not None
+    samples = served.server.app.state.service.samples
+    files = [samples.path_of(labelled["id"]), samples.path_of(near["id"])]
+    assert all(f is not None and f.is_file() for f in files)
+
+    r = served.c.delete(f"/v1/review/{cid}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["captures"] == [cid]
+    assert sorted(s["id"] for s in body["samples"]) == sorted([labelled["id"], near["id"]])
+    assert {s["label"] for s in body["samples"]} == {"ants"} and body["sample_files"] == "deleted"
+    for sid in (labelled["id"], near["id"]):
+        assert served.c.get(f"/v1/samples/{sid}", headers=ADMIN).status_code == 404, sid
+    assert not any(f is not None and f.exists() for f in files), "their files are gone from the disk"
+    assert served.c.get(f"/v1/samples/{other['id']}", headers=ADMIN).status_code == 200, "another picture stays"
+    assert served.c.get("/v1/samples/stats", headers=ADMIN).json()["total"] == 1
+    assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410
+    deleted = served.c.get("/v1/audit", params={"action": "sample.delete"}, headers=ADMIN).json()["entries"]
+    assert sorted(e["target"] for e in deleted) == sorted([labelled["id"], near["id"]])
+    assert all(e["detail"]["via"] == f"review.erase of capture {cid}" for e in deleted)
+    (erase,) = served.c.get("/v1/audit", params={"action": "review.erase"}, headers=ADMIN).json()["entries"]
+    assert sorted(erase["detail"]["samples"]) == sorted([labelled["id"], near["id"]])
+    assert served.queue() == [], "nothing of it went back to the queue"
+
+
 def test_images_deletion_and_pruning(served: Served) -> None:
     data = photo(20)
     cid = served.capture(data, 0.6)
@@ -161,7 +199,7 @@ def test_images_deletion_and_pruning(served: Served) -> None:
         assert served.c.get(f"/v1/review/{bad}/image", headers=SAMPLER).status_code == 404
     assert served.c.get(f"/v1/review/{cid}/image").status_code == 401
     assert served.c.delete(f"/v1/review/{cid}", headers=SAMPLER).status_code == 403, "deleting is the admin's"
-    assert served.c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 204
+    assert served.c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 200
     assert served.c.get(f"/v1/review/{cid}/image", headers=SAMPLER).status_code == 410
     assert served.c.post(f"/v1/review/{cid}/label", json={"label": "ants"}, headers=SAMPLER).status_code == 410
     segments = list(served.dir.joinpath("graft").glob("*.seg"))
