@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+from graft.core.images import IMAGE_SUFFIXES  # what the admin decodes
+
 # The admin refuses a batch over 64 files (GRAFT_MAX_BATCH_FILES) or 64 MiB (GRAFT_MAX_BATCH_BYTES) by default;
 # smaller batches stay well inside both and show progress more often.
 BATCH_FILES = 32
