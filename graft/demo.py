@@ -109,7 +109,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
     p.add_argument("--per-class", type=int, default=PER_CLASS, help="training images per class")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
     p.add_argument(
         "--new-per-class", type=int, default=NEW_PER_CLASS, help="new images per class posted before retraining"
     )

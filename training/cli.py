@@ -101,7 +101,8 @@ def _add_export(sub: Any) -> None:
     q.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="validation accuracy points INT8 may lose against FP32 before the export fails (default 1.0)")
     q.add_argument("--calibration-images", type=int, default=300, help="training images to calibrate on (default 300)")
-    q.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how activation ranges are chosen from the calibration images (default minmax)")
     q.add_argument("--int8-fp32-nodes", default="auto", metavar="auto|none|NODE,NODE",
                    help="nodes kept in FP32: auto = a per-node sensitivity pass decides (default), none = all INT8")
     p.set_defaults(func=_run_export)

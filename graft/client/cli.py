@@ -194,14 +194,14 @@ def register(sub: Any) -> None:
         "samples and parent; * marks the one in service.")
     p = add("promote", _promote, "put a model version in service",
             "Make VERSION the one TorchServe answers with. A version the gate rejected needs --force.")
-    p.add_argument("version")
+    p.add_argument("version", help="the version to serve (graft models lists them)")
     p.add_argument("--force", action="store_true", help="promote a version the gate rejected")
     add("rollback", _rollback, "put the previous model version back in service",
         "Undo the last change of the model in service (a promotion or an earlier rollback).")
     p = add("predict", _predict, "classify images with the model in service (through TorchServe)",
             "Send each IMAGE to TorchServe's inference API with the inference key read from the state folder "
             "(STATE_DIR/torchserve/key_file.json), for the model the admin manages.")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--model", help="TorchServe model name (default: the admin's)")
     p.add_argument("--top", type=int, default=3, help="how many labels to print per image (default 3)")
     p.add_argument("--inference-url", help="TorchServe's inference address (default: GRAFT_INFERENCE_URL, else "
