@@ -237,8 +237,11 @@ class Client:
         return body
 
     # ------------------------------------------------------------------ predictions (TorchServe)
-    def predictor(self, inference_url: str | None = None, key_file: str | Path | None = None) -> Predictor:
-        """TorchServe's inference API beside this admin, its key read from the state folder."""
+    def predictor(
+        self, inference_url: str | None = None, key_file: str | Path | None = None, model: str | None = None
+    ) -> Predictor:
+        """TorchServe's inference API beside this admin, its key read from the state folder; ``model`` defaults
+        to the model the admin manages (asked with the admin token)."""
         served = read_endpoints(self.endpoint.state_dir)
         url = inference_url or os.environ.get("GRAFT_INFERENCE_URL") or served.get("inference_url") \
             or DEFAULT_INFERENCE_URL  # fmt: skip
@@ -249,7 +252,7 @@ class Client:
                 key_file = default if default.is_file() else None
         management = served.get("management_url") or url
         return Predictor(str(url), str(management), Path(key_file) if key_file else None,
-                         model=self.models().get("model_name") or None)  # fmt: skip
+                         model=model or self.models().get("model_name") or None)  # fmt: skip
 
 
 class Predictor:

@@ -16,6 +16,7 @@ from typing import Any
 from graft.client import render
 from graft.client.api import Client
 from graft.client.jobs import Job
+from graft.core.errors import ConfigError
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_REJECTED, EXIT_HELD = 0, 1, 3, 4
 _EXIT = {"succeeded": EXIT_PROMOTED, "rejected": EXIT_REJECTED, "held": EXIT_HELD, "failed": EXIT_FAILED}
@@ -62,6 +63,8 @@ def _retrain(args: argparse.Namespace) -> int:
         params["epochs"] = args.epochs
     if args.warm_start:
         params["warm_start"] = True
+    if args.set:
+        params["overrides"] = dict(_setting(text) for text in args.set)
     with client_of(args) as c:
         job = c.retrain(**params)
         if not args.wait:
@@ -73,6 +76,17 @@ def _retrain(args: argparse.Namespace) -> int:
                       f"`graft retrain --follow {job.id}` or `graft status`")  # fmt: skip
             return 0
         return _follow(job, args)
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``, the value read as JSON when it is (numbers, true/false), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set lr=0.001")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
 
 
 def _follow(job: Job, args: argparse.Namespace) -> int:
@@ -136,9 +150,9 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     results = []
-    with client_of(args) as c, c.predictor(args.inference_url, args.key_file) as p:
+    with client_of(args) as c, c.predictor(args.inference_url, args.key_file, args.model) as p:
         for image in args.images:
-            answer = p.predict(image, args.model)
+            answer = p.predict(image)
             results.append({"image": str(image), **answer})
     if args.json:
         _print_json(results)
@@ -183,6 +197,8 @@ def register(sub: Any) -> None:
     p.add_argument("--follow", metavar="JOB_ID", help="follow a job already started, instead of starting one")
     p.add_argument("--epochs", type=int, help="epochs (default: the model in service's recipe)")
     p.add_argument("--warm-start", action="store_true", help="start from the model in service's weights")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="another training setting, e.g. --set lr=0.001 --set trainable_stages=1 (repeatable)")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (the job goes on)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the job (default 1)")
 

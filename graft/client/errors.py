@@ -92,6 +92,8 @@ def error_from(r: httpx.Response) -> ApiError:
     except ValueError:
         body = None
     fields = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(fields, dict) and isinstance(body, dict) and "message" in body:
+        fields = body  # TorchServe's own shape: {"code", "type", "message"}
     if isinstance(fields, dict):
         message, type_ = str(fields.get("message", "")), str(fields.get("type", ""))
     else:
