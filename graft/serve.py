@@ -159,6 +159,9 @@ def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
                  " API.key renews them via GET %s/token?type=inference)", server.key_file, server.management_url)
     if admin is not None:
         log.info("admin      %s  (Authorization: Bearer <admin token>; console at %s/console)", admin.url, admin.url)
+        state = admin.settings.state_dir
+        hint = "" if state.resolve() == Path("runs/admin").resolve() else f" --state-dir {state}"
+        log.info("client     graft status%s (and upload, retrain, predict...: docs/client.md)", hint)
 
 
 def _write_endpoints(state_dir: Path, server: TorchServe, admin: AdminServer) -> None:
