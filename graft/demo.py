@@ -26,13 +26,13 @@ def run_demo(
     workdir: Path, per_class: int = PER_CLASS, epochs: int = EPOCHS, new_per_class: int = NEW_PER_CLASS,
     port_base: int | None = None,
 ) -> dict[str, Any]:
+    if port_base is not None and new_per_class:
+        check_ports(port_base)  # before minutes of training (and the seconds of importing it), not after
     from training import TrainConfig, fit
     from training.export import export_run
     from training.fashion_mnist import fashion_mnist_folder
 
     workdir = Path(workdir)
-    if port_base is not None and new_per_class:
-        check_ports(port_base)  # before minutes of training, not after
     data_dir = workdir / "data" / "fashion-mnist"
     data = fashion_mnist_folder(data_dir, per_class=per_class, val_per_class=max(10, per_class // 3))
     run_dir = workdir / "runs" / "fashion-lite0"

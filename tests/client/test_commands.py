@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -174,10 +173,9 @@ def test_a_port_clash_is_found_before_exporting(tmp_path: Path, free_port: int, 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base + 2))  # the metrics port of --port-base
         busy.listen()
-        t0 = time.monotonic()
         status, _, _ = graft(capsys, "serve", str(run), "--admin-state-dir", str(state), "--dev-token",
                              "--port-base", str(base))  # fmt: skip
-    assert status == 2 and time.monotonic() - t0 < 10
+    assert status == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"127.0.0.1:{base + 2} (metrics)" in m and "--port-base" in m for m in errors), errors
     assert not list((state / "model-store").glob("*.mar")), "nothing was exported"
@@ -195,3 +193,14 @@ def test_backbones_say_which_weights_are_on_this_machine(capsys: pytest.CaptureF
     here = [name for name, w in listed.items() if w]
     assert [line.split()[0] for line in out.splitlines()] == here and "offline (" in out
     assert f"{len(here)} with ImageNet weights on this machine" in err
+
+
+def test_demo_port_base_is_checked_before_training(
+    free_port: int, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free_port + 10))  # the admin's port of --port-base
+        busy.listen()
+        status, _, _ = graft(capsys, "demo", "--workdir", str(tmp_path / "demo"), "--port-base", str(free_port))
+    assert status == 2 and not (tmp_path / "demo").exists(), "refused before any data or training"
+    assert any(str(free_port + 10) in r.getMessage() and "PORT_BASE" in r.getMessage() for r in caplog.records)
