@@ -56,8 +56,8 @@ image: ## build the container image with podman or Docker (VARIANT=cpu|gpu, IMAG
 image-test: image ## build the image, then run it as a user and as Kubernetes would (tests/container; minutes)
 	GRAFT_IMAGE=$(IMAGE) GRAFT_IMAGE_REQUIRED=1 $(BIN)/python -m pytest -q -m image tests/container
 
-demo: ## train + export (+ serve + retrain) on Fashion-MNIST, offline
-	$(BIN)/graft demo --workdir demo
+demo: ## train + export (+ serve + retrain) on Fashion-MNIST, offline (PORT_BASE=N: serve on ports N..N+4 and N+10)
+	$(BIN)/graft demo --workdir demo $(if $(PORT_BASE),--port-base $(PORT_BASE))
 
 bench: ## the training benchmark (full ants/bees set; minutes)
 	$(BIN)/python bench/train_hymenoptera.py

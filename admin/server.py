@@ -161,7 +161,10 @@ class AdminServer:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the admin service did not start within {timeout:.0f}s")
             time.sleep(0.05)
-        log.info("admin API on %s (docs at %s/docs)", self.url, self.url)
+        if self.settings.api_docs:
+            log.info("admin API on %s (API docs at %s/docs)", self.url, self.url)
+        else:  # /docs is 404 unless GRAFT_API_DOCS=true: do not advertise it
+            log.info("admin API on %s (console at %s/console)", self.url, self.url)
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -16,14 +16,23 @@ from graft import __version__
 from graft.core.errors import GraftError
 
 # Modules that contribute subcommands; imported when the parser is built, not at import time.
-_COMMAND_MODULES = ("training.cli", "graft.serve", "admin.cli", "graft.demo")
+_COMMAND_MODULES = ("training.cli", "graft.serve", "admin.cli", "graft.demo", "graft.client.cli")
+
+DESCRIPTION = (
+    "graft: fine-tune an image classifier on your folders, serve it with TorchServe, and keep improving it: "
+    "collect labelled samples, retrain, and let a gate decide whether the new model goes into service."
+)
+EPILOG = (
+    "The loop: graft train --data DIR --output runs/NAME; graft serve runs/NAME --dev-token; graft upload NEW_DIR; "
+    "graft retrain --wait; graft predict IMAGE. 'graft COMMAND --help' says more about each command."
+)
 
 log = logging.getLogger("graft")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="graft", description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False
+        prog="graft", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

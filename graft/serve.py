@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.client.config import ENDPOINTS_FILE
+from graft.core.artifact import read_card
 from graft.core.errors import ConfigError
-from graft.torchserve.launcher import ServeConfig, TorchServe, port_in_use
-from graft.torchserve.properties import read_properties
+from graft.torchserve.launcher import PID_FILE, ServeConfig, TorchServe, port_in_use
+from graft.torchserve.properties import host_port, read_properties
 
 if TYPE_CHECKING:
     from admin.server import AdminServer
@@ -28,11 +30,54 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Each port's offset from --port-base N; without it, TorchServe's usual ports and the admin's 8090.
+PORT_OFFSETS = {"inference": 0, "management": 1, "metrics": 2, "grpc_inference": 3, "grpc_management": 4, "admin": 10}
+DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
+                 "grpc_management": 7071}  # fmt: skip
+
+
+def apply_port_base(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the address flags left out: from ``--port-base N`` (N, N+1, ... N+4, the admin N+10), else the
+    defaults. A flag given explicitly wins over the base."""
+    base = getattr(args, "port_base", None)
+    if base is not None and not 1 <= base <= 65535 - max(PORT_OFFSETS.values()):
+        raise ConfigError(f"--port-base {base}: give a port between 1 and {65535 - max(PORT_OFFSETS.values())}")
+
+    def port(kind: str) -> int:
+        return base + PORT_OFFSETS[kind] if base is not None else DEFAULT_PORTS[kind]
+
+    for kind in ("inference", "management", "metrics"):
+        if getattr(args, f"{kind}_address", None) is None:
+            setattr(args, f"{kind}_address", f"http://127.0.0.1:{port(kind)}")
+    for kind in ("grpc_inference", "grpc_management"):
+        if getattr(args, f"{kind}_port", None) is None:
+            setattr(args, f"{kind}_port", port(kind))
+    if base is not None and getattr(args, "admin_port", None) is None:
+        args.admin_port = port("admin")
+    return args
+
+
+def check_torchserve_ports(args: argparse.Namespace, workdir: Path | None) -> None:
+    """Refuse now, before any export, when a TorchServe port is taken (one message naming them all).
+
+    A TorchServe an earlier run left in this work folder is stopped by the launcher itself, which then checks
+    the ports again; its ports are not counted here."""
+    if workdir is not None and (workdir / PID_FILE).is_file():
+        return
+    endpoints = {name: host_port(getattr(args, f"{name}_address")) for name in ("inference", "management", "metrics")}
+    for name in ("grpc_inference", "grpc_management"):
+        endpoints[name] = ("127.0.0.1", int(getattr(args, f"{name}_port")))
+    busy = [f"{h}:{p} ({name.replace('_', ' ')})" for name, (h, p) in endpoints.items() if port_in_use(h, p)]
+    if busy:
+        raise ConfigError(f"in use: {', '.join(busy)}. Stop what holds them, or move every port with --port-base N "
+                          "(N..N+4 for TorchServe, N+10 for the admin)")  # fmt: skip
+
 
 def config_from_args(
     args: argparse.Namespace, served: Served | None = None, workdir: Path | None = None
 ) -> ServeConfig:
     """TorchServe's configuration for these arguments and this plan (default: the --no-admin plan)."""
+    apply_port_base(args)
     if served is None:
         from admin.server import settings_from_args
         from graft.serve_plan import plan_without_admin
@@ -86,7 +131,8 @@ def admin_preflight(args: argparse.Namespace) -> AdminSettings:
                           "without it") from e  # fmt: skip
     host, port = settings.admin_host, settings.admin_port
     if port and port_in_use(host, port):  # port 0 = any free port, always available
-        raise ConfigError(f"admin address {host}:{port} is in use: choose another --admin-port (or --no-admin)")
+        raise ConfigError(f"admin address {host}:{port} is in use: choose another --admin-port or --port-base "
+                          "(or --no-admin)")  # fmt: skip
     return settings
 
 
@@ -113,6 +159,21 @@ def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
                  " API.key renews them via GET %s/token?type=inference)", server.key_file, server.management_url)
     if admin is not None:
         log.info("admin      %s  (Authorization: Bearer <admin token>; console at %s/console)", admin.url, admin.url)
+        state = admin.settings.state_dir
+        hint = "" if state.resolve() == Path("runs/admin").resolve() else f" --state-dir {state}"
+        log.info("client     graft status%s (and upload, retrain, predict...: docs/client.md)", hint)
+
+
+def _write_endpoints(state_dir: Path, server: TorchServe, admin: AdminServer) -> None:
+    """``STATE_DIR/endpoints.json``: where the client commands (``graft upload``, ``graft predict``...) find the
+    admin and TorchServe; addresses and the key file's path, no secret. Removed on a clean stop."""
+    from graft.client.config import write_endpoints
+
+    write_endpoints(state_dir, {
+        "admin_url": admin.url, "inference_url": server.inference_url, "management_url": server.management_url,
+        "metrics_url": server.metrics_url, "key_file": str(server.key_file) if server.config.auth else None,
+        "model_name": admin.settings.model_name, "pid": os.getpid(),
+    })  # fmt: skip
 
 
 def _watch(server: TorchServe, admin: AdminServer | None) -> int:
@@ -146,6 +207,7 @@ def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: Adm
             # Assigned before start(): a Ctrl-C while it starts still stops it below.
             admin = AdminServer(admin_settings_for(admin_settings, server))
             admin.start()
+            _write_endpoints(admin_settings.state_dir, server, admin)
         announce(server, admin)
         return _watch(server, admin)
     except KeyboardInterrupt:
@@ -158,6 +220,7 @@ def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: Adm
         try:
             if admin is not None:
                 admin.stop()
+                (admin.settings.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         finally:
             server.stop()
             signal.signal(signal.SIGTERM, previous)
@@ -170,11 +233,17 @@ def serve(args: argparse.Namespace) -> int:
     from admin.server import settings_from_args
     from graft.serve_plan import plan_with_admin, plan_without_admin
 
+    apply_port_base(args)
     run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None:
+        read_card(run_dir)  # a missing or wrong run folder is refused before a state folder or token is made
     if args.no_admin:
+        check_torchserve_ports(args, Path(args.workdir) if args.workdir else None)
         served = plan_without_admin(run_dir, args.model_store, settings_from_args(args))
         return run_foreground(TorchServe(config_from_args(args, served, None)), args.ready_timeout)
-    served = plan_with_admin(run_dir, args.model_store, admin_preflight(args))
+    settings = admin_preflight(args)
+    check_torchserve_ports(args, Path(args.workdir) if args.workdir else settings.state_dir / "torchserve")
+    served = plan_with_admin(run_dir, args.model_store, settings)
     assert served.settings is not None
     # A stable work folder: a restart finds (and stops) what an earlier run left behind, and its stale keys.
     config = config_from_args(args, served, served.settings.state_dir / "torchserve")
@@ -199,17 +268,26 @@ def register(sub: Any) -> None:
                                               "STATE_DIR/model-store on the first start and served")
     p.add_argument("--model-store", help="folder of NAME-VERSION.mar archives (default with a run folder: "
                                          "STATE_DIR/model-store)")
-    p.add_argument("--inference-address", default="http://127.0.0.1:8080")
-    p.add_argument("--management-address", default="http://127.0.0.1:8081")
-    p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
-    p.add_argument("--grpc-inference-port", type=int, default=7070)
-    p.add_argument("--grpc-management-port", type=int, default=7071)
+    a = p.add_argument_group("addresses (--port-base N sets them all: N..N+4 for TorchServe, N+10 for the admin)")
+    a.add_argument("--port-base", type=int, metavar="N",
+                   help="inference N, management N+1, metrics N+2, gRPC N+3 and N+4, admin N+10; a flag below "
+                        "given explicitly wins")  # fmt: skip
+    a.add_argument("--inference-address", help="TorchServe's inference API: POST /predictions/NAME "
+                                               "(default http://127.0.0.1:8080)")  # fmt: skip
+    a.add_argument("--management-address", help="TorchServe's management API: models, versions, workers; the "
+                                                "admin calls it (default http://127.0.0.1:8081)")  # fmt: skip
+    a.add_argument("--metrics-address", help="Prometheus metrics at /metrics (default http://127.0.0.1:8082)")
+    a.add_argument("--grpc-inference-port", type=int, help="TorchServe's gRPC inference port on 127.0.0.1 "
+                                                           "(default 7070)")  # fmt: skip
+    a.add_argument("--grpc-management-port", type=int, help="TorchServe's gRPC management port on 127.0.0.1 "
+                                                            "(default 7071)")  # fmt: skip
     p.add_argument("--workdir", help="where config, logs and key_file.json go (default: STATE_DIR/torchserve; "
                                      "with --no-admin a new temporary folder)")
     p.add_argument("--ts-config", help="properties file merged into TorchServe's config.properties "
                                        "(workers, queues, timeouts...; graft's own keys are refused)")
     p.add_argument("--no-auth", action="store_true", help="turn token authorization off (local experiments only)")
-    p.add_argument("--token-expiration-min", type=int, default=60)
+    p.add_argument("--token-expiration-min", type=int, default=60,
+                   help="minutes TorchServe's inference and management keys live before renewal (default 60)")
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for every model's workers")
     p.add_argument("--no-admin", action="store_true", help="TorchServe only, without the admin service")
     p.add_argument("--capture-rate", type=float, default=_env_float("GRAFT_CAPTURE_RATE"),

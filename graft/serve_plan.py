@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from admin.domain.adoption import ServingPlan, arrange_store, name_from_folder, serving_plan, store_names
+from admin.domain.adoption import ServingPlan, arrange_store, serving_plan, store_names
 from admin.settings import AdminSettings
 from admin.store.db import Database
 from admin.store.registry import Registry
-from graft.core.artifact import read_card
+from graft.core.artifact import name_from_folder, read_card
 from graft.core.errors import ConfigError
 from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import types
 import typing
 from pathlib import Path
@@ -78,15 +79,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="export a run folder to ONNX and a TorchServe .mar", allow_abbrev=False)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--model-store", type=Path, default=Path("model_store"))
-    p.add_argument("--name", required=True, help="TorchServe model name")
-    p.add_argument("--version", default="1.0")
+    p = sub.add_parser("export", help="export a run folder to ONNX and a TorchServe .mar", allow_abbrev=False,
+                       description="Export RUN_DIR (graft train's output) to model.onnx and a TorchServe archive "
+                                   "MODEL_STORE/NAME-VERSION.mar that graft serve --model-store serves.")
+    p.add_argument("run_dir", type=Path, help="a run folder written by graft train")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"),
+                   help="folder the .mar archive is written to (default: model_store)")
+    p.add_argument("--name", help="TorchServe model name (default: the run folder's name, as graft serve uses)")
+    p.add_argument("--version", default="1.0", help="model version TorchServe serves it as (default 1.0)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="what the handler runs")
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size")
     p.add_argument("--max-batch-delay", type=int, default=20, help="ms TorchServe waits to fill a batch")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="TorchServe worker processes for this model (default 1)")
     p.add_argument("--check-images", type=Path, help="folder of images to verify the ONNX export on")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX (only with --backend torch)")
     p.add_argument(
@@ -97,7 +101,8 @@ def _add_export(sub: Any) -> None:
     q.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="validation accuracy points INT8 may lose against FP32 before the export fails (default 1.0)")
     q.add_argument("--calibration-images", type=int, default=300, help="training images to calibrate on (default 300)")
-    q.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how activation ranges are chosen from the calibration images (default minmax)")
     q.add_argument("--int8-fp32-nodes", default="auto", metavar="auto|none|NODE,NODE",
                    help="nodes kept in FP32: auto = a per-node sensitivity pass decides (default), none = all INT8")
     p.set_defaults(func=_run_export)
@@ -118,6 +123,7 @@ def _quantize_options(args: argparse.Namespace) -> Any:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from graft.core.artifact import name_from_folder
     from training.export import export_run
 
     images = None
@@ -132,7 +138,7 @@ def _run_export(args: argparse.Namespace) -> int:
     mar = export_run(
         args.run_dir,
         args.model_store,
-        args.name,
+        args.name or name_from_folder(args.run_dir),
         args.version,
         images,
         config,
@@ -148,15 +154,38 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_backbones(sub: Any) -> None:
-    p = sub.add_parser("backbones", help="list the zoo's backbones", allow_abbrev=False)
+    p = sub.add_parser(
+        "backbones", help="list the zoo's backbones, and which have ImageNet weights on this machine",
+        description="Every backbone graft train --backbone accepts. 'offline' marks those whose ImageNet weights "
+        "are already on this machine (a Python package, or torchvision's download cache), so --weights imagenet "
+        "works without a network; the others download them once, or take --weights FILE or --weights none.",
+        allow_abbrev=False,
+    )  # fmt: skip
+    p.add_argument("--offline", action="store_true", help="only the backbones whose weights are here")
+    p.add_argument("--json", action="store_true", help="[{name, weights}] as JSON")
     p.set_defaults(func=_run_backbones)
 
 
 def _run_backbones(args: argparse.Namespace) -> int:
+    from training.backbones import weights_here
+
+    rows = [(name, weights_here(name)) for name in _backbone_names()]
+    if args.offline:
+        rows = [r for r in rows if r[1]]
+    if args.json:
+        print(json.dumps([{"name": n, "weights": w} for n, w in rows], indent=2))
+        return 0
+    width = max((len(n) for n, _ in rows), default=0)
+    print("\n".join(f"{n.ljust(width)}  offline ({w})" if w else n for n, w in rows))
+    here = sum(1 for _, w in rows if w)
+    print(f"{len(rows)} backbone(s); {here} with ImageNet weights on this machine", file=sys.stderr)
+    return 0
+
+
+def _backbone_names() -> list[str]:
     from graft.core.zoo import list_backbones
 
-    print("\n".join(list_backbones()))
-    return 0
+    return list_backbones()
 
 
 def _add_check(sub: Any) -> None:

@@ -14,7 +14,6 @@ Decided once and remembered in the registry file (``meta``), so a restart manage
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from admin.settings import AdminSettings
 from admin.store.db import Database
 from admin.store.registry import Registry
 from admin.store.rows import ModelVersion
-from graft.core.artifact import MODEL_JSON, ONNX_FILE, read_card
+from graft.core.artifact import MODEL_JSON, ONNX_FILE, name_from_folder, read_card
 from graft.core.errors import ArtifactError, ConfigError
 from graft.core.images import IMAGE_SUFFIXES
 from graft.torchserve.store import Archive, scan_store, version_key
@@ -49,12 +48,6 @@ class Adopted:
 
     model_name: str | None
     base: BaseData = field(default_factory=BaseData)
-
-
-def name_from_folder(path: Path) -> str:
-    """A TorchServe model name from a run folder's name (``runs/ants bees`` -> ``ants_bees``)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).resolve().name).strip("_.-")
-    return name[:64] or "model"
 
 
 def store_names(store: Path) -> list[str]:

@@ -371,7 +371,8 @@ class JobManager:
                 self.s.registry.update(job.candidate_version, status="failed")
         if record_metrics:
             self.s.metrics.jobs.labels(outcome=status).inc()
-        log.info("job %s %s: %s", job_id, status, reason.splitlines()[0] if reason else "")
+        first = reason.splitlines()[0] if reason else ""  # the gate's reason may already start "rejected:"
+        log.info("job %s %s", job_id, first if first.startswith(f"{status}:") else f"{status}: {first}")
 
 
 def smoke_images(holdout: Sequence[Item], labels: Sequence[str], n: int) -> list[Path]:

@@ -9,6 +9,7 @@ by hand anywhere else.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ ONNX_INT8_FILE = "model.int8.onnx"
 SCHEMA_VERSION = 1
 # A folder of thousands of stray files should not make model.json megabytes long; train.log lists them all.
 MAX_SKIPPED_LISTED = 1000
+
+
+def name_from_folder(path: Path) -> str:
+    """A TorchServe model name from a run folder's name (``runs/ants bees`` -> ``ants_bees``): what ``graft
+    serve`` and ``graft export`` call a model when no name is given."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).resolve().name).strip("_.-")
+    return name[:64] or "model"
 
 
 class Lineage(BaseModel):
