@@ -14,6 +14,7 @@ from pathlib import Path
 
 from admin.domain.fairness import FairHoldout, fair_holdout, seen_by
 from admin.domain.gate import GateDecision, GateRule, decide
+from admin.domain.prediction_cache import cached_predict, save
 from graft.core.artifact import read_card
 from graft.core.manifest import Item
 
@@ -37,12 +38,20 @@ def default_evaluate(
     return list(report["predictions"]), list(report["labels"])
 
 
-def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str) -> tuple[
-    list[str | None], list[str]
-]:
+def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str,
+             cached: bool = False) -> tuple[list[str | None], list[str]]:  # fmt: skip
+    """``cached``: the run is a released version (the champion), whose answers on images it already predicted
+    are read back instead of computed again; a candidate's are computed, then kept for when it is champion."""
     if not samples:  # nothing fair to judge on: the labels still say what the model knows
         return [], list(read_card(run_dir).labels)
-    return evaluate(run_dir, samples, device)
+    if cached:
+        preds, labels, asked = cached_predict(evaluate, run_dir, samples, device)
+        log.info("gate: the champion predicted %d new holdout image(s), %d from its cache", asked,
+                 len(samples) - asked)  # fmt: skip
+        return preds, labels
+    preds, labels = evaluate(run_dir, samples, device)
+    save(run_dir, samples, preds, labels)
+    return preds, labels
 
 
 def judge(
@@ -62,7 +71,7 @@ def judge(
     cand_pred, cand_labels = _predict(evaluate, candidate_dir, samples, device)
     champ_pred = champ_labels = None
     if champion_dir is not None:
-        champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device)
+        champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device, cached=True)
     truth = [label for _, label in samples]
     decision = decide(truth, cand_pred, cand_labels, champ_pred, champ_labels, rule=rule, left_out=fair.left_out)
     if fair.unknown:
