@@ -137,7 +137,7 @@ def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path
     filled = subprocess.run([sys.executable, str(HERE), "_fill", str(work), str(rows)], env=env, cwd=tree,
                             check=True, capture_output=True, text=True)  # fmt: skip
     result: dict[str, Any] = json.loads(filled.stdout.strip().splitlines()[-1])
-    with socket_port() as port:
+    with FreePort() as port:
         pass
     log = open(work / "admin.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, str(HERE), "_admin", str(work), str(port)], env=env, cwd=tree,
@@ -189,7 +189,8 @@ def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path
     })  # fmt: skip
     for path, values in lat.items():
         result[path] = {"n": len(values), "p50_ms": round(1000 * percentile(values, 50), 1),
-                        "p95_ms": round(1000 * percentile(values, 95), 1), "max_ms": round(1000 * max(values), 1)}  # fmt: skip
+                        "p95_ms": round(1000 * percentile(values, 95), 1),
+                        "max_ms": round(1000 * max(values), 1)}  # fmt: skip
     return result
 
 
@@ -211,7 +212,7 @@ def _write_captures(work: Path, rate: float, stop: threading.Event, written: lis
         stop.wait(max(0.0, t0 + i / rate - time.monotonic()))
 
 
-class socket_port:
+class FreePort:
     def __enter__(self) -> int:
         import socket
 
