@@ -93,6 +93,12 @@ class CaptureIndex:
         with self.lock:
             return self._sync(model_name, limit)
 
+    def warm(self, model_name: str) -> None:
+        """Load the model's capture hashes now (a read of every queued capture's hash: seconds at a million
+        rows), in the background thread, so that the first page does not pay for it."""
+        with self.lock:
+            self._capture_hashes(model_name)
+
     def sync_if_idle(self, model_name: str, limit: int = 200, wait_s: float = 2.0) -> int:
         """:meth:`sync` unless a pass (the background thread's) holds the index longer than ``wait_s``: a page
         waits for the pass in progress (a bounded batch, so usually well under a second), never longer than

@@ -129,6 +129,11 @@ class Feedback:
 
     def _loop(self) -> None:
         _lower_priority(self.settings.capture_nice)
+        if (name := self.registry.model_name) is not None:
+            try:
+                self.index.warm(name)
+            except Exception:  # the loop must start anyway; the first pass loads them
+                log.exception("capture hashes not loaded ahead")
         while not self._stop.wait(self.settings.capture_scan_s):
             try:
                 self.run_pass()
