@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -324,8 +325,9 @@ class Database:
         """This thread's read-only connection (autocommit: each statement reads the latest commit)."""
         conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
         if conn is None:
-            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, check_same_thread=False,
-                                   isolation_level=None, timeout=30)  # fmt: skip
+            # Quoted: a folder name with '?' or '#' must not end the file name early.
+            uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA query_only=ON")
             with self._readers_lock:

@@ -215,3 +215,14 @@ def test_a_read_does_not_wait_for_a_writers_transaction(store: CaptureStore) -> 
         reader.join()
     assert any("skipped" in by for by in store.counts("graft").values())
     assert store.counts("graft") == table_counts(store)
+
+
+def test_the_read_connection_opens_the_same_file_whatever_its_folder_is_called(tmp_path: Path) -> None:
+    db = Database(tmp_path / "state ?#%20" / "admin.sqlite3")  # a URI would end the name at '?' or '#'
+    db.set_meta("k", "v")
+    seen: list[str | None] = []
+    t = threading.Thread(target=lambda: seen.append(db.get_meta("k")))  # a thread outside any transaction
+    t.start()
+    t.join()
+    assert seen == ["v"] and not (tmp_path / "state ").exists()
+    db.close()
