@@ -83,6 +83,7 @@ class CaptureIndex:
         # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
         self._samples: tuple[tuple[int, int], _Hashes] | None = None
         self._erased: tuple[dict[str, str], _Hashes] | None = None  # erased pictures: by pixels, by hash
+        self._swept: set[str] = set()  # models whose rows' segments were all checked once
 
     def folder(self, model_name: str) -> Path:
         return model_dir(self.root, model_name)
@@ -91,6 +92,23 @@ class CaptureIndex:
         """Index up to ``limit`` new records; the number indexed."""
         with self.lock:
             return self._sync(model_name, limit)
+
+    def warm(self, model_name: str) -> None:
+        """Load the model's capture hashes now (a read of every queued capture's hash: seconds at a million
+        rows), in the background thread, so that the first page does not pay for it."""
+        with self.lock:
+            self._capture_hashes(model_name)
+
+    def sync_if_idle(self, model_name: str, limit: int = 200, wait_s: float = 2.0) -> int:
+        """:meth:`sync` unless a pass (the background thread's) holds the index longer than ``wait_s``: a page
+        waits for the pass in progress (a bounded batch, so usually well under a second), never longer than
+        that, then shows what the last committed pass indexed."""
+        if not self.lock.acquire(timeout=wait_s):
+            return 0
+        try:
+            return self._sync(model_name, limit)
+        finally:
+            self.lock.release()
 
     def _sync(self, model_name: str, limit: int) -> int:
         read_to = self.store.read_to(model_name)
@@ -248,21 +266,25 @@ class CaptureIndex:
 
     def sweep(self, model_name: str, keep: int, keep_since: float | None = None) -> int:
         """Forget the captures whose segment the workers pruned (their rows go, decided ones stay marked gone),
-        then keep the index to the newest ``keep`` undecided captures; how many were pruned."""
+        then keep the index to the newest ``keep`` undecided captures; how many were pruned.
+
+        The pruned segments are the ones the index has read (``capture_segments``) that are no longer on disk,
+        so a sweep costs what was pruned, not what is kept; the first sweep of a process also checks the
+        segments the rows name (a database from before schema 10, or a crash between the two)."""
         with self.lock:
             present = set(segment_names(self.root, model_name))
-            gone = [cid for cid, segment in self.store.live_files(model_name) if segment not in present]
-            read = [name for name in self.store.read_to(model_name) if name not in present]
-            if read:
-                self.store.forget_segments(model_name, read)
-            if gone:
-                self.store.drop_pruned(gone, keep_since)
-                log.info("%d capture(s) of %s were pruned by the disk budget", len(gone), model_name)
+            known = set(self.store.read_to(model_name))
+            if model_name not in self._swept:
+                known |= set(self.store.segments(model_name))
+                self._swept.add(model_name)
+            pruned = self.store.prune_segments(model_name, sorted(known - present), keep_since)
+            if pruned:
+                log.info("%d capture(s) of %s were pruned by the disk budget", pruned, model_name)
             if keep_since is not None:
                 self.store.forget_gone(keep_since)
             capped = self.store.cap(keep)
             if capped:
                 log.info("the capture index keeps the newest %d captures: %d older row(s) dropped", keep, capped)
-            if gone or capped:
+            if pruned or capped:
                 self._captures.clear()  # their hashes must not match new captures
-            return len(gone)
+            return pruned

@@ -64,6 +64,30 @@ def profile(answers: Sequence[tuple[str, float, float]], low_margin: float) -> P
     )
 
 
+def profile_of(whole: Mapping[str, tuple[int, float, int]], edges: Sequence[tuple[str, float, float]],
+               low_margin: float) -> Profile:
+    """:func:`profile` of a window given as tallies ({label: (n, sum of top-1, n under low_margin)}) and the
+    answers at its edges: the same numbers as :func:`profile` over every answer of the window."""
+    counts: Counter[str] = Counter()
+    top1 = 0.0
+    low = 0
+    for label, (n, s, k) in whole.items():
+        counts[label] += n
+        top1, low = top1 + s, low + k
+    for label, score, margin in edges:
+        counts[label] += 1
+        top1, low = top1 + score, low + (margin < low_margin)
+    n = sum(counts.values())
+    if not n:
+        return Profile(0, {}, None, None)
+    return Profile(
+        n=n,
+        shares={label: round(c / n, 4) for label, c in sorted(counts.items()) if c},
+        mean_confidence=round(top1 / n, 4),
+        low_margin_share=round(low / n, 4),
+    )
+
+
 def answers_from_probabilities(
     probs: Sequence[Sequence[float]], labels: Sequence[str]
 ) -> list[tuple[str, float, float]]:
@@ -103,6 +127,9 @@ class DriftMonitor:
         # One computation per version: the API and the background pass may ask at once, and each would
         # run the whole holdout through the model (seconds of CPU beside the inference workers).
         self._reference_lock = threading.Lock()
+        if captures.window_margin() != low_margin:  # the tallies count low margins with this setting
+            log.info("drift tallies rebuilt for low_margin %.3f", low_margin)
+            captures.rebuild_windows(low_margin)
 
     def reference(self, model: ModelVersion, holdout: Callable[[], list[Path]]) -> Profile | None:
         """The champion's profile on the holdout images (computed once per version), None without a run."""
@@ -133,7 +160,8 @@ class DriftMonitor:
         out = []
         for i in range(windows):
             hi, lo = end - i * window_s, end - (i + 1) * window_s
-            traffic = profile(self.captures.answers(model_name, champion.version, lo, hi), self.low_margin)
+            whole, edges = self.captures.window(model_name, champion.version, lo, hi)
+            traffic = profile_of(whole, edges, self.low_margin)
             out.append(self._window(lo, hi, traffic, reference))
         return {
             "model": model_name,

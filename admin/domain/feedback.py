@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _SWEEP_EVERY_S = 60.0
 _PASS = 100  # captures indexed per pass
 _DRIFT_TRIGGER_KEY = "drift_retrain_at"
+_DRIFT_HISTORY_WINDOWS = 168  # the most windows GET /v1/drift reports: older drift tallies are dropped
 
 
 class Feedback:
@@ -80,7 +81,7 @@ class Feedback:
         champion, name = self.registry.champion(), self.registry.model_name
         if champion is None or name is None:
             raise ConflictError("no model in service yet: drift compares its traffic with its holdout")
-        self.index.sync(name)
+        self.index.sync_if_idle(name)
         reference = self.reference()
         report = self.drift.report(name, champion, reference, window_s or self.settings.drift_window_s, windows)
         self._drift_gauges(report)
@@ -128,6 +129,11 @@ class Feedback:
 
     def _loop(self) -> None:
         _lower_priority(self.settings.capture_nice)
+        if (name := self.registry.model_name) is not None:
+            try:
+                self.index.warm(name)
+            except Exception:  # the loop must start anyway; the first pass loads them
+                log.exception("capture hashes not loaded ahead")
         while not self._stop.wait(self.settings.capture_scan_s):
             try:
                 self.run_pass()
@@ -154,6 +160,8 @@ class Feedback:
         if sweep or indexed:  # new captures mean the workers may have pruned: the index follows the budget
             # pruned captures of the current drift window keep their row (marked gone) until they leave it
             self.index.sweep(name, self.settings.capture_index_max, time.time() - self.settings.drift_window_s)
+        if sweep:
+            self.store.forget_windows(time.time() - _DRIFT_HISTORY_WINDOWS * self.settings.drift_window_s)
         totals: dict[str, int] = {}
         for counts in self.store.counts(name).values():
             for status, k in counts.items():

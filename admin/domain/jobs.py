@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from admin.domain.adoption import BaseData
+from admin.domain.evaluation_child import ChildEvaluator
 from admin.domain.gate import GateDecision, GateRule
 from admin.domain.judge import EvaluateFn, default_evaluate, judge
 from admin.domain.promotion import Promoter
@@ -94,6 +95,7 @@ class JobManager:
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._notes: dict[str, list[str]] = {}  # what the job report must say beside the gate's reason
+        self._deadlines: dict[str, float] = {}  # monotonic: GRAFT_JOB_TIMEOUT_S bounds training and evaluation
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -196,6 +198,7 @@ class JobManager:
     # ------------------------------------------------------------------ the job thread
     def _run(self, job_id: str, config: TrainConfig) -> None:
         started = time.monotonic()
+        self._deadlines[job_id] = started + self.s.settings.job_timeout_s
         try:
             self.s.jobs.update(job_id, status="running", phase="snapshot", started_at=utc_now())
             self._execute(job_id, config)
@@ -212,6 +215,7 @@ class JobManager:
             self.s.metrics.job_duration.labels(outcome=outcome).observe(time.monotonic() - started)
             self.s.metrics.job_running.set(0)
             self._cancel.pop(job_id, None)
+            self._deadlines.pop(job_id, None)
 
     def _execute(self, job_id: str, config: TrainConfig) -> None:
         job = self.get(job_id)
@@ -291,7 +295,7 @@ class JobManager:
         return config.output
 
     def _poll_training(self, job_id: str) -> None:
-        deadline = time.monotonic() + self.s.settings.job_timeout_s
+        deadline = self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s)
         cancel = self._cancel[job_id]
         while True:
             status = self.s.runner.status(job_id)
@@ -333,7 +337,11 @@ class JobManager:
         rule = GateRule(st.gate_policy, st.gate_tolerance, st.gate_floor, st.gate_min_holdout, st.gate_alpha,
                         st.holdout_fraction)  # fmt: skip
         champion_dir = champion.run_dir if champion is not None else None
-        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device)
+        # Out of this process, until the job's deadline: the admin keeps serving while the models predict.
+        deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
+        child = ChildEvaluator(self.s.evaluate, st.eval_device, run_dir.parent / "evaluate", deadline,
+                               self._cancel.get(job_id))  # fmt: skip
+        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device, run=child)
         log.info("job %s: gate on %d fair holdout images (%d left out: seen by a model)", job_id, len(fair.items),
                  fair.left_out)  # fmt: skip
         if decision.champion is not None:

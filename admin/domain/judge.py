@@ -14,12 +14,15 @@ from pathlib import Path
 
 from admin.domain.fairness import FairHoldout, fair_holdout, seen_by
 from admin.domain.gate import GateDecision, GateRule, decide
+from admin.domain.prediction_cache import cached_predict, save
 from graft.core.artifact import read_card
 from graft.core.manifest import Item
 
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+# (run folder, samples, the champion's cache used?) -> (predictions, labels): where the predictions run
+PredictFn = Callable[[Path, Sequence[tuple[Path, str]], bool], tuple[list[str | None], list[str]]]
 
 
 def default_evaluate(
@@ -37,12 +40,23 @@ def default_evaluate(
     return list(report["predictions"]), list(report["labels"])
 
 
-def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str) -> tuple[
-    list[str | None], list[str]
-]:
+def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str,
+             cached: bool = False, run: PredictFn | None = None) -> tuple[list[str | None], list[str]]:  # fmt: skip
+    """``cached``: the run is a released version (the champion), whose answers on images it already predicted
+    are read back instead of computed again; a candidate's are computed, then kept for when it is champion.
+    ``run``: where to compute them (a child process: :mod:`admin.domain.evaluation_child`), else here."""
     if not samples:  # nothing fair to judge on: the labels still say what the model knows
         return [], list(read_card(run_dir).labels)
-    return evaluate(run_dir, samples, device)
+    if run is not None:
+        return run(run_dir, samples, cached)
+    if cached:
+        preds, labels, asked = cached_predict(evaluate, run_dir, samples, device)
+        log.info("gate: the champion predicted %d new holdout image(s), %d from its cache", asked,
+                 len(samples) - asked)  # fmt: skip
+        return preds, labels
+    preds, labels = evaluate(run_dir, samples, device)
+    save(run_dir, samples, preds, labels)
+    return preds, labels
 
 
 def judge(
@@ -52,6 +66,7 @@ def judge(
     holdout: Sequence[Item],
     rule: GateRule,
     device: str = "cpu",
+    run: PredictFn | None = None,
 ) -> tuple[GateDecision, FairHoldout]:
     """The gate's decision on the holdout images neither model trained or selected on."""
     seen = [("candidate", seen_by(candidate_dir))]
@@ -59,10 +74,10 @@ def judge(
         seen.append(("champion", seen_by(champion_dir)))
     fair = fair_holdout(holdout, seen)
     samples = [(i.path, i.label) for i in fair.items]
-    cand_pred, cand_labels = _predict(evaluate, candidate_dir, samples, device)
+    cand_pred, cand_labels = _predict(evaluate, candidate_dir, samples, device, run=run)
     champ_pred = champ_labels = None
     if champion_dir is not None:
-        champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device)
+        champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device, cached=True, run=run)
     truth = [label for _, label in samples]
     decision = decide(truth, cand_pred, cand_labels, champ_pred, champ_labels, rule=rule, left_out=fair.left_out)
     if fair.unknown:

@@ -66,8 +66,8 @@ class ReviewQueue:
 
     def items(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
-        """A page of the queue, fresh captures indexed first."""
-        self.index.sync(model_name, limit=200)
+        """A page of the queue, fresh captures indexed first (unless the background pass is at it)."""
+        self.index.sync_if_idle(model_name, limit=200)
         out = []
         for row in self.store.review(model_name, strategy, limit, status, offset):
             if self.capture_path(row).is_file():
@@ -172,7 +172,7 @@ class ReviewQueue:
         return Erasure(erased, samples, files, audit_id)
 
     def stats(self, model_name: str) -> ReviewStats:
-        self.index.sync(model_name, limit=200)
+        self.index.sync_if_idle(model_name, limit=200)
         by_predicted = self.store.counts(model_name)
         by_status: dict[str, int] = {}
         for counts in by_predicted.values():

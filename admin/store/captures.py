@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import random
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
+from admin.store import capture_tallies
+from admin.store.capture_tallies import BUCKET_S, LOW_MARGIN_KEY
 from admin.store.db import Database
 from admin.store.rows import Actor, CaptureRow, CaptureStatus
 from graft.core.capture import CaptureRecord
@@ -15,10 +19,9 @@ from graft.core.util import utc_now
 
 Strategy = Literal["margin", "entropy", "random"]
 _UNDECIDED = "('queued', 'duplicate', 'unreadable')"  # statuses of captures no person decided on
-_ORDER: dict[str, str] = {
+_ORDER: dict[str, str] = {  # each walks an index (captures_queue, captures_entropy) and stops at the page
     "margin": "margin ASC, captured_at DESC",  # smallest gap between the top two classes first
     "entropy": "entropy DESC, captured_at DESC",  # the flattest distributions first
-    "random": "random()",
 }
 
 
@@ -94,13 +97,29 @@ class CaptureStore:
         )  # fmt: skip
         return [(r["id"], int(r["phash"], 16)) for r in rows]
 
-    def live_files(self, model_name: str) -> list[tuple[str, str]]:
-        """(id, image file) of the captures whose files should still be there."""
-        rows = self.db.all(
-            "SELECT id, image_file FROM captures WHERE model_name = ? AND status NOT IN ('deleted', 'gone')",
-            (model_name,),
-        )
-        return [(r["id"], r["image_file"]) for r in rows]
+    def segments(self, model_name: str) -> list[str]:
+        """The segment files the kept captures are in (a walk of the captures_segment index: once per start)."""
+        rows = self.db.all("SELECT DISTINCT image_file FROM captures WHERE model_name = ? AND status NOT IN "
+                           "('deleted', 'gone')", (model_name,))  # fmt: skip
+        return [str(r["image_file"]) for r in rows]
+
+    def prune_segments(self, model_name: str, segments: Sequence[str], keep_since: float | None = None) -> int:
+        """The workers pruned these segment files: what :meth:`drop_pruned` does to their captures, found through
+        the captures_segment index (never a scan of the table), and the segments' read offsets forgotten.
+        How many captures were pruned."""
+        since = keep_since if keep_since is not None else float("inf")
+        pruned = 0
+        with self.db.tx() as conn:
+            for name in segments:
+                where = "model_name = ? AND image_file = ?"
+                pruned += conn.execute(f"SELECT COUNT(*) FROM captures WHERE {where} AND status NOT IN "
+                                       "('deleted', 'gone')", (model_name, name)).fetchone()[0]  # fmt: skip
+                conn.execute(f"DELETE FROM captures WHERE {where} AND status IN {_UNDECIDED} AND captured_at < ?",
+                             (model_name, name, since))  # fmt: skip
+                conn.execute(f"UPDATE captures SET status = 'gone' WHERE {where} AND status NOT IN ('deleted', 'gone')",
+                             (model_name, name))  # fmt: skip
+                conn.execute("DELETE FROM capture_segments WHERE model_name = ? AND name = ?", (model_name, name))
+        return int(pruned)
 
     def fingerprints(self) -> list[tuple[str, str | None, str | None]]:
         """(id, pixels sha, perceptual hash) of every capture whose image may still be kept, any model."""
@@ -141,14 +160,21 @@ class CaptureStore:
 
     def cap(self, keep: int) -> int:
         """Keep the rows of the newest ``keep`` captures nobody decided on (every model together): whatever the
-        files hold (a million tiny images fit a budget), the index stays bounded. How many rows went."""
+        files hold (a million tiny images fit a budget), the index stays bounded. How many rows went. The count
+        comes from the tallies and the oldest rows from the primary key: no scan when under the cap."""
+        statuses = f"{_UNDECIDED[:-1]}, 'gone')"
+        row = self.db.one(f"SELECT COALESCE(SUM(present), 0) AS n FROM capture_counts WHERE status IN {statuses}")
+        excess = (0 if row is None else int(row["n"])) - keep
+        if excess <= 0:
+            return 0
         return self.db.execute(
-            f"DELETE FROM captures WHERE id IN (SELECT id FROM captures WHERE status IN {_UNDECIDED[:-1]}, 'gone')"
-            " ORDER BY id DESC LIMIT -1 OFFSET ?)", (keep,),
-        )  # fmt: skip
+            f"DELETE FROM captures WHERE id IN (SELECT id FROM captures WHERE status IN {statuses} "
+            "ORDER BY id LIMIT ?)", (excess,),
+        )
 
     def rows(self) -> int:
-        row = self.db.one("SELECT COUNT(*) AS n FROM captures")
+        """Rows in the index (from the tallies: counting the table would read all of it)."""
+        row = self.db.one("SELECT COALESCE(SUM(present), 0) AS n FROM capture_counts")
         return 0 if row is None else int(row["n"])
 
     # ------------------------------------------------------------------ review
@@ -158,11 +184,28 @@ class CaptureStore:
 
     def review(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
                offset: int = 0) -> list[CaptureRow]:  # fmt: skip
+        if strategy == "random":
+            return self._random(model_name, limit, status)
         rows = self.db.all(
             f"SELECT * FROM captures WHERE model_name = ? AND status = ? ORDER BY {_ORDER[strategy]} LIMIT ? OFFSET ?",
             (model_name, status, limit, offset),
         )
         return [_row(r) for r in rows]
+
+    def _random(self, model_name: str, limit: int, status: CaptureStatus) -> list[CaptureRow]:
+        """Up to ``limit`` items at random: each the first of ``status`` from a random rowid on (ORDER BY random()
+        would read and sort every row of the model)."""
+        top = self.db.one("SELECT COALESCE(MAX(rowid), 0) AS n FROM captures")
+        span = 0 if top is None else int(top["n"])
+        found: dict[str, CaptureRow] = {}
+        for start in random.sample(range(1, span + 1), min(span, 3 * limit)):
+            if len(found) >= limit:
+                break
+            row = self.db.one("SELECT * FROM captures WHERE rowid >= ? AND +model_name = ? AND +status = ? "
+                              "ORDER BY rowid LIMIT 1", (start, model_name, status))  # fmt: skip
+            if row is not None:
+                found.setdefault(row["id"], _row(row))
+        return list(found.values())
 
     def set_status(self, capture_id: str, status: CaptureStatus, **fields: Any) -> None:
         # Microseconds: "undo the last decisions" orders by this, and a labeller decides several times a second.
@@ -218,12 +261,10 @@ class CaptureStore:
         self.db.execute("UPDATE captures SET label = ? WHERE label = ?", (new, old))
 
     def counts(self, model_name: str) -> dict[str, dict[str, int]]:
-        """{predicted label: {status: n}}."""
+        """{predicted label: {status: n}} of the rows, from the tallies (never a count over the table)."""
         out: dict[str, dict[str, int]] = {}
-        rows = self.db.all(
-            "SELECT predicted, status, COUNT(*) AS n FROM captures WHERE model_name = ? GROUP BY predicted, status",
-            (model_name,),
-        )
+        rows = self.db.all("SELECT predicted, status, present AS n FROM capture_counts WHERE model_name = ? "
+                           "AND present > 0", (model_name,))  # fmt: skip
         for r in rows:
             out.setdefault(r["predicted"], {})[r["status"]] = int(r["n"])
         return out
@@ -238,12 +279,44 @@ class CaptureStore:
         return [_row(r) for r in rows]
 
     def answers(self, model_name: str, version: str, start: float, end: float) -> list[tuple[str, float, float]]:
-        """(predicted, top-1 score, margin) of every capture of ``version`` in ``[start, end)``."""
+        """(predicted, top-1 score, margin) of every capture of ``version`` in ``[start, end)`` whose row is kept."""
         rows = self.db.all(
             "SELECT predicted, scores, margin FROM captures WHERE model_name = ? AND model_version = ? "
             "AND captured_at >= ? AND captured_at < ?", (model_name, version, start, end),
         )  # fmt: skip
         return [(r["predicted"], float(json.loads(r["scores"])[0]), float(r["margin"])) for r in rows]
+
+    def window(self, model_name: str, version: str, start: float, end: float) -> tuple[
+        dict[str, tuple[int, float, int]], list[tuple[str, float, float]]
+    ]:  # fmt: skip
+        """What ``version`` answered in ``[start, end)``: the whole buckets inside it from the tallies,
+        {predicted: (n, sum of top-1, n under low_margin)}, and the answers at its two ragged edges (less than
+        :data:`BUCKET_S` seconds each) from the rows."""
+        first, last = math.ceil(start / BUCKET_S) * BUCKET_S, math.floor(end / BUCKET_S) * BUCKET_S
+        if first >= last:  # shorter than a bucket
+            return {}, self.answers(model_name, version, start, end)
+        rows = self.db.all(
+            "SELECT predicted, SUM(n) AS n, SUM(top1) AS top1, SUM(low) AS low FROM capture_windows "
+            "WHERE model_name = ? AND model_version = ? AND bucket >= ? AND bucket < ? GROUP BY predicted",
+            (model_name, version, first, last),
+        )  # fmt: skip
+        whole = {r["predicted"]: (int(r["n"]), float(r["top1"]), int(r["low"])) for r in rows}
+        edges = self.answers(model_name, version, start, first) + self.answers(model_name, version, last, end)
+        return whole, edges
+
+    def window_margin(self) -> float | None:
+        """The low_margin the drift tallies count with."""
+        value = self.db.get_meta(LOW_MARGIN_KEY)
+        return None if value is None else float(value)
+
+    def rebuild_windows(self, low_margin: float) -> None:
+        with self.db.tx() as conn:
+            capture_tallies.rebuild_windows(conn, low_margin)
+
+    def forget_windows(self, before: float) -> int:
+        """Drift tallies older than ``before`` go (the history a drift report can ask for is bounded)."""
+        edge = math.floor(before / BUCKET_S) * BUCKET_S
+        return self.db.execute("DELETE FROM capture_windows WHERE bucket < ?", (edge,))
 
 
 def _row(row: Any) -> CaptureRow:

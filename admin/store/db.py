@@ -1,7 +1,9 @@
 """The admin's metadata store: one SQLite file (WAL) holding samples, jobs, models and deployments.
 
-A single connection guarded by a lock serves the request threads and the job thread: the write rate
-is a few rows a second at most, and one connection keeps transactions simple and serialised.
+One writing connection guarded by a lock serves the request threads, the job thread and the capture indexer:
+transactions stay simple and serialised. Reads outside a transaction go through a read-only connection per
+thread instead (WAL: a reader sees the last commit and never waits for a writer), so a probe or a page never
+queues behind the indexer's batch; a read inside the thread's own transaction uses the writer, to see its writes.
 The image bytes live beside it as content-addressed files; SQLite only points at them.
 Every SQL statement of the admin lives in this package (admin/store/).
 """
@@ -13,14 +15,17 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from admin.store import capture_tallies
 from graft.core.util import private_dir
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -208,6 +213,10 @@ class Database:
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._local = threading.local()  # per thread: its read connection, and how deep in tx() it is
+        # (thread, its read connection): closed when the thread has ended, or with the database.
+        self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._readers_lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a sample acknowledged with 201 survives even a power cut, not only a process crash.
@@ -223,6 +232,13 @@ class Database:
         # Here, not in the schema: on an older database the columns exist only after the lines above.
         self._conn.execute("CREATE INDEX IF NOT EXISTS samples_pixels ON samples (pixels_sha)")
         self._conn.execute("CREATE INDEX IF NOT EXISTS captures_reviewed ON captures (reviewed_by, reviewed_at)")
+        # Schema 10: captures bounded and read by index (admin/store/captures.py says which query uses which).
+        for ddl in ("captures_entropy ON captures (model_name, status, entropy)",
+                    "captures_segment ON captures (model_name, image_file)",
+                    "captures_gone ON captures (captured_at) WHERE status = 'gone'"):  # fmt: skip
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {ddl}")
+        with self.tx() as conn:
+            capture_tallies.install(conn)
         self._number_labels()
         ddl = self._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()["sql"]
         if "'held'" not in ddl:  # schema 3: a CHECK constraint cannot be altered, the table is rebuilt
@@ -261,23 +277,30 @@ class Database:
         """A write transaction: everything inside commits together or not at all. Inside another one it is
         a savepoint: its own statements roll back together, and the outer transaction commits them."""
         with self._lock:
-            if self._conn.in_transaction:
-                self._conn.execute("SAVEPOINT nested")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK TO nested")
-                    self._conn.execute("RELEASE nested")
-                    raise
-                self._conn.execute("RELEASE nested")
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = getattr(self._local, "depth", 0) + 1
+            try:
+                yield from self._tx()
+            finally:
+                self._local.depth -= 1
+
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._conn.in_transaction:
+            self._conn.execute("SAVEPOINT nested")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK TO nested")
+                self._conn.execute("RELEASE nested")
                 raise
-            self._conn.execute("COMMIT")
+            self._conn.execute("RELEASE nested")
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One autocommitted statement; returns the number of rows changed."""
@@ -285,13 +308,36 @@ class Database:
             return self._conn.execute(sql, params).rowcount
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        if getattr(self._local, "depth", 0):
+            with self._lock:
+                return self._conn.execute(sql, params).fetchall()
+        return self._reader().execute(sql, params).fetchall()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with self._lock:
-            row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
-            return row
+        if getattr(self._local, "depth", 0):
+            with self._lock:
+                row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+                return row
+        found: sqlite3.Row | None = self._reader().execute(sql, params).fetchone()
+        return found
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (autocommit: each statement reads the latest commit)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if conn is None:
+            # Quoted: a folder name with '?' or '#' must not end the file name early.
+            uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                ended = [(t, c) for t, c in self._readers if t() is None or not t().is_alive()]  # type: ignore[union-attr]
+                for entry in ended:
+                    entry[1].close()
+                    self._readers.remove(entry)
+                self._readers.append((weakref.ref(threading.current_thread()), conn))
+            self._local.reader = conn
+        return conn
 
     def get_meta(self, key: str) -> str | None:
         row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
@@ -308,6 +354,10 @@ class Database:
             return False
 
     def close(self) -> None:
+        with self._readers_lock:
+            for _, conn in self._readers:
+                conn.close()
+            self._readers.clear()
         with self._lock:
             self._conn.close()
 

@@ -121,7 +121,7 @@ def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
     con.executescript(SCHEMA_7)
     con.close()
     db = Database(path)
-    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 9  # type: ignore[index]
+    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 10  # type: ignore[index]
     assert db.all("SELECT * FROM erased_pictures") == [], "schema 9: the erased pictures, none yet"
     sample = SampleStore(db, tmp_path).get("cd")
     assert sample is not None and sample.uploader is None, "unknown uploader: only the admin token may correct it"

@@ -308,6 +308,9 @@ def test_probes_and_readiness_gated_rollout(overlay: tuple[str, list[dict[str, A
     admin = container(one(objs, "Deployment", "graft-admin"), "admin")
     assert admin["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert admin["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    for probe_name in ("readinessProbe", "livenessProbe"):  # explicit, not the 1 s default (issue 25)
+        timeout = admin[probe_name].get("timeoutSeconds")
+        assert isinstance(timeout, int) and 2 <= timeout < admin[probe_name]["periodSeconds"], (probe_name, timeout)
 
 
 def test_hpa_and_pdb_fit_together(overlay: tuple[str, list[dict[str, Any]]]) -> None:
