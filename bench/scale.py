@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1000,10000", help="stored samples at which to measure (comma-separated)")
     ap.add_argument("--window", type=int, default=640, help="uploads timed at each level (a multiple of 64)")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout (e.g. main) to measure the same way")
+    ap.add_argument("--baseline-only", action="store_true", help="measure the baseline tree alone")
     ap.add_argument("--train-sizes", default="", help="e.g. 500,4000,16000: graft train peak RSS at these sizes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     args = ap.parse_args()
@@ -198,6 +199,8 @@ def main() -> None:
     levels = [int(v) for v in args.levels.split(",") if v]
     sizes = [int(v) for v in args.train_sizes.split(",") if v]
     trees = {"this": REPO, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
+    if args.baseline_only:
+        trees.pop("this")
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "batch": BATCH,
                               "window": args.window, "admin": {}, "train": {}}  # fmt: skip
     for name, tree in trees.items():
