@@ -13,6 +13,7 @@ probe batch, and the caller falls back to the whole network.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -67,8 +68,12 @@ def capture_tensors(model: nn.Module, x: torch.Tensor, captures: Sequence[tuple[
             handles.append(module.register_forward_hook(lambda _m, _a, out, key=(kind, name): keep(key, out)))
     try:
         model(x)
-    except _StopForwardSignal:
-        pass
+    except _StopForwardSignal as stop:
+        # The traceback holds every frame the forward left (their inputs and activations: a whole batch). If
+        # anything in the model's code made a reference cycle through them (a frame that kept the exception),
+        # they would live until a cyclic collection, batch after batch: clear their locals now.
+        traceback.clear_frames(stop.__traceback__)
+        stop.__traceback__ = None
     finally:
         for h in handles:
             h.remove()

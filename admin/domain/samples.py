@@ -13,6 +13,7 @@ near its configured share. The stored sample says why it went where it did (``sp
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from admin.domain.labels import LabelSet
 from admin.store.rows import Actor, SampleSplit, StoredSample
 from admin.store.samples import NewSample, SampleStore, conflict_message, content_address
 from graft.core.errors import ConflictError, GraftError, InvalidSampleError, TooManyPixelsError
-from graft.core.images import decode_rgb, fingerprint, open_image
+from graft.core.images import Fingerprint, fingerprint_decoded, open_image
 from graft.core.likeness import Likeness, LikenessIndex, likeness
 
 # Kept for the capture queue's coarse collapsing (admin/domain/captures.py): dHash bits of "the same picture".
@@ -65,6 +66,9 @@ class SampleIntake:
         self.base_holdout_prints = base_holdout_prints
         self._index = LikenessIndex()  # every holdout picture, read once per process
         self._indexed: set[str] = set()
+        self._synced_seq = 0  # stored holdout samples up to this seq are in the index
+        self._synced_base: object = None  # the base prints list last indexed (the service caches it)
+        self._sync_lock = threading.Lock()
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, *,
                new_label: bool = False, uploader: Actor | None = None) -> list[StoredSample]:  # fmt: skip
@@ -105,10 +109,11 @@ class SampleIntake:
             self._sync_index()
         checked = {i: self._check(uploads[i], names[i], i, n, uploader) for i in todo}
         added = self.store.add_many([new for new, _ in checked.values()])
-        for (_, look), sample in zip(checked.values(), added, strict=True):
-            if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
-                self._index.add(sample.id, look)  # later requests are checked against it
-                self._indexed.add(sample.id)
+        with self._sync_lock:
+            for (_, look), sample in zip(checked.values(), added, strict=True):
+                if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
+                    self._index.add(sample.id, look)  # later requests are checked against it
+                    self._indexed.add(sample.id)
         out.update(zip(checked, added, strict=True))
         for name in dict.fromkeys(names[i] for i in checked):
             self.labels.resolve(name, may_add=True, actor=uploader)  # a new label (admin only) joins once stored
@@ -138,8 +143,7 @@ class SampleIntake:
 
     def _check(self, up: Upload, label: str, i: int, n: int, uploader: Actor) -> tuple[NewSample, Likeness]:
         try:
-            fp = fingerprint(up.data, self.max_image_pixels, thumb=False)
-            look = likeness(decode_rgb(up.data, self.max_image_pixels, draft_size=256))
+            fp, look = _look(up.data, self.max_image_pixels)
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
         split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
@@ -150,15 +154,32 @@ class SampleIntake:
         return sample, look
 
     def _sync_index(self) -> None:
-        """Holdout pictures not yet indexed (stored by an earlier process, or base images) are read once."""
-        known = [(sid, path) for sid, path in self.store.holdout_files() if sid not in self._indexed]
-        known += [(f"base:{path.name}", path) for _, path in self.base_holdout_prints()
-                  if f"base:{path.name}" not in self._indexed]  # fmt: skip
-        for key, path in known:
-            try:
-                look = likeness(decode_rgb(path.read_bytes(), self.max_image_pixels, draft_size=256))
-            except (OSError, GraftError):
-                self._indexed.add(key)  # an unreadable holdout file cannot be matched (the hash split still applies)
-                continue
-            self._index.add(key, look)
-            self._indexed.add(key)
+        """Holdout pictures not yet indexed are read once: samples stored since the last sync (by an earlier
+        process, or a concurrent request) and the base holdout when it changed. Per batch this reads only the
+        rows past ``_synced_seq`` (seq only grows: AUTOINCREMENT), never the whole holdout."""
+        with self._sync_lock:
+            rows = self.store.holdout_files_since(self._synced_seq)
+            known = [(sid, path) for _, sid, path in rows if sid not in self._indexed]
+            if rows:
+                self._synced_seq = max(seq for seq, _, _ in rows)
+            base = self.base_holdout_prints()
+            if base is not self._synced_base:
+                known += [(f"base:{path.name}", path) for _, path in base if f"base:{path.name}" not in self._indexed]
+                self._synced_base = base
+            for key, path in known:
+                try:
+                    _, look = _look(path.read_bytes(), self.max_image_pixels)
+                except (OSError, GraftError):
+                    self._indexed.add(key)  # an unreadable holdout file cannot be matched (the hash split applies)
+                    continue
+                self._index.add(key, look)
+                self._indexed.add(key)
+
+
+def _look(data: bytes, max_pixels: int) -> tuple[Fingerprint, Likeness]:
+    """What an image is (fingerprint) and looks like (likeness), from one decode."""
+    fp, rgb = fingerprint_decoded(data, max_pixels, thumb=False)
+    try:
+        return fp, likeness(rgb)
+    finally:
+        rgb.close()

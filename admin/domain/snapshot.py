@@ -5,11 +5,17 @@ The manifest follows docs/architecture.md (items ``{path, label, split}``, split
 Training never reads the holdout, not even for early stopping: it carves its validation split out of
 the training items, so the gate judges both models on images neither was selected on. A job trains
 and is judged on exactly the snapshot it took, whatever arrives meanwhile.
+
+The digest reads no file twice: a sample's sha256 is its id (content-addressed, hashed once at intake), and a
+base file's is cached by path, size and modification time (:class:`FileHashes`), so a job's snapshot costs
+one query and a ``stat`` per base file, not a read of every image.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +31,29 @@ log = logging.getLogger(__name__)
 _VAL_DIRS = ("val", "valid", "validation")
 
 
+class FileHashes:
+    """sha256 of files, cached by (path, size, mtime): a file changed in place is read again."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[int, int, str]] = {}
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path) -> str:
+        st = os.stat(path)
+        with self._lock:
+            hit = self._known.get(path)
+        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+            return hit[2]
+        sha = file_sha256(path)
+        with self._lock:
+            self._known[path] = (st.st_size, st.st_mtime_ns, sha)
+        return sha
+
+
+# One per process: the admin takes a snapshot per job, and the base data rarely changes between them.
+_BASE_HASHES = FileHashes()
+
+
 @dataclass
 class Snapshot:
     items: list[Item]
@@ -33,6 +62,10 @@ class Snapshot:
     digest: str = ""
     manifest: Path | None = None
     labels: list[str] = field(default_factory=list)
+    shas: dict[Path, str] = field(default_factory=dict)  # each item's file sha256, known without reading it
+
+    def sha_of(self, path: Path) -> str:
+        return self.shas.get(path) or file_sha256(path)
 
     @property
     def holdout(self) -> list[Item]:
@@ -49,7 +82,7 @@ def _scan(root: Path, split: Split | None, holdout_fraction: float) -> list[Item
         for f in sorted(class_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                 # A flat folder is split like collected samples: by content hash, never by chance.
-                s = split or split_for(file_sha256(f), holdout_fraction)
+                s = split or split_for(_BASE_HASHES.sha256(f), holdout_fraction)
                 items.append(Item(f.resolve(), class_dir.name, s))
     return items
 
@@ -71,19 +104,29 @@ def base_items(base_data: Path | None, base_manifest: Path | None, holdout_fract
     return _scan(root, None, holdout_fraction)
 
 
-def take_snapshot(store: SampleStore, base: list[Item]) -> Snapshot:
+def take_snapshot(store: SampleStore, base: list[Item], hashes: FileHashes | None = None) -> Snapshot:
     """Base items plus samples up to now. A sample whose bytes equal a base image keeps the base split,
     so an image of the base holdout posted again as a sample cannot leak into training."""
+    hashes = hashes or _BASE_HASHES
     upto = store.max_seq()
-    base_by_hash = {file_sha256(i.path): i for i in base if i.path.is_file()}
+    base_by_hash: dict[str, Item] = {}
+    for i in base:
+        try:
+            base_by_hash[hashes.sha256(i.path)] = i  # the same bytes twice: the last one stays
+        except OSError:
+            continue
     missing = len(base) - len(base_by_hash)
     if missing:
         log.warning("snapshot: %d base image(s) missing or duplicated; left out", missing)
+    shas = {i.path: sha for sha, i in base_by_hash.items()}
     items = list(base_by_hash.values())
     samples = store.snapshot(upto)
-    items += [Item(s.path, s.label, s.split) for s in samples if s.id not in base_by_hash]
+    for s in samples:
+        if s.id not in base_by_hash:
+            items.append(Item(s.path, s.label, s.split))
+            shas[s.path] = s.id  # the content address: the sha256 of the file's bytes
     labels = sorted({i.label for i in items if i.split == "train"})
-    return Snapshot(items, upto, len(samples), labels=labels)
+    return Snapshot(items, upto, len(samples), labels=labels, shas=shas)
 
 
 def write_snapshot(snapshot: Snapshot, path: Path) -> Snapshot:
@@ -91,7 +134,7 @@ def write_snapshot(snapshot: Snapshot, path: Path) -> Snapshot:
     if len(snapshot.labels) < 2:
         raise DatasetError(f"need training images of at least 2 labels to train; have {snapshot.labels}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.digest = write_manifest(snapshot.items, path)
+    snapshot.digest = write_manifest(snapshot.items, path, snapshot.sha_of)
     snapshot.manifest = path
     return snapshot
 

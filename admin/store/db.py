@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS samples (
     uploader     TEXT                                -- the token that stored it: admin | samples | insecure (schema 8)
 );
 CREATE INDEX IF NOT EXISTS samples_label ON samples (label, split);
+-- The intake reads the holdout rows stored since it last looked; the browse pages list a label newest first.
+CREATE INDEX IF NOT EXISTS samples_split ON samples (split, seq);
+CREATE INDEX IF NOT EXISTS samples_label_seq ON samples (label, seq);
 """
 
 _JOBS = """
@@ -231,6 +234,7 @@ class Database:
         self._add_columns()
         # Here, not in the schema: on an older database the columns exist only after the lines above.
         self._conn.execute("CREATE INDEX IF NOT EXISTS samples_pixels ON samples (pixels_sha)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS samples_uploader ON samples (uploader, seq)")
         self._conn.execute("CREATE INDEX IF NOT EXISTS captures_reviewed ON captures (reviewed_by, reviewed_at)")
         # Schema 10: captures bounded and read by index (admin/store/captures.py says which query uses which).
         for ddl in ("captures_entropy ON captures (model_name, status, entropy)",

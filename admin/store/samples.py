@@ -73,15 +73,11 @@ class SampleStore:
             return None
         return Existing(row["sha256"], row["label"], row["split"], int(row["seq"]), row["split_reason"] or "")
 
-    def holdout_prints(self) -> list[tuple[int, Path]]:
-        """(perceptual hash, file) of every holdout sample."""
-        rows = self.db.all("SELECT phash, path FROM samples WHERE split = 'holdout' AND phash IS NOT NULL")
-        return [(int(r["phash"], 16), self.root / r["path"]) for r in rows]
-
-    def holdout_files(self) -> list[tuple[str, Path]]:
-        """(id, file) of every holdout sample."""
-        rows = self.db.all("SELECT sha256, path FROM samples WHERE split = 'holdout'")
-        return [(r["sha256"], self.root / r["path"]) for r in rows]
+    def holdout_files_since(self, seq: int) -> list[tuple[int, str, Path]]:
+        """(seq, id, file) of every holdout sample stored after ``seq``, in arrival order (index samples_split)."""
+        rows = self.db.all("SELECT seq, sha256, path FROM samples WHERE split = 'holdout' AND seq > ? ORDER BY seq",
+                           (seq,))  # fmt: skip
+        return [(int(r["seq"]), r["sha256"], self.root / r["path"]) for r in rows]
 
     def phashes(self) -> list[tuple[str, int]]:
         """(id, perceptual hash) of every fingerprinted sample."""

@@ -276,6 +276,14 @@ def thumb_similarity(a: bytes, b: bytes) -> float:
 def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, thumb: bool = True) -> Fingerprint:
     """Accept or refuse bytes as an image (like :func:`inspect`) and say what they look like (``thumb``:
     with the thumbnail, which only the holdout check needs)."""
+    fp, rgb = fingerprint_decoded(data, max_pixels, thumb)
+    rgb.close()
+    return fp
+
+
+def fingerprint_decoded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, thumb: bool = True
+                        ) -> tuple[Fingerprint, Image.Image]:  # fmt: skip
+    """:func:`fingerprint` and the RGB image it decoded, for a caller that needs the pixels too (one decode)."""
     import hashlib
 
     head = header(open_image(data, max_pixels))  # limits checked on the header, before any decoding
@@ -283,4 +291,4 @@ def fingerprint(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, thumb: bool = T
     # same stream, so equal pixels hash equally whatever wraps them.
     rgb = decode_rgb(data, max_pixels, draft_size=512)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
-    return Fingerprint(head, digest, difference_hash(rgb), thumbnail(rgb) if thumb else b"")
+    return Fingerprint(head, digest, difference_hash(rgb), thumbnail(rgb) if thumb else b""), rgb

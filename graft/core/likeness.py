@@ -19,6 +19,7 @@ Pure numpy on small arrays: the crops and the blur are matrices, so one comparis
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +123,19 @@ def _views(big: np.ndarray, full_only: bool = False) -> np.ndarray:
 
 def same_picture_score(a: Likeness, b: Likeness) -> float:
     """The best aligned detail correlation of two pictures: about 1 for copies, lower for look-alikes."""
-    fa, fb = _views(a.big, full_only=True)[0], _views(b.big, full_only=True)[0]
-    return float(max((_views(a.big) @ fb).max(), (_views(b.big) @ fa).max()))
+    return _Query(b).score(a)
+
+
+class _Query:
+    """One picture's views, computed once and scored against each retrieved candidate."""
+
+    def __init__(self, item: Likeness):
+        self.views = _views(item.big)
+        self.full = self.views[0]  # the identity crop comes first
+
+    def score(self, other: Likeness) -> float:
+        views = _views(other.big)
+        return float(max((views @ self.full).max(), (self.views @ views[0]).max()))
 
 
 def coarse_similarity(a: Likeness, b: Likeness) -> float:
@@ -131,36 +143,50 @@ def coarse_similarity(a: Likeness, b: Likeness) -> float:
 
 
 class LikenessIndex:
-    """Stored pictures to match new ones against; ``match`` returns the key of the same picture, or None."""
+    """Stored pictures to match new ones against; ``match`` returns the key of the same picture, or None.
+
+    Retrieval is one matrix-vector product over a contiguous float32 array (64 values a picture, grown by
+    doubling); only the few candidates above ``RETRIEVE_SIMILARITY`` are sorted and confirmed. Safe to use
+    from several request threads: ``add`` and ``match`` see a consistent array."""
 
     def __init__(self) -> None:
         self._keys: list[str] = []
         self._items: list[Likeness] = []
         self._coarse = np.zeros((0, COARSE * COARSE), np.float32)
         self._n = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._n
 
     def add(self, key: str, item: Likeness) -> None:
-        if self._n == len(self._coarse):  # grow by doubling: adding stays amortised O(1)
-            grown = np.zeros((max(64, 2 * self._n), COARSE * COARSE), np.float32)
-            grown[: self._n] = self._coarse[: self._n]
-            self._coarse = grown
-        self._coarse[self._n] = item.coarse
-        self._keys.append(key)
-        self._items.append(item)
-        self._n += 1
+        with self._lock:
+            if self._n == len(self._coarse):  # grow by doubling: adding stays amortised O(1)
+                grown = np.zeros((max(64, 2 * self._n), COARSE * COARSE), np.float32)
+                grown[: self._n] = self._coarse[: self._n]
+                self._coarse = grown
+            self._coarse[self._n] = item.coarse
+            self._keys.append(key)
+            self._items.append(item)
+            self._n += 1
+
+    def candidates(self, item: Likeness) -> list[tuple[str, Likeness]]:
+        """The stored pictures whose outline is close enough to confirm, most similar first (at most RETRIEVE_TOP)."""
+        with self._lock:
+            coarse, keys, items = self._coarse[: self._n], self._keys, self._items
+        sims = coarse @ item.coarse
+        near = np.flatnonzero(sims >= RETRIEVE_SIMILARITY)
+        # Stable: among equal similarities the earlier picture comes first, as a scan in insertion order would.
+        best = near[np.argsort(-sims[near], kind="stable")[:RETRIEVE_TOP]]
+        return [(keys[j], items[j]) for j in best]
 
     def match(self, item: Likeness, threshold: float = SAME_PICTURE) -> tuple[str, float] | None:
-        if not self._n:
+        found = self.candidates(item)
+        if not found:
             return None
-        sims = self._coarse[: self._n] @ item.coarse
-        top = np.argsort(-sims)[:RETRIEVE_TOP]
-        for j in top:
-            if sims[j] < RETRIEVE_SIMILARITY:
-                break
-            score = same_picture_score(self._items[j], item)
+        query = _Query(item)
+        for key, stored in found:
+            score = query.score(stored)
             if score >= threshold:
-                return self._keys[j], score
+                return key, score
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -35,19 +35,22 @@ class Item:
     split: Split
 
 
-def dataset_digest(items: Iterable[Item]) -> str:
-    """A digest of the content (bytes, labels, splits), independent of where the files live."""
-    rows = sorted(f"{file_sha256(i.path)} {i.label} {i.split}" for i in items)
+def dataset_digest(items: Iterable[Item], sha_of: Callable[[Path], str] = file_sha256) -> str:
+    """A digest of the content (bytes, labels, splits), independent of where the files live.
+
+    ``sha_of``: each file's hex sha256 (a caller that already knows them, e.g. content-addressed samples,
+    need not read every file again)."""
+    rows = sorted(f"{sha_of(i.path)} {i.label} {i.split}" for i in items)
     return "sha256:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-def write_manifest(items: Iterable[Item], path: Path) -> str:
-    """Write an immutable dataset snapshot (atomically); returns its digest."""
+def write_manifest(items: Iterable[Item], path: Path, sha_of: Callable[[Path], str] = file_sha256) -> str:
+    """Write an immutable dataset snapshot (atomically); returns its digest (``sha_of``: see dataset_digest)."""
     items = list(items)
     for i in items:
         if i.split not in SPLITS:
             raise DatasetError(f"manifest item {i.path}: split must be one of {SPLITS}, not {i.split!r}")
-    digest = dataset_digest(items)
+    digest = dataset_digest(items, sha_of)
     body = {
         "digest": digest,
         "created_at": utc_now(),

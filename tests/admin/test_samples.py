@@ -295,7 +295,7 @@ def test_a_batch_over_the_pixel_budget_is_refused_before_decoding(
     intake = make_intake(tmp_path, max_image_pixels=50_000_000, max_batch_pixels=40_000_000)
     big = solid((0, 0, 0), "PNG", (4000, 4000))  # 16 Mpx, a few KB: compresses away
     decoded = []
-    monkeypatch.setattr(samples, "fingerprint", lambda *a: decoded.append(1) or pytest.fail("decoded"))
+    monkeypatch.setattr(samples, "fingerprint_decoded", lambda *a: decoded.append(1) or pytest.fail("decoded"))
     with pytest.raises(TooManyPixelsError, match="48000000 pixels") as refused:
         intake.accept([Upload(f"{i}.png", big + bytes([i])) for i in range(3)], ["ants"], True)
     assert refused.value.status_code == 413 and not decoded and intake.store.count() == 0

@@ -1,0 +1,218 @@
+"""Cost as the data grows, through the real admin API (issue 25): not a timed test.
+
+The admin runs in its own process (a real uvicorn server, built as the API tests build it: a toy champion, no
+TorchServe), so its CPU time is read from ``/proc/<pid>/stat`` alone. The client uploads distinct Fashion-MNIST
+images (Debian's ``dataset-fashion-mnist``) in batches of 64 until the store holds each level, and measures a
+window of uploads there: images/s, admin CPU ms per image, ``GET /v1/samples/stats`` latency, holdout share, admin
+RSS and database bytes per sample. ``--baseline-tree DIR`` runs the admin from another checkout (e.g. a worktree
+of main) for the before/after comparison in the same run.
+
+``--train-sizes`` also runs ``graft train`` (head recipe, mobilenet_v2, 1 epoch) on that many images and reports
+its peak RSS (``/usr/bin/time``), for the feature-cache pass's memory.
+
+    PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels 1000,10000 --out bench/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 64
+TOKEN = "scale-bench-admin-token-" + "a" * 24
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
+log = logging.getLogger("bench.scale")
+
+
+def serve_admin(state: Path, port: int) -> None:
+    """The child: the admin as the API tests start it (tests/admin/test_api.py), until SIGTERM."""
+    from admin.server import AdminServer
+    from admin.settings import AdminSettings
+    from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export, write_toy_card
+
+    initial = state.parent / "initial"
+    write_toy_card(initial, ["ants", "bees"], 0.6)
+    settings = AdminSettings(admin_token=TOKEN, samples_token="scale-bench-samples-token-" + "s" * 24,
+                             state_dir=state, model_store=state.parent / "store", model_name="graft",
+                             initial_run=initial, rollout="none", admin_port=port, auto_retrain_after=0)  # fmt: skip
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    extra = {"evaluate": fake_evaluate, "export": placeholder_export}
+    with AdminServer(settings, rollout=FakeRollout(), app_kwargs=extra):
+        stop.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+_PNGS: list[tuple[bytes, str]] = []
+
+
+def _images(start: int, count: int) -> list[tuple[bytes, str]]:
+    """Distinct Fashion-MNIST pictures as PNG bytes with their label (train set, then test set), encoded once."""
+    from PIL import Image
+
+    from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
+
+    if len(_PNGS) < start + count:
+        _PNGS.clear()
+        for prefix in ("train", "t10k"):
+            images = read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+            labels = read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+            for i in range(len(images)):
+                if len(_PNGS) == start + count:
+                    break
+                buf = io.BytesIO()
+                Image.fromarray(images[i], mode="L").save(buf, "PNG")
+                _PNGS.append((buf.getvalue(), FASHION_MNIST_LABELS[labels[i]]))
+        if len(_PNGS) < start + count:
+            raise SystemExit(f"Fashion-MNIST has {len(_PNGS)} images, not {start + count} (100k needs altered copies)")
+    return _PNGS[start : start + count]
+
+
+def _upload(c: httpx.Client, items: list[tuple[bytes, str]]) -> None:
+    for k in range(0, len(items), BATCH):
+        chunk = items[k : k + BATCH]
+        files = [("file", (f"{k + j}.png", data, "image/png")) for j, (data, _) in enumerate(chunk)]
+        data = {"label": [label for _, label in chunk], "new_label": "true"}
+        r = c.post("/v1/samples/batch", files=files, data=data, headers=HEADERS, timeout=600)
+        r.raise_for_status()
+
+
+def measure_admin(levels: list[int], window: int, tree: Path, work: Path) -> list[dict[str, Any]]:
+    state, port = work / "state", _free_port()
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}  # the admin under test first
+    # By path, not -m: the tree under test may have no bench/scale.py.
+    child = subprocess.Popen([sys.executable, __file__, "--serve-admin", str(state), "--port", str(port)], cwd=tree,
+                             env=env)  # fmt: skip
+    rows = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or child.poll() is not None:
+                    raise SystemExit("the admin did not become ready")
+                time.sleep(0.5)
+            stored = 0
+            for level in levels:
+                fill = max(0, level - window - stored)
+                _upload(c, _images(stored, fill))
+                stored += fill
+                batch = _images(stored, window)
+                cpu0, t0 = _cpu_s(child.pid), time.perf_counter()
+                _upload(c, batch)
+                wall, cpu = time.perf_counter() - t0, _cpu_s(child.pid) - cpu0
+                stored += window
+                lat = []
+                for _ in range(20):
+                    s0 = time.perf_counter()
+                    stats = c.get("/v1/samples/stats", headers=HEADERS).json()
+                    lat.append(1000 * (time.perf_counter() - s0))
+                db = sum(f.stat().st_size for f in state.glob("*.sqlite3*"))
+                rows.append({
+                    "stored": stats["total"], "images_per_s": round(window / wall, 1),
+                    "admin_cpu_ms_per_image": round(1000 * cpu / window, 2),
+                    "stats_ms_p50": round(statistics.median(lat), 1), "stats_ms_max": round(max(lat), 1),
+                    "holdout_share": round(stats["holdout"] / max(1, stats["total"]), 3),
+                    "admin_rss_mb": round(_rss_mb(child.pid), 1),
+                    "admin_peak_rss_mb": round(_rss_mb(child.pid, "VmHWM"), 1),
+                    "db_bytes_per_sample": round(db / max(1, stats["total"])),
+                })  # fmt: skip
+                log.info("%s: %s", tree, rows[-1])
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+    return rows
+
+
+def measure_train(sizes: list[int], tree: Path, work: Path) -> list[dict[str, Any]]:
+    """``graft train`` peak RSS on ``n`` Fashion-MNIST images (80% train, 20% val), head recipe, one epoch."""
+    from training.fashion_mnist import fashion_mnist_folder
+
+    rows = []
+    for n in sizes:
+        data = fashion_mnist_folder(work / f"fm{n}", per_class=n * 8 // 100, val_per_class=n * 2 // 100)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        cmd = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "graft.cli", "train", "--data", str(data),
+               "--output", str(work / f"run{n}-{tree.name}"), "--recipe", "head", "--backbone", "mobilenet_v2",
+               "--weights", str(WEIGHTS), "--epochs", "1", "--num-workers", "0", "--no-augment"]  # fmt: skip
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=True)
+        kb, seconds = done.stderr.strip().splitlines()[-1].split()
+        rows.append({"images": n, "peak_rss_mb": round(int(kb) / 1024, 1), "seconds": float(seconds)})
+        log.info("%s: %s", tree, rows[-1])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve-admin", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--levels", default="1000,10000", help="stored samples at which to measure (comma-separated)")
+    ap.add_argument("--window", type=int, default=640, help="uploads timed at each level (a multiple of 64)")
+    ap.add_argument("--baseline-tree", type=Path, help="another checkout (e.g. main) to measure the same way")
+    ap.add_argument("--baseline-only", action="store_true", help="measure the baseline tree alone")
+    ap.add_argument("--train-sizes", default="", help="e.g. 500,4000,16000: graft train peak RSS at these sizes")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    if args.serve_admin:
+        serve_admin(args.serve_admin, args.port)
+        return
+    levels = [int(v) for v in args.levels.split(",") if v]
+    sizes = [int(v) for v in args.train_sizes.split(",") if v]
+    trees = {"this": REPO, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
+    if args.baseline_only:
+        trees.pop("this")
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "batch": BATCH,
+                              "window": args.window, "admin": {}, "train": {}}  # fmt: skip
+    for name, tree in trees.items():
+        with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
+            result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp))
+            if sizes:
+                result["train"][name] = measure_train(sizes, tree, Path(tmp))
+    result["load_avg_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The intake's holdout index gives the same pins and duplicates as a brute-force scan over every holdout picture,
+and reads each stored holdout row once per process, not once per batch."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from admin.domain.labels import LabelSet
+from admin.domain.samples import HASH_SPLIT, SampleIntake, Upload, split_for
+from admin.store.db import Database
+from admin.store.labels import LabelStore
+from admin.store.rows import StoredSample
+from admin.store.samples import SampleStore
+from graft.core.images import decode_rgb, fingerprint
+from graft.core.likeness import RETRIEVE_SIMILARITY, RETRIEVE_TOP, SAME_PICTURE, likeness, same_picture_score
+from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
+
+pytestmark = pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                                reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")  # fmt: skip
+FRACTION = 0.3
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _altered(img: Image.Image, k: int) -> bytes:
+    """A copy of the same picture in other bytes: upscaled, re-encoded, brightened or lightly cropped."""
+    w, h = img.size
+    kind = k % 4
+    if kind == 0:
+        return _png(img.resize((2 * w, 2 * h), Image.Resampling.BICUBIC))
+    if kind == 1:
+        return _jpeg(img.resize((3 * w, 3 * h), Image.Resampling.BILINEAR))
+    if kind == 2:
+        return _png(ImageEnhance.Brightness(img).enhance(1.15))
+    return _png(img.crop((1, 1, w - 1, h - 1)).resize((56, 56), Image.Resampling.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[tuple[list[Upload], list[str]]]:
+    """180 test-set pictures, then altered copies of 60 of them interleaved with 60 new pictures, in batches of 40."""
+    images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    items = [(Image.fromarray(images[i], mode="L"), FASHION_MNIST_LABELS[labels[i]]) for i in range(240)]
+    first = [(f"f{i}.png", _png(img), label) for i, (img, label) in enumerate(items[:180])]
+    later = []
+    for k in range(60):
+        img, label = items[k * 3]  # every third of the first 240: some holdout, some train
+        later.append((f"copy{k}.bin", _altered(img, k), label))
+        new_img, new_label = items[180 + k]
+        later.append((f"n{k}.png", _png(new_img), new_label))
+    flat = first + later
+    out = []
+    for start in range(0, len(flat), 40):
+        chunk = flat[start : start + 40]
+        out.append(([Upload(name, data) for name, data, _ in chunk], [label for *_, label in chunk]))
+    return out
+
+
+def _intake(db: Database, root: Path) -> SampleIntake:
+    return SampleIntake(SampleStore(db, root), LabelSet(LabelStore(db)), FRACTION, 1_000_000, 100_000_000)
+
+
+def _brute_force(look: object, holdout: list[tuple[str, object]]) -> str | None:
+    """The reference: every earlier holdout picture scored, candidates ranked by outline, the first confirmed."""
+    sims = [(float(np.dot(item.coarse, look.coarse)), pos, key, item) for pos, (key, item) in enumerate(holdout)]  # type: ignore[attr-defined]
+    ranked = sorted((s for s in sims if s[0] >= RETRIEVE_SIMILARITY), key=lambda s: (-s[0], s[1]))[:RETRIEVE_TOP]
+    for _, _, key, item in ranked:
+        if same_picture_score(item, look) >= SAME_PICTURE:  # type: ignore[arg-type]
+            return key
+    return None
+
+
+def test_index_pins_and_duplicates_equal_a_brute_force_scan(tmp_path: Path, batches: list) -> None:
+    db = Database(tmp_path / "db.sqlite3")
+    intake = _intake(db, tmp_path)
+    results: list[list[StoredSample]] = []
+    for b, (uploads, labels) in enumerate(batches):
+        if b == len(batches) // 2:
+            intake = _intake(db, tmp_path)  # a restart: the new process indexes what the old one stored
+        results.append(intake.accept(uploads, labels, True))
+    again = intake.accept(*batches[0], True)  # the same bytes again: duplicates, by the bytes
+    assert all(s.duplicate for s in again) and [s.id for s in again] == [s.id for s in results[0]]
+
+    holdout: list[tuple[str, object]] = []  # (id, likeness) of the holdout stored before the current batch
+    for (uploads, _), stored in zip(batches, results, strict=True):
+        added: list[tuple[str, object]] = []
+        for up, s in zip(uploads, stored, strict=True):
+            assert not s.duplicate
+            look = likeness(decode_rgb(up.data, draft_size=512))
+            by_hash = split_for(fingerprint(up.data).pixels_sha, FRACTION)
+            twin = None if by_hash == "holdout" else _brute_force(look, holdout)
+            want = ("holdout", HASH_SPLIT) if by_hash == "holdout" else (
+                ("holdout", f"near-duplicate of {twin}") if twin else ("train", HASH_SPLIT))  # fmt: skip
+            assert (s.split, s.split_reason) == want, up.filename
+            if s.split == "holdout":
+                added.append((s.id, look))
+        holdout += added  # a batch is checked against what was stored before it
+    pairs = [(u, s) for (ups, _), st in zip(batches, results, strict=True) for u, s in zip(ups, st, strict=True)]
+    copies_of_holdout = sum(u.filename.startswith("copy") and s.split_reason.startswith("near-") for u, s in pairs)
+    assert copies_of_holdout >= 8, "altered copies of holdout pictures are pinned (the comparison is not vacuous)"
+    assert sum(s.split == "train" for st in results for s in st) > 120, "new pictures go by the hash split"
+
+
+def test_each_holdout_row_is_read_once_per_process(tmp_path: Path, batches: list, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:  # fmt: skip
+    db = Database(tmp_path / "db.sqlite3")
+    store = SampleStore(db, tmp_path)
+    read: list[int] = []
+    since = store.holdout_files_since
+    monkeypatch.setattr(store, "holdout_files_since", lambda seq: read.extend(r[0] for r in since(seq)) or since(seq))
+    intake = SampleIntake(store, LabelSet(LabelStore(db)), FRACTION, 1_000_000, 100_000_000)
+    for uploads, labels in batches:
+        intake.accept(uploads, labels, True)
+    stored_holdout = [seq for seq, _, _ in since(0)]
+    assert len(stored_holdout) > 40
+    # Every batch but the last read only the rows stored since the batch before it: each holdout row once.
+    assert sorted(read) == sorted(set(read)) and set(read) <= set(stored_holdout)
+    assert len(intake._index) == len(stored_holdout)  # the rest were added as they were stored
