@@ -105,6 +105,7 @@ def admin_settings_for(settings: AdminSettings, server: TorchServe) -> AdminSett
 
 
 def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
+    log.info("runtime    TorchServe 0.12 (Java frontend; --runtime kserve serves without it)")
     log.info("inference  %s  (POST /predictions/NAME, Content-Type: application/octet-stream)", server.inference_url)
     log.info("management %s", server.management_url)
     log.info("metrics    %s/metrics (Prometheus)", server.metrics_url)
@@ -170,6 +171,10 @@ def serve(args: argparse.Namespace) -> int:
     from admin.server import settings_from_args
     from graft.serve_plan import plan_with_admin, plan_without_admin
 
+    if args.runtime == "kserve":
+        from graft.serve_kserve import serve_kserve
+
+        return serve_kserve(args)
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.no_admin:
         served = plan_without_admin(run_dir, args.model_store, settings_from_args(args))
@@ -199,6 +204,11 @@ def register(sub: Any) -> None:
                                               "STATE_DIR/model-store on the first start and served")
     p.add_argument("--model-store", help="folder of NAME-VERSION.mar archives (default with a run folder: "
                                          "STATE_DIR/model-store)")
+    p.add_argument("--runtime", choices=("torchserve", "kserve"), default=os.environ.get("GRAFT_RUNTIME", "torchserve"),
+                   help="torchserve (default), or kserve: graft's handler on KServe's model server (v1, OIP v2 "
+                        "REST and gRPC, no Java; docs/kserve.md)")
+    p.add_argument("--kserve-http-port", type=int, default=8085, help="--runtime kserve: v1, v2 and metrics port")
+    p.add_argument("--kserve-grpc-port", type=int, default=8086, help="--runtime kserve: OIP v2 gRPC port (0: off)")
     p.add_argument("--inference-address", default="http://127.0.0.1:8080")
     p.add_argument("--management-address", default="http://127.0.0.1:8081")
     p.add_argument("--metrics-address", default="http://127.0.0.1:8082")
