@@ -128,6 +128,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         graft_error_handler,
         management_router,
         served_error_handler,
+        v2_infer_router,
     )
     from graft.kserve.security import GuardMiddleware, load_or_create_keys
     from graft.kserve.versions import VersionSet
@@ -153,6 +154,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     app.add_middleware(GuardMiddleware, keys=keys, max_bytes=args.max_request_mb * 2**20)
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, registered_models=repository,
                                 enable_latency_logging=False)  # fmt: skip
+    app.include_router(v2_infer_router(server.dataplane))  # before KServe's routes: the first match wins
     if args.grpc_port:
         grpc = grpc_server(args.grpc_port, args.grpc_host, server.dataplane, server.model_repository_extension, keys)
         server.servers.append(grpc.start())
