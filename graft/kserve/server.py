@@ -132,6 +132,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     )
     from graft.kserve.security import GuardMiddleware, load_or_create_keys
     from graft.kserve.versions import VersionSet
+    from graft.torchserve.pins import DEFAULTS_ENV, parse_defaults
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="graft-kserve-"))
     keys = None
@@ -145,7 +146,9 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         versions.load_folder(Path(args.archive))
     else:
         only = {n: v.split(",") for n, v in _pairs(args.only, "--only").items()}
-        versions.load_store(_pairs(args.default, "--default"), only)
+        # GRAFT_DEFAULT_VERSIONS: what the admin's Kubernetes rollout writes into the pods (as for TorchServe).
+        pins = _pairs(args.default, "--default") or parse_defaults(os.environ.get(DEFAULTS_ENV))
+        versions.load_store(pins, only)
     app.include_router(management_router(versions))
     app.add_exception_handler(ServedError, served_error_handler)
     app.add_exception_handler(GraftError, graft_error_handler)
