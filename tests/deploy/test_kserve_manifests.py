@@ -41,6 +41,10 @@ def test_the_deployment_overlay_runs_the_kserve_runtime() -> None:
     assert {p["containerPort"] for p in c["ports"]} >= {8080, 8081}
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     assert c["securityContext"] == c["securityContext"] | RESTRICTED
+    svc = one(objs, "Service", "graft-inference")
+    assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(8080, "inference"), (8081, "grpc")}
+    policy = one(objs, "NetworkPolicy", "graft-inference")
+    assert [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["ingress"]] == [[8080, 8081]]
     env = {e["name"] for e in c["env"]}
     assert {"GRAFT_DEFAULT_VERSIONS", "GRAFT_CAPTURE_RATE", "GRAFT_CAPTURE_DIR"} <= env
 
