@@ -71,7 +71,8 @@ class _TooLargeError(Exception):
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    raw = json.dumps(body, separators=(",", ":")).encode()
+    # "error": the OIP / KServe error field clients read, beside graft's own keys.
+    raw = json.dumps({**body, "error": body.get("message", "")}, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
