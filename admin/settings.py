@@ -90,8 +90,10 @@ class AdminSettings(BaseSettings):
     gate_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)  # gate_policy=accuracy: the accuracy drop allowed
     gate_floor: float = Field(default=0.0, ge=0.0, le=1.0)
     gate_min_holdout: int = Field(default=1, ge=1)
-    # --- rollout (TorchServe management API)
-    rollout: Literal["torchserve", "kubernetes", "none"] = "torchserve"
+    # --- rollout (TorchServe management API; kserve: graft's KServe runtime, admin/rollouts/kserve.py)
+    rollout: Literal["torchserve", "kubernetes", "kserve", "none"] = "torchserve"
+    kserve_url: str = "http://127.0.0.1:8085"  # the KServe runtime's HTTP port (v1, v2 and /graft/v1 management)
+    kserve_key_file: Path | None = None  # its key_file.json; None = it runs without tokens
     torchserve_management_url: str = "http://127.0.0.1:8081"
     torchserve_inference_url: str = "http://127.0.0.1:8080"
     torchserve_key_file: Path | None = None  # key_file.json; None = TorchServe runs without tokens

@@ -151,6 +151,7 @@ def admin_settings_for(settings: AdminSettings, server: TorchServe) -> AdminSett
 
 
 def announce(server: TorchServe, admin: AdminServer | None = None) -> None:
+    log.info("runtime    TorchServe 0.12 (Java frontend; --runtime kserve serves without it)")
     log.info("inference  %s  (POST /predictions/NAME, Content-Type: application/octet-stream)", server.inference_url)
     log.info("management %s", server.management_url)
     log.info("metrics    %s/metrics (Prometheus)", server.metrics_url)
@@ -234,6 +235,10 @@ def serve(args: argparse.Namespace) -> int:
     from graft.serve_plan import plan_with_admin, plan_without_admin
 
     apply_port_base(args)
+    if args.runtime == "kserve":
+        from graft.serve_kserve import serve_kserve
+
+        return serve_kserve(args)
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None:
         read_card(run_dir)  # a missing or wrong run folder is refused before a state folder or token is made
@@ -268,6 +273,11 @@ def register(sub: Any) -> None:
                                               "STATE_DIR/model-store on the first start and served")
     p.add_argument("--model-store", help="folder of NAME-VERSION.mar archives (default with a run folder: "
                                          "STATE_DIR/model-store)")
+    p.add_argument("--runtime", choices=("torchserve", "kserve"), default=os.environ.get("GRAFT_RUNTIME", "torchserve"),
+                   help="torchserve (default), or kserve: graft's handler on KServe's model server (v1, OIP v2 "
+                        "REST and gRPC, no Java; docs/kserve.md)")
+    p.add_argument("--kserve-http-port", type=int, default=8085, help="--runtime kserve: v1, v2 and metrics port")
+    p.add_argument("--kserve-grpc-port", type=int, default=8086, help="--runtime kserve: OIP v2 gRPC port (0: off)")
     a = p.add_argument_group("addresses (--port-base N sets them all: N..N+4 for TorchServe, N+10 for the admin)")
     a.add_argument("--port-base", type=int, metavar="N",
                    help="inference N, management N+1, metrics N+2, gRPC N+3 and N+4, admin N+10; a flag below "

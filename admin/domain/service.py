@@ -64,6 +64,13 @@ def build_rollout(settings: AdminSettings) -> Rollout | None:
         k8s = kubernetes.build_rollout(settings)
         k8s.no_capture_key = _no_capture_key(settings)
         return k8s
+    if settings.rollout == "kserve":
+        from admin.rollouts.kserve import KServeRollout
+
+        ks = KServeRollout(settings.kserve_url, settings.kserve_key_file, settings.torchserve_timeout_s,
+                           drain_timeout_s=settings.drain_grace_s + 60.0)
+        ks.no_capture_key = _no_capture_key(settings)
+        return ks
     from admin.rollouts.torchserve import TorchServeRollout
 
     ts = TorchServeRollout(

@@ -4,7 +4,8 @@ index publishes for that version (pip installs them with ``--require-hashes``).
 
     .venv/bin/python deploy/docker/make_lock.py          # writes deploy/docker/requirements*.lock
 
-Extras (dev, bench, gpu) are left out of requirements.lock. requirements-gpu.lock holds the one line the
+Extras (dev, bench, gpu) are left out of requirements.lock, except the ``kserve`` extra's closure (the
+KServe runtime runs in the same image). requirements-gpu.lock holds the one line the
 GPU image swaps in: onnxruntime-gpu at exactly the onnxruntime version installed here, so the GPU image
 runs the ONNX Runtime release the tests ran (this fails when the index has no such onnxruntime-gpu).
 The CPU image drops the CUDA wheels (nvidia-*, triton). Hashes come from the index's JSON API (PEP 691;
@@ -25,6 +26,7 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import Version
 
+IMAGE_EXTRAS = ("kserve",)  # graft[kserve]: KServe's model server for the KServe runtime
 _LOCAL = re.compile(r"\+.*$")  # 2.14.1+cu130 -> 2.14.1: the index chooses the CUDA or CPU build
 
 
@@ -104,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder of the .lock files")
     args = parser.parse_args(argv)
     pins = closure("graft")
+    # The image also ships the runtimes of graft's optional extras it runs (graft serve --runtime kserve):
+    # same image, another command (docs/kserve.md).
+    for extra_root in IMAGE_EXTRAS:
+        pins[_norm(extra_root)] = _LOCAL.sub("", metadata.version(extra_root))
+        pins |= closure(extra_root)
     lock = [line(args.index, name, pins[name]) for name in sorted(pins)]
     gpu = line(args.index, "onnxruntime-gpu", pins["onnxruntime"])
     (args.out / "requirements.lock").write_text(HEADER + "".join(lock))
