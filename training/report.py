@@ -41,6 +41,8 @@ def _recipe(cfg: TrainConfig, trainer: Trainer, phases: list[Phase], auto: dict[
         }
         for p in phases
     ]
+    if trainer.distributed is not None:
+        recipe["distributed"] = trainer.distributed
     recipe["pretrained"] = {"source": trainer.start.report.source, "dropped_head_keys": trainer.start.report.dropped}
     return recipe
 
