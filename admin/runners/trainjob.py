@@ -8,13 +8,15 @@ FILE`` (torchrun reads ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``
 ``resourcesPerNode``. The pod-level settings (the data volume with the job's ``train-config.json``, the
 snapshot manifest and the run folder; the restricted security context; node selector and tolerations) are
 the Job runner's (admin/runners/kube_jobs.py), applied to the runtime's ``node`` job through
-``podTemplateOverrides``. With ``GRAFT_KUBE_QUEUE_NAME`` the TrainJob carries Kueue's queue label: Kueue then
+``runtimePatches`` (the v1alpha1 API of the CRD kept under deploy/kubeflow/schemas/), or through the
+``podTemplateOverrides`` it replaced, for older Trainer releases (``GRAFT_KUBE_TRAINJOB_PATCH_API``).
+With ``GRAFT_KUBE_QUEUE_NAME`` the TrainJob carries Kueue's queue label: Kueue then
 admits it by suspending and resuming it, which the status reports as pending with Kueue's reason.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client
 from pydantic import Field
@@ -29,6 +31,7 @@ NODE_JOB = "node"  # the trainer's replicated job (and container) in Kubeflow's 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # torchrun takes the rendezvous from the PET_* variables the runtime sets; graft.cli is the program.
 TORCHRUN = ["torchrun", "-m", "graft.cli"]
+PATCH_MANAGER = "graft.io/admin"  # this admin's entry in runtimePatches (Kueue and webhooks own theirs)
 
 
 class TrainerConfig(KubeConfig):
@@ -40,6 +43,8 @@ class TrainerConfig(KubeConfig):
     # Processes per node: one per GPU (gpu_count), or this many CPU processes when gpu_count is 0.
     num_proc_per_node: int | None = Field(default=None, ge=1)
     queue_name: str | None = None  # Kueue LocalQueue; None: no queue label
+    # How the pod settings reach the runtime's node job: runtimePatches (current API) or podTemplateOverrides.
+    trainjob_patch_api: Literal["runtimePatches", "podTemplateOverrides"] = "runtimePatches"
 
     def procs_per_node(self) -> int:
         return self.num_proc_per_node or max(1, self.gpu_count)
@@ -60,34 +65,42 @@ def _job_parts(request: TrainRequest, cfg: TrainerConfig) -> tuple[dict[str, Any
     return metadata, pod, pod["containers"][0]
 
 
+def _pod_patch(metadata: dict[str, Any], pod: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+    """The Job runner's pod settings as a patch of the runtime's node pods (labels, volumes, security)."""
+    node = {"name": NODE_JOB, "volumeMounts": container["volumeMounts"]}
+    node["securityContext"] = container["securityContext"]  # restricted PSS, whatever the runtime's image sets
+    spec: dict[str, Any] = {"securityContext": pod["securityContext"], "volumes": pod["volumes"], "containers": [node]}
+    for key in ("nodeSelector", "tolerations"):
+        if key in pod:
+            spec[key] = pod[key]
+    return {"metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec}
+
+
 def build_trainjob(request: TrainRequest, cfg: TrainerConfig) -> dict[str, Any]:
     metadata, pod, container = _job_parts(request, cfg)
-    override: dict[str, Any] = {
-        "securityContext": pod["securityContext"],
-        "volumes": pod["volumes"],
-        "containers": [{"name": NODE_JOB, "volumeMounts": container["volumeMounts"]}],
-    }
-    for key in ("nodeSelector", "tolerations", "priorityClassName"):
-        if key in pod:
-            override[key] = pod[key]
-    return {
-        "apiVersion": f"{TRAINER_GROUP}/v1alpha1",
-        "kind": "TrainJob",
-        "metadata": metadata,
-        "spec": {
-            "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.trainjob_runtime_kind, "name": cfg.trainjob_runtime},
-            "trainer": {
-                "image": container["image"],
-                "command": TORCHRUN,
-                "args": request.argv(),
-                "env": container["env"],
-                "numNodes": cfg.num_nodes,
-                "numProcPerNode": cfg.procs_per_node(),
-                "resourcesPerNode": container["resources"],
-            },
-            "podTemplateOverrides": [{"targetJobs": [{"name": NODE_JOB}], "spec": override}],
+    patch = _pod_patch(metadata, pod, container)
+    spec: dict[str, Any] = {
+        "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.trainjob_runtime_kind, "name": cfg.trainjob_runtime},
+        "trainer": {
+            "image": container["image"],
+            "command": TORCHRUN,
+            "args": request.argv(),
+            "env": container["env"],
+            "numNodes": cfg.num_nodes,
+            "numProcPerNode": cfg.procs_per_node(),
+            "resourcesPerNode": container["resources"],
         },
+        "activeDeadlineSeconds": cfg.active_deadline_seconds,
     }
+    if cfg.trainjob_patch_api == "runtimePatches":
+        job = {"name": NODE_JOB, "template": {"spec": {"template": patch}}}
+        spec["runtimePatches"] = [
+            {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
+        ]
+    else:
+        spec.pop("activeDeadlineSeconds")  # not in the releases that have podTemplateOverrides
+        spec["podTemplateOverrides"] = [{"targetJobs": [{"name": NODE_JOB}], **patch}]
+    return {"apiVersion": f"{TRAINER_GROUP}/v1alpha1", "kind": "TrainJob", "metadata": metadata, "spec": spec}
 
 
 def status_from_trainjob(obj: dict[str, Any], progress: float) -> RunnerStatus:
@@ -99,6 +112,9 @@ def status_from_trainjob(obj: dict[str, Any], progress: float) -> RunnerStatus:
         return RunnerStatus(state="failed", progress=progress, message=describe(failed))
     if suspended := condition(obj, "Suspended"):
         return RunnerStatus(state="pending", progress=progress, message=f"suspended: {describe(suspended)}")
+    reported = ((obj.get("status") or {}).get("trainerStatus") or {}).get("progressPercentage")
+    if isinstance(reported, int | float):  # the TrainJobStatus feature gate: the runtime's own estimate
+        progress = max(progress, min(1.0, reported / 100))
     jobs = (obj.get("status") or {}).get("jobsStatus") or []
     if any((j.get("ready") or 0) > 0 for j in jobs):
         return RunnerStatus(state="running", progress=progress, message="training")

@@ -121,16 +121,33 @@ def test_trainjob_sent(fake: FakeOperators, api: client.ApiClient, cfg: TrainerC
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "4", "memory": "16Gi"},
                                            "limits": {"memory": "32Gi", "nvidia.com/gpu": "4"}}  # fmt: skip
     assert {e["name"]: e["value"] for e in trainer["env"]}["GRAFT_JOB_ID"] == "job-42"
-    (override,) = spec["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    pod = override["spec"]
+    assert spec["activeDeadlineSeconds"] == 21600
+    (patch,) = spec["runtimePatches"]
+    assert patch["manager"] == "graft.io/admin"
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
+    template = job["template"]["spec"]["template"]
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "training"
+    pod = template["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["volumes"][0] == {"name": "data", "persistentVolumeClaim": {"claimName": "graft-admin-data"}}
     (node,) = pod["containers"]
-    assert node["name"] == "node"
+    assert node["name"] == "node" and node["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "data", "mountPath": str(cfg.data_mount_path), "readOnly": True} in node["volumeMounts"]
     assert {"name": "data", "mountPath": str(req.output_dir), "subPath": "admin/runs/job-42"} in node["volumeMounts"]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_older_trainer_gets_pod_template_overrides(
+    fake: FakeOperators, api: client.ApiClient, cfg: TrainerConfig
+) -> None:
+    old = cfg.model_copy(update={"trainjob_patch_api": "podTemplateOverrides"})
+    CustomJobRunner(api, old, TRAINJOB).submit(request(old))
+    spec = fake.calls("POST")[0].body["spec"]
+    assert "runtimePatches" not in spec and "activeDeadlineSeconds" not in spec
+    (override,) = spec["podTemplateOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]
+    assert override["spec"]["containers"][0]["name"] == "node" and override["metadata"]["labels"]
 
 
 def test_cpu_processes_and_a_namespaced_runtime(fake: FakeOperators, api: client.ApiClient, cfg: TrainerConfig) -> None:
@@ -141,7 +158,8 @@ def test_cpu_processes_and_a_namespaced_runtime(fake: FakeOperators, api: client
     assert spec["runtimeRef"]["kind"] == "TrainingRuntime" and spec["runtimeRef"]["name"] == "graft-cpu"
     assert (spec["trainer"]["numNodes"], spec["trainer"]["numProcPerNode"]) == (1, 2)
     assert spec["trainer"]["resourcesPerNode"]["limits"] == {"memory": "32Gi"}
-    assert "tolerations" not in spec["podTemplateOverrides"][0]["spec"]
+    (job,) = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert "tolerations" not in job["template"]["spec"]["template"]["spec"]
 
 
 def test_paths_outside_the_data_volume_are_refused(api: client.ApiClient, cfg: TrainerConfig, tmp_path: Path) -> None:
@@ -172,6 +190,9 @@ def test_second_submit_is_a_conflict_and_rbac_refusal_is_typed(
         ({"conditions": [{"type": "Suspended", "status": "False", "reason": "Resumed", "message": ""}],
           "jobsStatus": [{"name": "node", "ready": 1, "active": 1, "failed": 0, "succeeded": 0, "suspended": 0}]},
          "running", "training"),
+        ({"conditions": [{"type": "Created", "status": "True", "reason": "JobSetCreated", "message": ""}],
+          "jobsStatus": [{"name": "node", "ready": 0, "active": 1, "failed": 0, "succeeded": 0, "suspended": 0}]},
+         "pending", "waiting for the training pods"),
         ({"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "done"}]},
          "succeeded", "JobsCompleted: done"),
         ({"conditions": [{"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "node-0 failed"}]},
