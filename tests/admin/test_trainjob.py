@@ -317,3 +317,16 @@ def test_built_from_admin_settings_at_start_up(
         assert build_crd_runner(AdminSettings(runner="pytorchjob", state_dir=tmp_path), str(kubeconfig)).kind.kind == (
             "PyTorchJob"
         )
+
+
+def test_progress_reported_by_the_runtime_counts(
+    fake: FakeOperators, api: client.ApiClient, cfg: TrainerConfig
+) -> None:
+    runner = CustomJobRunner(api, cfg, TRAINJOB)
+    runner.submit(request(cfg))  # no progress.json on the volume yet
+    fake.objects["trainjobs"]["graft-train-job-42"]["status"] = {
+        "trainerStatus": {"progressPercentage": 40, "lastUpdatedTime": "2026-12-02T19:00:00Z"},
+        "jobsStatus": [{"name": "node", "ready": 1, "active": 1, "failed": 0, "succeeded": 0, "suspended": 0}],
+    }
+    got = runner.status("job-42")
+    assert (got.state, got.progress) == ("running", 0.4)
