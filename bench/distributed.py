@@ -91,14 +91,8 @@ def main() -> int:
     if not DATA.is_dir() or not WEIGHTS.is_file():
         print(f"needs {DATA} and {WEIGHTS} (../shared)", file=sys.stderr)
         return 2
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="graft-dist-bench-") as tmp:
-        for recipe in args.recipes.split(","):
-            for procs in (1, 2):
-                row = run(recipe, procs, args, Path(tmp))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    result = {
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other work: see load_1min_before), "
         f"{platform.python_implementation()} {platform.python_version()}",
@@ -106,7 +100,12 @@ def main() -> int:
         "runs": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="graft-dist-bench-") as tmp:
+        for recipe in args.recipes.split(","):
+            for procs in (1, 2):
+                rows.append(run(recipe, procs, args, Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+                args.json.write_text(json.dumps(result, indent=2) + "\n")  # after every run: a long run keeps its rows
     print("| recipe | processes | wall s | CPU s (per process) | peak RSS MiB (per process) | val acc |")
     print("|---|---|---|---|---|---|")
     for r in rows:

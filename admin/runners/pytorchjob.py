@@ -16,13 +16,13 @@ from typing import Any
 from admin.cluster import load_api_client
 from admin.runners.base import RunnerStatus, TrainRequest
 from admin.runners.custom_jobs import CustomJobRunner, JobKind, condition, describe
-from admin.runners.trainjob import TORCHRUN, TrainerConfig, _job_parts
+from admin.runners.trainjob import TORCHRUN, TrainerConfig, job_parts
 
 CONTAINER = "pytorch"  # the operator finds the training container, and sets its env, by this name
 
 
 def build_pytorchjob(request: TrainRequest, cfg: TrainerConfig) -> dict[str, Any]:
-    metadata, pod, container = _job_parts(request, cfg)
+    metadata, pod, container = job_parts(request, cfg)
     container = {**container, "name": CONTAINER, "command": TORCHRUN, "args": request.argv()}
     # A failed rank fails the run (the job logic decides about retrying), as the Job runner's restartPolicy.
     template = {"metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]},

@@ -54,7 +54,7 @@ def _sanitize(obj: Any) -> Any:
     return client.ApiClient().sanitize_for_serialization(obj)
 
 
-def _job_parts(request: TrainRequest, cfg: TrainerConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def job_parts(request: TrainRequest, cfg: TrainerConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(metadata, pod spec, container) of the Job runner's pod for ``request``: the same volumes, checks and
     security context, whatever resource carries them."""
     job = _sanitize(build_job(request, cfg))
@@ -77,7 +77,7 @@ def _pod_patch(metadata: dict[str, Any], pod: dict[str, Any], container: dict[st
 
 
 def build_trainjob(request: TrainRequest, cfg: TrainerConfig) -> dict[str, Any]:
-    metadata, pod, container = _job_parts(request, cfg)
+    metadata, pod, container = job_parts(request, cfg)
     patch = _pod_patch(metadata, pod, container)
     spec: dict[str, Any] = {
         "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.trainjob_runtime_kind, "name": cfg.trainjob_runtime},
