@@ -75,7 +75,8 @@ class AdminSettings(BaseSettings):
     min_label_samples: int = Field(default=10, ge=1)  # training samples before a new label takes part
     promote_new_labels: bool = False  # a candidate that adds labels waits for an admin unless this is on
     # --- retraining
-    runner: Literal["local", "kubernetes"] = "local"
+    # trainjob: a Kubeflow Trainer TrainJob, pytorchjob: a Training Operator PyTorchJob (admin/runners/, GRAFT_KUBE_*)
+    runner: Literal["local", "kubernetes", "trainjob", "pytorchjob"] = "local"
     # Default training settings of every job (GRAFT_TRAIN_ARGS='{"epochs": 10}'): TrainConfig recipe fields only.
     train_args: dict[str, Any] = Field(default_factory=dict)
     # The program before "train ...": default [python, -m, graft.cli]; e.g. torchrun for several GPUs.

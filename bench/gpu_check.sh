@@ -6,7 +6,8 @@
 #   2. the handler inside TorchServe on the GPU (bench/gpu_serve_check.py): nvjpeg, fp16 autocast,
 #      batch 128, driven over HTTP at concurrency 1, 32 and 128 with real JPEGs, beside the in-process
 #      figure at the same batch size;
-#   3. with --training, the training engine on CUDA (bench/gpu_train_check.py).
+#   3. with --training, the training engine on CUDA (bench/gpu_train_check.py), then
+#   4. data-parallel `graft train` under torchrun, one process per GPU (NCCL; docs/distributed.md).
 # The log goes to bench/results/gpu_check_<card>.log (<card>: the GPU's name, or "cpu").
 # Without CUDA it runs the CPU parts and says so; a missing piece (CUDA provider, Java, TorchServe) is named
 # with what to do, and the script ends non-zero instead of waiting on something that cannot start.
@@ -76,6 +77,21 @@ if [ "$TRAINING" = 1 ]; then
         timeout 90 "$PY" bench/gpu_train_check.py "$DATA" "$WEIGHTS" --epochs 5 || status=1
     else
         echo "training check skipped: needs $DATA/train and $WEIGHTS"
+    fi
+    echo "## 4. data-parallel training under torchrun, one process per GPU"
+    GPUS=$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)
+    if [ "$card" = cpu ] || [ "$GPUS" -lt 1 ]; then
+        echo "skipped: no GPU (tests/training/test_distributed.py runs 2 CPU processes with gloo)"
+    elif [ -d "$DATA/train" ] && [ -f "$WEIGHTS" ]; then
+        RUN=$(mktemp -d)/ddp
+        TORCHRUN="$(dirname "$PY")/torchrun"; [ -x "$TORCHRUN" ] || TORCHRUN=torchrun
+        /usr/bin/time -v timeout 150 "$TORCHRUN" --standalone --nproc-per-node="$GPUS" -m graft.cli train \
+            --data "$DATA" --backbone mobilenet_v2 --weights "$WEIGHTS" --recipe auto --epochs 5 --batch-size 64 \
+            --output "$RUN" 2> >(grep -E "rank|phase|epoch .*\*|best val|Maximum resident|Elapsed" >&2) \
+            || { ended "step 4" $?; status=1; }
+        "$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print("recipe.distributed", c["recipe"].get("distributed"), "val_accuracy", c["metrics"]["val_accuracy"])' "$RUN/model.json" || status=1
+    else
+        echo "multi-GPU training check skipped: needs $DATA/train and $WEIGHTS"
     fi
 fi
 echo "# done: exit $status; log in $LOG"

@@ -11,14 +11,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.distributed import sharded_cut_features
 from training.features import Split, compute_cut_features, describe, split_models
 from training.forward_cut import capture_tensors
 from training.freeze import FreezePlan
+from training.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,11 @@ class FeatureCaches:
         device: torch.device,
         crop: int,
         channels_last: bool = False,
+        rt: Runtime | None = None,
     ):
         self.model, self.head_root, self.loaders = model, head_root, loaders
         self.device, self.crop, self.channels_last = device, crop, channels_last
+        self.rt = rt
         self._entries: dict[tuple[str, ...], Cached | None] = {}
 
     def get(self, plan: FreezePlan) -> Cached | None:
@@ -80,10 +85,11 @@ class FeatureCaches:
             return
         captures = [splits[k].capture for k in keys]
         t0 = time.perf_counter()
-        tr, ytr = compute_cut_features(self.model, loader_train, captures, self.device, "train features",
-                                       self.channels_last)  # fmt: skip
-        va, yva = compute_cut_features(self.model, loader_val, captures, self.device, "val features",
-                                       self.channels_last)  # fmt: skip
+        compute = compute_cut_features
+        if self.rt is not None and self.rt.distributed:  # each rank runs its share of the images
+            compute = partial(sharded_cut_features, self.rt)
+        tr, ytr = compute(self.model, loader_train, captures, self.device, "train features", self.channels_last)
+        va, yva = compute(self.model, loader_val, captures, self.device, "val features", self.channels_last)
         seconds = time.perf_counter() - t0
         for i, key in enumerate(keys):
             self._entries[key] = Cached(splits[key], tr[i], ytr, va[i], yva)

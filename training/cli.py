@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -74,6 +75,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from training import fit
 
     result = fit(config_from_args(args))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 answers for the run
+        return 0
     print(json.dumps({"run_dir": str(result.run_dir), "val_accuracy": result.val_accuracy}))
     return 0
 

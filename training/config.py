@@ -20,7 +20,8 @@ from graft.core.preprocessing import parse_color
 # stay out of the recipe in model.json and can never be set through the admin API.
 PATH_FIELDS = frozenset({"data", "manifest", "output", "init_from", "weights"})
 # Fields that describe the machine a run happens on, not the model it produces.
-RUNTIME_FIELDS = frozenset({"device", "num_workers"})
+# (distributed_batch: how a run maps onto torchrun's processes; model.json records it under recipe.distributed.)
+RUNTIME_FIELDS = frozenset({"device", "num_workers", "distributed_batch"})
 
 
 class TrainConfig(BaseModel):
@@ -83,6 +84,11 @@ class TrainConfig(BaseModel):
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
     num_workers: int = Field(0, ge=0, description="data loader processes")
+    distributed_batch: Literal["split", "per-process"] = Field(
+        "split",
+        description="under torchrun: split batch_size across the processes (the recipe is unchanged), or give "
+        "each process batch_size images and scale the learning rate by the number of processes",
+    )
 
     @field_validator("background")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 from graft.core.util import utc_now
 from training import seeds
 from training.config import TrainConfig
+from training.distributed import check_fits, plan_for, quiet_other_ranks, rank_config
 from training.runtime import init_runtime, seed_everything, shutdown_runtime
 from training.start import create_or_warm_start, load_data
 from training.trainer import Phase, Trainer, fixed_phases
@@ -82,6 +83,7 @@ def fit(cfg: TrainConfig) -> FitResult:
     from training.report import write_run_folder
 
     rt = init_runtime(cfg.device)
+    quiet_other_ranks(rt)
     seed_everything(cfg.seed)
     run_dir = Path(cfg.output)
     if rt.is_main:
@@ -90,12 +92,16 @@ def fit(cfg: TrainConfig) -> FitResult:
     try:
         with _run_log(run_dir, rt.is_main):
             data = load_data(cfg)
+            dist_plan = plan_for(cfg, rt)
+            check_fits(dist_plan, len(data.train), len(data.val))
             start = create_or_warm_start(cfg, data.labels)
-            trainer = Trainer(cfg, rt, data, start)
+            trainer = Trainer(rank_config(cfg, dist_plan), rt, data, start)
+            if rt.distributed:
+                trainer.distributed = dist_plan.record()
             if rt.is_main:
                 trainer.on_epoch = lambda row: _write_progress(run_dir, row, trainer.epochs_done, trainer.total_epochs)
             head = seeds.head_start(trainer)  # before anything trains: where every seed's head starts
-            phases, auto = _train(cfg, trainer)
+            phases, auto = _train(trainer.cfg, trainer)
             trainer.model.load_state_dict(trainer.best.state)
             trainer.soup = seeds.average_heads(trainer, phases[-1], head)
             # The best epoch's validation pass already holds every prediction the report needs.

@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
+from training.distributed import rank_slices
 from training.forward_cut import ForwardPrefix, ForwardSuffix, capture_tensors, cut_matches, probe_outputs
 from training.freeze import FreezePlan
 
@@ -189,7 +190,8 @@ def feature_batches(
     world: int = 1,
     sample_weights: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of cached features: shuffled (or class-balanced) per epoch, sharded by rank."""
+    """Mini-batches of cached features: shuffled (or class-balanced) per epoch; under torchrun
+    ``batch_size`` is the global batch and each rank takes its slice of every batch."""
     n = feats.shape[0]
     if sample_weights is not None:
         order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
@@ -197,8 +199,7 @@ def feature_batches(
         order = torch.randperm(n, generator=generator)
     else:
         order = torch.arange(n)
-    order = order[rank::world]
-    return [(feats[idx], targets[idx]) for idx in order.split(batch_size)]
+    return [(feats[idx], targets[idx]) for idx in rank_slices(order, batch_size, rank, world)]
 
 
 def describe(feats: torch.Tensor) -> str:

@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from graft.core.transforms import eval_transform, train_transform
 from graft.core.zoo import find_head, model_stages
 from training.cache import Cached, FeatureCaches
 from training.config import TrainConfig
 from training.data import DatasetSplit, ImageDataset, class_weights, collate
+from training.distributed import RankBatchSampler
 from training.features import feature_batches
 from training.freeze import FreezePlan, apply_freeze, plan_freeze, set_train_mode
 from training.loop import EpochStats, eval_epoch, train_epoch
@@ -83,13 +84,16 @@ def _loaders(
     val_ds = ImageDataset(val_items, eval_transform(pre), pre.background)
     g = torch.Generator().manual_seed(cfg.seed)
     sampler: Any = None
-    if rt.distributed:
-        sampler = DistributedSampler(train_ds, rt.world_size, rt.rank, shuffle=True, seed=cfg.seed)
-    elif cfg.balance == "sampler":
+    if cfg.balance == "sampler":
         w = class_weights([t for _, t in train_items], len(data.labels))
         sampler = WeightedRandomSampler([float(w[t]) for _, t in train_items], len(train_items), generator=g)
     common: dict[str, Any] = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "collate_fn": collate}
     common["pin_memory"] = rt.cuda
+    if rt.distributed:  # this rank's slice of each batch a one-process run would draw (training/distributed.py)
+        sampler = sampler or RandomSampler(train_ds, generator=g)
+        batches = RankBatchSampler(sampler, cfg.batch_size * rt.world_size, rt.rank, rt.world_size)
+        rest = {k: v for k, v in common.items() if k != "batch_size"}
+        return DataLoader(train_ds, batch_sampler=batches, generator=g, **rest), DataLoader(val_ds, **common)
     train = DataLoader(train_ds, shuffle=sampler is None, sampler=sampler, generator=g, **common)
     return train, DataLoader(val_ds, shuffle=False, **common)
 
@@ -121,13 +125,14 @@ class Trainer:
         self.shuffle_seed = cfg.seed  # the batch order's seed (training/seeds.py gives each head its own)
         self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
         self.soup: dict[str, Any] | None = None  # several heads averaged (training/seeds.py): the evidence
+        self.distributed: dict[str, Any] | None = None  # how the run mapped onto torchrun's ranks (model.json)
 
         def plain_loaders() -> tuple[DataLoader, DataLoader]:
             # No augmentation reaches a cache (cache_allowed checks it): the eval transform is exact.
             return _loaders(cfg, data, rt, start.preprocessing, augment=False)[0], self.val_loader
 
         self.caches = FeatureCaches(
-            self.model, self.head_root, plain_loaders, rt.device, start.preprocessing.crop, self.channels_last
+            self.model, self.head_root, plain_loaders, rt.device, start.preprocessing.crop, self.channels_last, rt
         )
 
     def cache(self, phase: Phase) -> Cached | None:
@@ -192,15 +197,13 @@ class Trainer:
             weights = None
             if cfg.balance == "sampler":
                 weights = class_weights(ytr.tolist(), len(self.data.labels))[ytr]
-            batches = feature_batches(ftr, ytr, cfg.batch_size, g, True, rt.rank, rt.world_size, weights)
+            step = cfg.batch_size * rt.world_size  # the global batch; each rank takes its slice
+            batches = feature_batches(ftr, ytr, step, g, True, rt.rank, rt.world_size, weights)
             tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc(phase))
             va = eval_epoch(
                 split.suffix, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp
             )
             return tr, va
-        if isinstance(self.train_loader.sampler, DistributedSampler):
-            self.train_loader.sampler.set_epoch(self.epoch)
-
         desc = self._desc(phase)
         tr = train_epoch(
             module, self.train_loader, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, self.channels_last, desc

@@ -50,6 +50,10 @@ def build_runner(settings: AdminSettings) -> JobRunner:
         from admin.runners import kubernetes
 
         return kubernetes.build_runner(settings)
+    if settings.runner in ("trainjob", "pytorchjob"):
+        from admin.runners import build_crd_runner
+
+        return build_crd_runner(settings)
     from admin.runners.local import LocalJobRunner
 
     return LocalJobRunner(command=settings.train_command)
