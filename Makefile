@@ -28,7 +28,7 @@ system-deps: ## Java 17 for TorchServe, Fashion-MNIST for the demo, Chromium for
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,docs]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,docs]'
 
 lint: ## ruff, mypy on the packages, the layer rules (import-linter), and the docs site built strictly
 	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker docs/hooks
