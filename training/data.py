@@ -6,8 +6,8 @@ Manifests and their items are :mod:`graft.core.manifest`'s; images decode under
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,19 +69,28 @@ class Collected:
     layout: Layout | None = None  # None for a manifest
 
 
+def _rank(seed: int, item: Item) -> tuple[bytes, str]:
+    """A per-image draw that does not depend on the other images (file name, label and seed only)."""
+    key = f"{seed}:{item.label}:{item.path.name}".encode()
+    return hashlib.blake2b(key, digest_size=8).digest(), str(item.path)
+
+
 def stratified_split(samples: Sequence[Item], val_fraction: float, seed: int) -> list[Item]:
-    """Assign ``val`` to about ``val_fraction`` of each class, the same way for the same seed."""
+    """Assign ``val`` to about ``val_fraction`` of each class, the same way for the same seed.
+
+    Each image draws its own rank from its name, so when images are added, the images of before keep
+    their split, except the few at the boundary that the grown validation share moves. A shuffle of the
+    whole class redrew a fifth of the training images on every retrain: a candidate trained on a superset of
+    the champion's data then did not train on what the champion trained on (docs/gate.md, part 4)."""
     by_label: dict[str, list[Item]] = {}
-    for s in sorted(samples, key=lambda s: (s.label, str(s.path))):
+    for s in samples:
         by_label.setdefault(s.label, []).append(s)
     out: list[Item] = []
-    for label, items in sorted(by_label.items()):
-        rng = random.Random(f"{seed}:{label}")
-        order = list(range(len(items)))
-        rng.shuffle(order)
+    for _label, items in sorted(by_label.items()):
         n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val_idx = set(order[:n_val])
-        out.extend(Item(s.path, s.label, "val" if i in val_idx else "train") for i, s in enumerate(items))
+        val = {id(s) for s in sorted(items, key=lambda s: _rank(seed, s))[:n_val]}
+        ordered = sorted(items, key=lambda s: str(s.path))
+        out.extend(Item(s.path, s.label, "val" if id(s) in val else "train") for s in ordered)
     return out
 
 
@@ -93,9 +102,9 @@ def _cap(samples: list[Item], max_per_class: int | None, seed: int) -> list[Item
         groups.setdefault((s.label, s.split), []).append(s)
     out: list[Item] = []
     for key in sorted(groups):
-        items = sorted(groups[key], key=lambda s: str(s.path))
-        random.Random(f"{seed}:{key}").shuffle(items)
-        out.extend(items[:max_per_class])
+        # the same per-image rank as the split: a grown folder keeps the images it kept before
+        kept = {id(s) for s in sorted(groups[key], key=lambda s: _rank(seed, s))[:max_per_class]}
+        out.extend(s for s in sorted(groups[key], key=lambda s: str(s.path)) if id(s) in kept)
     return out
 
 

@@ -39,6 +39,25 @@ def test_flat_layout_split_is_stratified_and_repeatable(tmp_path: Path) -> None:
     assert not {s.path for s in a.val} & {s.path for s in a.train}
 
 
+def test_a_grown_folder_keeps_the_split_of_its_old_images(tmp_path: Path) -> None:
+    # Retraining on a superset must train on what the champion trained on: a shuffle of the whole class
+    # redrew the split on every growth and moved about a fifth of the old training images to validation.
+    small = load_image_folder(_flat_dataset(tmp_path / "d", {"cat": 40, "dog": 40}), val_fraction=0.2, seed=0)
+    grown = load_image_folder(_flat_dataset(tmp_path / "d", {"cat": 60, "dog": 60}), val_fraction=0.2, seed=0)
+    assert sorted(s.label for s in grown.val) == ["cat"] * 12 + ["dog"] * 12
+    old_train = {s.path for s in small.train}
+    moved = old_train - {s.path for s in grown.train}
+    assert len(moved) <= 4, f"{len(moved)} of {len(old_train)} old training images moved to validation"
+    assert len({s.path for s in small.val} - {s.path for s in grown.val}) <= 2
+
+
+def test_the_cap_per_class_keeps_its_images_as_the_folder_grows(tmp_path: Path) -> None:
+    small = load_image_folder(_flat_dataset(tmp_path / "d", {"a": 30, "b": 30}), seed=4, max_per_class=10)
+    grown = load_image_folder(_flat_dataset(tmp_path / "d", {"a": 32, "b": 32}), seed=4, max_per_class=10)
+    before, after = {s.path for s in small.train}, {s.path for s in grown.train}
+    assert len(before) == len(after) == 20 and len(before - after) <= 4
+
+
 def test_train_val_layout_is_used_as_is(hymenoptera: Path) -> None:
     d = load_image_folder(hymenoptera)
     assert d.labels == ["ants", "bees"]
