@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from admin.domain.labels import LabelSet
@@ -108,6 +108,7 @@ class SampleIntake:
         if todo:
             self._sync_index()
         checked = {i: self._check(uploads[i], names[i], i, n, uploader) for i in todo}
+        _pin_within(checked)
         added = self.store.add_many([new for new, _ in checked.values()])
         with self._sync_lock:
             for (_, look), sample in zip(checked.values(), added, strict=True):
@@ -174,6 +175,20 @@ class SampleIntake:
                     continue
                 self._index.add(key, look)
                 self._indexed.add(key)
+
+
+def _pin_within(checked: dict[int, tuple[NewSample, Likeness]]) -> None:
+    """Copies inside one batch: a picture whose copy in the same batch went to the holdout by its hash goes
+    there too (whichever comes first), as it would have if the copy had been stored by an earlier request."""
+    held = LikenessIndex()
+    for sample, look in checked.values():
+        if sample.split == "holdout" and sample.split_reason == HASH_SPLIT:
+            held.add(sample.sha256, look)  # the sample's id once stored
+    if not len(held):
+        return
+    for i, (sample, look) in checked.items():
+        if sample.split == "train" and (twin := held.match(look)) is not None:
+            checked[i] = (replace(sample, split="holdout", split_reason=f"near-duplicate of {twin[0]}"), look)
 
 
 def _look(data: bytes, max_pixels: int) -> tuple[Fingerprint, Likeness]:

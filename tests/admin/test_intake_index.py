@@ -131,3 +131,22 @@ def test_each_holdout_row_is_read_once_per_process(tmp_path: Path, batches: list
     # Every batch but the last read only the rows stored since the batch before it: each holdout row once.
     assert sorted(read) == sorted(set(read)) and set(read) <= set(stored_holdout)
     assert len(intake._index) == len(stored_holdout)  # the rest were added as they were stored
+
+
+def test_copies_inside_one_batch_follow_their_holdout_original(tmp_path: Path) -> None:
+    images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    pics = [Image.fromarray(images[i], mode="L") for i in range(60)]
+    held = [p for p in pics if split_for(fingerprint(_png(p)).pixels_sha, FRACTION) == "holdout"][:2]
+    assert len(held) == 2
+    a, b = held
+    # copies before and after their original, in one request; their own hash would send most to train
+    uploads = [Upload("a-copy1", _altered(a, 0)), Upload("a", _png(a)), Upload("a-copy2", _altered(a, 2)),
+               Upload("b-copy", _altered(b, 3)), Upload("b", _png(b))]  # fmt: skip
+    stored = _intake(Database(tmp_path / "db.sqlite3"), tmp_path).accept(uploads, ["x"], True)
+    by_name = {u.filename: s for u, s in zip(uploads, stored, strict=True)}
+    assert all(s.split == "holdout" for s in stored), {k: (s.split, s.split_reason) for k, s in by_name.items()}
+    for name, twin in (("a-copy1", "a"), ("a-copy2", "a"), ("b-copy", "b")):
+        s = by_name[name]
+        if s.split_reason != HASH_SPLIT:  # pinned, not sent there by its own hash
+            assert s.split_reason == f"near-duplicate of {by_name[twin].id}"
+    assert sum(s.split_reason.startswith("near-duplicate") for s in stored) >= 2, "the check is not vacuous"
