@@ -105,13 +105,22 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
             before = getattr(prev, key) if prev else r.champion_truth if r.round == 1 else None
             if before is not None:
                 drops.append(round(before - getattr(r, key), 4))
-        served[key] = {"largest_drop": max(drops, default=0.0)}
+        served[key] = {"largest_drop": max(drops, default=0.0), "largest_end_gap": _end_gap(rows, key)}
     return {
         "rounds": len(rows),
         "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False)},
         "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True)},
         "served": served,
     }
+
+
+def _end_gap(rows: list[Round], key: str) -> float:
+    """How far below the best candidate seen (in its own loop) the served model ended, the worst loop."""
+    gaps = []
+    for loop in {(r.domain, r.seed) for r in rows}:
+        mine = sorted((r for r in rows if (r.domain, r.seed) == loop), key=lambda r: r.round)
+        gaps.append(round(max(r.candidate_truth for r in mine) - getattr(mine[-1], key), 4))
+    return max(gaps, default=0.0)
 
 
 def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
@@ -146,6 +155,8 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
+    p.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                   help="summarise the rounds of earlier runs (for example one per domain) instead of running")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("training").setLevel(logging.WARNING)
@@ -153,7 +164,9 @@ def main() -> int:
     rule = GateRule()
     rows: list[Round] = []
     started = time.perf_counter()
-    for domain in args.domains:
+    for earlier in args.from_json or []:
+        rows += [Round(**r) for r in json.loads(earlier.read_text())["rounds"]]
+    for domain in [] if args.from_json else args.domains:
         if domain == "ants-bees" and not WEIGHTS.is_file():
             log.warning("%s not found: ants-bees left out", SHARED)
             continue
