@@ -154,6 +154,7 @@ def trainer() -> None:
     write(HERE / "trainjob.v1alpha1.json", "kubeflow-trainer-api 2.3.0 (TrainerV1alpha1TrainJobSpec)", tj)
     spec = gen.schema(models.TrainerV1alpha1TrainingRuntimeSpec)
     ctr = resource("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime", spec, status=False)
+    apply_runtime_crd_constraints(ctr)
     write(HERE / "clustertrainingruntime.v1alpha1.json",
           "kubeflow-trainer-api 2.3.0 (TrainerV1alpha1TrainingRuntimeSpec)", ctr)  # fmt: skip
 
@@ -180,6 +181,31 @@ def apply_trainjob_crd_constraints(tj: dict[str, Any]) -> None:
     tj["properties"]["metadata"] = {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string", "maxLength": 63, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"}},
         "x-graft-k8s-definition": "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}  # fmt: skip
+
+
+def apply_runtime_crd_constraints(ctr: dict[str, Any]) -> None:
+    """What trainer.kubeflow.org_clustertrainingruntimes.yaml (SOURCES.md) says beyond the SDK models."""
+    spec = ctr["properties"]["spec"]
+    spec.update(minProperties=1)
+    ml = spec["properties"]["mlPolicy"]["properties"]
+    targets = ml["torch"]["properties"]["envInjection"]["properties"]["targets"]
+    targets.update(maxItems=16)
+    targets["items"]["required"] = ["jobName"]  # the models also require containerNames; the CRD does not
+    targets["items"]["properties"]["jobName"].update(minLength=1, maxLength=253)
+    targets["items"]["properties"]["containerNames"].update(minItems=1, maxItems=8)
+    targets["items"]["properties"]["containerNames"]["items"].update(maxLength=63)
+    ml["mpi"]["properties"]["mpiImplementation"].update(enum=["OpenMPI", ""])
+    ml["mpi"]["properties"]["sshAuthMountPath"].update(maxLength=4096)
+    ml["flux"]["properties"]["numProcPerNode"].update(minimum=1)  # a CEL rule there
+    volcano = spec["properties"]["podGroupPolicy"]["properties"]["volcano"]["properties"]
+    volcano["networkTopology"]["properties"]["mode"].update(enum=["hard", "soft"])
+    template = spec["properties"]["template"]
+    template.update(minProperties=1)
+    failure = template["properties"]["spec"]["properties"]["failurePolicy"]["properties"]
+    failure["restartStrategy"].update(enum=["Recreate", "BlockingRecreate", "InPlaceRestart"])
+    failure["rules"]["items"]["properties"]["action"].update(
+        enum=["FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"]
+    )
 
 
 def training_operator() -> None:
