@@ -24,9 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+# jsonschema, referencing and kubernetes-validate (the dev extra) are imported where used, so a test module
+# that imports this one can still skip cleanly without them.
 
 K8S_URI = "urn:graft:kubernetes-definitions"
 _COPIED = ("type", "enum", "required", "format", "minimum", "maximum", "minLength", "maxLength", "pattern",
@@ -37,7 +36,6 @@ def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
     """One openAPIV3Schema node (and everything under it) as JSON Schema (draft 2020-12)."""
     out: dict[str, Any] = {k: node[k] for k in _COPIED if k in node}
     if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
         out["type"] = ["integer", "string"]
     if "properties" in node:
         out["properties"] = {k: to_json_schema(v) for k, v in node["properties"].items()}
@@ -71,7 +69,10 @@ def _k8s_dir(version: str) -> Any:
 
 
 @functools.cache
-def _registry(version: str) -> Registry:
+def _registry(version: str) -> Any:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     defs = json.loads((_k8s_dir(version) / "_definitions.json").read_text())
     return Registry().with_resource(K8S_URI, Resource.from_contents(defs, default_specification=DRAFT202012))
 
@@ -85,16 +86,19 @@ def load(path: Path) -> dict[str, Any]:
 
 
 @functools.cache
-def validator(path: Path, version: str) -> jsonschema.protocols.Validator:
+def validator(path: Path, version: str) -> Any:
+    import jsonschema
+
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **to_json_schema(load(path))}
     cls = jsonschema.validators.Draft202012Validator
     cls.check_schema(schema)
-    v: jsonschema.protocols.Validator = cls(schema, registry=_registry(version))
-    return v
+    return cls(schema, registry=_registry(version))
 
 
 def validate(obj: dict[str, Any], path: Path, versions: tuple[str, ...]) -> None:
     """Raise jsonschema.ValidationError (the deepest, most telling one) if ``obj`` does not fit."""
+    import jsonschema
+
     for version in versions:
         error = jsonschema.exceptions.best_match(validator(path, version).iter_errors(obj))
         if error is not None:
