@@ -1,16 +1,19 @@
 """The KServe runtime's manifests: graft's own container as an InferenceService predictor, and the Deployment
 overlay for clusters without KServe. Core types are validated strictly (kubernetes-validate); the
-InferenceService CRD's schema is not vendored (see deploy/kserve/README.md), so its predictor's pod and
-container fields are validated as a core Pod and the rest by name."""
+InferenceService and ServingRuntime against KServe 0.21's CRD schemas vendored in deploy/kserve/schemas
+(SOURCES.md), strictly (tests/deploy/crd_schema.py), and their predictor's pod fields as a core Pod too."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.deploy.crd_schema import check
 from tests.deploy.test_manifests import DEPLOY, container, kustomize_cmd, one, pod_spec, validate_all
 
 RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
@@ -53,6 +56,7 @@ def test_the_inference_service_runs_graft_s_own_container() -> None:
     kv = pytest.importorskip("kubernetes_validate")
     isvc = yaml.safe_load((DEPLOY / "kserve/graft-runtime/inferenceservice.yaml").read_text())
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    check(isvc)
     predictor = isvc["spec"]["predictor"]
     assert "model" not in predictor, "a custom container predictor: no ServingRuntime, no TorchServe"
     (c,) = predictor["containers"]
@@ -71,3 +75,34 @@ def test_the_inference_service_runs_graft_s_own_container() -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graft-kserve-predictor"}, "spec": pod_fields}
     kv.validate(pod, kv.utils.latest_version(), strict=True)
     assert pod_spec({"spec": {"template": {"spec": pod_fields}}})["securityContext"]["runAsNonRoot"] is True
+
+
+def _predictor(doc: dict[str, Any]) -> dict[str, Any]:
+    p: dict[str, Any] = doc["spec"]["predictor"]
+    return p
+
+
+MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("graft-runtime/inferenceservice.yaml", lambda d: _predictor(d).update(minReplica=1), "minReplica"),
+    ("graft-runtime/inferenceservice.yaml", lambda d: _predictor(d).update(maxReplicas="4"), "'4' is not of type"),
+    ("graft-runtime/inferenceservice.yaml", lambda d: d["spec"].update(predictors=d["spec"].pop("predictor")),
+     "predictors"),
+    ("inferenceservice.yaml", lambda d: _predictor(d)["model"].update(storageURI="pvc://x"), "storageURI"),
+    ("inferenceservice.yaml", lambda d: _predictor(d).update(canaryTrafficPercent="10%"), "'10%' is not of type"),
+    ("servingruntime.yaml", lambda d: d["spec"].update(supportedModelFormat=[]), "supportedModelFormat"),
+    ("servingruntime.yaml", lambda d: d["spec"]["containers"][0].update(arg=[]), "arg"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("where,mutate,match", MISTAKES, ids=[f"{w}:{m}" for w, _, m in MISTAKES])
+def test_the_kserve_schemas_refuse_a_misspelled_field_or_a_wrong_type(
+    where: str, mutate: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    pytest.importorskip("kubernetes_validate")
+    jsonschema = pytest.importorskip("jsonschema")
+    good = yaml.safe_load((DEPLOY / "kserve" / where).read_text())
+    check(good)
+    bad = copy.deepcopy(good)
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError, match=match):
+        check(bad)

@@ -1,11 +1,11 @@
 """The trainjob and pytorchjob overlays, the example ClusterTrainingRuntime, and the resources the admin's
-runners build, checked against the training operators' schemas kept in deploy/kubeflow/schemas/ (no cluster,
-no operator: jsonschema for the custom resources, kubernetes-validate for the core objects inside them)."""
+runners build, checked against the CRD schemas of Kubeflow Trainer v2.3.0 and Training Operator release-1.9
+kept in deploy/kubeflow/schemas/ (SOURCES.md), strictly (tests/deploy/crd_schema.py: unknown fields refused,
+embedded pods and containers checked against Kubernetes' own definitions). No cluster, no operator."""
 
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,22 +16,14 @@ import yaml
 from admin.runners.base import TrainRequest
 from admin.runners.pytorchjob import build_pytorchjob
 from admin.runners.trainjob import TrainerConfig, build_trainjob
+from tests.deploy.crd_schema import check
 from tests.deploy.test_manifests import DEPLOY, container, env, kustomize_cmd, one, validate_all
 
 jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("kubernetes_validate")
 
-SCHEMAS = DEPLOY / "kubeflow" / "schemas"
 RUNTIME = DEPLOY / "kubeflow" / "clustertrainingruntime.yaml"
 RESOURCE = {"trainjob": ("trainer.kubeflow.org", "trainjobs"), "pytorchjob": ("kubeflow.org", "pytorchjobs")}
-
-
-def schema(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((SCHEMAS / f"{name}.json").read_text())
-    return loaded
-
-
-def check(obj: dict[str, Any], name: str) -> None:
-    jsonschema.validate(obj, schema(name))
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -89,51 +81,85 @@ def _pod(spec: dict[str, Any], containers: list[dict[str, Any]]) -> dict[str, An
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {**spec, "containers": containers}}
 
 
+def _node_patch(tj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template the TrainJob's runtimePatches apply to the runtime's node job."""
+    job = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    patch: dict[str, Any] = job["template"]["spec"]["template"]
+    return patch
+
+
+def test_the_default_patch_api_is_the_published_one() -> None:
+    """Trainer v2.3.0's TrainJob has runtimePatches and no podTemplateOverrides (SOURCES.md): the default."""
+    assert TrainerConfig.model_fields["trainjob_patch_api"].default == "runtimePatches"
+    spec = yaml.safe_load((DEPLOY / "kubeflow/schemas/trainjob.v1alpha1.json").read_text())
+    fields = spec["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert "runtimePatches" in fields and "podTemplateOverrides" not in fields
+
+
 @pytest.mark.parametrize("api", ["runtimePatches", "podTemplateOverrides"])
 def test_the_trainjob_the_admin_sends_fits_the_crd(tmp_path: Path, api: str) -> None:
     tj = build_trainjob(_request(), _cfg(tmp_path, trainjob_patch_api=api))
     if api == "podTemplateOverrides":
-        # the older field is not in the current schema: the schema must say so (this check can fail)
+        # the older releases' field is not in v2.3.0's schema: the schema must say so (this check can fail)
         with pytest.raises(jsonschema.ValidationError, match="podTemplateOverrides"):
-            check(tj, "trainjob.v1alpha1")
+            check(tj)
         return
-    check(tj, "trainjob.v1alpha1")
-    job = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
-    pod = job["template"]["spec"]["template"]["spec"]
+    check(tj)
+    assert _node_patch(tj)["spec"]["containers"][0]["name"] == "node"
+    pod = _node_patch(tj)["spec"]
     node = {**pod["containers"][0], "image": tj["spec"]["trainer"]["image"], "env": tj["spec"]["trainer"]["env"],
             "resources": tj["spec"]["trainer"]["resourcesPerNode"]}  # fmt: skip
     validate_all([_pod({k: v for k, v in pod.items() if k != "containers"}, [node])])
 
 
+def _patched_container(t: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = _node_patch(t)["spec"]["containers"][0]
+    return c
+
+
 def test_the_trainjob_schema_is_strict() -> None:
     good = build_trainjob(_request(), _cfg(Path()))
+    check(good)
     for mutate, where in [
-        (lambda t: t["spec"]["trainer"].update(numProcPerNode="auto"), "numProcPerNode"),
+        (lambda t: t["spec"]["trainer"].update(numProcPerNode="auto"), "'auto' is not of type"),  # v2.3.0: int32
         (lambda t: t["spec"]["runtimeRef"].pop("name"), "name"),
         (lambda t: t["spec"]["trainer"].update(nprocPerNode=2), "nprocPerNode"),
         (lambda t: t["metadata"].update(name="Graft_Train"), "Graft_Train"),
+        (lambda t: t["spec"].update(activeDeadlineSeconds=0), "less than the minimum"),
+        # a misspelled field of the patch types, and one inside an embedded core type (EnvVar)
+        (lambda t: _patched_container(t).update(volumeMount=[]), "volumeMount"),
+        (lambda t: _node_patch(t)["spec"].update(hostNetwork=True), "hostNetwork"),  # not patchable in v2.3.0
+        (lambda t: t["spec"]["trainer"]["env"].append({"name": "X", "valu": "1"}), "valu"),
     ]:
         bad = copy.deepcopy(good)
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError, match=where):
-            check(bad, "trainjob.v1alpha1")
+            check(bad)
 
 
 def test_the_pytorchjob_the_admin_sends_fits_the_crd(tmp_path: Path) -> None:
     pj = build_pytorchjob(_request(), _cfg(tmp_path))
-    check(pj, "pytorchjob.v1")
+    check(pj)
+    assert set(pj["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}  # the operator's webhook allows these
     for replica in pj["spec"]["pytorchReplicaSpecs"].values():
         template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
         validate_all([{**template, "template": replica["template"]}])
-    bad = copy.deepcopy(pj)
-    bad["spec"]["pytorchReplicaSpecs"]["Chief"] = bad["spec"]["pytorchReplicaSpecs"].pop("Worker")
-    with pytest.raises(jsonschema.ValidationError, match="Chief"):
-        check(bad, "pytorchjob.v1")
+    for mutate, where in [
+        (lambda p: p["spec"].update(pytorchReplicaSpec=p["spec"].pop("pytorchReplicaSpecs")), "pytorchReplicaSpec"),
+        (lambda p: p["spec"].update(nprocPerNode=8), "8 is not of type 'string'"),  # a string in the v1 API
+        (lambda p: p["spec"]["runPolicy"].update(cleanupPodPolicy="None"), "cleanupPodPolicy"),
+        (lambda p: p["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0].update(
+            imagePullPolice="Always"), "imagePullPolice"),
+    ]:
+        bad = copy.deepcopy(pj)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError, match=where):
+            check(bad)
 
 
 def test_the_example_runtime_fits_the_crd_and_the_restricted_standard() -> None:
     runtime = yaml.safe_load(RUNTIME.read_text())
-    check(runtime, "clustertrainingruntime.v1alpha1")
+    check(runtime)
     assert "namespace" not in runtime["metadata"]  # cluster-scoped
     (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
     assert node["name"] == "node"  # the job the TrainJob's trainer and runtimePatches address
@@ -143,3 +169,12 @@ def test_the_example_runtime_fits_the_crd_and_the_restricted_standard() -> None:
     assert c["name"] == "node"
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    # what this example said before v2.3.0's schema was vendored: the torch policy has no numProcPerNode now
+    old = copy.deepcopy(runtime)
+    old["spec"]["mlPolicy"]["torch"] = {"numProcPerNode": "auto"}
+    with pytest.raises(jsonschema.ValidationError, match="numProcPerNode"):
+        check(old)
+    bad = copy.deepcopy(runtime)
+    bad["spec"]["template"]["spec"]["replicatedJobs"][0]["replicas"] = "1"
+    with pytest.raises(jsonschema.ValidationError, match="'1'"):
+        check(bad)
