@@ -127,21 +127,39 @@ def _loop(url: str, path: str, headers: dict[str, str], stop: threading.Event, o
             stop.wait(0.05)
 
 
-def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path) -> dict[str, Any]:
+def _filled(tree: Path, rows: int, work: Path, reuse: Path | None) -> dict[str, Any]:
+    """Fill ``work`` with ``rows`` captures; with ``reuse``, fill that folder once (the first tree's code: a newer
+    tree migrates the file when its admin opens it) and copy it, so that every tree starts from the same file."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    target = reuse if reuse is not None else work
+    marker = target / "filled.json"
+    if reuse is None or not marker.is_file() or json.loads(marker.read_text())["rows"] != rows:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, str(HERE), "_fill", str(target), str(rows)], env=env, cwd=tree,
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        marker.write_text(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(marker.read_text())
+    if reuse is not None:
+        shutil.copytree(reuse, work, dirs_exist_ok=True)
+        result["reused"] = str(reuse)
+    return result
+
+
+def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path,
+                 reuse: Path | None = None) -> dict[str, Any]:  # fmt: skip
     import httpx
     import psutil
 
     from tests.support.auth import SAMPLER
 
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    filled = subprocess.run([sys.executable, str(HERE), "_fill", str(work), str(rows)], env=env, cwd=tree,
-                            check=True, capture_output=True, text=True)  # fmt: skip
-    result: dict[str, Any] = json.loads(filled.stdout.strip().splitlines()[-1])
+    result = _filled(tree, rows, work, reuse)
     with FreePort() as port:
         pass
     log = open(work / "admin.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, str(HERE), "_admin", str(work), str(port)], env=env, cwd=tree,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    print(f"admin pid {proc.pid} ({tree})", file=sys.stderr, flush=True)  # for a profiler: py-spy record -p PID
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
@@ -277,6 +295,7 @@ def main() -> None:
     cap.add_argument("--rate", type=float, default=50.0, help="captures per second written during the load")
     cap.add_argument("--duration", type=float, default=60.0)
     cap.add_argument("--base", type=Path, help="a worktree of the old code, measured first")
+    cap.add_argument("--filled", type=Path, help="fill this folder once (kept) and copy it for each run")
     cap.add_argument("--out", type=Path, default=REPO / "bench/results/scale_captures.json")
     ev = sub.add_parser("eval")
     ev.add_argument("--holdout", type=int, default=400)
@@ -291,7 +310,7 @@ def main() -> None:
             for name, tree in trees:
                 work = Path(tmp) / name
                 work.mkdir()
-                report[name] = run_captures(tree, args.rows, args.rate, args.duration, work)
+                report[name] = run_captures(tree, args.rows, args.rate, args.duration, work, args.filled)
                 print(name, json.dumps(report[name]), flush=True)
         else:
             report["eval"] = run_eval(args.holdout, args.new, Path(tmp))
