@@ -11,7 +11,8 @@ worktree of the old code: ``git worktree add /tmp/cap-base main``) the same runs
 ../shared's), then again after ``--new`` images joined the holdout: the champion's predictions with the cache
 (only the new images) and without it (the whole holdout, as before), with the tiny real model.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py captures --rows 1000000 --base /tmp/cap-base
+    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py captures --rows 1000000 --base /tmp/cap-base \
+        --filled /tmp/cap-filled   # filled once (minutes at 1M rows), kept, and copied for each tree's run
     PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py eval --holdout 400 --new 40
 
 The script imports only modules both code trees have, so the old tree runs it unchanged.
