@@ -205,6 +205,7 @@ def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path
         "admin_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1), "admin_peak_rss_mb": round(hwm),
         "db_mb": round(sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 2**20, 1),
         "errors": errors[:10], "error_count": len(errors),
+        "load_average_1m": round(os.getloadavg()[0], 1),  # the machine's, this run's own load included
     })  # fmt: skip
     for path, values in lat.items():
         result[path] = {"n": len(values), "p50_ms": round(1000 * percentile(values, 50), 1),
