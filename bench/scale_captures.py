@@ -7,12 +7,16 @@ appends real images at ``--rate`` per second; two clients call ``/readyz`` and `
 Reported: p50/p95/max of each, the admin's CPU seconds and peak RSS, database bytes. With ``--base`` (a
 worktree of the old code: ``git worktree add /tmp/cap-base main``) the same runs on the old code first.
 
+``pages``: a page of the margin queue at depths 0 to 100,000 by ``offset`` and by the keyset cursor ``after``, on
+the database ``captures --filled`` left (this tree only: the old one has no cursor).
+
 ``eval``: the gate's champion evaluation on a holdout of ``--holdout`` real ants/bees images (copies of
 ../shared's), then again after ``--new`` images joined the holdout: the champion's predictions with the cache
 (only the new images) and without it (the whole holdout, as before), with the tiny real model.
 
     PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py captures --rows 1000000 --base /tmp/cap-base \
         --filled /tmp/cap-filled   # filled once (minutes at 1M rows), kept, and copied for each tree's run
+    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py pages --filled /tmp/cap-filled
     PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py eval --holdout 400 --new 40
 
 The script imports only modules both code trees have, so the old tree runs it unchanged.
@@ -285,6 +289,33 @@ def run_eval(holdout: int, new: int, work: Path) -> dict[str, Any]:
             "images_predicted_with_cache": asked, "peak_rss_mb": round(_vm_hwm_mb(os.getpid()))}  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------- the pages run
+def run_pages(filled: Path, depths: list[int], repeat: int = 5) -> dict[str, Any]:
+    """A page of 20 at each depth of the margin queue, by ``offset`` (the rows before it are read and skipped) and
+    by the keyset cursor ``after`` (a seek): the median query time of ``repeat``, on the filled database."""
+    from admin.store.captures import CaptureStore, cursor_of
+    from admin.store.db import Database
+
+    db = Database(_settings(filled).db_path)
+    store = CaptureStore(db)
+    out: dict[str, Any] = {}
+
+    def timed(**kw: Any) -> float:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            store.review(MODEL, "margin", 20, **kw)
+            times.append(time.perf_counter() - t)
+        return round(1000 * sorted(times)[len(times) // 2], 2)
+
+    for depth in depths:
+        last = store.review(MODEL, "margin", 1, offset=depth - 1)[0] if depth else None
+        out[str(depth)] = {"offset_ms": timed(offset=depth),
+                           "after_ms": timed(after=cursor_of(last, "margin")) if last else timed()}  # fmt: skip
+    db.close()
+    return {"depths": out, "peak_rss_mb": round(_vm_hwm_mb(os.getpid()))}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_fill":
         return fill(Path(sys.argv[2]), int(sys.argv[3]))
@@ -299,6 +330,10 @@ def main() -> None:
     cap.add_argument("--base", type=Path, help="a worktree of the old code, measured first")
     cap.add_argument("--filled", type=Path, help="fill this folder once (kept) and copy it for each run")
     cap.add_argument("--out", type=Path, default=REPO / "bench/results/scale_captures.json")
+    pages = sub.add_parser("pages")
+    pages.add_argument("--filled", type=Path, required=True, help="a folder `captures --filled` filled")
+    pages.add_argument("--depths", default="0,1000,10000,100000")
+    pages.add_argument("--out", type=Path, default=REPO / "bench/results/scale_captures_pages.json")
     ev = sub.add_parser("eval")
     ev.add_argument("--holdout", type=int, default=400)
     ev.add_argument("--new", type=int, default=40)
@@ -314,6 +349,9 @@ def main() -> None:
                 work.mkdir()
                 report[name] = run_captures(tree, args.rows, args.rate, args.duration, work, args.filled)
                 print(name, json.dumps(report[name]), flush=True)
+        elif args.what == "pages":
+            report["pages"] = run_pages(args.filled, [int(d) for d in args.depths.split(",")])
+            print(json.dumps(report["pages"]), flush=True)
         else:
             report["eval"] = run_eval(args.holdout, args.new, Path(tmp))
             print(json.dumps(report["eval"]), flush=True)
