@@ -11,6 +11,8 @@ of main) for the before/after comparison in the same run.
 its peak RSS (``/usr/bin/time``), for the feature-cache pass's memory.
 
     PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels 1000,10000 --out bench/results/scale.json
+    PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels '' --train-sizes 500,4000 \\
+        --out bench/results/scale_train.json
 """
 
 from __future__ import annotations
@@ -205,7 +207,8 @@ def main() -> None:
                               "window": args.window, "admin": {}, "train": {}}  # fmt: skip
     for name, tree in trees.items():
         with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
-            result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp))
+            if levels:  # --levels '' with --train-sizes: training memory alone
+                result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp))
             if sizes:
                 result["train"][name] = measure_train(sizes, tree, Path(tmp))
     result["load_avg_at_end"] = os.getloadavg()

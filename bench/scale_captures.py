@@ -7,11 +7,16 @@ appends real images at ``--rate`` per second; two clients call ``/readyz`` and `
 Reported: p50/p95/max of each, the admin's CPU seconds and peak RSS, database bytes. With ``--base`` (a
 worktree of the old code: ``git worktree add /tmp/cap-base main``) the same runs on the old code first.
 
+``pages``: a page of the margin queue at depths 0 to 100,000 by ``offset`` and by the keyset cursor ``after``, on
+the database ``captures --filled`` left (this tree only: the old one has no cursor).
+
 ``eval``: the gate's champion evaluation on a holdout of ``--holdout`` real ants/bees images (copies of
 ../shared's), then again after ``--new`` images joined the holdout: the champion's predictions with the cache
 (only the new images) and without it (the whole holdout, as before), with the tiny real model.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py captures --rows 1000000 --base /tmp/cap-base
+    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py captures --rows 1000000 --base /tmp/cap-base \
+        --filled /tmp/cap-filled   # filled once (minutes at 1M rows), kept, and copied for each tree's run
+    PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py pages --filled /tmp/cap-filled
     PYTHONPATH=$PWD .venv/bin/python bench/scale_captures.py eval --holdout 400 --new 40
 
 The script imports only modules both code trees have, so the old tree runs it unchanged.
@@ -127,21 +132,39 @@ def _loop(url: str, path: str, headers: dict[str, str], stop: threading.Event, o
             stop.wait(0.05)
 
 
-def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path) -> dict[str, Any]:
+def _filled(tree: Path, rows: int, work: Path, reuse: Path | None) -> dict[str, Any]:
+    """Fill ``work`` with ``rows`` captures; with ``reuse``, fill that folder once (the first tree's code: a newer
+    tree migrates the file when its admin opens it) and copy it, so that every tree starts from the same file."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    target = reuse if reuse is not None else work
+    marker = target / "filled.json"
+    if reuse is None or not marker.is_file() or json.loads(marker.read_text())["rows"] != rows:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, str(HERE), "_fill", str(target), str(rows)], env=env, cwd=tree,
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        marker.write_text(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(marker.read_text())
+    if reuse is not None:
+        shutil.copytree(reuse, work, dirs_exist_ok=True)
+        result["reused"] = str(reuse)
+    return result
+
+
+def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path,
+                 reuse: Path | None = None) -> dict[str, Any]:  # fmt: skip
     import httpx
     import psutil
 
     from tests.support.auth import SAMPLER
 
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    filled = subprocess.run([sys.executable, str(HERE), "_fill", str(work), str(rows)], env=env, cwd=tree,
-                            check=True, capture_output=True, text=True)  # fmt: skip
-    result: dict[str, Any] = json.loads(filled.stdout.strip().splitlines()[-1])
+    result = _filled(tree, rows, work, reuse)
     with FreePort() as port:
         pass
     log = open(work / "admin.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, str(HERE), "_admin", str(work), str(port)], env=env, cwd=tree,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    print(f"admin pid {proc.pid} ({tree})", file=sys.stderr, flush=True)  # for a profiler: py-spy record -p PID
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
@@ -186,6 +209,7 @@ def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path
         "admin_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1), "admin_peak_rss_mb": round(hwm),
         "db_mb": round(sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 2**20, 1),
         "errors": errors[:10], "error_count": len(errors),
+        "load_average_1m": round(os.getloadavg()[0], 1),  # the machine's, this run's own load included
     })  # fmt: skip
     for path, values in lat.items():
         result[path] = {"n": len(values), "p50_ms": round(1000 * percentile(values, 50), 1),
@@ -265,6 +289,33 @@ def run_eval(holdout: int, new: int, work: Path) -> dict[str, Any]:
             "images_predicted_with_cache": asked, "peak_rss_mb": round(_vm_hwm_mb(os.getpid()))}  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------- the pages run
+def run_pages(filled: Path, depths: list[int], repeat: int = 5) -> dict[str, Any]:
+    """A page of 20 at each depth of the margin queue, by ``offset`` (the rows before it are read and skipped) and
+    by the keyset cursor ``after`` (a seek): the median query time of ``repeat``, on the filled database."""
+    from admin.store.captures import CaptureStore, cursor_of
+    from admin.store.db import Database
+
+    db = Database(_settings(filled).db_path)
+    store = CaptureStore(db)
+    out: dict[str, Any] = {}
+
+    def timed(**kw: Any) -> float:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            store.review(MODEL, "margin", 20, **kw)
+            times.append(time.perf_counter() - t)
+        return round(1000 * sorted(times)[len(times) // 2], 2)
+
+    for depth in depths:
+        last = store.review(MODEL, "margin", 1, offset=depth - 1)[0] if depth else None
+        out[str(depth)] = {"offset_ms": timed(offset=depth),
+                           "after_ms": timed(after=cursor_of(last, "margin")) if last else timed()}  # fmt: skip
+    db.close()
+    return {"depths": out, "peak_rss_mb": round(_vm_hwm_mb(os.getpid()))}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_fill":
         return fill(Path(sys.argv[2]), int(sys.argv[3]))
@@ -277,7 +328,12 @@ def main() -> None:
     cap.add_argument("--rate", type=float, default=50.0, help="captures per second written during the load")
     cap.add_argument("--duration", type=float, default=60.0)
     cap.add_argument("--base", type=Path, help="a worktree of the old code, measured first")
+    cap.add_argument("--filled", type=Path, help="fill this folder once (kept) and copy it for each run")
     cap.add_argument("--out", type=Path, default=REPO / "bench/results/scale_captures.json")
+    pages = sub.add_parser("pages")
+    pages.add_argument("--filled", type=Path, required=True, help="a folder `captures --filled` filled")
+    pages.add_argument("--depths", default="0,1000,10000,100000")
+    pages.add_argument("--out", type=Path, default=REPO / "bench/results/scale_captures_pages.json")
     ev = sub.add_parser("eval")
     ev.add_argument("--holdout", type=int, default=400)
     ev.add_argument("--new", type=int, default=40)
@@ -291,8 +347,11 @@ def main() -> None:
             for name, tree in trees:
                 work = Path(tmp) / name
                 work.mkdir()
-                report[name] = run_captures(tree, args.rows, args.rate, args.duration, work)
+                report[name] = run_captures(tree, args.rows, args.rate, args.duration, work, args.filled)
                 print(name, json.dumps(report[name]), flush=True)
+        elif args.what == "pages":
+            report["pages"] = run_pages(args.filled, [int(d) for d in args.depths.split(",")])
+            print(json.dumps(report["pages"]), flush=True)
         else:
             report["eval"] = run_eval(args.holdout, args.new, Path(tmp))
             print(json.dumps(report["eval"]), flush=True)

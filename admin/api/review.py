@@ -55,6 +55,8 @@ class ReviewPage(BaseModel):
     model_name: str
     strategy: str
     items: list[ReviewItem]
+    next: str | None = Field(default=None, description="pass as `after` for the next page; null: no more "
+                             "(always null for strategy=random)")  # fmt: skip
 
 
 class Decision(BaseModel):
@@ -115,6 +117,11 @@ def _model_name(request: Request) -> str:
     return name
 
 
+_AFTER = (
+    "the previous page's `next`: continue after it (a seek at any depth; captures arriving meanwhile do not shift it)"
+)
+
+
 @router.get("", response_model=ReviewPage, dependencies=[Depends(require_sampler)])
 def review_queue(
     request: Request,
@@ -122,11 +129,12 @@ def review_queue(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     status: Literal["queued", "skipped", "rejected", "labelled"] = "queued",
+    after: Annotated[str | None, Query(max_length=200, description=_AFTER)] = None,
 ) -> ReviewPage:
     """Captured inputs nobody labelled yet, the most uncertain first (near-duplicates collapsed)."""
     name = _model_name(request)
-    rows = service(request).feedback.review.items(name, strategy, limit, status, offset)
-    return ReviewPage(model_name=name, strategy=strategy, items=[ReviewItem.of(r) for r in rows])
+    rows, more = service(request).feedback.review.page(name, strategy, limit, status, offset, after)
+    return ReviewPage(model_name=name, strategy=strategy, items=[ReviewItem.of(r) for r in rows], next=more)
 
 
 @router.get("/stats", response_model=ReviewStatsOut, dependencies=[Depends(require_sampler)])

@@ -18,6 +18,7 @@ marked ``gone``), which also caps the index: the budget bounds the database as i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from admin.store.rows import CaptureRow
 from admin.store.samples import SampleStore
 from graft.core.capture import (
     INCOMPLETE_GRACE_S,
+    SEGMENT_SUFFIX,
     Capture,
     CaptureRecord,
     DamagedSegmentError,
@@ -80,6 +82,8 @@ class CaptureIndex:
         self.max_image_pixels = max_image_pixels
         self.lock = threading.Lock()
         self._captures: dict[str, _Hashes] = {}  # per model
+        self._dropped = 0  # times cached capture hashes were dropped: a load read before a drop is stale
+        self._warming: set[str] = set()  # models whose hashes the background thread is loading
         # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
         self._samples: tuple[tuple[int, int], _Hashes] | None = None
         self._erased: tuple[dict[str, str], _Hashes] | None = None  # erased pictures: by pixels, by hash
@@ -95,9 +99,22 @@ class CaptureIndex:
 
     def warm(self, model_name: str) -> None:
         """Load the model's capture hashes now (a read of every queued capture's hash: seconds at a million
-        rows), in the background thread, so that the first page does not pay for it."""
+        rows), in the background thread, so that the first page does not pay for it. The read runs without
+        holding the index (pages meanwhile show the last committed pass instead of waiting for it)."""
         with self.lock:
-            self._capture_hashes(model_name)
+            if model_name in self._captures:
+                return
+            self._warming.add(model_name)
+            dropped = self._dropped
+        try:
+            loaded = _Hashes(self.store.phashes(model_name))
+        finally:
+            with self.lock:
+                self._warming.discard(model_name)
+                # A pass that indexed meanwhile loaded its own set (it holds every capture since); a drop since
+                # the read means some of these hashes are no longer kept.
+                if model_name not in self._captures and dropped == self._dropped:
+                    self._captures[model_name] = loaded
 
     def sync_if_idle(self, model_name: str, limit: int = 200, wait_s: float = 2.0) -> int:
         """:meth:`sync` unless a pass (the background thread's) holds the index longer than ``wait_s``: a page
@@ -106,6 +123,8 @@ class CaptureIndex:
         if not self.lock.acquire(timeout=wait_s):
             return 0
         try:
+            if model_name in self._warming:  # indexing now would load the hashes again, on the request's time
+                return 0
             return self._sync(model_name, limit)
         finally:
             self.lock.release()
@@ -114,7 +133,7 @@ class CaptureIndex:
         read_to = self.store.read_to(model_name)
         batch: list[tuple[Capture, tuple[str, int, int], Fingerprint | None]] = []
         progress: dict[str, int] = {}
-        for name in segment_names(self.root, model_name):
+        for name in self._grown(model_name, read_to):
             if len(batch) >= limit:
                 break
             found, stop = self._read_segment(model_name, name, read_to.get(name, 0), limit - len(batch))
@@ -122,6 +141,8 @@ class CaptureIndex:
                 batch.append((capture, (name, offset, length), self._fingerprint(capture)))
             if stop != read_to.get(name, 0):
                 progress[name] = stop
+        if not batch and not progress:  # nothing new: no write transaction, so no wait on another writer
+            return 0
         # One transaction per pass: one commit (and fsync) for the lot, not one per capture.
         with self.store.batch():
             for capture, where, fp in batch:
@@ -132,6 +153,22 @@ class CaptureIndex:
         if batch:
             log.info("indexed %d new capture(s) of %s", len(batch), model_name)
         return len(batch)
+
+    def _grown(self, model_name: str, read_to: dict[str, int]) -> list[str]:
+        """The segments holding bytes past where the index read them, oldest first: one stat per segment (from the
+        directory listing) and an open only for those, so that a sync on a request's path costs what arrived, not
+        how many segments are kept (opening each of 1,000 segments took most of a review page's time)."""
+        grown = []
+        try:
+            with os.scandir(self.folder(model_name)) as entries:
+                for entry in entries:
+                    if entry.name.endswith(SEGMENT_SUFFIX) and entry.is_file():
+                        with contextlib.suppress(OSError):  # pruned since listed: the sweep forgets it
+                            if entry.stat().st_size > read_to.get(entry.name, 0):
+                                grown.append(entry.name)
+        except OSError:
+            return []
+        return sorted(grown)
 
     def _read_segment(self, model_name: str, name: str, start: int, limit: int) -> tuple[list[Any], int]:
         """Whole captures after ``start`` (at most ``limit``) and the offset read up to."""
@@ -252,17 +289,22 @@ class CaptureIndex:
                 self.store.add_erased(row.id, row.pixels_sha, row.phash)
                 self.store.mark_deleted(sorted(same), row.id)
             self._erased = None
-            self._captures.clear()
+            self._drop_hashes()
             return sorted(same)
 
     def forget(self, model_name: str | None = None) -> None:
         """Drop the cached hashes (after captures were deleted, pruned or put back in the queue): one model's,
         or every model's."""
         with self.lock:
-            if model_name is None:
-                self._captures.clear()
-            else:
-                self._captures.pop(model_name, None)
+            self._drop_hashes(model_name)
+
+    def _drop_hashes(self, model_name: str | None = None) -> None:
+        """(Holding the lock.) One model's cached capture hashes, or every model's, to be loaded again."""
+        self._dropped += 1
+        if model_name is None:
+            self._captures.clear()
+        else:
+            self._captures.pop(model_name, None)
 
     def sweep(self, model_name: str, keep: int, keep_since: float | None = None) -> int:
         """Forget the captures whose segment the workers pruned (their rows go, decided ones stay marked gone),
@@ -271,12 +313,13 @@ class CaptureIndex:
         The pruned segments are the ones the index has read (``capture_segments``) that are no longer on disk,
         so a sweep costs what was pruned, not what is kept; the first sweep of a process also checks the
         segments the rows name (a database from before schema 10, or a crash between the two)."""
+        # The first sweep's walk of the rows (a second at a million) reads without holding the index: a row
+        # indexed meanwhile names a segment the index read, which read_to below lists.
+        named = set(self.store.segments(model_name)) if model_name not in self._swept else set()
         with self.lock:
             present = set(segment_names(self.root, model_name))
-            known = set(self.store.read_to(model_name))
-            if model_name not in self._swept:
-                known |= set(self.store.segments(model_name))
-                self._swept.add(model_name)
+            known = set(self.store.read_to(model_name)) | named
+            self._swept.add(model_name)
             pruned = self.store.prune_segments(model_name, sorted(known - present), keep_since)
             if pruned:
                 log.info("%d capture(s) of %s were pruned by the disk budget", pruned, model_name)
@@ -286,5 +329,5 @@ class CaptureIndex:
             if capped:
                 log.info("the capture index keeps the newest %d captures: %d older row(s) dropped", keep, capped)
             if pruned or capped:
-                self._captures.clear()  # their hashes must not match new captures
+                self._drop_hashes()  # their hashes must not match new captures
             return pruned

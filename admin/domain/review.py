@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from admin.domain.captures import CaptureIndex
 from admin.domain.samples import NEAR_DUPLICATE_BITS, Upload
 from admin.store.audit import AuditStore
-from admin.store.captures import CaptureStore, Strategy
+from admin.store.captures import CaptureStore, Strategy, cursor_of
 from admin.store.rows import Actor, CaptureRow, CaptureStatus, SampleMeta, StoredSample
 from graft.core.capture import Capture, read_at, valid_id
 from graft.core.errors import ConflictError, GoneError, NotFoundError
@@ -67,14 +67,23 @@ class ReviewQueue:
     def items(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
         """A page of the queue, fresh captures indexed first (unless the background pass is at it)."""
+        return self.page(model_name, strategy, limit, status, offset)[0]
+
+    def page(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
+             offset: int = 0, after: str | None = None) -> tuple[list[CaptureRow], str | None]:  # fmt: skip
+        """:meth:`items`, from ``offset`` or after the cursor ``after``, and the cursor of the next page (None when
+        this one is the last, or for the random strategy, which has no order to continue)."""
         self.index.sync_if_idle(model_name, limit=200)
+        rows = self.store.review(model_name, strategy, limit, status, offset, after)
         out = []
-        for row in self.store.review(model_name, strategy, limit, status, offset):
+        for row in rows:
             if self.capture_path(row).is_file():
                 out.append(row)
             else:  # pruned by the workers' disk budget since it was indexed
                 self.store.drop_pruned([row.id])
-        return out
+        # From the last row read, kept or not: a page thinned by pruning still continues where it stopped.
+        more = strategy != "random" and len(rows) == limit
+        return out, cursor_of(rows[-1], strategy) if more else None
 
     def get(self, capture_id: str, model_name: str | None = None) -> CaptureRow:
         row = self.store.get(capture_id) if valid_id(capture_id) else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import math
@@ -14,15 +16,56 @@ from admin.store import capture_tallies
 from admin.store.capture_tallies import BUCKET_S, LOW_MARGIN_KEY
 from admin.store.db import Database
 from admin.store.rows import Actor, CaptureRow, CaptureStatus
-from graft.core.capture import CaptureRecord
+from graft.core.capture import CaptureRecord, valid_id
+from graft.core.errors import UserInputError
 from graft.core.util import utc_now
 
 Strategy = Literal["margin", "entropy", "random"]
 _UNDECIDED = "('queued', 'duplicate', 'unreadable')"  # statuses of captures no person decided on
 _ORDER: dict[str, str] = {  # each walks an index (captures_queue, captures_entropy) and stops at the page
-    "margin": "margin ASC, captured_at DESC",  # smallest gap between the top two classes first
-    "entropy": "entropy DESC, captured_at DESC",  # the flattest distributions first
+    "margin": "margin ASC, captured_at DESC, id DESC",  # smallest gap between the top two classes first
+    "entropy": "entropy DESC, captured_at DESC, id DESC",  # the flattest distributions first
 }
+# A keyset cursor's condition: the rows after (key, captured_at, id) in _ORDER. Its first term is a range on the
+# index's last column, so SQLite seeks to the cursor instead of reading and skipping the rows before it (OFFSET).
+_AFTER: dict[str, str] = {
+    "margin": "margin >= ? AND (margin > ? OR captured_at < ? OR (captured_at = ? AND id < ?))",
+    "entropy": "entropy <= ? AND (entropy < ? OR captured_at < ? OR (captured_at = ? AND id < ?))",
+}
+_CURSOR_MAX = 200  # characters: a cursor is about 90
+
+
+class BadCursorError(UserInputError):
+    """A review cursor this service did not give, or gave for another order."""
+
+
+def cursor_of(row: CaptureRow, strategy: Strategy) -> str:
+    """An opaque cursor for the rows after ``row`` in ``strategy``'s order (``after`` of ``GET /v1/review``)."""
+    key = row.margin if strategy == "margin" else row.entropy
+    text = json.dumps([strategy, key, row.captured_at, row.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def parse_cursor(cursor: str, strategy: Strategy) -> tuple[float, float, str]:
+    """(key, captured_at, id) of a cursor :func:`cursor_of` gave for ``strategy``; :class:`BadCursorError` if not."""
+    how = "pass the `next` of the previous page unchanged, or start again without `after`"
+    if strategy not in _AFTER:
+        raise BadCursorError(f"strategy={strategy} has no order to continue: ask again for another random page")
+    try:
+        if len(cursor) > _CURSOR_MAX:
+            raise ValueError("too long")
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        name, key, at, capture_id = value
+        if name != strategy:
+            raise BadCursorError(f"this cursor continues strategy={name}, not {strategy}: {how}")
+        if not (isinstance(capture_id, str) and valid_id(capture_id)):
+            raise ValueError("not a capture id")
+        key, at = float(key), float(at)
+        if not (math.isfinite(key) and math.isfinite(at)):
+            raise ValueError("not finite")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as e:
+        raise BadCursorError(f"`after` is not a cursor GET /v1/review gave ({e}): {how}") from None
+    return key, at, capture_id
 
 
 class CaptureStore:
@@ -183,7 +226,19 @@ class CaptureStore:
         return None if row is None else _row(row)
 
     def review(self, model_name: str, strategy: Strategy, limit: int, status: CaptureStatus = "queued",
-               offset: int = 0) -> list[CaptureRow]:  # fmt: skip
+               offset: int = 0, after: str | None = None) -> list[CaptureRow]:  # fmt: skip
+        """A page of ``status`` captures in ``strategy``'s order: ``offset`` rows in (each one skipped is read), or
+        after the row ``after`` names (a cursor from :func:`cursor_of`: a seek, whatever the depth, and rows
+        arriving meanwhile neither repeat nor hide the ones after it)."""
+        if after is not None:
+            key, at, capture_id = parse_cursor(after, strategy)
+            if offset:
+                raise BadCursorError("send either `offset` or `after`, not both: `after` already says where to start")
+            rows = self.db.all(
+                f"SELECT * FROM captures WHERE model_name = ? AND status = ? AND {_AFTER[strategy]} "
+                f"ORDER BY {_ORDER[strategy]} LIMIT ?", (model_name, status, key, key, at, at, capture_id, limit),
+            )  # fmt: skip
+            return [_row(r) for r in rows]
         if strategy == "random":
             return self._random(model_name, limit, status)
         rows = self.db.all(
