@@ -6,6 +6,7 @@ repeated picture, and a day of tiny captures against a 1 MB budget (the admin's 
 from __future__ import annotations
 
 import io
+import logging
 import random
 import socket
 import tempfile
@@ -23,6 +24,7 @@ from bench._service import ADMIN, Service
 from bench.load import percentile
 from graft.core.capture import read_captures
 
+log = logging.getLogger("bench.attacks")
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # headers that never end
 T = TypeVar("T")
 
@@ -90,9 +92,13 @@ def idle_connections(svc: Service, counts: tuple[int, ...] = (64, 1000), hold_s:
         attack.stop()
         good = set(statuses) == {"200"} and max(latencies) < 1.0
         ok = ok and good
-        out[f"{n} idle"] = {"requests": sum(statuses.values()), "statuses": dict(statuses),
-                            "p50_ms": round(1000 * percentile(latencies, 50), 1),
-                            "max_ms": round(1000 * max(latencies), 1), "closed_by_server": attack.closed_by_server}
+        out[f"{n} idle"] = {
+            "requests": sum(statuses.values()),
+            "statuses": dict(statuses),
+            "p50_ms": round(1000 * percentile(latencies, 50), 1),
+            "max_ms": round(1000 * max(latencies), 1),
+            "closed_by_server": attack.closed_by_server,
+        }
     out["passed"] = ok
     return out
 
@@ -221,6 +227,9 @@ def capture_day(hours: float = 24.0, rate: int = 100, budget_mb: int = 1) -> dic
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             sizes.append(sum(f.stat().st_size for f in tmp.glob("admin.sqlite3*")))
             rows.append(store.rows())
+            # a long run stopped early still leaves its curve in the log
+            log.info("simulated %.2f h: %d captures, db %.2f MB, %d index rows, %.0f s wall", (p + 1) * step_s / 3600,
+                     stored[0], sizes[-1] / 2**20, rows[-1], time.monotonic() - t0)  # fmt: skip
     segments = sum(f.stat().st_size for f in (tmp / "captures" / "m").glob("*.seg"))
     db.close()
     bound = defaults.capture_index_max * 1024  # the index's cap at 1 KiB a row (about 650 bytes measured)
