@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import random
 import socket
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from bench._service import ADMIN, Service
+from bench._service import ADMIN, ADMIN_TOKEN, Service
 from bench.load import percentile
 from graft.core.capture import read_captures
 
@@ -243,3 +244,76 @@ def capture_day(hours: float = 24.0, rate: int = 100, budget_mb: int = 1) -> dic
             "seconds": round(time.monotonic() - t0),
             "passed": max(rows) <= defaults.capture_index_max + per_pass and max(sizes) <= bound
                       and segments <= budget_mb * 2**20 * 1.1}  # fmt: skip
+
+
+def _from(address: str, url: str) -> httpx.Client:
+    """A client whose connections come from ``address`` (any 127.x.y.z reaches a loopback server on Linux)."""
+    return httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def _ask(client: httpx.Client, statuses: Counter[str], path: str, headers: dict[str, str]) -> float:
+    t0 = time.monotonic()
+    try:
+        statuses[str(client.get(path, headers=headers).status_code)] += 1
+    except httpx.HTTPError as e:
+        statuses[type(e).__name__] += 1
+    return time.monotonic() - t0
+
+
+def token_flood(svc: Service, seconds: float = 10.0, threads: int = 8) -> dict[str, Any]:
+    """``threads`` clients at one address (127.0.0.66: no other row uses it, its backoff outlives the row) send
+    wrong bearer tokens as fast as they are answered, for ``seconds``; the token's holder (127.0.0.2) asks every
+    0.1 s and probes (127.0.0.3) ask too. Past the free tries the guesser is answered 429 and its tokens are not
+    judged: judged guesses grow with the log of the time, whatever the rate; nobody else sees a 429 or a 5xx."""
+    from admin.api.sessions import FREE_FAILURES
+
+    url = str(svc.admin.base_url).rstrip("/")
+    guesses, holder, probes = Counter[str](), Counter[str](), Counter[str]()
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def guess(k: int) -> None:
+        with _from("127.0.0.66", url) as c:
+            i = 0
+            while not stop.is_set():
+                _ask(c, guesses, "/v1/models", {"Authorization": f"Bearer guess-{k}-{i:012d}"})
+                i += 1
+
+    attackers = [threading.Thread(target=guess, args=(k,), daemon=True) for k in range(threads)]
+    t0 = time.monotonic()
+    for t in attackers:
+        t.start()
+    with _from("127.0.0.2", url) as own, _from("127.0.0.3", url) as probe:
+        while time.monotonic() - t0 < seconds:
+            latencies.append(_ask(own, holder, "/v1/models", ADMIN))
+            latencies += [_ask(probe, probes, p, {}) for p in ("/healthz", "/readyz")]
+            time.sleep(0.1)
+    stop.set()
+    for t in attackers:
+        t.join(15)
+    took = time.monotonic() - t0
+    judged = guesses["401"]
+    bound = FREE_FAILURES + 1 + math.log2(1 + took)  # free tries, then one a wait of 1, 2, 4... seconds
+    return {"check": f"wrong bearer tokens from {threads} clients at one address for {seconds:g} s (backoff, 429) "
+                     "while the token's holder and probes ask from others",
+            "guesser": dict(guesses), "guesses_judged": judged, "judged_bound": round(bound, 1),
+            "holder": dict(holder), "probes": dict(probes), "others_max_ms": round(1000 * max(latencies), 1),
+            "passed": 0 < judged <= bound and guesses["429"] > 0 and set(holder) == {"200"}
+                      and set(probes) == {"200"} and max(latencies) < 1.0}  # fmt: skip
+
+
+def slow_sign_ins(svc: Service, n: int = 64, seconds: float = 12.0) -> dict[str, Any]:
+    """``n`` sign-in requests from one address (127.0.0.1) whose 1,000-byte bodies come a byte a second, each
+    reopened as soon as it is answered or closed, for ``seconds`` (past the small-body deadline); probes, an admin
+    and another user signing in ask from 127.0.0.9 on new connections: all answered, none a 5xx, within 1 s."""
+    from bench.admin_attacks import SlowSignIns, everyone_else
+
+    attack = SlowSignIns(int(svc.admin.base_url.port or 0), n)
+    try:
+        seen = everyone_else(str(svc.admin.base_url).rstrip("/"), seconds, ADMIN_TOKEN)
+    finally:
+        answers = attack.stop()
+    return {"check": f"{n} slow sign-in bodies from one address (a byte a second, reopened when answered) for "
+                     f"{seconds:g} s while probes, an admin and another user ask from another",
+            "others": {k: v for k, v in seen.items() if k != "ok"}, "attacker_answers": answers,
+            "passed": bool(seen["ok"]) and not any(s.startswith("5") for s in seen["statuses"])}  # fmt: skip
