@@ -168,12 +168,17 @@ def erase_repeated_picture(svc: Service, capture_dir: Path, image: bytes, name: 
     status = wait_for(lambda: (s := svc.admin.get(f"/v1/review/{later}", headers=ADMIN).status_code) != 404 and s,
                       60, what="the later capture indexed")  # fmt: skip
     queued = [i["id"] for i in svc.admin.get("/v1/review", params={"limit": 200}, headers=ADMIN).json()["items"]]
-    return {"check": "erasure of a picture captured 3 times and once re-encoded", "predictions": answers,
-            "delete": deleted, "copies_image_status": dict(images), "copies_left_in_segments": left,
-            "later_capture": status, "later_bytes_left": kept(), "in_queue": later in queued or any(i in queued
-                                                                                                     for i in ids),
+    total = svc.admin.get("/v1/samples/stats", headers=ADMIN).json()["total"]
+    uploads = [svc.admin.post("/v1/samples", files={"file": (f"again{k}.jpg", b, "image/jpeg")},
+                              data={"label": "ants"}, headers=ADMIN).status_code for k, b in enumerate(copies[-2:])]
+    stored = svc.admin.get("/v1/samples/stats", headers=ADMIN).json()["total"] - total
+    return {"check": "erasure of a picture captured 3 times and once re-encoded; later captures and uploads of it",
+            "predictions": answers, "delete": deleted, "copies_image_status": dict(images),
+            "copies_left_in_segments": left, "later_capture": status, "later_bytes_left": kept(),
+            "in_queue": later in queued or any(i in queued for i in ids), "later_uploads": uploads,
+            "samples_stored_by_them": stored,
             "passed": deleted == 200 and set(images) == {410} and left == 0 and status == 410 and kept() == 0
-                      and all(a == 200 for a in answers)}  # fmt: skip
+                      and all(a == 200 for a in answers) and uploads == [409, 409] and stored == 0}  # fmt: skip
 
 
 def _tiny(i: int) -> bytes:

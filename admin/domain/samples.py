@@ -160,8 +160,9 @@ class SampleIntake:
             cid, when = erased
             raise ErasedPictureError(
                 f"{_where(i, up, n)}this picture (the same pixels or a near-duplicate) was erased on {when} at "
-                f"someone's request (DELETE /v1/review/{cid}): it is not stored again. Send another picture; "
-                "the erasure is in the audit trail (GET /v1/audit?action=review.erase)"
+                f"someone's request (DELETE /v1/review/{cid}): it is not stored again, and the API has no way to lift "
+                "an erasure. Send another picture; the erasure is in the audit trail "
+                "(GET /v1/audit?action=review.erase)"
             )
         split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
         if split == "train" and (twin := self._index.match(look)) is not None:
