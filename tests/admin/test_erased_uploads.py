@@ -14,7 +14,8 @@ import httpx
 from admin.server import AdminServer
 from tests.admin.test_api import settings
 from tests.admin.test_review import Served
-from tests.support.auth import ADMIN, SAMPLER
+from tests.console.test_pages import csrf_of, sign_in
+from tests.support.auth import ADMIN, SAMPLER, SAMPLES_TOKEN
 from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
 from tests.support.images import photo
 from tests.support.waiting import wait_ready
@@ -58,6 +59,12 @@ def test_an_erased_picture_is_refused_when_uploaded_again(tmp_path: Path, free_p
         batch = [("file", ("other.png", other, "image/png")), ("file", ("again.png", data, "image/png"))]
         r = c.post("/v1/samples/batch", files=batch, data={"label": "bees"}, headers=SAMPLER)
         assert r.status_code == 409 and "item 1 ('again.png')" in r.json()["error"]["message"], r.text
+        console = sign_in(server, SAMPLES_TOKEN)  # the console's upload form goes through the same intake
+        form = {"X-CSRF-Token": csrf_of(console.get("/console/review").text), "Accept": "application/json"}
+        r = console.post("/console/samples", files={"file": ("n.jpg", near, "image/jpeg")}, data={"label": "ants"},
+                         headers=form)  # fmt: skip
+        assert r.status_code == 409 and r.json()["error"]["type"] == "ErasedPictureError", r.text
+        console.close()
         assert total(c) == 0 and stored_files(st.state_dir) == [], "nothing stored, not even the batch's other item"
         assert upload(c, other, "bees").status_code == 201, "another picture is stored as ever"
 
@@ -68,7 +75,7 @@ def test_an_erased_picture_is_refused_when_uploaded_again(tmp_path: Path, free_p
         segments = b"".join(f.read_bytes() for f in st.capture_path.joinpath("graft").glob("*.seg"))
         assert data not in segments and near not in segments, "their bytes erased as they were indexed"
         refused = c.get("/metrics").text
-        assert 'graft_admin_samples_rejected_total{reason="ErasedPictureError"} 3.0' in refused
+        assert 'graft_admin_samples_rejected_total{reason="ErasedPictureError"} 4.0' in refused
 
     # A new process: the erasure is read from the database, not remembered by the last one.
     with AdminServer(st, rollout=FakeRollout(), app_kwargs=EXTRA) as server, httpx.Client(base_url=server.url) as c:
