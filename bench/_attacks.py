@@ -9,6 +9,7 @@ import io
 import logging
 import math
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -238,6 +239,7 @@ def capture_day(hours: float = 24.0, rate: int = 100, budget_mb: int = 1) -> dic
                      stored[0], sizes[-1] / 2**20, rows[-1], time.monotonic() - t0)  # fmt: skip
     segments = sum(f.stat().st_size for f in (tmp / "captures" / "m").glob("*.seg"))
     db.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # the writer is idle: everything offered was stored
     bound = defaults.capture_index_max * 1024  # the index's cap at 1 KiB a row (about 650 bytes measured)
     return {"check": f"{hours:g} h of tiny captures at {rate}/s against a {budget_mb} MB budget (simulated, with the "
                      f"{defaults.drift_window_s:g} s drift window and a {defaults.capture_index_max:,}-row cap)",
