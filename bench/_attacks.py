@@ -6,7 +6,10 @@ repeated picture, and a day of tiny captures against a 1 MB budget (the admin's 
 from __future__ import annotations
 
 import io
+import logging
+import math
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -19,10 +22,11 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from bench._service import ADMIN, Service
+from bench._service import ADMIN, ADMIN_TOKEN, Service
 from bench.load import percentile
 from graft.core.capture import read_captures
 
+log = logging.getLogger("bench.attacks")
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # headers that never end
 T = TypeVar("T")
 
@@ -90,9 +94,13 @@ def idle_connections(svc: Service, counts: tuple[int, ...] = (64, 1000), hold_s:
         attack.stop()
         good = set(statuses) == {"200"} and max(latencies) < 1.0
         ok = ok and good
-        out[f"{n} idle"] = {"requests": sum(statuses.values()), "statuses": dict(statuses),
-                            "p50_ms": round(1000 * percentile(latencies, 50), 1),
-                            "max_ms": round(1000 * max(latencies), 1), "closed_by_server": attack.closed_by_server}
+        out[f"{n} idle"] = {
+            "requests": sum(statuses.values()),
+            "statuses": dict(statuses),
+            "p50_ms": round(1000 * percentile(latencies, 50), 1),
+            "max_ms": round(1000 * max(latencies), 1),
+            "closed_by_server": attack.closed_by_server,
+        }
     out["passed"] = ok
     return out
 
@@ -161,12 +169,17 @@ def erase_repeated_picture(svc: Service, capture_dir: Path, image: bytes, name: 
     status = wait_for(lambda: (s := svc.admin.get(f"/v1/review/{later}", headers=ADMIN).status_code) != 404 and s,
                       60, what="the later capture indexed")  # fmt: skip
     queued = [i["id"] for i in svc.admin.get("/v1/review", params={"limit": 200}, headers=ADMIN).json()["items"]]
-    return {"check": "erasure of a picture captured 3 times and once re-encoded", "predictions": answers,
-            "delete": deleted, "copies_image_status": dict(images), "copies_left_in_segments": left,
-            "later_capture": status, "later_bytes_left": kept(), "in_queue": later in queued or any(i in queued
-                                                                                                     for i in ids),
+    total = svc.admin.get("/v1/samples/stats", headers=ADMIN).json()["total"]
+    uploads = [svc.admin.post("/v1/samples", files={"file": (f"again{k}.jpg", b, "image/jpeg")},
+                              data={"label": "ants"}, headers=ADMIN).status_code for k, b in enumerate(copies[-2:])]
+    stored = svc.admin.get("/v1/samples/stats", headers=ADMIN).json()["total"] - total
+    return {"check": "erasure of a picture captured 3 times and once re-encoded; later captures and uploads of it",
+            "predictions": answers, "delete": deleted, "copies_image_status": dict(images),
+            "copies_left_in_segments": left, "later_capture": status, "later_bytes_left": kept(),
+            "in_queue": later in queued or any(i in queued for i in ids), "later_uploads": uploads,
+            "samples_stored_by_them": stored,
             "passed": deleted == 200 and set(images) == {410} and left == 0 and status == 410 and kept() == 0
-                      and all(a == 200 for a in answers)}  # fmt: skip
+                      and all(a == 200 for a in answers) and uploads == [409, 409] and stored == 0}  # fmt: skip
 
 
 def _tiny(i: int) -> bytes:
@@ -221,8 +234,12 @@ def capture_day(hours: float = 24.0, rate: int = 100, budget_mb: int = 1) -> dic
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             sizes.append(sum(f.stat().st_size for f in tmp.glob("admin.sqlite3*")))
             rows.append(store.rows())
+            # a long run stopped early still leaves its curve in the log
+            log.info("simulated %.2f h: %d captures, db %.2f MB, %d index rows, %.0f s wall", (p + 1) * step_s / 3600,
+                     stored[0], sizes[-1] / 2**20, rows[-1], time.monotonic() - t0)  # fmt: skip
     segments = sum(f.stat().st_size for f in (tmp / "captures" / "m").glob("*.seg"))
     db.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # the writer is idle: everything offered was stored
     bound = defaults.capture_index_max * 1024  # the index's cap at 1 KiB a row (about 650 bytes measured)
     return {"check": f"{hours:g} h of tiny captures at {rate}/s against a {budget_mb} MB budget (simulated, with the "
                      f"{defaults.drift_window_s:g} s drift window and a {defaults.capture_index_max:,}-row cap)",
@@ -234,3 +251,76 @@ def capture_day(hours: float = 24.0, rate: int = 100, budget_mb: int = 1) -> dic
             "seconds": round(time.monotonic() - t0),
             "passed": max(rows) <= defaults.capture_index_max + per_pass and max(sizes) <= bound
                       and segments <= budget_mb * 2**20 * 1.1}  # fmt: skip
+
+
+def _from(address: str, url: str) -> httpx.Client:
+    """A client whose connections come from ``address`` (any 127.x.y.z reaches a loopback server on Linux)."""
+    return httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def _ask(client: httpx.Client, statuses: Counter[str], path: str, headers: dict[str, str]) -> float:
+    t0 = time.monotonic()
+    try:
+        statuses[str(client.get(path, headers=headers).status_code)] += 1
+    except httpx.HTTPError as e:
+        statuses[type(e).__name__] += 1
+    return time.monotonic() - t0
+
+
+def token_flood(svc: Service, seconds: float = 10.0, threads: int = 8) -> dict[str, Any]:
+    """``threads`` clients at one address (127.0.0.66: no other row uses it, its backoff outlives the row) send
+    wrong bearer tokens as fast as they are answered, for ``seconds``; the token's holder (127.0.0.2) asks every
+    0.1 s and probes (127.0.0.3) ask too. Past the free tries the guesser is answered 429 and its tokens are not
+    judged: judged guesses grow with the log of the time, whatever the rate; nobody else sees a 429 or a 5xx."""
+    from admin.api.sessions import FREE_FAILURES
+
+    url = str(svc.admin.base_url).rstrip("/")
+    guesses, holder, probes = Counter[str](), Counter[str](), Counter[str]()
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def guess(k: int) -> None:
+        with _from("127.0.0.66", url) as c:
+            i = 0
+            while not stop.is_set():
+                _ask(c, guesses, "/v1/models", {"Authorization": f"Bearer guess-{k}-{i:012d}"})
+                i += 1
+
+    attackers = [threading.Thread(target=guess, args=(k,), daemon=True) for k in range(threads)]
+    t0 = time.monotonic()
+    for t in attackers:
+        t.start()
+    with _from("127.0.0.2", url) as own, _from("127.0.0.3", url) as probe:
+        while time.monotonic() - t0 < seconds:
+            latencies.append(_ask(own, holder, "/v1/models", ADMIN))
+            latencies += [_ask(probe, probes, p, {}) for p in ("/healthz", "/readyz")]
+            time.sleep(0.1)
+    stop.set()
+    for t in attackers:
+        t.join(15)
+    took = time.monotonic() - t0
+    judged = guesses["401"]
+    bound = FREE_FAILURES + 1 + math.log2(1 + took)  # free tries, then one a wait of 1, 2, 4... seconds
+    return {"check": f"wrong bearer tokens from {threads} clients at one address for {seconds:g} s (backoff, 429) "
+                     "while the token's holder and probes ask from others",
+            "guesser": dict(guesses), "guesses_judged": judged, "judged_bound": round(bound, 1),
+            "holder": dict(holder), "probes": dict(probes), "others_max_ms": round(1000 * max(latencies), 1),
+            "passed": 0 < judged <= bound and guesses["429"] > 0 and set(holder) == {"200"}
+                      and set(probes) == {"200"} and max(latencies) < 1.0}  # fmt: skip
+
+
+def slow_sign_ins(svc: Service, n: int = 64, seconds: float = 12.0) -> dict[str, Any]:
+    """``n`` sign-in requests from one address (127.0.0.1) whose 1,000-byte bodies come a byte a second, each
+    reopened as soon as it is answered or closed, for ``seconds`` (past the small-body deadline); probes, an admin
+    and another user signing in ask from 127.0.0.9 on new connections: all answered, none a 5xx, within 1 s."""
+    from bench.admin_attacks import SlowSignIns, everyone_else
+
+    attack = SlowSignIns(int(svc.admin.base_url.port or 0), n)
+    try:
+        seen = everyone_else(str(svc.admin.base_url).rstrip("/"), seconds, ADMIN_TOKEN)
+    finally:
+        answers = attack.stop()
+    return {"check": f"{n} slow sign-in bodies from one address (a byte a second, reopened when answered) for "
+                     f"{seconds:g} s while probes, an admin and another user ask from another",
+            "others": {k: v for k, v in seen.items() if k != "ok"}, "attacker_answers": answers,
+            "passed": bool(seen["ok"]) and not any(s.startswith("5") for s in seen["statuses"])}  # fmt: skip

@@ -99,11 +99,13 @@ class SlowSignIns:
         return answers
 
 
-def everyone_else(url: str, seconds: float) -> dict[str, Any]:
-    """Probes, an admin and another user signing in (from 127.0.0.9), each on a new connection, for ``seconds``."""
+def everyone_else(url: str, seconds: float, token: str = ADMIN_TOKEN) -> dict[str, Any]:
+    """Probes, an admin and another user signing in (from 127.0.0.9), each on a new connection, for ``seconds``;
+    ``token``: the admin's (bench/reliability.py's service has its own)."""
     statuses, latencies = Counter[str](), []
+    admin_headers = {"Authorization": f"Bearer {token}"}
     other = httpx.HTTPTransport(local_address="127.0.0.9")
-    asks = [("GET", "/healthz", {}), ("GET", "/readyz", {}), ("GET", "/v1/models", ADMIN),
+    asks = [("GET", "/healthz", {}), ("GET", "/readyz", {}), ("GET", "/v1/models", admin_headers),
             ("POST", "/console/login", {})]  # fmt: skip
     t_end = time.monotonic() + seconds
     while time.monotonic() < t_end:
@@ -111,7 +113,7 @@ def everyone_else(url: str, seconds: float) -> dict[str, Any]:
             t0 = time.monotonic()
             try:
                 with httpx.Client(base_url=url, transport=other, timeout=5) as c:
-                    data = {"token": ADMIN_TOKEN} if method == "POST" else None
+                    data = {"token": token} if method == "POST" else None
                     statuses[str(c.request(method, path, headers=headers, data=data).status_code)] += 1
             except httpx.HTTPError as e:
                 statuses[type(e).__name__] += 1

@@ -86,7 +86,8 @@ class CaptureIndex:
         self._warming: set[str] = set()  # models whose hashes the background thread is loading
         # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
         self._samples: tuple[tuple[int, int], _Hashes] | None = None
-        self._erased: tuple[dict[str, str], _Hashes] | None = None  # erased pictures: by pixels, by hash
+        # erased pictures (the table's key when read: uploads check it from request threads): by pixels, by hash
+        self._erased: tuple[tuple[int, int], dict[str, str], _Hashes] | None = None
         self._swept: set[str] = set()  # models whose rows' segments were all checked once
 
     def folder(self, model_name: str) -> Path:
@@ -258,13 +259,23 @@ class CaptureIndex:
         return self._samples[1]
 
     def _erased_of(self, fp: Fingerprint) -> str | None:
-        """The erasure (its capture id) this picture falls under: the same pixels or a near perceptual hash."""
-        if self._erased is None:
+        """The erasure (its capture id) this picture falls under: the same pixels or a near perceptual hash.
+        Safe without the index's lock: the cache is checked against the table's key and swapped whole."""
+        key, cache = self.store.erased_key(), self._erased
+        if cache is None or cache[0] != key:
             rows = self.store.erased()
             by_pixels = {pixels: cid for cid, pixels, _ in rows if pixels}
-            self._erased = (by_pixels, _Hashes([(cid, int(h, 16)) for cid, _, h in rows if h]))
-        by_pixels, hashes = self._erased
+            cache = (key, by_pixels, _Hashes([(cid, int(h, 16)) for cid, _, h in rows if h]))
+            self._erased = cache
+        _, by_pixels, hashes = cache
         return by_pixels.get(fp.pixels_sha) or hashes.near(fp.phash)
+
+    def erasure_of(self, fp: Fingerprint) -> tuple[str, str] | None:
+        """(capture id, when) of the erasure an image falls under, by the rule erasure uses (the same pixels or a
+        perceptual hash within :data:`NEAR_DUPLICATE_BITS`); None when it falls under none. Only fingerprints of
+        erased pictures are kept, never their pixels."""
+        cid = self._erased_of(fp)
+        return (cid, self.store.erased_at(cid) or "an unknown date") if cid is not None else None
 
     def erase_picture(self, row: CaptureRow) -> list[str]:
         """Erase the image of every kept capture of ``row``'s picture (the same pixels, or a perceptual hash within

@@ -32,6 +32,14 @@ HoldoutPrint = tuple[int, Path]
 HASH_SPLIT = "hash split"
 
 
+# (capture id, when) of the erasure an image's fingerprint falls under, or None (CaptureIndex.erasure_of).
+ErasureOf = Callable[[Fingerprint], tuple[str, str] | None]
+
+
+class ErasedPictureError(ConflictError):
+    """The picture (the same pixels or a near-duplicate) was erased at someone's request: it is not stored again."""
+
+
 @dataclass(frozen=True)
 class Upload:
     filename: str
@@ -57,6 +65,7 @@ class SampleIntake:
         max_image_pixels: int,
         max_batch_pixels: int,
         base_holdout_prints: Callable[[], list[HoldoutPrint]] = list,
+        erasure_of: ErasureOf = lambda fp: None,
     ):
         self.store = store
         self.labels = labels
@@ -64,6 +73,7 @@ class SampleIntake:
         self.max_image_pixels = max_image_pixels
         self.max_batch_pixels = max_batch_pixels
         self.base_holdout_prints = base_holdout_prints
+        self.erasure_of = erasure_of  # set by the service once the capture index exists
         self._index = LikenessIndex()  # every holdout picture, read once per process
         self._indexed: set[str] = set()
         self._synced_seq = 0  # stored holdout samples up to this seq are in the index
@@ -147,6 +157,14 @@ class SampleIntake:
             fp, look = _look(up.data, self.max_image_pixels)
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
+        if (erased := self.erasure_of(fp)) is not None:
+            cid, when = erased
+            raise ErasedPictureError(
+                f"{_where(i, up, n)}this picture (the same pixels or a near-duplicate) was erased on {when} at "
+                f"someone's request (DELETE /v1/review/{cid}): it is not stored again, and the API has no way to lift "
+                "an erasure. Send another picture; the erasure is in the audit trail "
+                "(GET /v1/audit?action=review.erase)"
+            )
         split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
         if split == "train" and (twin := self._index.match(look)) is not None:
             split, reason = "holdout", f"near-duplicate of {twin[0]}"

@@ -152,6 +152,7 @@ class AdminService:
                                        self.audit, self.served_labels, self._refresh_sample_gauges)  # fmt: skip
         self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
         self.feedback.review.on_samples_removed = self._refresh_sample_gauges  # an erasure deletes samples too
+        self.intake.erasure_of = self.feedback.index.erasure_of  # an erased picture is never stored again
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
             self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow, audit=self.audit,

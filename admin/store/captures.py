@@ -184,6 +184,16 @@ class CaptureStore:
         rows = self.db.all("SELECT capture_id, pixels_sha, phash FROM erased_pictures ORDER BY erased_at")
         return [(r["capture_id"], r["pixels_sha"], r["phash"]) for r in rows]
 
+    def erased_key(self) -> tuple[int, int]:
+        """(count, highest rowid) of the erased pictures: changes with every erasure (a cache's key)."""
+        row = self.db.one("SELECT COUNT(*) AS n, COALESCE(MAX(rowid), 0) AS top FROM erased_pictures")
+        return (int(row["n"]), int(row["top"])) if row is not None else (0, 0)
+
+    def erased_at(self, capture_id: str) -> str | None:
+        """When the erasure asked on ``capture_id`` was made (UTC, ISO 8601); None when there is none."""
+        row = self.db.one("SELECT erased_at FROM erased_pictures WHERE capture_id = ?", (capture_id,))
+        return str(row["erased_at"]) if row is not None else None
+
     def drop_pruned(self, ids: Sequence[str], keep_since: float | None = None) -> None:
         """Captures whose segment the workers pruned: the rows nobody decided on go (the disk budget bounds the
         index as it bounds the files), the decided ones stay, marked gone, for the history of the decision.
