@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -317,7 +318,8 @@ def _scrape_names(text: str) -> set[str]:
 @pytest.mark.torchserve
 def test_both_runtimes_export_every_handler_metric_the_dashboard_reads(serving_artifacts: tuple[Path, Path],
                                                                        tmp_path: Path) -> None:  # fmt: skip
-    """Real TorchServe and the real KServe runtime, one good and one bad image each, then /metrics."""
+    """Real TorchServe and the real KServe runtime, capture on, one good and one bad image each, then /metrics
+    (until every name is there: captures are written, and counted, off the request path)."""
     import base64
 
     import httpx
@@ -335,24 +337,35 @@ def test_both_runtimes_export_every_handler_metric_the_dashboard_reads(serving_a
     assert "graft_requests_total" in wanted and "graft_worker_starts_total" in wanted
     good, bad = images("val", per_class=1)[0][0].read_bytes(), b"not an image"
 
-    ts = TorchServe(config(store, tmp_path / "ts"))
+    def capture(where: str) -> dict[str, str]:
+        return {"GRAFT_CAPTURE_RATE": "1.0", "GRAFT_CAPTURE_DIR": str(tmp_path / where / "captures")}
+
+    def scrape(url: str) -> set[str]:
+        deadline = time.monotonic() + 30
+        while True:
+            names = _scrape_names(httpx.get(url, timeout=30).text)
+            if wanted <= names or time.monotonic() > deadline:
+                return names  # the caller's assertion names what is missing
+            time.sleep(1)
+
+    ts = TorchServe(config(store, tmp_path / "ts", environment=capture("ts")))
     ts.start()
     try:
         ts.wait_ready(timeout=240)
         headers = {**ts.headers(), "Content-Type": "application/octet-stream"}
         codes = [httpx.post(f"{ts.inference_url}/predictions/antsbees", content=body, headers=headers,
                             timeout=60).status_code for body in (good, bad)]  # fmt: skip
-        scraped_ts = _scrape_names(httpx.get(f"{ts.metrics_url}/metrics", timeout=30).text)
+        scraped_ts = scrape(f"{ts.metrics_url}/metrics")
     finally:
         ts.stop()
     assert codes[0] == 200 and 400 <= codes[1] < 500, codes
     assert wanted <= scraped_ts, f"TorchServe lacks {wanted - scraped_ts}"
 
-    with kserve_runtime(store, tmp_path / "kserve") as rt, rt.client() as c:
+    with kserve_runtime(store, tmp_path / "kserve", env=capture("kserve")) as rt, rt.client() as c:
         codes = [c.post("/v1/models/antsbees:predict",
                         json={"instances": [{"data": base64.b64encode(body).decode()}]}).status_code
                  for body in (good, bad)]  # fmt: skip
-        scraped_ks = _scrape_names(c.get("/metrics").text)
+        scraped_ks = scrape(f"{rt.url}/metrics")
     assert codes[0] == 200 and 400 <= codes[1] < 500, codes
     assert wanted <= scraped_ks, f"the KServe runtime lacks {wanted - scraped_ks}"
 

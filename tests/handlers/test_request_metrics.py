@@ -31,8 +31,9 @@ def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, {"ModelName": MODEL, "ModelVersion": "1", **labels}) or 0.0
 
 
-def test_requests_are_counted_by_status_class_and_a_failed_batch_as_5xx(model_dir: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_requests_are_counted_by_status_class_and_a_failed_batch_as_5xx(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     starts = _value("graft_worker_starts_total", Backend="onnx")
     engine = ArchiveEngine(model_dir)
     assert _value("graft_worker_starts_total", Backend="onnx") == starts + 1
