@@ -101,31 +101,33 @@ class _Panels:
 
 
 def _quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
-    group = f"le, {by}" if by else "le"
+    # per model: one model's slow batches must not hide among another's fast ones when several are selected
+    group = f"le, ModelName, {by}" if by else "le, ModelName"
     suffix = f" {{{{{by}}}}}" if by else ""
     return [(f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{M}}}[{RI}])))",
-             f"p{int(q * 100)}{suffix}") for q in (0.5, 0.95, 0.99)]
+             f"{{{{ModelName}}}} p{int(q * 100)}{suffix}") for q in (0.5, 0.95, 0.99)]
 
 
 def dashboard() -> dict[str, Any]:
     p = _Panels()
     p.row("Traffic (the handler, on TorchServe or the KServe runtime)")
-    p.add("Requests by status", [(f"sum by (Status) (rate(graft_requests_total{{{M}}}[{RI}]))", "{{Status}}")], "reqps",
+    p.add("Requests by status", [(f"sum by (ModelName, Status) (rate(graft_requests_total{{{M}}}[{RI}]))",
+                                  "{{ModelName}} {{Status}}")], "reqps",
           description="Requests the handler answered, by status class. Refused before the handler (auth, a full "
                       "queue) they are counted by the runtime alone.")  # fmt: skip
     p.add("Error ratio", [
-        (f'sum(rate(graft_requests_total{{{M},Status="5xx"}}[{RI}])) / sum(rate(graft_requests_total{{{M}}}[{RI}]))',
-         "5xx"),
-        (f'sum(rate(graft_requests_total{{{M},Status="4xx"}}[{RI}])) / sum(rate(graft_requests_total{{{M}}}[{RI}]))',
-         "4xx"),
+        (f'sum by (ModelName) (rate(graft_requests_total{{{M},Status="{s}"}}[{RI}])) '
+         f"/ sum by (ModelName) (rate(graft_requests_total{{{M}}}[{RI}]))", f"{{{{ModelName}}}} {s}")
+        for s in ("5xx", "4xx")
     ], "percentunit", thresholds=[(0.01, "orange"), (0.05, "red")],
         description="5xx: failed batches (GraftHighErrorRate fires above 5%). 4xx: refused inputs.")  # fmt: skip
-    p.add("Refused inputs by reason", [(f"sum by (Reason) (rate(graft_rejected_inputs_total{{{M}}}[{RI}]))",
-                                        "{{Reason}}")], "reqps")  # fmt: skip
-    p.add("Predictions by label", [(f"sum by (Label) (rate(graft_predictions_total{{{M}}}[{RI}]))", "{{Label}}")],
+    p.add("Refused inputs by reason", [(f"sum by (ModelName, Reason) (rate(graft_rejected_inputs_total{{{M}}}[{RI}]))",
+                                        "{{ModelName}} {{Reason}}")], "reqps")  # fmt: skip
+    p.add("Predictions by label", [(f"sum by (ModelName, Label) (rate(graft_predictions_total{{{M}}}[{RI}]))",
+                                    "{{ModelName}} {{Label}}")],
           "ops", description="Top-1 answers per second, by label (images, not requests).")
-    p.add("Requests by version", [(f"sum by (ModelVersion) (rate(graft_requests_total{{{M}}}[{RI}]))",
-                                   "v{{ModelVersion}}")], "reqps",
+    p.add("Requests by version", [(f"sum by (ModelName, ModelVersion) (rate(graft_requests_total{{{M}}}[{RI}]))",
+                                   "{{ModelName}} v{{ModelVersion}}")], "reqps",
           description="Which versions answer: a promotion or rollback shows as traffic moving between lines.")
     p.add("Model version in service", [("max(graft_admin_serving_version)", "default version")], "none", kind="stat",
           w=8, description="The admin's default version (-1: not a number).")  # fmt: skip
@@ -137,16 +139,17 @@ def dashboard() -> dict[str, Any]:
           description="Parse, decode and transform of a batch's images.")
     p.add("Batch size", [
         *_quantiles("graft_batch_size")[:2],
-        (f"sum(rate(graft_batch_size_sum{{{M}}}[{RI}])) / sum(rate(graft_batch_size_count{{{M}}}[{RI}]))", "mean"),
+        (f"sum by (ModelName) (rate(graft_batch_size_sum{{{M}}}[{RI}])) "
+         f"/ sum by (ModelName) (rate(graft_batch_size_count{{{M}}}[{RI}]))", "{{ModelName}} mean"),
     ], "none", description="Images per batch: near 1 under load means the batch delay is too short.")
     p.add("Inference time by backend (p95)", _quantiles("graft_inference_seconds", "Backend")[1:2], "s")
-    p.add("Worker starts", [(f"sum by (ModelVersion) (increase(graft_worker_starts_total{{{M}}}[1h]))",
-                             "v{{ModelVersion}}")], "short",
+    p.add("Worker starts", [(f"sum by (ModelName, ModelVersion) (increase(graft_worker_starts_total{{{M}}}[1h]))",
+                             "{{ModelName}} v{{ModelVersion}}")], "short",
           description="Model loads in the last hour: one per worker started; more is a worker that restarted "
                       "(GraftWorkerRestarted).")  # fmt: skip
     p.row("Captures and drift")
-    p.add("Captures by outcome (inference pods)", [(f"sum by (Outcome) (rate(graft_captures_total{{{M}}}[{RI}]))",
-                                                    "{{Outcome}}")], "ops",
+    captures = f"sum by (ModelName, Outcome) (rate(graft_captures_total{{{M}}}[{RI}]))"
+    p.add("Captures by outcome (inference pods)", [(captures, "{{ModelName}} {{Outcome}}")], "ops",
           description="stored: kept for review; dropped_queue / dropped_error: lost (a full queue, a full disk).")
     p.add("Captures indexed by status (admin)", [("sum by (status) (graft_admin_captures)", "{{status}}")], "short")
     p.add("Drift (PSI of predicted classes)", [("max(graft_admin_drift_psi)", "PSI")], "none",
