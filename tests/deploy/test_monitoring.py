@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
@@ -305,6 +306,58 @@ def test_the_generator_check_mode_reports_a_stale_file(tmp_path: Path, monkeypat
     assert gen.main(["--check"]) == 1
     stale.write_text(gen.dashboard_text())
     assert gen.main(["--check"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- scraping
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    from tests.deploy.test_manifests import DEPLOY, kustomize_cmd
+
+    out = subprocess.run([*kustomize_cmd(), str(DEPLOY / "overlays" / overlay)], capture_output=True, text=True,
+                         check=False, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _targets(monitor: dict[str, Any], objs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Which endpoints of the PodMonitor find a port on which Deployment's pods (its selector, the port name and
+    the keep relabeling on the runtime annotation, as Prometheus would apply them)."""
+    found: dict[str, set[str]] = {}
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    for d in (o for o in objs if o["kind"] == "Deployment"):
+        tmpl = d["spec"]["template"]
+        labels, annotations = tmpl["metadata"].get("labels", {}), tmpl["metadata"].get("annotations", {})
+        if any(labels.get(k) != v for k, v in wanted.items()):
+            continue
+        ports = {p.get("name") for c in tmpl["spec"]["containers"] for p in c.get("ports", [])}
+        for ep in monitor["spec"]["podMetricsEndpoints"]:
+            if ep.get("port") not in ports:
+                continue
+            keep = [r for r in ep.get("relabelings", []) if r.get("action") == "keep"]
+            if any(annotations.get("graft.io/runtime", "") != r["regex"] for r in keep):
+                continue
+            found.setdefault(d["metadata"]["name"], set()).add(ep["port"])
+    return found
+
+
+def test_podmonitor_scrapes_the_admin_and_the_metrics_port_of_either_runtime() -> None:
+    monitors = {m["metadata"]["name"]: m for m in yaml.safe_load_all((MON / "podmonitor.yaml").read_text())}
+    assert {m["kind"] for m in monitors.values()} == {"PodMonitor"}
+    for m in monitors.values():
+        assert all(ep["path"] == "/metrics" for ep in m["spec"]["podMetricsEndpoints"])
+    graft = monitors["graft"]
+    # TorchServe pods: the metrics port only (their inference port has no /metrics)
+    assert _targets(graft, _render("cpu")) == {"graft-admin": {"admin"}, "graft-inference": {"metrics"}}
+    # the KServe runtime in the same Deployment: its API port, which serves /metrics
+    assert _targets(graft, _render("kserve-runtime")) == {"graft-admin": {"admin"}, "graft-inference": {"inference"}}
+    # the InferenceService's predictor pods, by the label KServe gives them, on the runtime's port
+    isvc = yaml.safe_load((REPO / "deploy/kserve/graft-runtime/inferenceservice.yaml").read_text())
+    kserve = monitors["graft-kserve"]["spec"]
+    assert kserve["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    ports = {p["containerPort"] for c in isvc["spec"]["predictor"]["containers"] for p in c["ports"]}
+    assert [ep["targetPort"] for ep in kserve["podMetricsEndpoints"]] == [8080] and 8080 in ports
+    assert isvc["metadata"]["annotations"]["prometheus.kserve.io/port"] == "8080"
 
 
 # ---------------------------------------------------------------------------------------------- both runtimes, live
