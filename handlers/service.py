@@ -145,7 +145,7 @@ class ImageClassifierService:
         try:
             out, statuses = self._handle(data, context)
         except Exception:
-            # The runtime answers the whole batch with a 5xx (TorchServe 503, KServe 500): count them here.
+            # The runtime answers every request of a failed batch with a 5xx: count them here, as 500.
             self.metrics.answered([500] * len(data))
             raise
         self.metrics.answered(statuses)
