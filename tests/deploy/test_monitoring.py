@@ -136,6 +136,11 @@ def test_both_runtimes_declare_the_same_handler_metrics() -> None:
     assert graft == ks, f"only TorchServe: {graft - ks}; only the KServe runtime: {ks - graft}"
 
 
+def test_every_new_registry_gets_the_handler_collectors() -> None:
+    # registries made and dropped one after another (CPython reuses their memory, so their id() repeats)
+    assert all(kserve_names() == kserve_names() and kserve_names() for _ in range(20))
+
+
 def test_every_dashboard_query_names_a_metric_both_runtimes_or_the_admin_export() -> None:
     handler = torchserve_names() & kserve_names()
     known = handler | admin_names()
