@@ -15,14 +15,17 @@ OFFLINE ?= auto
 
 setup: system-deps venv ## create the environment from nothing
 
-system-deps: ## Java 17 for TorchServe, Fashion-MNIST for the demo, Chromium for the console's browser tests (Debian)
+# Debian's prometheus package (for promtool) also starts a Prometheus server where systemd runs: disabled again.
+system-deps: ## Java 17 for TorchServe, Fashion-MNIST for the demo, Chromium for the console's browser tests, promtool for the alert tests (Debian)
 	@need=""; \
 	if ! java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then need="$$need openjdk-17-jre-headless"; fi; \
 	if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then need="$$need dataset-fashion-mnist"; fi; \
 	if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then need="$$need chromium chromium-driver"; fi; \
+	if ! command -v promtool >/dev/null; then need="$$need prometheus"; fi; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$need; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$need || exit 1; \
+		case "$$need" in *prometheus*) $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true;; esac; \
 	fi
 
 venv:

@@ -16,7 +16,9 @@ from graft.core.metrics import (
     PREDICTIONS,
     PREPROCESS,
     REJECTED,
+    REQUESTS,
     SPECS,
+    WORKER_STARTS,
     MetricSpec,
 )
 
@@ -73,3 +75,12 @@ class HandlerMetrics:
 
     def captured(self, outcome: str, n: int = 1) -> None:
         self._emit(CAPTURES, n, [outcome])
+
+    def answered(self, statuses: list[int]) -> None:
+        """HTTP statuses of a batch's requests, counted by class (one update per class)."""
+        for cls, n in Counter(f"{s // 100}xx" for s in statuses).items():
+            self._emit(REQUESTS, n, [cls])
+
+    def started(self) -> None:
+        """The handler loaded its model (a worker started, or restarted after a crash)."""
+        self._emit(WORKER_STARTS, 1, [self._backend])

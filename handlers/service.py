@@ -111,6 +111,7 @@ class ImageClassifierService:
         self.capture = self._capture_writer()
         if self.settings.warmup:
             self._warmup(int(props.get("batch_size") or 1))
+        self.metrics.started()
         self.initialized = True
         log.info(
             "%s v%s ready: backend=%s device=%s threads=%d gpu_decode=%s classes=%d",
@@ -141,6 +142,16 @@ class ImageClassifierService:
     # ------------------------------------------------------------------ per batch
 
     def handle(self, data: list[Any], context: Any) -> list[str]:
+        try:
+            out, statuses = self._handle(data, context)
+        except Exception:
+            # The runtime answers every request of a failed batch with a 5xx: count them here, as 500.
+            self.metrics.answered([500] * len(data))
+            raise
+        self.metrics.answered(statuses)
+        return out
+
+    def _handle(self, data: list[Any], context: Any) -> tuple[list[str], list[int]]:
         t0 = time.perf_counter()
         requests: dict[int, ParsedRequest] = {}
         errors: dict[int, GraftError] = {}
@@ -165,7 +176,7 @@ class ImageClassifierService:
                 if self.capture is not None and not self.capture.exempt(no_capture_header(context, i)):
                     for payload, row in zip(requests[i].payloads, mine, strict=True):
                         self.capture.offer(payload, row.tolist(), _request_id(context, i))
-        return out
+        return out, [int(errors[i].status_code) if i in errors else 200 for i in range(len(data))]
 
     def _preprocess(self, requests: dict[int, ParsedRequest], errors: dict[int, GraftError]) -> dict[int, list[Any]]:
         """Decode every image of the batch at once; a request with any bad image moves to ``errors``."""

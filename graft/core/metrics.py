@@ -30,7 +30,12 @@ PREDICTIONS = MetricSpec("graft_predictions_total", "counter", "count", (*MODEL_
 REJECTED = MetricSpec("graft_rejected_inputs_total", "counter", "count", (*MODEL_DIMS, "Reason"))
 # Served inputs kept for the review queue, and the ones dropped (a full queue, a full or broken disk).
 CAPTURES = MetricSpec("graft_captures_total", "counter", "count", (*MODEL_DIMS, "Outcome"))
-SPECS = (PREPROCESS, INFERENCE, BATCH_SIZE, PREDICTIONS, REJECTED, CAPTURES)
+# Requests the handler answered, by status class (2xx, 4xx, 5xx): the same counter on either runtime, where
+# TorchServe's Requests2XX... and KServe's request_* metrics differ (deploy/monitoring/ reads this one).
+REQUESTS = MetricSpec("graft_requests_total", "counter", "count", (*MODEL_DIMS, "Status"))
+# Handler loads: one per TorchServe worker started or restarted, one per KServe runtime process and version.
+WORKER_STARTS = MetricSpec("graft_worker_starts_total", "counter", "count", (*MODEL_DIMS, "Backend"))
+SPECS = (PREPROCESS, INFERENCE, BATCH_SIZE, PREDICTIONS, REJECTED, CAPTURES, REQUESTS, WORKER_STARTS)
 
 
 def metrics_config(base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ what TorchServe's Prometheus mode exports (``ModelName``, ``ModelVersion``...), 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -40,10 +41,12 @@ class _Metric:
 class PrometheusMetricsCache:
     """Stands in for TorchServe's metrics cache; one set of collectors per registry (per process)."""
 
-    _shared: ClassVar[dict[int, dict[str, _Metric]]] = {}
+    # Keyed by the registry itself, weakly: an id() outlives its registry and a new one may reuse it, which
+    # handed a fresh registry the collectors of a dead one (and left it empty).
+    _shared: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Metric]]] = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        known = self._shared.setdefault(id(registry), {})
+        known = self._shared.setdefault(registry, {})
         if not known:
             for spec in SPECS:
                 known[spec.name] = _Metric(_collector(spec, registry), spec.kind)
