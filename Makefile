@@ -34,7 +34,7 @@ venv:
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,docs]'
 
 lint: ## ruff, mypy on the packages, the layer rules (import-linter), and the docs site built strictly
-	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker docs/hooks
+	$(BIN)/ruff check graft training handlers admin tests bench deploy/docker deploy/monitoring deploy/kubeflow docs/hooks
 	$(BIN)/mypy
 	$(BIN)/mypy docs/hooks/reference.py
 	$(BIN)/lint-imports
