@@ -13,22 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from admin.domain.captures import CaptureIndex
-from admin.server import AdminServer
 from admin.store.captures import BadCursorError, CaptureStore, Strategy, cursor_of, parse_cursor
 from admin.store.db import Database
 from admin.store.samples import SampleStore
 from graft.core.capture import CaptureRecord, encode
-from tests.admin.test_api import settings
+from tests.admin import test_review
 from tests.admin.test_capture_scale import _Recorder, fill, record
 from tests.admin.test_review import Served
 from tests.support.auth import SAMPLER
-from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export
 from tests.support.images import photo
-from tests.support.waiting import error_of, wait_ready
+from tests.support.waiting import error_of
 
 _KEY = {"margin": lambda r: (r.margin, -r.captured_at), "entropy": lambda r: (-r.entropy, -r.captured_at)}
 
@@ -187,13 +184,7 @@ def test_warming_the_hashes_holds_no_lock_and_pages_do_not_wait_for_it(tmp_path:
 
 
 # ---------------------------------------------------------------------------------------------- over HTTP
-@pytest.fixture
-def served(tmp_path: Path, free_port: int) -> Iterator[Served]:
-    st = settings(tmp_path, admin_port=free_port, capture_scan_s=0.2)
-    extra = {"evaluate": fake_evaluate, "export": placeholder_export}
-    with AdminServer(st, rollout=FakeRollout(), app_kwargs=extra) as server, httpx.Client(base_url=server.url) as c:
-        wait_ready(c)
-        yield Served(c, st.capture_path, server)
+served = test_review.served  # the review tests' admin with a capture writer
 
 
 def test_next_walks_the_queue_page_by_page_over_http(served: Served) -> None:
