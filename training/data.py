@@ -75,22 +75,26 @@ def _rank(seed: int, item: Item) -> tuple[bytes, str]:
     return hashlib.blake2b(key, digest_size=8).digest(), str(item.path)
 
 
+def _first_ranked(items: Sequence[Item], k: int, seed: int) -> list[tuple[Item, bool]]:
+    """Each item in path order, with whether it is among the ``k`` of lowest :func:`_rank`."""
+    chosen = {id(s) for s in sorted(items, key=lambda s: _rank(seed, s))[:k]}
+    return [(s, id(s) in chosen) for s in sorted(items, key=lambda s: str(s.path))]
+
+
 def stratified_split(samples: Sequence[Item], val_fraction: float, seed: int) -> list[Item]:
     """Assign ``val`` to about ``val_fraction`` of each class, the same way for the same seed.
 
     Each image draws its own rank from its name, so when images are added, the images of before keep
     their split, except the few at the boundary that the grown validation share moves. A shuffle of the
     whole class redrew a fifth of the training images on every retrain: a candidate trained on a superset of
-    the champion's data then did not train on what the champion trained on (docs/gate.md, part 4)."""
+    the champion's data then did not train on what the champion trained on (docs/concepts/gate.md)."""
     by_label: dict[str, list[Item]] = {}
     for s in samples:
         by_label.setdefault(s.label, []).append(s)
     out: list[Item] = []
     for _label, items in sorted(by_label.items()):
         n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val = {id(s) for s in sorted(items, key=lambda s: _rank(seed, s))[:n_val]}
-        ordered = sorted(items, key=lambda s: str(s.path))
-        out.extend(Item(s.path, s.label, "val" if id(s) in val else "train") for s in ordered)
+        out.extend(Item(s.path, s.label, "val" if val else "train") for s, val in _first_ranked(items, n_val, seed))
     return out
 
 
@@ -103,8 +107,7 @@ def _cap(samples: list[Item], max_per_class: int | None, seed: int) -> list[Item
     out: list[Item] = []
     for key in sorted(groups):
         # the same per-image rank as the split: a grown folder keeps the images it kept before
-        kept = {id(s) for s in sorted(groups[key], key=lambda s: _rank(seed, s))[:max_per_class]}
-        out.extend(s for s in sorted(groups[key], key=lambda s: str(s.path)) if id(s) in kept)
+        out.extend(s for s, kept in _first_ranked(groups[key], max_per_class, seed) if kept)
     return out
 
 
