@@ -29,6 +29,7 @@ from admin.domain.fairness import fair_holdout, seen_by
 from admin.domain.gate import GateRule, decide
 from admin.domain.judge import default_evaluate
 from admin.domain.labels import LabelSet
+from admin.domain.paired import mcnemar_exact
 from admin.domain.recipe import RetrainRequest, build_train_config
 from admin.domain.samples import SampleIntake, Upload
 from admin.domain.snapshot import base_items, take_snapshot, write_snapshot
@@ -81,6 +82,11 @@ class Round:
     old_served_truth: float  # ... and under the first rule
     recipe: str
     seconds: float
+    # The truth comparison itself: truth sets are finite too (ants/bees has 153 photos, so one photo is 0.65
+    # points). Images only the candidate / only the champion got right, and the exact McNemar two-sided p.
+    truth_cand_only: int = 0
+    truth_champ_only: int = 0
+    truth_p: float | None = None
 
 
 def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
@@ -136,9 +142,18 @@ class Loop:
 
     def truth(self, run: Path) -> float:
         if run not in self._truth:
-            preds = self.predict(run, self.d.truth)
-            self._truth[run] = sum(p == t for p, (_, t) in zip(preds, self.d.truth, strict=True)) / len(preds)
+            right = self.truth_right(run)
+            self._truth[run] = sum(right) / len(right)
         return self._truth[run]
+
+    def truth_right(self, run: Path) -> list[bool]:
+        preds = self.predict(run, self.d.truth)
+        return [p == t for p, (_, t) in zip(preds, self.d.truth, strict=True)]
+
+    def truth_pairs(self, cand: Path, champ: Path) -> tuple[int, int, float]:
+        pairs = list(zip(self.truth_right(cand), self.truth_right(champ), strict=True))
+        b, c = sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)
+        return b, c, round(mcnemar_exact(b, c)[0], 6)
 
     # ------------------------------------------------------------------ one round
     def upload(self, batch: Sequence[Labelled]) -> None:
@@ -193,8 +208,10 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
             c.ci_low if c else 0.0, c.ci_high if c else 0.0, c.p_worse if c else 1.0, new.reason,
             0.0, 0.0, _recipe(cand), round(time.perf_counter() - t0, 1),
         )  # fmt: skip
+        row_champion = champion
         champion = cand if new.passed else champion
         old_champion = cand if old_vs.passed else old_champion
+        row.truth_cand_only, row.truth_champ_only, row.truth_p = loop.truth_pairs(cand, row_champion)
         row.served_truth, row.old_served_truth = round(loop.truth(champion), 4), round(loop.truth(old_champion), 4)
         log.info("%s seed %d round %d: %s", domain.name, seed, r, asdict(row))
         rounds.append(row)

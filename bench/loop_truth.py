@@ -106,10 +106,20 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
             if before is not None:
                 drops.append(round(before - getattr(r, key), 4))
         served[key] = {"largest_drop": max(drops, default=0.0), "largest_end_gap": _end_gap(rows, key)}
+    # The same counts restricted to rounds whose truth difference is itself significant (exact McNemar on the
+    # truth set, p < 0.05): on a small truth set a 1-point difference can be two images of noise.
+    clear_better = [r for r in better if r.truth_p is not None and r.truth_p < 0.05]
+    clear_worse = [r for r in worse if r.truth_p is not None and r.truth_p < 0.05]
     return {
         "rounds": len(rows),
         "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False)},
         "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True)},
+        "significant_on_truth": {
+            "wrong_rejections": {"new": share(clear_better, "new_passed", False),
+                                 "old": share(clear_better, "old_passed", False)},
+            "wrong_promotions": {"new": share(clear_worse, "new_passed", True),
+                                 "old": share(clear_worse, "old_passed", True)},
+        },
         "served": served,
     }
 
@@ -125,19 +135,25 @@ def _end_gap(rows: list[Round], key: str) -> float:
 
 def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
     out = ["| domain | seed | round | uploads | holdout share | champion truth | candidate truth | first rule "
-           "| gate | fair n (left out) | diff [95% CI] | served truth (first rule) |", "|" + "---|" * 12]
+           "| gate | fair n (left out) | diff [95% CI] | truth only cand/champ (p) | served truth (first rule) |",
+           "|" + "---|" * 13]
     for r in rows:
         out.append(
             f"| {r.domain} | {r.seed} | {r.round} | {r.uploaded} | {r.holdout_share:.2f} | {r.champion_truth:.4f} | "
             f"{r.candidate_truth:.4f} | {'promote' if r.old_passed else 'reject'} ({r.old_n}) | "
             f"{'promote' if r.new_passed else 'reject'} | {r.new_n} ({r.left_out}) | {100 * r.difference:+.1f} "
-            f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {r.served_truth:.4f} ({r.old_served_truth:.4f}) |"
+            f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {_truth_pairs(r)} | "
+            f"{r.served_truth:.4f} ({r.old_served_truth:.4f}) |"
         )
     out.append("")
     for name, s in summary.items():
         out.append(f"**{name}**: `{json.dumps(s)}`")
         out.append("")
     return "\n".join(out)
+
+
+def _truth_pairs(r: Round) -> str:
+    return "n/a" if r.truth_p is None else f"{r.truth_cand_only}/{r.truth_champ_only} ({r.truth_p:.2g})"
 
 
 def main() -> int:

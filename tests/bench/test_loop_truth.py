@@ -1,0 +1,34 @@
+"""The loop benchmark's summary: what counts as a wrong decision, and which of those the truth set can tell."""
+
+from __future__ import annotations
+
+from bench._loop_sim import Round
+from bench.loop_truth import markdown, summarise
+
+
+def _row(rnd: int, champ: float, cand: float, passed: bool, truth: tuple[int, int, float] | None) -> Round:
+    row = Round("d", 0, rnd, 10 * rnd, 0.2, 0, champ, cand, round(cand - champ, 4), passed, 40, passed, 40, 0,
+                4, 0.0, -0.05, 0.05, 0.5, "", cand if passed else champ, cand, "head", 1.0)  # fmt: skip
+    if truth is not None:
+        row.truth_cand_only, row.truth_champ_only, row.truth_p = truth
+    return row
+
+
+def test_a_worse_candidate_counts_as_a_wrong_promotion_and_only_a_significant_one_as_clear() -> None:
+    rows = [
+        _row(1, 0.90, 0.88, True, (1, 4, 0.375)),  # 2 points worse on truth, but 1 vs 4 images: noise
+        _row(2, 0.88, 0.80, True, (0, 12, 0.00049)),  # 8 points worse, significant
+        _row(3, 0.80, 0.85, False, (9, 1, 0.021)),  # better, significantly, and rejected
+    ]
+    s = summarise(rows)
+    assert s["wrong_promotions"]["new"] == {"rounds": 2, "count": 2, "rate": 1.0}
+    assert s["significant_on_truth"]["wrong_promotions"]["new"] == {"rounds": 1, "count": 1, "rate": 1.0}
+    assert s["significant_on_truth"]["wrong_rejections"]["new"] == {"rounds": 1, "count": 1, "rate": 1.0}
+
+
+def test_rows_of_runs_before_the_truth_comparison_are_left_out_of_the_clear_counts() -> None:
+    s = summarise([_row(1, 0.90, 0.85, True, None)])
+    assert s["wrong_promotions"]["new"]["count"] == 1
+    assert s["significant_on_truth"]["wrong_promotions"]["new"]["rounds"] == 0
+    assert "| n/a |" in markdown([_row(1, 0.90, 0.85, True, None)], {"d": s})
+    assert "| 1/4 (0.38) |" in markdown([_row(1, 0.90, 0.88, True, (1, 4, 0.375))], {"d": s})
