@@ -12,7 +12,9 @@ job's snapshot is a list of these files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +123,8 @@ class SampleStore:
                     out.append(self._insert(conn, s, paths[s.sha256]))
                 return out
         except BaseException:
-            self._unwrite(written)
+            with contextlib.suppress(OSError, sqlite3.Error):  # the refusal is the error to report, not this
+                self._unwrite(written)
             raise
 
     def _unwrite(self, written: dict[str, Path]) -> None:
