@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from admin.api import audit, drift, jobs, labels, models, review, samples
+from admin.api import audit, drift, erasures, jobs, labels, models, review, samples
 from admin.api.auth import TokenAuth
 from admin.api.guard import Guard
 from admin.api.sessions import SessionStore, SignInThrottle
@@ -118,7 +118,7 @@ def build_api(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (samples, labels, jobs, models, review, drift, audit):
+    for module in (samples, labels, jobs, models, review, erasures, drift, audit):
         app.include_router(module.router)
     _add_probes(app, service)
     return app

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class CaptureIndex:
         # ((samples' max seq, their count) when loaded, hashes): a deleted sample changes the count
         self._samples: tuple[tuple[int, int], _Hashes] | None = None
         # erased pictures (the table's key when read: uploads check it from request threads): by pixels, by hash
-        self._erased: tuple[tuple[int, int], dict[str, str], _Hashes] | None = None
+        self._erased: tuple[tuple[int, int, int], dict[str, str], _Hashes] | None = None
         self._swept: set[str] = set()  # models whose rows' segments were all checked once
 
     def folder(self, model_name: str) -> Path:
@@ -277,10 +278,14 @@ class CaptureIndex:
         cid = self._erased_of(fp)
         return (cid, self.store.erased_at(cid) or "an unknown date") if cid is not None else None
 
-    def erase_picture(self, row: CaptureRow) -> list[str]:
+    def erase_picture(self, row: CaptureRow, within: Callable[[], object] = lambda: None) -> list[str]:
         """Erase the image of every kept capture of ``row``'s picture (the same pixels, or a perceptual hash within
         :data:`NEAR_DUPLICATE_BITS`: the copies the queue collapses into one item; any model), mark them deleted,
-        and remember the picture so that later captures of it are erased as they are indexed. The ids erased."""
+        and remember the picture so that later captures of it are erased as they are indexed. The ids erased.
+
+        ``within`` runs in the transaction that records the erasure (the review queue sweeps the stored samples
+        there): an upload's insert, which re-checks the erasures in its own transaction, commits either before
+        it (and the sweep deletes it) or after it (and is refused); never between the two."""
         with self.lock:
             same = {row.id}
             if row.pixels_sha is not None or row.phash is not None:
@@ -299,6 +304,7 @@ class CaptureIndex:
             with self.store.batch():
                 self.store.add_erased(row.id, row.pixels_sha, row.phash)
                 self.store.mark_deleted(sorted(same), row.id)
+                within()
             self._erased = None
             self._drop_hashes()
             return sorted(same)

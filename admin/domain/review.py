@@ -155,13 +155,19 @@ class ReviewQueue:
         row = self.store.get(capture_id) if valid_id(capture_id) else None
         if row is None:
             raise NotFoundError(f"no capture {capture_id!r}")
-        erased = self.index.erase_picture(row)
-        with self.store.db.tx():
-            samples = self.index.samples.remove_picture(row.pixels_sha, row.phash, NEAR_DUPLICATE_BITS)
-            linked = {s.id: self.store.labelled_as(s.id) for s in samples}
+        samples: list[SampleMeta] = []
+        linked: dict[str, list[str]] = {}
+
+        def sweep_samples() -> None:
+            """In the erasure's transaction: an upload of the picture is stored before it (and deleted here) or
+            refused after it (the intake re-checks the erasures in its insert's transaction)."""
+            samples.extend(self.index.samples.remove_picture(row.pixels_sha, row.phash, NEAR_DUPLICATE_BITS))
+            linked.update({s.id: self.store.labelled_as(s.id) for s in samples})
             for sample in samples:
                 self._record(actor, "sample.delete", sample.id, label=sample.label, split=sample.split,
                              uploader=sample.uploader, via=f"review.erase of capture {row.id}")  # fmt: skip
+
+        erased = self.index.erase_picture(row, within=sweep_samples)
         # Outside the transaction: erasing takes the index's lock, and the indexing thread takes it before the
         # database's. A capture labelled as one of the samples is a copy of the picture too.
         for cid in sorted({c for ids in linked.values() for c in ids} - set(erased)):

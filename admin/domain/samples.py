@@ -119,7 +119,16 @@ class SampleIntake:
             self._sync_index()
         checked = {i: self._check(uploads[i], names[i], i, n, uploader) for i in todo}
         _pin_within(checked)
-        added = self.store.add_many([new for new, _ in checked.values()])
+        order = list(checked)
+
+        def still_not_erased(j: int, new: NewSample) -> None:
+            """In the insert's transaction: an erasure committed since the early check refuses the batch (the
+            erasure's sweep of stored samples is in its own transaction, so one of the two always sees the other)."""
+            i = order[j]
+            fp = Fingerprint(header=new.header, pixels_sha=new.pixels_sha, phash=int(new.phash, 16))
+            self._refuse_erased(fp, _where(i, uploads[i], n))
+
+        added = self.store.add_many([new for new, _ in checked.values()], guard=still_not_erased)
         with self._sync_lock:
             for (_, look), sample in zip(checked.values(), added, strict=True):
                 if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
@@ -157,20 +166,23 @@ class SampleIntake:
             fp, look = _look(up.data, self.max_image_pixels)
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
-        if (erased := self.erasure_of(fp)) is not None:
-            cid, when = erased
-            raise ErasedPictureError(
-                f"{_where(i, up, n)}this picture (the same pixels or a near-duplicate) was erased on {when} at "
-                f"someone's request (DELETE /v1/review/{cid}): it is not stored again, and the API has no way to lift "
-                "an erasure. Send another picture; the erasure is in the audit trail "
-                "(GET /v1/audit?action=review.erase)"
-            )
+        self._refuse_erased(fp, _where(i, up, n))  # early, before any file is written; again at the insert
         split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
         if split == "train" and (twin := self._index.match(look)) is not None:
             split, reason = "holdout", f"near-duplicate of {twin[0]}"
         sample = NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex,
                            reason, uploader)  # fmt: skip
         return sample, look
+
+    def _refuse_erased(self, fp: Fingerprint, where: str) -> None:
+        if (erased := self.erasure_of(fp)) is not None:
+            cid, when = erased
+            raise ErasedPictureError(
+                f"{where}this picture (the same pixels or a near-duplicate) was erased on {when} at someone's request "
+                f"(DELETE /v1/review/{cid}): it is not stored again. Send another picture; the erasure is in the "
+                f"audit trail (GET /v1/audit?action=review.erase). Erased by mistake? An admin lifts it with "
+                f"DELETE /v1/erasures/{cid}"
+            )
 
     def _sync_index(self) -> None:
         """Holdout pictures not yet indexed are read once: samples stored since the last sync (by an earlier

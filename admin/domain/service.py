@@ -17,6 +17,7 @@ from pathlib import Path
 from admin.domain.adoption import BaseData, adopt, import_run, resolve_base
 from admin.domain.corrections import Corrections
 from admin.domain.drift import ProbabilitiesFn, default_probabilities
+from admin.domain.erasures import Erasures
 from admin.domain.feedback import Feedback
 from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
 from admin.domain.labels import LabelSet
@@ -31,6 +32,7 @@ from admin.runners.base import JobRunner
 from admin.settings import AdminSettings
 from admin.store.audit import AuditStore
 from admin.store.db import Database
+from admin.store.erasures import ErasureStore
 from admin.store.jobs import JobStore
 from admin.store.labels import LabelStore
 from admin.store.registry import Registry
@@ -153,6 +155,7 @@ class AdminService:
         self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
         self.feedback.review.on_samples_removed = self._refresh_sample_gauges  # an erasure deletes samples too
         self.intake.erasure_of = self.feedback.index.erasure_of  # an erased picture is never stored again
+        self.erasures = Erasures(ErasureStore(self.db), self.audit)  # listed and lifted by an admin
         services = JobServices(
             settings, JobStore(self.db), self.samples, self.registry, runner or build_runner(settings),
             self.promoter, self.metrics, lambda: self.base, evaluate, self.feedback.shadow, audit=self.audit,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
-from admin.store import capture_tallies
+from admin.store import capture_tallies, erasures
 from admin.store.capture_tallies import BUCKET_S, LOW_MARGIN_KEY
 from admin.store.db import Database
 from admin.store.rows import Actor, CaptureRow, CaptureStatus
@@ -176,18 +176,22 @@ class CaptureStore:
                              [(f"erased:{erased_of}", i) for i in ids])  # fmt: skip
 
     def add_erased(self, capture_id: str, pixels_sha: str | None, phash: str | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO erased_pictures (capture_id, pixels_sha, phash, erased_at) "
-                        "VALUES (?, ?, ?, ?)", (capture_id, pixels_sha, phash, utc_now()))  # fmt: skip
+        with self.db.tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO erased_pictures (capture_id, pixels_sha, phash, erased_at) "
+                         "VALUES (?, ?, ?, ?)", (capture_id, pixels_sha, phash, utc_now()))  # fmt: skip
+            erasures.changed(conn)
 
     def erased(self) -> list[tuple[str, str | None, str | None]]:
         """(capture id, pixels sha, perceptual hash) of every erased picture."""
         rows = self.db.all("SELECT capture_id, pixels_sha, phash FROM erased_pictures ORDER BY erased_at")
         return [(r["capture_id"], r["pixels_sha"], r["phash"]) for r in rows]
 
-    def erased_key(self) -> tuple[int, int]:
-        """(count, highest rowid) of the erased pictures: changes with every erasure (a cache's key)."""
-        row = self.db.one("SELECT COUNT(*) AS n, COALESCE(MAX(rowid), 0) AS top FROM erased_pictures")
-        return (int(row["n"]), int(row["top"])) if row is not None else (0, 0)
+    def erased_key(self) -> tuple[int, int, int]:
+        """(count, highest rowid, changes) of the erased pictures: changes with every erasure and every lifted one
+        (a cache's key; the count of changes alone would do, the rest covers databases from before it was kept)."""
+        row = self.db.one("SELECT COUNT(*) AS n, COALESCE(MAX(rowid), 0) AS top, (SELECT CAST(value AS INTEGER) "
+                          f"FROM meta WHERE key = '{erasures.CHANGES}') AS changes FROM erased_pictures")  # fmt: skip
+        return (int(row["n"]), int(row["top"]), int(row["changes"] or 0)) if row is not None else (0, 0, 0)
 
     def erased_at(self, capture_id: str) -> str | None:
         """When the erasure asked on ``capture_id`` was made (UTC, ISO 8601); None when there is none."""

@@ -12,7 +12,9 @@ job's snapshot is a list of these files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,12 +89,15 @@ class SampleStore:
     def add(self, sample: NewSample) -> StoredSample:
         return self.add_many([sample])[0]
 
-    def add_many(self, samples: Sequence[NewSample]) -> list[StoredSample]:
+    def add_many(self, samples: Sequence[NewSample],
+                 guard: Callable[[int, NewSample], None] = lambda i, s: None) -> list[StoredSample]:  # fmt: skip
         """Store every sample or none: a conflict anywhere (with a stored sample or within the batch) stores nothing.
 
         Files first, rows second, in one transaction: a crash in between leaves orphan files, never a row
         without its file. The same image again (same bytes, or same pixels) under the same label is a
-        duplicate: recognised, not stored twice.
+        duplicate: recognised, not stored twice. ``guard(i, sample)`` runs inside the transaction, before each
+        row is written, and refuses by raising (the intake re-checks erased pictures there, serialised with the
+        erasure's own write): then nothing is stored, and the files this call wrote are removed again.
         """
         first_label: dict[str, str] = {}
         for s in samples:
@@ -103,13 +108,32 @@ class SampleStore:
         for s in samples:
             self._check_label(s)  # refuse before writing any file
         paths: dict[str, Path] = {}
+        written: dict[str, Path] = {}
         for s in samples:
             rel = Path("samples") / s.sha256[:2] / f"{s.sha256}.{s.header.extension}"
             if s.sha256 not in paths and not (self.root / rel).is_file():
                 write_atomic(self.root / rel, s.data, mode=0o600)
+                written[s.sha256] = rel
             paths[s.sha256] = rel
+        try:
+            with self.db.tx() as conn:
+                out = []
+                for i, s in enumerate(samples):
+                    guard(i, s)
+                    out.append(self._insert(conn, s, paths[s.sha256]))
+                return out
+        except BaseException:
+            with contextlib.suppress(OSError, sqlite3.Error):  # the refusal is the error to report, not this
+                self._unwrite(written)
+            raise
+
+    def _unwrite(self, written: dict[str, Path]) -> None:
+        """Files a refused batch wrote, unless a row names their bytes: under the database's lock, so no other
+        request stores the same bytes in between (its insert writes the file again when it is missing)."""
         with self.db.tx() as conn:
-            return [self._insert(conn, s, paths[s.sha256]) for s in samples]
+            for sha, rel in written.items():
+                if conn.execute("SELECT 1 FROM samples WHERE sha256 = ?", (sha,)).fetchone() is None:
+                    (self.root / rel).unlink(missing_ok=True)
 
     def _insert(self, conn: Any, s: NewSample, rel: Path) -> StoredSample:
         # Stored before, earlier in this batch, or raced in from another request: the first row wins.

@@ -229,6 +229,22 @@ class Client:
         body: dict[str, Any] = self._json("POST", f"/v1/review/{capture_id}/label", json=decision)
         return body
 
+    def erase(self, capture_id: str) -> dict[str, Any]:
+        """Erase a captured picture everywhere (admin token): every copy, its stored samples, later captures and
+        uploads of it. What was removed."""
+        body: dict[str, Any] = self._json("DELETE", f"/v1/review/{capture_id}")
+        return body
+
+    def erasures(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """The erasures in force, newest first (admin token): ids, dates and who, nothing of the pictures."""
+        return list(self._json("GET", "/v1/erasures", params={"limit": limit, "offset": offset})["erasures"])
+
+    def lift_erasure(self, erasure_id: str) -> dict[str, Any]:
+        """Lift an erasure made by mistake (admin token): the picture may be uploaded and captured again.
+        :class:`~graft.client.errors.NotFoundError` for an id that is not an erasure in force."""
+        body: dict[str, Any] = self._json("DELETE", f"/v1/erasures/{erasure_id}")
+        return body
+
     def drift(self, windows: int = 6, window_s: float | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"windows": windows}
         if window_s is not None:
