@@ -179,3 +179,20 @@ def test_the_kubeflow_runners_leave_the_evaluation_to_the_admin(tmp_path: Path) 
     assert "GRAFT_EVAL_REQUEST" not in str(tj) + str(pj)
     assert tj["spec"]["activeDeadlineSeconds"] == pj["spec"]["runPolicy"]["activeDeadlineSeconds"] == 121
     assert not hasattr(CustomJobRunner, "evaluates_under"), "so the job asks them for no evaluation"
+
+
+def test_the_job_deadline_is_what_is_left_of_the_job_timeout(tmp_path: Path) -> None:
+    from admin.runners.base import TrainRequest
+    from admin.runners.kube_jobs import active_deadline, build_job
+    from graft.core.errors import UserInputError
+
+    cfg = fake_config(tmp_path)
+    d = cfg.data_mount_path
+    req = TrainRequest("j", d / "j/train-config.json", d / "j/run")
+    assert active_deadline(req, cfg) == cfg.active_deadline_seconds == 21600, "no budget given: the cap"
+    assert active_deadline(TrainRequest("j", d / "c", d / "r", timeout_s=0.2), cfg) == 1
+    assert active_deadline(TrainRequest("j", d / "c", d / "r", timeout_s=1e9), cfg) == 21600, "never past the cap"
+    plain = build_job(req, cfg).spec.template.spec.containers[0]
+    assert plain.command == ["graft"] and plain.args == ["train", "--config", str(d / "j/train-config.json")]
+    with pytest.raises(UserInputError, match="evaluation request"):
+        build_job(TrainRequest("j", d / "c", d / "r", evaluation=tmp_path / "elsewhere/request.json"), cfg)
