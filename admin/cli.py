@@ -1,4 +1,5 @@
-"""``graft admin``: the control plane on its own, talking to a TorchServe that runs elsewhere.
+"""``graft admin``: the control plane on its own, talking to a TorchServe that runs elsewhere; ``graft job-eval``:
+the gate's predictions inside a training Job (admin/domain/job_evaluation.py).
 
 (``graft serve`` starts it beside TorchServe through :mod:`admin.launch`.)
 """
@@ -26,6 +27,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-rollout", action="store_true", help="registry only: do not drive TorchServe")
     p.set_defaults(func=run)
+    e = sub.add_parser(
+        "job-eval",
+        help="in a training Job: the gate's predictions the admin asked for (JOB_DIR/job-eval/request.json)",
+        allow_abbrev=False,
+    )
+    e.add_argument("request", type=Path, help="the request the admin wrote before submitting the Job")
+    e.set_defaults(func=job_eval)
+
+
+def job_eval(args: argparse.Namespace) -> int:
+    from admin.domain.job_evaluation import run_request
+
+    return run_request(args.request)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ per model beside the request threads, torch in the admin's memory, and nothing t
 predictions run as ``python -m admin.domain.evaluation_child REQUEST.json`` (its own session, no secrets in
 its environment, killed with the admin), the champion's through its cache
 (:mod:`admin.domain.prediction_cache`); the job waits until the deadline it started with and kills the
-child past it. On Kubernetes the child runs in the admin's pod, not in the training Job (not done yet).
+child past it. On Kubernetes (the ``kubernetes`` runner) the training Job computes them after training
+instead (:mod:`admin.domain.job_evaluation`); this child is then the fallback for what the Job did not answer.
 
 The evaluate function travels by name (``module:qualname``): the default, or a test's stand-in defined at
 module level. One that cannot be named (a closure) runs in-process, as before.
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from admin.domain.prediction_cache import cached_predict, save
 from graft.core.errors import GraftError
@@ -43,7 +45,7 @@ class EvaluationFailedError(GraftError):
     """The evaluation process ended without predictions (its log tail is in the message)."""
 
 
-def name_of(evaluate: EvaluateFn) -> str | None:
+def name_of(evaluate: Callable[..., object]) -> str | None:
     """``module:qualname`` when the child can import it, else None."""
     module, qualname = getattr(evaluate, "__module__", None), getattr(evaluate, "__qualname__", "")
     if not module or "<" in qualname or module == "__main__":
@@ -51,12 +53,13 @@ def name_of(evaluate: EvaluateFn) -> str | None:
     return f"{module}:{qualname}"
 
 
-def _load(name: str) -> EvaluateFn:
+def load_named(name: str) -> Any:
+    """The function ``module:qualname`` names (see :func:`name_of`)."""
     module, _, qualname = name.partition(":")
     target: object = importlib.import_module(module)
     for part in qualname.split("."):
         target = getattr(target, part)
-    return target  # type: ignore[return-value]
+    return target
 
 
 class ChildEvaluator:
@@ -122,7 +125,7 @@ class ChildEvaluator:
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     request = json.loads(Path(argv[0]).read_text())
-    evaluate = _load(request["evaluate"])
+    evaluate: EvaluateFn = load_named(request["evaluate"])
     run_dir, device = Path(request["run_dir"]), str(request["device"])
     samples = [(Path(p), str(label)) for p, label in request["samples"]]
     if request["cached"]:

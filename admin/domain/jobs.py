@@ -23,6 +23,7 @@ from pathlib import Path
 from admin.domain.adoption import BaseData
 from admin.domain.evaluation_child import ChildEvaluator
 from admin.domain.gate import GateDecision, GateRule
+from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan, plan_in_job
 from admin.domain.judge import EvaluateFn, default_evaluate, judge
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
@@ -223,9 +224,13 @@ class JobManager:
         version, job_dir = job.candidate_version, job.job_dir
         snap = self._snapshot(job_id, job_dir)
         champion = self.s.registry.champion()
-        run_dir = self._train(job_id, job_dir, config)
+        # On Kubernetes the training Job also predicts the holdout (the admin falls back to its child).
+        in_job = plan_in_job(self.s.runner, job_dir, config.output, champion.run_dir if champion else None,
+                             [(i.path, i.label) for i in snap.holdout], self.s.evaluate, self.s.prepare,
+                             self.s.settings.eval_device)  # fmt: skip
+        run_dir = self._train(job_id, job_dir, config, in_job)
         self._check_cancel(job_id)
-        decision, card = self._evaluate(job_id, version, run_dir, snap, champion)
+        decision, card = self._evaluate(job_id, version, run_dir, snap, champion, in_job)
         if not decision.passed:
             self.s.registry.update(version, status="rejected")
             advice = f"; what to do next: {'; '.join(decision.advice)}" if decision.advice else ""
@@ -281,12 +286,14 @@ class JobManager:
         log.info("job %s: snapshot %s: %d train, %d holdout", job_id, snap.digest, len(snap.train), len(snap.holdout))
         return snap
 
-    def _train(self, job_id: str, job_dir: Path, config: TrainConfig) -> Path:
+    def _train(self, job_id: str, job_dir: Path, config: TrainConfig, in_job: JobEvaluationPlan | None) -> Path:
         self.s.jobs.update(job_id, phase="training")
         config.output.mkdir(parents=True, exist_ok=True)
         config_file = write_config_file(config, job_dir / CONFIG_FILE)
         inputs = tuple(p for p in (config.manifest, config.init_from) if p is not None)
-        request = TrainRequest(job_id=job_id, config_file=config_file, output_dir=config.output, inputs=inputs)
+        left = self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s) - time.monotonic()
+        request = TrainRequest(job_id=job_id, config_file=config_file, output_dir=config.output, inputs=inputs,
+                               evaluation=in_job.request if in_job else None, timeout_s=max(1.0, left))  # fmt: skip
         self.s.runner.submit(request)
         pid = getattr(self.s.runner, "pid", lambda _j: None)(job_id)
         if pid:
@@ -315,9 +322,8 @@ class JobManager:
         if self._cancel[job_id].is_set():
             raise JobInterruptedError("the admin service is stopping" if self._stopping else "cancelled")
 
-    def _evaluate(
-        self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None
-    ) -> tuple[GateDecision, ModelCard]:
+    def _evaluate(self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None,
+                  in_job: JobEvaluationPlan | None = None) -> tuple[GateDecision, ModelCard]:  # fmt: skip
         self.s.jobs.update(job_id, phase="evaluating", progress=0.8)
         self.s.prepare(run_dir, champion.run_dir if champion is not None else None)
         card = read_card(run_dir)
@@ -341,7 +347,8 @@ class JobManager:
         deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
         child = ChildEvaluator(self.s.evaluate, st.eval_device, run_dir.parent / "evaluate", deadline,
                                self._cancel.get(job_id))  # fmt: skip
-        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device, run=child)
+        run = child if in_job is None else InJobPredictions(in_job, child)
+        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device, run=run)
         log.info("job %s: gate on %d fair holdout images (%d left out: seen by a model)", job_id, len(fair.items),
                  fair.left_out)  # fmt: skip
         if decision.champion is not None:

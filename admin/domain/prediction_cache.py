@@ -54,6 +54,14 @@ def save(run_dir: Path, samples: Sequence[tuple[Path, str]], predictions: Sequen
         log.warning("holdout predictions of %s not cached: %s", run_dir, e)
 
 
+def missing(run_dir: Path, samples: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """The samples this run has no cached prediction for (all of them when the cache is empty)."""
+    labels, cached = _load(run_dir)
+    if not labels:
+        return list(samples)
+    return [s for s in samples if (k := _key(s[0])) is None or k not in cached]
+
+
 def cached_predict(predict: PredictFn, run_dir: Path, samples: Sequence[tuple[Path, str]],
                    device: str) -> tuple[list[str | None], list[str], int]:  # fmt: skip
     """``predict``'s answer for ``samples``, asking it only about images this run has not predicted yet.

@@ -23,6 +23,11 @@ class TrainRequest:
     output_dir: Path  # the run folder the config names: where progress.json appears
     # Files and folders the run reads (the manifest, a parent run): a Kubernetes Job must see them too.
     inputs: tuple[Path, ...] = ()
+    # The gate's evaluation request (``graft job-eval FILE``): a runner that can, runs it after training,
+    # in the same pod, and writes the predictions beside it (admin/domain/job_evaluation.py). Others ignore it.
+    evaluation: Path | None = None
+    # Seconds left of the job's budget (GRAFT_JOB_TIMEOUT_S) when it is submitted: the run's own deadline.
+    timeout_s: float | None = None
 
     def argv(self) -> list[str]:
         """The ``graft`` arguments for this request (shared by every runner)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,14 @@ JOB_ID_LABEL = "graft.io/job-id"
 JOB_ID_ANNOTATION = "graft.io/job-id"
 OUTPUT_ANNOTATION = "graft.io/output-dir"
 TRAIN_CONTAINER = "train"
+EVAL_REQUEST_ENV = "GRAFT_EVAL_REQUEST"
+# Training, then the gate's predictions in the same pod. A failed training fails the pod (as before); a
+# failed evaluation does not: a failed pod would make the Job train again (backoffLimit) and hide the error,
+# while the admin, finding no valid predictions, evaluates in its own child process and reports the error.
+TRAIN_THEN_EVALUATE = (
+    'graft "$@" || exit $?; '
+    f'graft job-eval "${EVAL_REQUEST_ENV}" || echo "graft job-eval failed (status $?): the admin evaluates" >&2'
+)
 _MAX_NAME = 63  # the Job name becomes the pods' job-name label value
 
 
@@ -75,17 +84,40 @@ def _volumes(cfg: KubeConfig) -> list[client.V1Volume]:
     ]
 
 
+def active_deadline(request: TrainRequest, cfg: KubeConfig) -> int:
+    """The run's ``activeDeadlineSeconds``: what is left of the job's budget, never past the configured cap."""
+    if request.timeout_s is None:
+        return cfg.active_deadline_seconds
+    return max(1, min(cfg.active_deadline_seconds, math.ceil(request.timeout_s)))
+
+
+def _command(request: TrainRequest) -> tuple[list[str], list[str]]:
+    """``graft train ...``, followed by ``graft job-eval REQUEST`` when the job asks for its evaluation here."""
+    if request.evaluation is None:
+        return ["graft"], request.argv()
+    return ["sh", "-c"], [TRAIN_THEN_EVALUATE, "graft", *request.argv()]  # "$0" is "graft", "$@" the argv
+
+
+def _writable(request: TrainRequest, cfg: KubeConfig) -> list[client.V1VolumeMount]:
+    """The run folder and, with an evaluation, the folder of its request (where the predictions go)."""
+    folders = [request.output_dir] + ([request.evaluation.parent] if request.evaluation is not None else [])
+    return [client.V1VolumeMount(name="data", mount_path=str(f), sub_path=_relative(f, cfg)) for f in folders]
+
+
 def _container(request: TrainRequest, cfg: KubeConfig) -> client.V1Container:
     limits = {"memory": cfg.memory_limit}
     if cfg.gpu_count > 0:
         limits[cfg.gpu_resource] = str(cfg.gpu_count)
     env = {"GRAFT_JOB_ID": request.job_id, "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONUNBUFFERED": "1"}
+    if request.evaluation is not None:
+        env[EVAL_REQUEST_ENV] = str(request.evaluation)
+    command, args = _command(request)
     return client.V1Container(
         name=TRAIN_CONTAINER,
         image=cfg.image,
         image_pull_policy=cfg.image_pull_policy,
-        command=["graft"],
-        args=request.argv(),
+        command=command,
+        args=args,
         env=[client.V1EnvVar(name=k, value=v) for k, v in env.items()],
         resources=client.V1ResourceRequirements(
             requests={"cpu": cfg.cpu_request, "memory": cfg.memory_request}, limits=limits
@@ -93,11 +125,9 @@ def _container(request: TrainRequest, cfg: KubeConfig) -> client.V1Container:
         security_context=_security_context(),
         volume_mounts=[
             # The data volume read-only (samples, manifests, the config, a parent run; the admin's database
-            # is not on it), and the job's own run folder the one writable place on it.
+            # is not on it), and the job's own run folder (and evaluation folder) the writable places on it.
             client.V1VolumeMount(name="data", mount_path=str(cfg.data_mount_path), read_only=True),
-            client.V1VolumeMount(
-                name="data", mount_path=str(request.output_dir), sub_path=_relative(request.output_dir, cfg)
-            ),
+            *_writable(request, cfg),
             client.V1VolumeMount(name="tmp", mount_path="/tmp"),
             client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
         ],
@@ -127,6 +157,8 @@ def _pod_spec(request: TrainRequest, cfg: KubeConfig) -> client.V1PodSpec:
 def build_job(request: TrainRequest, cfg: KubeConfig) -> client.V1Job:
     """The Job that runs ``graft <request.argv()>`` on a GPU node with the data volume mounted."""
     named = [("training config", request.config_file), ("output folder", request.output_dir)]
+    if request.evaluation is not None:
+        named.append(("evaluation request", request.evaluation))
     for what, path in [*named, *(("input", p) for p in request.inputs)]:
         _check_under(path, cfg.data_mount_path, what)
     labels = {**APP_LABELS, "app.kubernetes.io/component": "training", JOB_ID_LABEL: label_value(request.job_id)}
@@ -139,7 +171,7 @@ def build_job(request: TrainRequest, cfg: KubeConfig) -> client.V1Job:
         ),
         spec=client.V1JobSpec(
             backoff_limit=cfg.backoff_limit,
-            active_deadline_seconds=cfg.active_deadline_seconds,
+            active_deadline_seconds=active_deadline(request, cfg),
             ttl_seconds_after_finished=cfg.ttl_seconds_after_finished,
             # A node drain or preemption is not the training's fault: do not count it against backoffLimit.
             pod_failure_policy=client.V1PodFailurePolicy(

@@ -45,6 +45,12 @@ class KubernetesJobRunner:
         cfg = cfg or KubeConfig()
         return cls(load_api_client(kubeconfig), cfg)
 
+    @property
+    def evaluates_under(self) -> Path:
+        """The gate's predictions run in the Job itself (``TrainRequest.evaluation``, after training) when
+        the models and images are under this folder, the data volume as the Job mounts it."""
+        return self.cfg.data_mount_path
+
     def _name(self, job_id: str) -> str:
         return job_name(self.cfg.job_name_prefix, job_id)
 

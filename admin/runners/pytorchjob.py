@@ -16,6 +16,7 @@ from typing import Any
 from admin.cluster import load_api_client
 from admin.runners.base import RunnerStatus, TrainRequest
 from admin.runners.custom_jobs import CustomJobRunner, JobKind, condition, describe
+from admin.runners.kube_jobs import active_deadline
 from admin.runners.trainjob import TORCHRUN, TrainerConfig, job_parts
 
 CONTAINER = "pytorch"  # the operator finds the training container, and sets its env, by this name
@@ -34,7 +35,7 @@ def build_pytorchjob(request: TrainRequest, cfg: TrainerConfig) -> dict[str, Any
     run_policy: dict[str, Any] = {
         "cleanPodPolicy": "None",  # keep finished pods' logs until the TTL removes the job
         "backoffLimit": cfg.backoff_limit,
-        "activeDeadlineSeconds": cfg.active_deadline_seconds,
+        "activeDeadlineSeconds": active_deadline(request, cfg),
         "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
     }
     if cfg.queue_name:

@@ -16,6 +16,7 @@ admits it by suspending and resuming it, which the status reports as pending wit
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from kubernetes import client
@@ -24,7 +25,7 @@ from pydantic import Field
 from admin.cluster import KubeConfig, load_api_client
 from admin.runners.base import RunnerStatus, TrainRequest
 from admin.runners.custom_jobs import CustomJobRunner, JobKind, condition, describe
-from admin.runners.kube_jobs import build_job
+from admin.runners.kube_jobs import active_deadline, build_job
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 NODE_JOB = "node"  # the trainer's replicated job (and container) in Kubeflow's torch runtimes
@@ -57,7 +58,8 @@ def _sanitize(obj: Any) -> Any:
 def job_parts(request: TrainRequest, cfg: TrainerConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(metadata, pod spec, container) of the Job runner's pod for ``request``: the same volumes, checks and
     security context, whatever resource carries them."""
-    job = _sanitize(build_job(request, cfg))
+    # The gate's evaluation stays in the admin for these (every rank runs the same command): no request here.
+    job = _sanitize(build_job(replace(request, evaluation=None), cfg))
     metadata = job["metadata"]
     if cfg.queue_name:
         metadata["labels"][QUEUE_LABEL] = cfg.queue_name
@@ -90,7 +92,7 @@ def build_trainjob(request: TrainRequest, cfg: TrainerConfig) -> dict[str, Any]:
             "numProcPerNode": cfg.procs_per_node(),
             "resourcesPerNode": container["resources"],
         },
-        "activeDeadlineSeconds": cfg.active_deadline_seconds,
+        "activeDeadlineSeconds": active_deadline(request, cfg),
     }
     if cfg.trainjob_patch_api == "runtimePatches":
         job = {"name": NODE_JOB, "template": {"spec": {"template": patch}}}
