@@ -161,6 +161,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=fmt)
     p.add_argument("--domains", nargs="+", default=["fashion-mnist", "ants-bees"])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds from this one (several processes in parallel)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--first", type=int, default=10, help="training (and as many validation) images per class first")
     p.add_argument("--per-round", type=int, default=20, help="Fashion-MNIST images per class each round")
@@ -189,7 +190,7 @@ def main() -> int:
         if domain == "fashion-mnist" and not FASHION_MNIST_DIR.is_dir():
             log.warning("%s not found (apt-get install dataset-fashion-mnist): left out", FASHION_MNIST_DIR)
             continue
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             d = fashion(seed, args, work / "truth") if domain == "fashion-mnist" else ants_bees(seed, args)
             if args.head_seeds is not None:
                 d.train["head_seeds"] = args.head_seeds
