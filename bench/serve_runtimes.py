@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,7 +119,8 @@ def compare(args: argparse.Namespace, train: Callable[[Path], Path]) -> int:
                              got["peak_rss_mb"])  # fmt: skip
                     results[name][backend].append({"round": r, **got})
                     loads.append(list(os.getloadavg()))
-    doc = {"args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+    command = " ".join(["bench/serve.py", *sys.argv[1:]])
+    doc = {"command": command, "args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
            "loadavg_samples": loads, "results": results}  # fmt: skip
     dump(args.out, doc)
     text = report(doc, args)
@@ -135,7 +137,8 @@ def _mean(runs: list[dict[str, Any]], i: int, key: str) -> float:
 def report(doc: dict[str, Any], args: argparse.Namespace) -> str:
     res, conc = doc["results"], args.concurrency
     one = [x[0] for x in doc["loadavg_samples"]]
-    lines = [f"Machine: {doc['machine']}; 1-minute load average from {min(one):.1f} to {max(one):.1f} during the"
+    lines = [f"Command: `{doc.get('command', 'bench/serve.py --runtimes')}`", "",
+             f"Machine: {doc['machine']}; 1-minute load average from {min(one):.1f} to {max(one):.1f} during the"
              f" run. {args.rounds} rounds (fresh starts, order alternated), {args.duration:.0f} s measured per"
              f" point after {args.warmup:.0f} s warm-up, {args.images} real ants/bees JPEGs; archive: batch"
              f" {args.batch}, delay {args.delay_ms} ms, {args.workers} worker(s).", "",
