@@ -103,7 +103,7 @@ def compare(args: argparse.Namespace, train: Callable[[Path], Path]) -> int:
         work = Path(tmp)
         run = args.run or train(work)
         if "onnx" in args.backends and not (run / "model.onnx").is_file():
-            export_onnx(run)  # as graft export does; written into a run this benchmark trained
+            export_onnx(run)  # model.onnx into the run folder, as graft export does
         stores = {}
         for backend in args.backends:  # one store per backend: each server loads one model
             stores[backend] = work / f"store-{backend}"
