@@ -5,7 +5,7 @@
 Starts ``python -m graft.kserve.server`` (without tokens) on the store with only that version loaded,
 measures the cold start to its first answer, then KServe v1 requests with real ants/bees JPEGs at each
 concurrency (bench/load.py's client, in this process) and the runtime's peak RSS. The comparison with
-TorchServe in one run is bench/serve.py's job (issue 24); this measures the runtime alone.
+TorchServe in one run is ``bench/serve.py --runtimes`` (it starts the runtime with :func:`runtime`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -33,6 +37,75 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass
+class Runtime:
+    proc: subprocess.Popen[bytes]
+    url: str  # http://127.0.0.1:PORT
+    headers: dict[str, str]  # the inference key, when tokens are on
+    started: float  # perf_counter() just before the process was started
+
+
+def v2_binary(image: bytes, header_len: int = 160) -> tuple[bytes, dict[str, str]]:
+    """One image as an OIP v2 request in the binary extension's framing (the image bytes as they are).
+
+    The JSON header is padded with spaces to ``header_len`` so every request of a load run shares one
+    ``Inference-Header-Content-Length`` (the load generator sends fixed headers)."""
+    tensor = struct.pack("<I", len(image)) + image
+    doc = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                  "parameters": {"binary_data_size": len(tensor)}}]}).encode()  # fmt: skip
+    if len(doc) > header_len:
+        raise ValueError(f"a {len(doc)}-byte header does not fit {header_len}")
+    return doc.ljust(header_len) + tensor, {"Inference-Header-Content-Length": str(header_len),
+                                            "Content-Type": "application/octet-stream"}  # fmt: skip
+
+
+@contextmanager
+def runtime(store: Path, model: str, version: str, workdir: Path, auth: bool = True) -> Iterator[Runtime]:
+    """``python -m graft.kserve.server`` on ``store`` with only ``model`` ``version`` loaded; SIGTERM on exit."""
+    port = _port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "graft.kserve.server", "--model-store", str(store), "--only", f"{model}={version}",
+           "--http-port", str(port), "--grpc-port", "0", "--workdir", str(workdir), *([] if auth else ["--no-auth"])]
+    log = open(workdir / "runtime.log", "wb")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        headers: dict[str, str] = {}
+        key_file = workdir / "key_file.json"
+        while auth and not headers:  # written at start, before the models load
+            if proc.poll() is not None:
+                raise SystemExit(f"the runtime exited with {proc.returncode}: see {workdir / 'runtime.log'}")
+            if key_file.is_file() and key_file.stat().st_size:
+                headers = {"Authorization": f"Bearer {json.loads(key_file.read_text())['inference']['key']}"}
+            time.sleep(0.1)
+        yield Runtime(proc, f"http://127.0.0.1:{port}", headers, started)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def first_answer(url: str, body: bytes, headers: dict[str, str], started: float, alive: Callable[[], bool],
+                 timeout: float = 900) -> float:  # fmt: skip
+    """Seconds from ``started`` to the first 200 from ``url`` (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise SystemExit(f"the server behind {url} exited before its first answer")
+        try:
+            if httpx.post(url, content=body, headers=headers, timeout=10).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"no answer from {url} within {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,36 +122,20 @@ def main(argv: list[str] | None = None) -> int:
 
     jpegs = sorted(DATA.glob("*/*.jpg"))[: args.images]
     bodies = [json.dumps({"data": base64.b64encode(j.read_bytes()).decode()}).encode() for j in jpegs]
-    port = _port()
-    cmd = [sys.executable, "-m", "graft.kserve.server", "--model-store", args.model_store, "--only",
-           f"{args.model}={args.version}", "--http-port", str(port), "--grpc-port", "0", "--no-auth",
-           "--workdir", tempfile.mkdtemp(prefix="graft-kserve-bench-")]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}/v1/models/{args.model}:predict"
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the runtime exited with {proc.returncode}")
-            try:
-                if httpx.post(url, content=bodies[0], timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        cold = time.perf_counter() - t0
-        results = {"cold_start_s": round(cold, 2), "runs": []}
+    workdir = Path(tempfile.mkdtemp(prefix="graft-kserve-bench-"))
+    with runtime(Path(args.model_store), args.model, args.version, workdir, auth=False) as rt:
+        url = f"{rt.url}/v1/models/{args.model}:predict"
         headers = {"Content-Type": "application/json"}
+        cold = first_answer(url, bodies[0], headers, rt.started, lambda: rt.proc.poll() is None)
+        results: dict[str, object] = {"cold_start_s": round(cold, 2)}
+        runs = []
         for c in args.concurrency:
             r = load(url, headers, bodies, c, args.warmup, args.duration)
-            results["runs"].append(r)
+            runs.append(r)
             print(json.dumps(r), flush=True)
-        results["runtime_peak_rss_mb"] = round(vm_hwm_mb(proc.pid), 1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    print(json.dumps({k: v for k, v in results.items() if k != "runs"}))
-    dump(args.out, results)
+        results["runtime_peak_rss_mb"] = round(vm_hwm_mb(rt.proc.pid), 1)
+    print(json.dumps(results))
+    dump(args.out, {**results, "runs": runs})
     return 0
 
 

@@ -16,6 +16,13 @@ images, the sensitivity pass, the 1-point guard). Every server model gets the sa
     .venv/bin/python bench/serve.py                          # FP32 and INT8 over HTTP, a few minutes
     .venv/bin/python bench/serve.py --servers stock ours_torch ours_onnx ours_int8   # + stock handler, eager
     .venv/bin/python bench/serve.py --duration 5 --concurrency 1 8
+    .venv/bin/python bench/serve.py --runtimes --backends onnx torch   # TorchServe vs the KServe runtime
+
+``--runtimes`` compares the two runtimes instead (issue 24): the same archive (graft's default settings:
+one worker, batch 8, 20 ms delay) served by TorchServe (raw JPEG bodies) and by graft's KServe runtime
+(OIP v2, the binary extension: the same JPEG bytes), each started fresh per round (A, B, then B, A) so
+load drift hits both; throughput and p50/p99 per concurrency, cold start to first answer, peak RSS of
+every process (TorchServe: the Java frontend and its workers, summed and each).
 
 The stock handler (``--servers stock``) imports ``captum``: ``.venv/bin/pip install captum`` first.
 It and ``ours_torch`` serve the 1000-class ImageNet MobileNetV2 (the stock handler asks for the top 5).
@@ -319,7 +326,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each point")
     p.add_argument("--settle", type=float, default=10, help="unmeasured seconds per model before any point")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="per model (default 2; 1 with --runtimes)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--delay-ms", type=int, default=20)
     p.add_argument("--images", type=int, default=120, help="distinct JPEGs cycled through")
@@ -327,6 +334,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the raw results as JSON here")
     p.add_argument("--run", type=Path, default=None,
                    help="an ants/bees run folder to serve (default: train one with graft's default recipe)")
+    p.add_argument("--runtimes", action="store_true", help="TorchServe vs graft's KServe runtime (issue 24)")
+    p.add_argument("--backends", nargs="+", choices=["onnx", "torch"], default=["onnx"], help="with --runtimes")
+    p.add_argument("--rounds", type=int, default=2, help="with --runtimes: A, B / B, A rounds (fresh starts)")
     p.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--model-only", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="onnx", help=argparse.SUPPRESS)
@@ -335,6 +345,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.workers = args.workers or (1 if args.runtimes else 2)
     if args.in_process:
         print(json.dumps(in_process(args.in_process, args.variant, args.batch, args.duration, args.images)))
         return 0
@@ -344,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     log.info("load average at start: %s", os.getloadavg())
+    if args.runtimes:
+        from bench.serve_runtimes import compare
+
+        return compare(args, ants_bees_run)
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
         work = Path(tmp)
         run, imagenet, store = build_store(work, args.servers, args.workers, args.batch, args.delay_ms, args.run)
