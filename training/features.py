@@ -29,6 +29,7 @@ from tqdm import tqdm
 from training.distributed import rank_slices
 from training.forward_cut import ForwardPrefix, ForwardSuffix, capture_tensors, cut_matches, probe_outputs
 from training.freeze import FreezePlan
+from training.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,10 @@ def compute_cut_features(
         for i, out in enumerate(outs):
             feats[i].append(out.float().cpu())
         targets.append(y)
+        # This batch's input and activations are freed now; give their pages back before the next batch
+        # (training/memory.py: otherwise the heap's resident size creeps up over a long pass).
+        del x, outs
+        release_freed_memory()
     if not targets:
         return [torch.empty(0) for _ in captures], torch.empty(0, dtype=torch.long)
     return [torch.cat(f) for f in feats], torch.cat(targets)

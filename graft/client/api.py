@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -215,9 +215,45 @@ class Client:
 
     # ------------------------------------------------------------------ review and drift
     def review(self, limit: int = 20, strategy: str = "margin", status: str = "queued") -> list[dict[str, Any]]:
-        """Captured inputs nobody labelled yet, the most uncertain first."""
-        params = {"limit": limit, "strategy": strategy, "status": status}
-        return list(self._json("GET", "/v1/review", params=params)["items"])
+        """Captured inputs nobody labelled yet, the most uncertain first (the first page; :meth:`review_items`
+        walks them all)."""
+        return list(self.review_page(limit, strategy, status)["items"])
+
+    def review_page(self, limit: int = 20, strategy: str = "margin", status: str = "queued", *,
+                    after: str | None = None, offset: int = 0) -> dict[str, Any]:  # fmt: skip
+        """One page of the queue as the admin answers it: ``items`` and ``next``, the cursor to pass as
+        ``after`` for the page that follows (null: no more). Admins before the cursor answer no ``next``."""
+        params: dict[str, Any] = {"limit": limit, "strategy": strategy, "status": status}
+        if after is not None:
+            params["after"] = after
+        elif offset:
+            params["offset"] = offset
+        body: dict[str, Any] = self._json("GET", "/v1/review", params=params)
+        return body
+
+    def review_items(
+        self, strategy: str = "margin", status: str = "queued", *, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every capture in the queue, page by page in the strategy's order, each once.
+
+        The pages follow the admin's ``next`` cursor, so captures that arrive during the walk and decisions
+        taken on the items already returned (label them as they come) neither repeat nor skip one. An admin
+        that answers no cursor (older versions) is paged by offset, which shifts when the queue changes
+        meanwhile. ``strategy="random"`` has no order to continue: it is one page of ``page_size``."""
+        after: str | None = None
+        offset = 0
+        while True:
+            body = self.review_page(page_size, strategy, status, after=after, offset=offset)
+            items: list[dict[str, Any]] = body["items"]
+            yield from items
+            if "next" in body:
+                after = body["next"]
+                if after is None:
+                    return
+            elif len(items) < page_size or strategy == "random":
+                return
+            else:
+                offset += len(items)
 
     def review_image(self, capture_id: str) -> bytes:
         return self.request("GET", f"/v1/review/{capture_id}/image").content
