@@ -18,7 +18,7 @@ Three ways to cut a model into ``prefix`` (cached) and ``suffix`` (trained):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,47 @@ def _fx_split(model: nn.Module, graph: fx.Graph, plan: FreezePlan) -> Split | No
     return Split(fx.GraphModule(model, prefix), fx.GraphModule(model, suffix), f"output of {target}", cut)
 
 
+class _Rows:
+    """One cut's tensors for every image, written batch by batch into one tensor allocated at the first batch
+    when the number of images is known (a DataLoader's dataset): the pass then holds each image's features
+    once, not once in per-batch chunks and again in the tensor joining them. More rows than expected (or no
+    count) fall back to chunks joined at the end."""
+
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity
+        self.buf: torch.Tensor | None = None
+        self.chunks: list[torch.Tensor] = []
+        self.n = 0
+
+    def add(self, out: torch.Tensor) -> None:
+        rows = out.shape[0]
+        if self.capacity is not None and not self.chunks and self.n + rows <= self.capacity:
+            if self.buf is None:
+                self.buf = torch.empty((self.capacity, *out.shape[1:]), dtype=torch.float32)
+            self.buf[self.n : self.n + rows].copy_(out)  # casts to float32 and moves to the CPU in one step
+        else:
+            if self.buf is not None:
+                self.chunks.append(self.buf[: self.n])
+                self.buf = None
+            self.chunks.append(out.float().cpu())
+        self.n += rows
+
+    def tensor(self) -> torch.Tensor:
+        if self.chunks:
+            return torch.cat(self.chunks)
+        if self.buf is None:
+            return torch.empty(0)
+        return self.buf[: self.n]  # images a collate dropped leave rows unused: a view, not a second copy
+
+
+def _images_expected(batches: Iterable[Any]) -> int | None:
+    dataset = getattr(batches, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:  # an iterable dataset has no length
+        return None
+
+
 @torch.no_grad()
 def compute_cut_features(
     model: nn.Module,
@@ -162,7 +203,8 @@ def compute_cut_features(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The tensors at several cuts (``Split.capture``) for every image, from one forward pass per batch,
     stopped once the last of them exists; float32 on the CPU, with the targets."""
-    feats: list[list[torch.Tensor]] = [[] for _ in captures]
+    expected = _images_expected(batches)
+    feats = [_Rows(expected) for _ in captures]
     targets: list[torch.Tensor] = []
     model.eval()
     for x, y in tqdm(batches, desc=desc, leave=False, disable=None):
@@ -173,8 +215,8 @@ def compute_cut_features(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             outs = capture_tensors(model, x, captures)
-        for i, out in enumerate(outs):
-            feats[i].append(out.float().cpu())
+        for rows, out in zip(feats, outs, strict=True):
+            rows.add(out)
         targets.append(y)
         # This batch's input and activations are freed now; give their pages back before the next batch
         # (training/memory.py: otherwise the heap's resident size creeps up over a long pass).
@@ -182,7 +224,22 @@ def compute_cut_features(
         release_freed_memory()
     if not targets:
         return [torch.empty(0) for _ in captures], torch.empty(0, dtype=torch.long)
-    return [torch.cat(f) for f in feats], torch.cat(targets)
+    return [rows.tensor() for rows in feats], torch.cat(targets)
+
+
+class FeatureBatches:
+    """Mini-batches of cached features, gathered one at a time as they are iterated: indexing every batch up
+    front would copy the whole cache once more per epoch."""
+
+    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, slices: list[torch.Tensor]):
+        self.feats, self.targets, self.slices = feats, targets, slices
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in self.slices:
+            yield self.feats[idx], self.targets[idx]
 
 
 def feature_batches(
@@ -194,7 +251,7 @@ def feature_batches(
     rank: int = 0,
     world: int = 1,
     sample_weights: torch.Tensor | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> FeatureBatches:
     """Mini-batches of cached features: shuffled (or class-balanced) per epoch; under torchrun
     ``batch_size`` is the global batch and each rank takes its slice of every batch."""
     n = feats.shape[0]
@@ -204,7 +261,7 @@ def feature_batches(
         order = torch.randperm(n, generator=generator)
     else:
         order = torch.arange(n)
-    return [(feats[idx], targets[idx]) for idx in rank_slices(order, batch_size, rank, world)]
+    return FeatureBatches(feats, targets, rank_slices(order, batch_size, rank, world))
 
 
 def describe(feats: torch.Tensor) -> str:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.features import compute_cut_features
+from training.features import compute_cut_features, feature_batches
 from training.forward_cut import capture_tensors
 from training.memory import can_release_memory
 
@@ -101,3 +101,53 @@ def test_the_feature_pass_stays_at_one_batch_of_resident_memory() -> None:
     assert feats[0].shape == (targets.shape[0], 64)
     growth = max(between) - between[0]
     assert growth < 12 * 2**20, f"resident memory grew {growth / 2**20:.0f} MiB between the first and later batches"
+
+
+# ---------------------------------------------------------------------------------------------- the cache itself
+_PEAK_SCRIPT = """
+import resource, sys, torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from training.features import compute_cut_features, feature_batches
+
+class Images(Dataset):  # made on the fly: the dataset itself holds nothing
+    def __len__(self): return 2000
+    def __getitem__(self, i): return torch.full((3, 64, 64), float(i)), i % 4
+
+model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(3 * 64 * 64, 4)).eval()
+loader = DataLoader(Images(), batch_size=50)
+compute_cut_features(model, [next(iter(loader))], [("output", "0")], torch.device("cpu"))  # warm up
+import psutil
+before = psutil.Process().memory_info().rss  # now, not the high-water mark: importing torch peaks higher
+feats, targets = compute_cut_features(model, loader, [("output", "0")], torch.device("cpu"))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+assert feats[0].shape == (2000, 3, 64, 64) and torch.equal(feats[0][1234, 0, 0, :3], torch.full((3,), 1234.0))
+assert targets.tolist() == [i % 4 for i in range(2000)]
+print(after - before, feats[0].numel() * 4)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
+def test_the_cache_holds_each_images_features_once() -> None:
+    """The pass's peak is the cache plus a batch: no per-batch chunks joined into a second copy at the end
+    (measured on the old code: 2.0 times the cache's size)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    growth, cache = map(int, out.stdout.split())
+    assert growth < 1.3 * cache, f"peak grew {growth / 2**20:.0f} MiB for a {cache / 2**20:.0f} MiB cache"
+
+
+def test_feature_batches_are_gathered_as_iterated_not_up_front() -> None:
+    feats = torch.randn(50_000, 1024)  # 195 MiB
+    targets = torch.arange(50_000) % 7
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    batches = feature_batches(feats, targets, 256, torch.Generator().manual_seed(0), shuffle=True)
+    grew = proc.memory_info().rss - before
+    assert grew < 20 * 2**20, f"building the batches allocated {grew / 2**20:.0f} MiB"
+    assert len(batches) == 196
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == sorted(targets.tolist())  # every row once per epoch
+    x, y = next(iter(batches))
+    assert torch.equal(x, feats[batches.slices[0]]) and torch.equal(y, targets[batches.slices[0]])
