@@ -14,7 +14,6 @@ import argparse
 import base64
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from bench.load import dump, load, vm_hwm_mb
+from graft.core.util import stop_child
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera" / "val"
 
@@ -82,13 +82,7 @@ def runtime(store: Path, model: str, version: str, workdir: Path, auth: bool = T
             time.sleep(0.1)
         yield Runtime(proc, f"http://127.0.0.1:{port}", headers, started)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, 60, "the KServe runtime")
         log.close()
 
 

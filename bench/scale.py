@@ -5,7 +5,13 @@ TorchServe), so its CPU time is read from ``/proc/<pid>/stat`` alone. The client
 images (Debian's ``dataset-fashion-mnist``) in batches of 64 until the store holds each level, and measures a
 window of uploads there: images/s, admin CPU ms per image, ``GET /v1/samples/stats`` latency, holdout share, admin
 RSS and database bytes per sample. ``--baseline-tree DIR`` runs the admin from another checkout (e.g. a worktree
-of main) for the before/after comparison in the same run.
+of main) for the before/after comparison in the same run. Past Fashion-MNIST's 70,000 pictures the client sends
+altered copies: each train picture turned upside down (a different picture to the intake; a garment is rarely
+symmetric top to bottom), for the 100,000 level.
+
+``--job`` also runs a retraining job at each level and times its phases by polling ``GET /v1/jobs/{id}``: the
+admin's own work on the whole store (snapshot and its digest, the gate's statistics, promotion) with the test
+suite's stand-in trainer and stand-in predictions, so the models' forward passes are not in these times.
 
 ``--train-sizes`` also runs ``graft train`` (head recipe, mobilenet_v2, 1 epoch) on that many images and reports
 its peak RSS (``/usr/bin/time``), for the feature-cache pass's memory.
@@ -35,6 +41,8 @@ from typing import Any
 
 import httpx
 
+from graft.core.util import stop_child
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
 TOKEN = "scale-bench-admin-token-" + "a" * 24
@@ -44,20 +52,24 @@ log = logging.getLogger("bench.scale")
 
 
 def serve_admin(state: Path, port: int) -> None:
-    """The child: the admin as the API tests start it (tests/admin/test_api.py), until SIGTERM."""
+    """The child: the admin as the API tests start it (tests/admin/test_api.py, test_jobs.py), until SIGTERM."""
+    from admin.runners.local import LocalJobRunner
     from admin.server import AdminServer
     from admin.settings import AdminSettings
-    from tests.support.fakes import FakeRollout, fake_evaluate, placeholder_export, write_toy_card
+    from tests.support.fakes import FAKE_TRAINER, FakeRollout, fake_evaluate, placeholder_export, write_toy_card
+    from training.fashion_mnist import FASHION_MNIST_LABELS
 
-    initial = state.parent / "initial"
-    write_toy_card(initial, ["ants", "bees"], 0.6)
+    initial = state.parent / "initial"  # a stand-in champion that knows the labels: its jobs go to the end
+    write_toy_card(initial, list(FASHION_MNIST_LABELS), 0.8)
     settings = AdminSettings(admin_token=TOKEN, samples_token="scale-bench-samples-token-" + "s" * 24,
                              state_dir=state, model_store=state.parent / "store", model_name="graft",
-                             initial_run=initial, rollout="none", admin_port=port, auto_retrain_after=0)  # fmt: skip
+                             initial_run=initial, rollout="none", admin_port=port, auto_retrain_after=0,
+                             promote_new_labels=True, job_poll_s=0.1)  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     extra = {"evaluate": fake_evaluate, "export": placeholder_export}
-    with AdminServer(settings, rollout=FakeRollout(), app_kwargs=extra):
+    runner = LocalJobRunner(command=FAKE_TRAINER, env={"GRAFT_FAKE_EPOCH_S": "0.05"})
+    with AdminServer(settings, rollout=FakeRollout(), runner=runner, app_kwargs=extra):
         stop.wait()
 
 
@@ -90,17 +102,18 @@ def _images(start: int, count: int) -> list[tuple[bytes, str]]:
 
     if len(_PNGS) < start + count:
         _PNGS.clear()
-        for prefix in ("train", "t10k"):
-            images = read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
-            labels = read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        sets = [(read_idx(FASHION_MNIST_DIR / f"{p}-images-idx3-ubyte.gz"),
+                 read_idx(FASHION_MNIST_DIR / f"{p}-labels-idx1-ubyte.gz")) for p in ("train", "t10k")]  # fmt: skip
+        # The originals, then the train pictures upside down (altered copies past 70,000).
+        for flip, (images, labels) in [(False, sets[0]), (False, sets[1]), (True, sets[0])]:
             for i in range(len(images)):
                 if len(_PNGS) == start + count:
                     break
                 buf = io.BytesIO()
-                Image.fromarray(images[i], mode="L").save(buf, "PNG")
+                Image.fromarray(images[i][::-1] if flip else images[i], mode="L").save(buf, "PNG")
                 _PNGS.append((buf.getvalue(), FASHION_MNIST_LABELS[labels[i]]))
         if len(_PNGS) < start + count:
-            raise SystemExit(f"Fashion-MNIST has {len(_PNGS)} images, not {start + count} (100k needs altered copies)")
+            raise SystemExit(f"this benchmark has {len(_PNGS)} pictures, not {start + count}")
     return _PNGS[start : start + count]
 
 
@@ -113,7 +126,35 @@ def _upload(c: httpx.Client, items: list[tuple[bytes, str]]) -> None:
         r.raise_for_status()
 
 
-def measure_admin(levels: list[int], window: int, tree: Path, work: Path) -> list[dict[str, Any]]:
+def time_job(c: httpx.Client, timeout_s: float = 3600) -> dict[str, Any]:
+    """Start a retrain and time each phase it passes through (polled every 50 ms), until it ends."""
+    r = c.post("/v1/retrain", json={"epochs": 1}, headers=HEADERS)
+    r.raise_for_status()
+    href, t0 = r.json()["href"], time.perf_counter()
+    phases: dict[str, float] = {}
+    last, since = "", t0
+    while True:
+        job = c.get(href, headers=HEADERS, timeout=60).json()
+        now = time.perf_counter()
+        if job["phase"] != last:
+            if last:
+                phases[last] = phases.get(last, 0.0) + now - since
+            last, since = job["phase"], now
+        if job["status"] not in ("queued", "running"):
+            phases[last] = phases.get(last, 0.0) + now - since
+            break
+        if now - t0 > timeout_s:
+            raise SystemExit(f"the job did not end in {timeout_s:.0f} s: {job}")
+        time.sleep(0.05)
+    total = time.perf_counter() - t0
+    holdout = ((job.get("gate") or {}).get("candidate_all") or {}).get("n")
+    return {"status": job["status"], "seconds": round(total, 2),
+            "non_training_s": round(total - phases.get("training", 0.0), 2),
+            "phases_s": {k: round(v, 2) for k, v in phases.items()},
+            "holdout_images": holdout, "reason": job["reason"]}  # fmt: skip
+
+
+def measure_admin(levels: list[int], window: int, tree: Path, work: Path, job: bool = False) -> list[dict[str, Any]]:
     state, port = work / "state", _free_port()
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}  # the admin under test first
     # By path, not -m: the tree under test may have no bench/scale.py.
@@ -157,10 +198,11 @@ def measure_admin(levels: list[int], window: int, tree: Path, work: Path) -> lis
                     "admin_peak_rss_mb": round(_rss_mb(child.pid, "VmHWM"), 1),
                     "db_bytes_per_sample": round(db / max(1, stats["total"])),
                 })  # fmt: skip
+                if job:
+                    rows[-1]["job"] = time_job(c)
                 log.info("%s: %s", tree, rows[-1])
     finally:
-        child.send_signal(signal.SIGTERM)
-        child.wait(60)
+        stop_child(child, 60, "the admin")
     return rows
 
 
@@ -190,6 +232,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=640, help="uploads timed at each level (a multiple of 64)")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout (e.g. main) to measure the same way")
     ap.add_argument("--baseline-only", action="store_true", help="measure the baseline tree alone")
+    ap.add_argument("--job", action="store_true", help="also time a retraining job's phases at each level")
     ap.add_argument("--train-sizes", default="", help="e.g. 500,4000,16000: graft train peak RSS at these sizes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     args = ap.parse_args()
@@ -208,7 +251,7 @@ def main() -> None:
     for name, tree in trees.items():
         with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
             if levels:  # --levels '' with --train-sizes: training memory alone
-                result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp))
+                result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp), args.job)
             if sizes:
                 result["train"][name] = measure_train(sizes, tree, Path(tmp))
     result["load_avg_at_end"] = os.getloadavg()

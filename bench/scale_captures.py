@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graft.core.util import stop_child
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 MODEL = "graft"
@@ -197,11 +199,7 @@ def run_captures(tree: Path, rows: int, rate: float, duration: float, work: Path
         cpu1 = psutil.Process(proc.pid).cpu_times()
         hwm = _vm_hwm_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc, 60, "the admin")
         log.close()
     db = _settings(work).db_path
     result.update({

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from graft.core.util import stop_child
 from graft.torchserve.client import TorchServeClient
 from graft.torchserve.launcher import free_ports
 
@@ -82,12 +82,7 @@ def running_service(workdir: Path, run_dir: Path, port_base: int | None = None) 
     finally:
         admin.close()
         ts.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, 120, "graft serve")
 
 
 def _predict(ts: TorchServeClient, image: bytes) -> dict[str, Any]:

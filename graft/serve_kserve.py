@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from graft.core.errors import ConfigError, ServeError
-from graft.core.util import child_env, die_with_parent
+from graft.core.util import child_env, die_with_parent, stop_child
 from graft.torchserve.launcher import port_in_use
 
 if TYPE_CHECKING:
@@ -81,15 +81,8 @@ class KServeRuntime:
             return ""
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("the KServe runtime did not stop in %.0fs; killing it", timeout_s)
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, timeout_s, "the KServe runtime")
 
 
 def announce(runtime: KServeRuntime, admin: AdminServer | None) -> None:

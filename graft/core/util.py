@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -94,6 +95,21 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
 # Variables a child process must not inherit: TorchServe's workers run archive code on untrusted input, and
 # a training process decodes uploaded images. They get what they need through files and flags instead.
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE_?KEY", re.IGNORECASE)
+
+
+def stop_child(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 30.0,
+               what: str = "a child process") -> int | None:  # fmt: skip
+    """Stop a child as Ctrl-C would (SIGTERM: background children of a non-interactive shell ignore SIGINT),
+    and kill it when it has not exited after ``timeout_s``. Returns its exit status (None: it was already gone)."""
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) did not stop in %.0f s after SIGTERM; killing it", what, proc.pid, timeout_s)
+        proc.kill()
+        return proc.wait()
 
 
 def is_secret_name(name: str) -> bool:

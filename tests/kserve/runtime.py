@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from graft.core.util import stop_child
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +71,4 @@ def kserve_runtime(store: Path, workdir: Path, *extra: str, env: dict[str, str] 
         yield Runtime(url, grpc_port, keys["inference"]["key"], keys["management"]["key"], workdir / "key_file.json",
                       log)  # fmt: skip
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, 30, "the KServe runtime")
