@@ -126,6 +126,17 @@ def _upload(c: httpx.Client, items: list[tuple[bytes, str]]) -> None:
         r.raise_for_status()
 
 
+def _pinned(state: Path) -> int:
+    """Samples the intake pinned to the holdout as a near-duplicate of a holdout picture (read-only)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{state / 'admin.sqlite3'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM samples WHERE split_reason LIKE 'near-duplicate%'").fetchone()[0])
+    finally:
+        db.close()
+
+
 def time_job(c: httpx.Client, timeout_s: float = 3600) -> dict[str, Any]:
     """Start a retrain and time each phase it passes through (polled every 50 ms), until it ends."""
     r = c.post("/v1/retrain", json={"epochs": 1}, headers=HEADERS)
@@ -189,11 +200,13 @@ def measure_admin(levels: list[int], window: int, tree: Path, work: Path, job: b
                     stats = c.get("/v1/samples/stats", headers=HEADERS).json()
                     lat.append(1000 * (time.perf_counter() - s0))
                 db = sum(f.stat().st_size for f in state.glob("*.sqlite3*"))
+                pinned = _pinned(state)
                 rows.append({
                     "stored": stats["total"], "images_per_s": round(window / wall, 1),
                     "admin_cpu_ms_per_image": round(1000 * cpu / window, 2),
                     "stats_ms_p50": round(statistics.median(lat), 1), "stats_ms_max": round(max(lat), 1),
                     "holdout_share": round(stats["holdout"] / max(1, stats["total"]), 3),
+                    "pinned_share": round(pinned / max(1, stats["total"]), 3),
                     "admin_rss_mb": round(_rss_mb(child.pid), 1),
                     "admin_peak_rss_mb": round(_rss_mb(child.pid, "VmHWM"), 1),
                     "db_bytes_per_sample": round(db / max(1, stats["total"])),
