@@ -110,8 +110,8 @@ def predict_all(runs: list[Path], truth: list[tuple[Path, str]], batch: int = 64
 def spot_check(runs: list[Path], truth: list[tuple[Path, str]], preds: dict[Path, list[str | None]],
                n: int) -> list[str]:  # fmt: skip
     """The whole forward, as the loop scored, on the first ``n`` images: must give the same answers."""
-    problems = []
-    for run in runs:
+    problems: list[str] = []
+    for run in runs if n > 0 else []:
         whole = default_evaluate(run, truth[:n], "cpu")[0]
         differ = sum(a != b for a, b in zip(whole, preds[run][:n], strict=True))
         if differ:
@@ -173,13 +173,15 @@ def main() -> int:
     ap.add_argument("--fm-truth", type=int, default=10_000)
     ap.add_argument("--truth-dir", type=Path, required=True, help="where the truth images are written as PNG")
     ap.add_argument("--spot-check", type=int, default=200, help="images also predicted by each whole model")
+    ap.add_argument("--recorded-truth", type=int, default=None,
+                    help="truth images the run scored (default: its --fm-truth; a --from-json merge records 10,000)")
     ap.add_argument("--out-json", type=Path)
     ap.add_argument("--out-markdown", type=Path)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     earlier = json.loads(args.json.read_text())
     rows = [Round(**r) for r in earlier["rounds"] if r["domain"] == "fashion-mnist"]
-    recorded_n = int(earlier["args"]["fm_truth"])
+    recorded_n = args.recorded_truth or int(earlier["args"]["fm_truth"])
     if any(r.champion_truth != round(r.champion_truth, 4) for r in rows):
         raise SystemExit("unexpected: recorded truth with more than 4 decimals")
     started = time.perf_counter()
