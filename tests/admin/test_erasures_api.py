@@ -5,6 +5,7 @@ uploaded and captured again. Real admin over HTTP, real SQLite, and the graft cl
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from tests.admin.test_review import Served
 from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
 from tests.support.fakes import FakeRollout
 from tests.support.images import photo
-from tests.support.waiting import wait_ready
+from tests.support.waiting import wait_for, wait_ready
 
 
 def test_an_admin_lists_and_lifts_an_erasure_and_the_picture_is_accepted_again(tmp_path: Path,
@@ -29,7 +30,12 @@ def test_an_admin_lists_and_lifts_an_erasure_and_the_picture_is_accepted_again(t
         wait_ready(c)
         served = Served(c, st.capture_path, server)
         cid, other_cid = served.capture(data, 0.6), served.capture(other, 0.7)
-        assert c.get(f"/v1/review/{cid}", headers=ADMIN).status_code == 200, "indexed"
+
+        def indexed(capture_id: str) -> bool:
+            return c.get(f"/v1/review/{capture_id}", headers=ADMIN).status_code == 200
+
+        for each in (cid, other_cid):  # a page shows the last commit when the indexer's pass runs long (load)
+            wait_for(partial(indexed, each), 20, what=f"capture {each} to be indexed")
         assert c.get("/v1/erasures", headers=ADMIN).json() == {"erasures": [], "total": 0}
         assert c.delete(f"/v1/review/{cid}", headers=ADMIN).status_code == 200
         refused = upload(c, near)
