@@ -128,16 +128,14 @@ def rescore(rows: list[Round], runs: list[Path], truth: list[tuple[Path, str]], 
     """The rows with their truth fields on ``truth``; the checks that failed (none when all is as recorded)."""
     seeds = sorted({r.seed for r in rows})
     versions = {s: max(r.round for r in rows if r.seed == s) for s in seeds}
-    folders = [_run_dir(runs, s, v) for s in seeds for v in range(versions[s] + 1)]
-    preds = predict_all(folders, truth)
-    problems = spot_check(folders, truth, preds, spot)
+    folder = {(s, v): _run_dir(runs, s, v) for s in seeds for v in range(versions[s] + 1)}
+    preds = predict_all(list(folder.values()), truth)
+    problems = spot_check(list(folder.values()), truth, preds, spot)
     out: list[Round] = []
     for seed in seeds:
         mine = sorted((r for r in rows if r.seed == seed), key=lambda r: r.round)
-        right = {}
-        for v in range(len(mine) + 1):
-            run = _run_dir(runs, seed, v)
-            right[v] = [p == label for p, (_, label) in zip(preds[run], truth, strict=True)]
+        right = {v: [p == label for p, (_, label) in zip(preds[folder[seed, v]], truth, strict=True)]
+                 for v in range(len(mine) + 1)}
         for v, rr in right.items():  # the run's own truth: the first recorded_n images
             want = mine[0].champion_truth if v == 0 else mine[v - 1].candidate_truth
             if _acc(rr[:recorded_n]) != round(want, 4):
