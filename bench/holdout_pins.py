@@ -34,16 +34,18 @@ def windows(rows: list[tuple[int, str, str]], size: int) -> list[dict[str, Any]]
     for lo in range(0, len(rows), size):
         chunk = rows[lo : lo + size]
         held = sum(s == "holdout" for _, s, _ in chunk)
-        pinned = sum(r.startswith("near-duplicate") for _, _, r in chunk)
+        pinned = sum(s == "holdout" and r.startswith("near-duplicate") for _, s, r in chunk)
+        kept = sum(s == "train" and r.startswith("near-duplicate") for _, s, r in chunk)
         out.append({"uploads": f"{lo + 1}-{lo + len(chunk)}", "holdout_share": round(held / len(chunk), 3),
-                    "pinned_share": round(pinned / len(chunk), 3)})  # fmt: skip
+                    "pinned_share": round(pinned / len(chunk), 3), "kept_in_training": kept})  # fmt: skip
     return out
 
 
 def pairs(db: sqlite3.Connection, root: Path, sample: int, seed: int = 0) -> dict[str, Any]:
     """Sampled pinned uploads against their twins: pixel differences where both have the same size."""
     paths = {sha: (root / path, label) for sha, path, label in db.execute("SELECT sha256, path, label FROM samples")}
-    pinned = db.execute("SELECT path, label, split_reason FROM samples WHERE split_reason LIKE 'near-duplicate of %'")
+    pinned = db.execute("SELECT path, label, split_reason FROM samples WHERE split = 'holdout' "
+                        "AND split_reason LIKE 'near-duplicate of %'")
     pinned_rows = pinned.fetchall()
     picked = random.Random(seed).sample(pinned_rows, min(sample, len(pinned_rows)))
     mad, corr, same_label, other_size = [], [], 0, 0

@@ -132,7 +132,8 @@ def _pinned(state: Path) -> int:
 
     db = sqlite3.connect(f"file:{state / 'admin.sqlite3'}?mode=ro", uri=True)
     try:
-        return int(db.execute("SELECT count(*) FROM samples WHERE split_reason LIKE 'near-duplicate%'").fetchone()[0])
+        sql = "SELECT count(*) FROM samples WHERE split = 'holdout' AND split_reason LIKE 'near-duplicate%'"
+        return int(db.execute(sql).fetchone()[0])
     finally:
         db.close()
 
@@ -248,6 +249,7 @@ def main() -> None:
     ap.add_argument("--job", action="store_true", help="also time a retraining job's phases at each level")
     ap.add_argument("--train-sizes", default="", help="e.g. 500,4000,16000: graft train peak RSS at these sizes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    ap.add_argument("--keep", type=Path, help="work in this empty folder and keep it (bench/holdout_pins.py reads it)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -262,7 +264,9 @@ def main() -> None:
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "batch": BATCH,
                               "window": args.window, "admin": {}, "train": {}}  # fmt: skip
     for name, tree in trees.items():
-        with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as scratch:
+            tmp = str(args.keep / name) if args.keep else scratch
+            Path(tmp).mkdir(parents=True, exist_ok=True)
             if levels:  # --levels '' with --train-sizes: training memory alone
                 result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp), args.job)
             if sizes:

@@ -29,7 +29,7 @@ class SampleOut(BaseModel):
     split: Literal["train", "holdout"]
     duplicate: bool = Field(description="true when these exact bytes were already stored")
     split_reason: str = Field(
-        default="", description='why this split: "hash split", or "near-duplicate of <id>" (a holdout picture)'
+        default="", description='why this split: "hash split", or "near-duplicate of <id>" (a stored twin, same side)'
     )
 
     @classmethod
@@ -52,7 +52,7 @@ class SampleMetaOut(BaseModel):
     width: int
     height: int
     received_at: str
-    split_reason: str = Field(default="", description='"hash split" or "near-duplicate of <id>"')
+    split_reason: str = Field(default="", description='"hash split" or "near-duplicate of <id>" (its twin, same side)')
     uploader: str | None = Field(default=None, description="the token that stored it: admin | samples | insecure "
                                  "(null: stored before graft recorded it)")  # fmt: skip
 

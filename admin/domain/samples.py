@@ -5,10 +5,12 @@ already stored, then image headers against a pixel budget, then full decoding), 
 batch in one transaction: a request stores all its samples or none, and a hostile one costs little CPU.
 
 The split (train or holdout) is a function of the image's decoded pixels: the same picture lands in the
-same split whoever posts it, in whatever file. The same picture as a holdout image in other bytes (re-encoded,
-resized, lightly cropped, brightened: :mod:`graft.core.likeness`) is pinned to the holdout, so the gate's
-holdout never leaks into training; a different picture that merely looks alike is not, so the holdout stays
-near its configured share. The stored sample says why it went where it did (``split_reason``).
+same split whoever posts it, in whatever file. The same picture as a stored image in other bytes (re-encoded,
+resized, lightly cropped, brightened: :mod:`graft.core.likeness`) goes where that image is: a copy of a holdout
+image is pinned to the holdout, so the gate's holdout never leaks into training, and a copy of a training image
+stays in training, so the holdout never holds a picture the models trained on. A different picture that merely
+looks alike is not pinned, so the holdout stays near its configured share. The stored sample says why it went
+where it did (``split_reason``: "hash split", or "near-duplicate of <id>" on its twin's side).
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ class SampleIntake:
         self.max_batch_pixels = max_batch_pixels
         self.base_holdout_prints = base_holdout_prints
         self.erasure_of = erasure_of  # set by the service once the capture index exists
-        self._index = LikenessIndex()  # every holdout picture, read once per process
-        self._indexed: set[str] = set()
-        self._synced_seq = 0  # stored holdout samples up to this seq are in the index
+        # Every stored picture of each split, read once per process: an upload that copies a holdout picture
+        # goes to the holdout, one that copies a training picture goes to training, whatever its hash says.
+        self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror("holdout"), "train": _Mirror("train")}
         self._synced_base: object = None  # the base prints list last indexed (the service caches it)
         self._sync_lock = threading.Lock()
 
@@ -131,9 +133,8 @@ class SampleIntake:
         added = self.store.add_many([new for new, _ in checked.values()], guard=still_not_erased)
         with self._sync_lock:
             for (_, look), sample in zip(checked.values(), added, strict=True):
-                if sample.split == "holdout" and not sample.duplicate and sample.id not in self._indexed:
-                    self._index.add(sample.id, look)  # later requests are checked against it
-                    self._indexed.add(sample.id)
+                if not sample.duplicate:
+                    self._mirrors[sample.split].add(sample.id, look)  # later requests are checked against it
         out.update(zip(checked, added, strict=True))
         for name in dict.fromkeys(names[i] for i in checked):
             self.labels.resolve(name, may_add=True, actor=uploader)  # a new label (admin only) joins once stored
@@ -168,8 +169,9 @@ class SampleIntake:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
         self._refuse_erased(fp, _where(i, up, n))  # early, before any file is written; again at the insert
         split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
-        if split == "train" and (twin := self._index.match(look)) is not None:
-            split, reason = "holdout", f"near-duplicate of {twin[0]}"
+        other: SampleSplit = "holdout" if split == "train" else "train"
+        if (twin := self._mirrors[other].index.match(look)) is not None:  # the same picture is already stored there
+            split, reason = other, f"near-duplicate of {twin[0]}"
         sample = NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex,
                            reason, uploader)  # fmt: skip
         return sample, look
@@ -185,26 +187,45 @@ class SampleIntake:
             )
 
     def _sync_index(self) -> None:
-        """Holdout pictures not yet indexed are read once: samples stored since the last sync (by an earlier
-        process, or a concurrent request) and the base holdout when it changed. Per batch this reads only the
-        rows past ``_synced_seq`` (seq only grows: AUTOINCREMENT), never the whole holdout."""
+        """Pictures not yet indexed are read once: samples stored since the last sync (by an earlier process, or a
+        concurrent request) and the base holdout when it changed. Per batch this reads only the rows past each
+        mirror's ``seq`` (seq only grows: AUTOINCREMENT), never a whole split."""
         with self._sync_lock:
-            rows = self.store.holdout_files_since(self._synced_seq)
-            known = [(sid, path) for _, sid, path in rows if sid not in self._indexed]
-            if rows:
-                self._synced_seq = max(seq for seq, _, _ in rows)
+            for split, mirror in self._mirrors.items():
+                rows = self.store.files_since(split, mirror.seq)
+                if rows:
+                    mirror.seq = max(seq for seq, _, _ in rows)
+                mirror.read([(sid, path) for _, sid, path in rows], self.max_image_pixels)
             base = self.base_holdout_prints()
             if base is not self._synced_base:
-                known += [(f"base:{path.name}", path) for _, path in base if f"base:{path.name}" not in self._indexed]
+                self._mirrors["holdout"].read([(f"base:{path.name}", path) for _, path in base], self.max_image_pixels)
                 self._synced_base = base
-            for key, path in known:
-                try:
-                    _, look = _look(path.read_bytes(), self.max_image_pixels)
-                except (OSError, GraftError):
-                    self._indexed.add(key)  # an unreadable holdout file cannot be matched (the hash split applies)
-                    continue
-                self._index.add(key, look)
-                self._indexed.add(key)
+
+
+class _Mirror:
+    """The likeness index of one split's stored pictures, kept current from the store (under the intake's lock)."""
+
+    def __init__(self, split: SampleSplit) -> None:
+        self.split = split
+        self.index = LikenessIndex()
+        self.indexed: set[str] = set()
+        self.seq = 0  # stored samples of this split up to this seq are in the index
+
+    def add(self, key: str, look: Likeness) -> None:
+        if key not in self.indexed:
+            self.index.add(key, look)
+            self.indexed.add(key)
+
+    def read(self, files: Sequence[tuple[str, Path]], max_pixels: int) -> None:
+        for key, path in files:
+            if key in self.indexed:
+                continue
+            try:
+                _, look = _look(path.read_bytes(), max_pixels)
+            except (OSError, GraftError):
+                self.indexed.add(key)  # an unreadable file cannot be matched (the hash split applies)
+                continue
+            self.add(key, look)
 
 
 def _pin_within(checked: dict[int, tuple[NewSample, Likeness]]) -> None:

@@ -75,10 +75,10 @@ class SampleStore:
             return None
         return Existing(row["sha256"], row["label"], row["split"], int(row["seq"]), row["split_reason"] or "")
 
-    def holdout_files_since(self, seq: int) -> list[tuple[int, str, Path]]:
-        """(seq, id, file) of every holdout sample stored after ``seq``, in arrival order (index samples_split)."""
-        rows = self.db.all("SELECT seq, sha256, path FROM samples WHERE split = 'holdout' AND seq > ? ORDER BY seq",
-                           (seq,))  # fmt: skip
+    def files_since(self, split: SampleSplit, seq: int) -> list[tuple[int, str, Path]]:
+        """(seq, id, file) of every sample of ``split`` stored after ``seq``, in arrival order (index samples_split)."""
+        rows = self.db.all("SELECT seq, sha256, path FROM samples WHERE split = ? AND seq > ? ORDER BY seq",
+                           (split, seq))  # fmt: skip
         return [(int(r["seq"]), r["sha256"], self.root / r["path"]) for r in rows]
 
     def phashes(self) -> list[tuple[str, int]]:

@@ -1,73 +1,79 @@
 """Is this the same picture? Recognise re-encoded, resized, lightly cropped or brightened copies of an image,
 and tell them from *different* pictures that merely look alike.
 
-Two stages, calibrated by ``bench/near_duplicates.py`` (README, "Near-duplicates of the holdout"):
+Two stages, calibrated by ``bench/near_duplicates.py`` against a holdout of 16,000 pictures (README,
+"Near-duplicates of the holdout"):
 
-1. **retrieval**: an 8x8 grayscale thumbnail, mean-removed and unit-norm; candidates are the stored images
-   whose cosine similarity reaches ``RETRIEVE_SIMILARITY`` (the best ``RETRIEVE_TOP`` of them). Cheap: one
-   matrix-vector product over every stored image.
-2. **confirmation**: a copy, once aligned, matches its original in *detail*, not only in outline. Each
-   picture is kept as a 64x64 grayscale thumbnail; crops of one (scales 1 to 0.87, nine positions each) are
-   resampled to 24x24 and compared with the other's full view, in both directions, after a high-pass filter
-   (the image minus its Gaussian blur): the outline that all trousers or all sneakers share is removed, and
-   what is left (seams, prints, folds) is what a re-encoding, a resize or a crop keeps and a different
-   garment does not. The score is the best normalised correlation over the alignments.
+1. **retrieval**: 8x8 grayscale thumbnails, mean-removed and unit-norm, of the whole picture and of five crops
+   (the centre and the four corners at 0.93 of each side), so that a lightly cropped copy still finds its
+   original among the first ``RETRIEVE_TOP`` candidates when thousands of look-alikes are stored. Candidates
+   are the stored pictures whose best view pair reaches ``RETRIEVE_SIMILARITY``: two matrix products over
+   every stored picture.
+2. **confirmation**: a copy, once aligned and compared at the resolution both versions still have, differs
+   from its original by little more than compression noise and a change of brightness; a different picture
+   differs in its detail. Each picture is kept as a 64x64 grayscale thumbnail with its native size. Crops of
+   one (scales 1 to 0.87, nine positions each) are resampled to a grid as fine as the smaller of the two
+   native sizes (8 to 32 pixels a side), lightly blurred, and matched with the other's full view, in both
+   directions; at the best-correlated alignment, the residual after fitting a gain and an offset (grey
+   levels, 0-255) decides.
 
-Pure numpy on small arrays: the crops and the blur are matrices, so one comparison is a few matrix products.
+Why the residual and not a correlation: at 16,000 stored Fashion-MNIST garments, distinct look-alikes reach
+correlations as high as a JPEG copy's, but their residual stays larger (bench/results/near_duplicates.json).
+
+Pure numpy on small arrays: the crops are matrices, so one comparison is a few matrix products.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 COARSE = 8
 BIG = 64
-FINE = 24
-# A band-pass (difference of Gaussians, in FINE pixels): above LOW_SIGMA, noise a resize or JPEG removes anyway;
-# below HIGH_SIGMA, the outline every garment of a kind shares.
-LOW_SIGMA = 0.4
-HIGH_SIGMA = 1.5
+GRID_MIN, GRID_MAX = 8, 32
 RETRIEVE_SIMILARITY = 0.7
 RETRIEVE_TOP = 16
-# The confirmed score at which two images are the same picture (calibrated: bench/near_duplicates.py).
-SAME_PICTURE = 0.90
-_SCALES = (0.96, 0.93, 0.90, 0.87)
+# The largest residual (grey levels, RMS after a gain/offset fit) of the same picture, and the smallest
+# correlation (guarding nearly flat pictures, whose residual is small whatever they show). Calibrated:
+# bench/near_duplicates.py.
+SAME_PICTURE_RESIDUAL = 6.0
+SAME_PICTURE_CORRELATION = 0.95
+# Both views are blurred this much (grid pixels) before the residual: JPEG's block noise is finer than this,
+# while the detail that tells two garments apart is not.
+BLUR_SIGMA = 0.8
+_SCALES = (0.99, 0.98, 0.96, 0.93, 0.90, 0.87)
+# Retrieval views: the whole picture, then crops at this scale (centre, then the four corners).
+_RETRIEVE_SCALE = 0.93
+_RETRIEVE_SPOTS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+VIEWS = 1 + len(_RETRIEVE_SPOTS)
 
 
 @dataclass(frozen=True)
 class Likeness:
-    coarse: np.ndarray  # (COARSE*COARSE,) float32, mean-removed, unit norm
-    big: np.ndarray  # (BIG, BIG) uint8 grayscale
+    coarse: np.ndarray  # (VIEWS, COARSE*COARSE) float32: the whole picture first, then its crops; unit norm
+    big: np.ndarray  # (rows, columns) uint8 grayscale, at most BIG a side: small pictures keep their own pixels
+    size: tuple[int, int]  # the decoded picture's width and height
 
-    def to_bytes(self) -> bytes:
-        return self.big.tobytes()
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Likeness:
-        big = np.frombuffer(data, dtype=np.uint8).reshape(BIG, BIG)
-        return cls(_coarse_of(big), big)
+class Comparison(NamedTuple):
+    correlation: float  # at the best alignment, -1 to 1
+    residual: float  # grey levels (RMS) left after fitting a gain and an offset at that alignment
+
+    @property
+    def same(self) -> bool:
+        return self.correlation >= SAME_PICTURE_CORRELATION and self.residual <= SAME_PICTURE_RESIDUAL
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     v = v.astype(np.float32) - np.float32(v.mean())
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
-
-
-def _coarse_of(big: np.ndarray) -> np.ndarray:
-    k = BIG // COARSE
-    return _unit(big.astype(np.float32).reshape(COARSE, k, COARSE, k).mean(axis=(1, 3)).ravel())
-
-
-def likeness(img: Image.Image) -> Likeness:
-    """The descriptor of a decoded image (any mode)."""
-    big = np.asarray(img.convert("L").resize((BIG, BIG), Image.Resampling.BOX), dtype=np.uint8)
-    return Likeness(_coarse_of(big), big)
 
 
 def _box_matrix(start: float, stop: float, out: int, size: int) -> np.ndarray:
@@ -82,77 +88,126 @@ def _box_matrix(start: float, stop: float, out: int, size: int) -> np.ndarray:
     return m
 
 
-@functools.cache
-def _crops() -> np.ndarray:
-    """(K, FINE, BIG): one resampling matrix per crop interval along an axis, identity first."""
+@functools.lru_cache(maxsize=256)
+def _retrieve_crops(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(VIEWS, COARSE, n) matrices along an axis of ``n`` pixels: the whole picture, then each retrieval crop
+    (rows take the spot's second coordinate, columns its first)."""
+    c = _RETRIEVE_SCALE * n
+    whole = _box_matrix(0, n, COARSE, n)
+    rows = [whole] + [_box_matrix(y * (n - c), y * (n - c) + c, COARSE, n) for _, y in _RETRIEVE_SPOTS]
+    cols = [whole] + [_box_matrix(x * (n - c), x * (n - c) + c, COARSE, n) for x, _ in _RETRIEVE_SPOTS]
+    return np.stack(rows), np.stack(cols)
+
+
+def _coarse_views(big: np.ndarray) -> np.ndarray:
+    rows, cols = _retrieve_crops(big.shape[0])[0], _retrieve_crops(big.shape[1])[1]
+    views = (rows @ big.astype(np.float32) @ cols.transpose(0, 2, 1)).reshape(VIEWS, -1)
+    views -= views.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(views, axis=1, keepdims=True)
+    return views / np.where(norms > 0, norms, 1.0)
+
+
+def likeness(img: Image.Image) -> Likeness:
+    """The descriptor of a decoded image (any mode)."""
+    gray = img.convert("L")
+    shape = (min(img.width, BIG), min(img.height, BIG))
+    if shape != gray.size:  # a small picture keeps its own pixels: resampling it up would blur copies apart
+        gray = gray.resize(shape, Image.Resampling.BOX)
+    big = np.asarray(gray, dtype=np.uint8)
+    return Likeness(_coarse_views(big), big, (img.width, img.height))
+
+
+@functools.lru_cache(maxsize=1024)
+def _crops(grid: int, n: int) -> np.ndarray:
+    """(K, grid, n): one resampling matrix per crop interval along an axis of ``n`` pixels, identity first."""
     spans = [(0.0, 1.0)]
     for s in _SCALES:
         spans += [(o * (1 - s), o * (1 - s) + s) for o in (0.0, 0.5, 1.0)]
-    return np.stack([_box_matrix(a * BIG, b * BIG, FINE, BIG) for a, b in spans])
+    return np.stack([_box_matrix(a * n, b * n, grid, n) for a, b in spans])
 
 
-@functools.cache
-def _blur(sigma: float) -> np.ndarray:
-    """(FINE, FINE): a 1-D Gaussian blur (edges renormalised); G @ X @ G.T blurs an image."""
-    if sigma <= 0:
-        return np.eye(FINE, dtype=np.float32)
-    x = np.arange(FINE, dtype=np.float32)
-    g = np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * sigma**2))
+# Crop pairs (row interval, column interval) of the same scale, so that crops keep their aspect ratio.
+_PAIRS = [(0, 0)] + [(1 + 3 * s + i, 1 + 3 * s + j) for s in range(len(_SCALES)) for i in range(3) for j in range(3)]
+_ROWS, _COLS = [r for r, _ in _PAIRS], [c for _, c in _PAIRS]
+
+
+def _grid(a: Likeness, b: Likeness) -> int:
+    """The finest grid both pictures still fill: a 0.8x copy of a 28-pixel garment is compared at 22 pixels."""
+    return max(GRID_MIN, min(GRID_MAX, *a.size, *b.size))
+
+
+@functools.lru_cache(maxsize=64)
+def _blur(grid: int) -> np.ndarray:
+    """(grid, grid): a 1-D Gaussian blur of BLUR_SIGMA pixels (edges renormalised); B @ X @ B.T blurs an image."""
+    if BLUR_SIGMA <= 0:
+        return np.eye(grid, dtype=np.float32)
+    x = np.arange(grid, dtype=np.float32)
+    g = np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * BLUR_SIGMA**2))
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _views(big: np.ndarray, full_only: bool = False) -> np.ndarray:
-    """High-passed, unit-norm FINE x FINE views: the full picture, or every crop (rows x columns pairs
-    of the same scale, so crops keep their aspect ratio)."""
-    crops = _crops()
-    x = big.astype(np.float32)
-    if full_only:
-        rows = cols = crops[:1]
-        pairs = [(0, 0)]
+def _views(big: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every aligned crop resampled to ``grid`` x ``grid``: the raw views and their unit-norm, mean-removed forms."""
+    rows, cols = _crops(grid, big.shape[0])[_ROWS], _crops(grid, big.shape[1])[_COLS]
+    b = _blur(grid)
+    raw = (b @ rows @ big.astype(np.float32) @ cols.transpose(0, 2, 1) @ b.T).reshape(len(_PAIRS), -1)
+    centred = raw - raw.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred, centred / np.where(norms > 0, norms, 1.0)
+
+
+def _compare(qa: tuple[np.ndarray, np.ndarray], qb: tuple[np.ndarray, np.ndarray]) -> Comparison:
+    (ca, ua), (cb, ub) = qa, qb
+    into_b, into_a = ub @ ua[0], ua @ ub[0]  # b's crops against a's whole view, and the other way round
+    if into_b.max() >= into_a.max():
+        x, y, r = ca[0], cb[int(into_b.argmax())], float(into_b.max())
     else:
-        rows = cols = crops
-        pairs = [(0, 0)] + [(1 + 3 * s + i, 1 + 3 * s + j) for s in range(len(_SCALES)) for i in range(3)
-                            for j in range(3)]  # fmt: skip
-    lo, hi = _blur(LOW_SIGMA), _blur(HIGH_SIGMA)
-    views = np.stack([rows[r] @ x @ cols[c].T for r, c in pairs])
-    out = (lo @ views @ lo.T - hi @ views @ hi.T).reshape(len(pairs), -1)  # the detail, band-passed
-    out -= out.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1.0)
+        x, y, r = ca[int(into_a.argmax())], cb[0], float(into_a.max())
+    gain = float(x @ y) / max(float(x @ x), 1e-6)  # y ~ gain * x + offset (both are centred)
+    residual = float(np.sqrt(np.mean((y - gain * x) ** 2)))
+    return Comparison(r, residual)
 
 
-def same_picture_score(a: Likeness, b: Likeness) -> float:
-    """The best aligned detail correlation of two pictures: about 1 for copies, lower for look-alikes."""
-    return _Query(b).score(a)
+def compare(a: Likeness, b: Likeness) -> Comparison:
+    """Aligned correlation and residual of two pictures: a copy has a small residual, a look-alike a larger one."""
+    grid = _grid(a, b)
+    return _compare(_views(a.big, grid), _views(b.big, grid))
 
 
 class _Query:
-    """One picture's views, computed once and scored against each retrieved candidate."""
+    """One picture's views per grid, computed once and compared with each retrieved candidate."""
 
     def __init__(self, item: Likeness):
-        self.views = _views(item.big)
-        self.full = self.views[0]  # the identity crop comes first
+        self.item = item
+        self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def score(self, other: Likeness) -> float:
-        views = _views(other.big)
-        return float(max((views @ self.full).max(), (self.views @ views[0]).max()))
+    def compare(self, other: Likeness) -> Comparison:
+        grid = _grid(self.item, other)
+        if grid not in self._views:
+            self._views[grid] = _views(self.item.big, grid)
+        return _compare(self._views[grid], _views(other.big, grid))
 
 
 def coarse_similarity(a: Likeness, b: Likeness) -> float:
-    return float(a.coarse @ b.coarse)
+    """The best outline similarity of the whole of one picture with the whole or a crop of the other."""
+    return float(max((a.coarse @ b.coarse[0]).max(), (b.coarse @ a.coarse[0]).max()))
+
+
+_NO_VIEWS = np.zeros((0, COARSE * COARSE), np.float32)
 
 
 class LikenessIndex:
     """Stored pictures to match new ones against; ``match`` returns the key of the same picture, or None.
 
-    Retrieval is one matrix-vector product over a contiguous float32 array (64 values a picture, grown by
-    doubling); only the few candidates above ``RETRIEVE_SIMILARITY`` are sorted and confirmed. Safe to use
-    from several request threads: ``add`` and ``match`` see a consistent array."""
+    Retrieval is two matrix products over contiguous float32 arrays (64 values per view, six views a picture,
+    grown by doubling); only the few candidates above ``RETRIEVE_SIMILARITY`` are sorted and confirmed. Safe to
+    use from several request threads: ``add`` and ``match`` see consistent arrays."""
 
     def __init__(self) -> None:
         self._keys: list[str] = []
         self._items: list[Likeness] = []
-        self._coarse = np.zeros((0, COARSE * COARSE), np.float32)
+        self._whole = np.zeros((0, COARSE * COARSE), np.float32)
+        self._cropped = np.zeros((0, (VIEWS - 1) * COARSE * COARSE), np.float32)
         self._n = 0
         self._lock = threading.Lock()
 
@@ -161,32 +216,45 @@ class LikenessIndex:
 
     def add(self, key: str, item: Likeness) -> None:
         with self._lock:
-            if self._n == len(self._coarse):  # grow by doubling: adding stays amortised O(1)
-                grown = np.zeros((max(64, 2 * self._n), COARSE * COARSE), np.float32)
-                grown[: self._n] = self._coarse[: self._n]
-                self._coarse = grown
-            self._coarse[self._n] = item.coarse
+            if self._n == len(self._whole):  # grow by doubling: adding stays amortised O(1)
+                cap = max(64, 2 * self._n)
+                whole = np.zeros((cap, self._whole.shape[1]), np.float32)
+                cropped = np.zeros((cap, self._cropped.shape[1]), np.float32)
+                whole[: self._n], cropped[: self._n] = self._whole[: self._n], self._cropped[: self._n]
+                self._whole, self._cropped = whole, cropped
+            self._whole[self._n] = item.coarse[0]
+            self._cropped[self._n] = item.coarse[1:].ravel()
             self._keys.append(key)
-            self._items.append(item)
+            # The outline views live in the arrays above; the item keeps only what confirmation reads (at
+            # 100,000 stored pictures that is 150 MB less).
+            self._items.append(Likeness(_NO_VIEWS, item.big, item.size))
             self._n += 1
+
+    def similarities(self, item: Likeness) -> np.ndarray:
+        """(stored,) the best outline similarity of each stored picture with ``item`` (coarse_similarity)."""
+        with self._lock:
+            n, whole, cropped = self._n, self._whole[: self._n], self._cropped[: self._n]
+        if n == 0:
+            return np.zeros(0, np.float32)
+        their_crops = (cropped.reshape(n * (VIEWS - 1), -1) @ item.coarse[0]).reshape(n, VIEWS - 1).max(axis=1)
+        our_views = (whole @ item.coarse.T).max(axis=1)  # includes whole against whole
+        return np.maximum(their_crops, our_views)
 
     def candidates(self, item: Likeness) -> list[tuple[str, Likeness]]:
         """The stored pictures whose outline is close enough to confirm, most similar first (at most RETRIEVE_TOP)."""
-        with self._lock:
-            coarse, keys, items = self._coarse[: self._n], self._keys, self._items
-        sims = coarse @ item.coarse
+        sims = self.similarities(item)
+        keys, items = self._keys, self._items
         near = np.flatnonzero(sims >= RETRIEVE_SIMILARITY)
         # Stable: among equal similarities the earlier picture comes first, as a scan in insertion order would.
         best = near[np.argsort(-sims[near], kind="stable")[:RETRIEVE_TOP]]
         return [(keys[j], items[j]) for j in best]
 
-    def match(self, item: Likeness, threshold: float = SAME_PICTURE) -> tuple[str, float] | None:
-        found = self.candidates(item)
-        if not found:
-            return None
+    def comparisons(self, item: Likeness) -> Iterator[tuple[str, Comparison]]:
+        """Each retrieved candidate, most similar first, with how it compared (lazily: a match stops early)."""
         query = _Query(item)
-        for key, stored in found:
-            score = query.score(stored)
-            if score >= threshold:
-                return key, score
-        return None
+        for key, stored in self.candidates(item):
+            yield key, query.compare(stored)
+
+    def match(self, item: Likeness) -> tuple[str, Comparison] | None:
+        """The first retrieved candidate that is the same picture, with how it compared; None if there is none."""
+        return next(((key, c) for key, c in self.comparisons(item) if c.same), None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
@@ -17,7 +16,7 @@ from admin.store.labels import LabelStore
 from admin.store.rows import StoredSample
 from admin.store.samples import SampleStore
 from graft.core.images import decode_rgb, fingerprint
-from graft.core.likeness import RETRIEVE_SIMILARITY, RETRIEVE_TOP, SAME_PICTURE, likeness, same_picture_score
+from graft.core.likeness import RETRIEVE_SIMILARITY, RETRIEVE_TOP, coarse_similarity, compare, likeness
 from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
 
 pytestmark = pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -77,10 +76,10 @@ def _intake(db: Database, root: Path) -> SampleIntake:
 
 def _brute_force(look: object, holdout: list[tuple[str, object]]) -> str | None:
     """The reference: every earlier holdout picture scored, candidates ranked by outline, the first confirmed."""
-    sims = [(float(np.dot(item.coarse, look.coarse)), pos, key, item) for pos, (key, item) in enumerate(holdout)]  # type: ignore[attr-defined]
+    sims = [(coarse_similarity(item, look), pos, key, item) for pos, (key, item) in enumerate(holdout)]  # type: ignore[arg-type]
     ranked = sorted((s for s in sims if s[0] >= RETRIEVE_SIMILARITY), key=lambda s: (-s[0], s[1]))[:RETRIEVE_TOP]
     for _, _, key, item in ranked:
-        if same_picture_score(item, look) >= SAME_PICTURE:  # type: ignore[arg-type]
+        if compare(look, item).same:  # type: ignore[arg-type]
             return key
     return None
 
@@ -96,41 +95,49 @@ def test_index_pins_and_duplicates_equal_a_brute_force_scan(tmp_path: Path, batc
     again = intake.accept(*batches[0], True)  # the same bytes again: duplicates, by the bytes
     assert all(s.duplicate for s in again) and [s.id for s in again] == [s.id for s in results[0]]
 
-    holdout: list[tuple[str, object]] = []  # (id, likeness) of the holdout stored before the current batch
-    for (uploads, _), stored in zip(batches, results, strict=True):
-        added: list[tuple[str, object]] = []
-        for up, s in zip(uploads, stored, strict=True):
+    stored: dict[str, list[tuple[str, object]]] = {"holdout": [], "train": []}  # (id, likeness) before this batch
+    for (uploads, _), answers in zip(batches, results, strict=True):
+        added: list[tuple[str, str, object]] = []
+        for up, s in zip(uploads, answers, strict=True):
             assert not s.duplicate
             look = likeness(decode_rgb(up.data, draft_size=512))
             by_hash = split_for(fingerprint(up.data).pixels_sha, FRACTION)
-            twin = None if by_hash == "holdout" else _brute_force(look, holdout)
-            want = ("holdout", HASH_SPLIT) if by_hash == "holdout" else (
-                ("holdout", f"near-duplicate of {twin}") if twin else ("train", HASH_SPLIT))  # fmt: skip
+            other = "train" if by_hash == "holdout" else "holdout"
+            twin = _brute_force(look, stored[other])  # the same picture already stored on the other side
+            want = (other, f"near-duplicate of {twin}") if twin else (by_hash, HASH_SPLIT)
             assert (s.split, s.split_reason) == want, up.filename
-            if s.split == "holdout":
-                added.append((s.id, look))
-        holdout += added  # a batch is checked against what was stored before it
+            added.append((s.split, s.id, look))
+        for split, sid, look in added:  # a batch is checked against what was stored before it
+            stored[split].append((sid, look))
     pairs = [(u, s) for (ups, _), st in zip(batches, results, strict=True) for u, s in zip(ups, st, strict=True)]
-    copies_of_holdout = sum(u.filename.startswith("copy") and s.split_reason.startswith("near-") for u, s in pairs)
-    assert copies_of_holdout >= 8, "altered copies of holdout pictures are pinned (the comparison is not vacuous)"
+    copies = [s.split for u, s in pairs if u.filename.startswith("copy") and s.split_reason.startswith("near-")]
+    assert copies.count("holdout") >= 8, "altered copies of holdout pictures are pinned (the comparison is not vacuous)"
+    assert copies.count("train") >= 3, "altered copies of training pictures whose hash says holdout stay in training"
     assert sum(s.split == "train" for st in results for s in st) > 120, "new pictures go by the hash split"
 
 
-def test_each_holdout_row_is_read_once_per_process(tmp_path: Path, batches: list, monkeypatch: pytest.MonkeyPatch
-                                                   ) -> None:  # fmt: skip
+def test_each_stored_row_is_read_once_per_process(tmp_path: Path, batches: list, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:  # fmt: skip
     db = Database(tmp_path / "db.sqlite3")
     store = SampleStore(db, tmp_path)
-    read: list[int] = []
-    since = store.holdout_files_since
-    monkeypatch.setattr(store, "holdout_files_since", lambda seq: read.extend(r[0] for r in since(seq)) or since(seq))
+    read: dict[str, list[int]] = {"holdout": [], "train": []}
+    since = store.files_since
+
+    def counted(split: str, seq: int) -> list:
+        rows = since(split, seq)  # type: ignore[arg-type]
+        read[split].extend(r[0] for r in rows)
+        return rows
+
+    monkeypatch.setattr(store, "files_since", counted)
     intake = SampleIntake(store, LabelSet(LabelStore(db)), FRACTION, 1_000_000, 100_000_000)
     for uploads, labels in batches:
         intake.accept(uploads, labels, True)
-    stored_holdout = [seq for seq, _, _ in since(0)]
-    assert len(stored_holdout) > 40
-    # Every batch but the last read only the rows stored since the batch before it: each holdout row once.
-    assert sorted(read) == sorted(set(read)) and set(read) <= set(stored_holdout)
-    assert len(intake._index) == len(stored_holdout)  # the rest were added as they were stored
+    for split in ("holdout", "train"):
+        stored = [seq for seq, _, _ in since(split, 0)]  # type: ignore[arg-type]
+        assert len(stored) > 40
+        # Every batch but the last read only the rows stored since the batch before it: each row once.
+        assert sorted(read[split]) == sorted(set(read[split])) and set(read[split]) <= set(stored)
+        assert len(intake._mirrors[split].index) == len(stored)  # type: ignore[index]  # the rest added as stored
 
 
 def test_copies_inside_one_batch_follow_their_holdout_original(tmp_path: Path) -> None:

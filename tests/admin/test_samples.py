@@ -25,7 +25,7 @@ from graft.core.errors import (
 )
 from graft.core.images import fingerprint, inspect
 from graft.core.util import write_atomic
-from tests.support.images import solid
+from tests.support.images import photo, solid
 
 
 @pytest.mark.parametrize("label", ["ants", "bees", "Grey heron", "classe-2", "été", "a" * 64])
@@ -246,7 +246,7 @@ def _decode(data: bytes) -> Any:
 def test_a_different_picture_that_looks_alike_is_not_pinned_to_the_holdout(tmp_path: Path) -> None:
     """Small, similar pictures (28x28 clothes on black) share their outline; the detail decides."""
     from graft.core.images import hamming
-    from graft.core.likeness import SAME_PICTURE, coarse_similarity, likeness, same_picture_score
+    from graft.core.likeness import coarse_similarity, compare, likeness
     held = tmp_path / "holdout.png"
     held.write_bytes(_gradient_with_checks(0))
     other = _gradient_with_checks(1)
@@ -254,7 +254,7 @@ def test_a_different_picture_that_looks_alike_is_not_pinned_to_the_holdout(tmp_p
     assert hamming(a.phash, b.phash) <= NEAR_DUPLICATE_BITS, "the coarse hash calls them the same"
     la, lb = likeness(_decode(held.read_bytes())), likeness(_decode(other))
     assert coarse_similarity(la, lb) > 0.7, "retrieval finds it as a candidate"
-    assert same_picture_score(la, lb) < SAME_PICTURE, "the detail says different"
+    assert not compare(la, lb).same, "the detail says different"
     intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(a.phash, held)])
     first = intake.accept([Upload("other.png", other)], ["ants"], True)[0]
     assert first.split == "train" and first.split_reason == "hash split"
@@ -265,7 +265,7 @@ def test_a_different_picture_that_looks_alike_is_not_pinned_to_the_holdout(tmp_p
 def test_altered_copies_of_a_holdout_picture_are_pinned_and_say_so(tmp_path: Path) -> None:
     from PIL import Image
 
-    from tests.support.images import encode, photo
+    from tests.support.images import encode
 
     held = tmp_path / "held.png"
     held.write_bytes(photo(7))
@@ -337,3 +337,29 @@ def test_on_fashion_mnist_copies_are_pinned_and_other_garments_are_not(tmp_path:
                            ["ants"], True)  # fmt: skip
     wrongly = sum(o.split == "holdout" for o in others)
     assert wrongly <= 12, f"{wrongly} of 240 different garments pinned (0 of 240 when written)"
+
+
+def test_a_copy_of_a_training_picture_stays_in_training(tmp_path: Path) -> None:
+    """The holdout never holds a picture the models trained on: a re-encoded copy of a stored training picture
+    goes to training even when its own pixels' hash says holdout; a different picture follows its hash."""
+    from tests.support.images import encode
+
+    intake = make_intake(tmp_path, holdout_fraction=0.5)
+    def side(data: bytes) -> str:
+        return split_for(fingerprint(data).pixels_sha, 0.5)
+
+    pairs = ((seed, q) for seed in range(40) for q in (95, 90, 85, 80, 75, 70))
+    seed, quality = next((s, q) for s, q in pairs if side(photo(s)) == "train"
+                         and side(photo(s, fmt="JPEG", quality=q)) == "holdout")  # fmt: skip
+    original = intake.accept([Upload("original.png", photo(seed))], ["ants"], True)[0]
+    assert (original.split, original.split_reason) == ("train", "hash split")
+    copy = intake.accept([Upload("copy.jpg", photo(seed, fmt="JPEG", quality=quality))], ["ants"], True)[0]
+    assert (copy.split, copy.split_reason) == ("train", f"near-duplicate of {original.id}")
+    assert intake.store.get(copy.id).split_reason == f"near-duplicate of {original.id}"  # type: ignore[union-attr]
+    other = next(photo(s) for s in range(100, 200) if side(photo(s)) == "holdout")
+    assert intake.accept([Upload("other.png", other)], ["ants"], True)[0].split == "holdout"
+    again = make_intake(tmp_path, holdout_fraction=0.5)  # a new process reads the stored training pictures
+    resized = (encode(_decode(photo(seed)).resize((r, r)), "PNG") for r in range(70, 95))
+    copy2 = next(c for c in resized if side(c) == "holdout")
+    got = again.accept([Upload("copy2.png", copy2)], ["ants"], True)[0]
+    assert (got.split, got.split_reason) == ("train", f"near-duplicate of {original.id}")

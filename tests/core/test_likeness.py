@@ -1,0 +1,88 @@
+"""The same-picture test (graft/core/likeness.py) on real small grayscale pictures: copies of a stored picture are
+found and confirmed among thousands of look-alikes, and distinct look-alikes are not confirmed."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from graft.core.likeness import BIG, LikenessIndex, coarse_similarity, compare, likeness
+from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
+
+TRAIN = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+pytestmark = pytest.mark.skipif(not TRAIN.is_file(), reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is absent")
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+
+
+COPIES = {
+    "jpeg50": lambda im: _jpeg(im, 50),
+    "resize0.8": lambda im: im.resize((22, 22), Image.Resampling.BILINEAR),
+    "crop2px": lambda im: im.crop((2, 2, 28, 28)),
+    "bright+10%": lambda im: Image.eval(im, lambda v: min(255, int(v * 1.1))),
+    "bright-10%": lambda im: Image.eval(im, lambda v: int(v * 0.9)),
+}
+
+
+@pytest.fixture(scope="module")
+def garments() -> list[Image.Image]:
+    return [Image.fromarray(x, mode="L") for x in read_idx(TRAIN)[:3000]]
+
+
+@pytest.fixture(scope="module")
+def index(garments: list[Image.Image]) -> LikenessIndex:
+    idx = LikenessIndex()
+    for i, img in enumerate(garments):
+        idx.add(str(i), likeness(img))
+    return idx
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_copies_find_their_original_among_thousands_of_look_alikes(
+    garments: list[Image.Image], index: LikenessIndex, kind: str
+) -> None:
+    """Retrieval with crop views: a 2-pixel crop of a 28-pixel garment shifts its 8x8 outline enough that, with the
+    whole-picture view alone, thousands of look-alikes crowded the original out of the candidates."""
+    picked = random.Random(kind).sample(range(len(garments)), 60)
+    found = [index.match(likeness(COPIES[kind](garments[i]))) for i in picked]
+    to_original = sum(f is not None and f[0] == str(i) for f, i in zip(found, picked, strict=True))
+    assert to_original >= 58, f"{kind}: {to_original} of 60 copies matched their original"
+
+
+def test_distinct_look_alikes_are_not_confirmed(garments: list[Image.Image], index: LikenessIndex) -> None:
+    """Each of 300 other garments against the stored ones it looks most like: few may pass (Fashion-MNIST holds
+    some pictures of the very same product); a test that confirmed look-alikes would pin most of them."""
+    looks = [likeness(img) for img in garments]
+    candidates = 0
+    confirmed = 0
+    for img in (Image.fromarray(x, mode="L") for x in read_idx(TRAIN)[3000:3300]):
+        look = likeness(img)
+        sims = np.array([coarse_similarity(look, other) for other in looks])
+        nearest = int(sims.argmax())
+        candidates += sims[nearest] >= 0.9
+        confirmed += compare(look, looks[nearest]).same
+    assert candidates >= 250, "the comparison is not vacuous: most have a look-alike with a close outline"
+    assert confirmed <= 6, f"{confirmed} of 300 distinct garments confirmed as the same picture"
+
+
+def test_a_small_picture_keeps_its_own_pixels_and_a_large_one_is_reduced() -> None:
+    small = likeness(Image.new("L", (28, 20), 50))
+    large = likeness(Image.new("RGB", (640, 480), (10, 20, 30)))
+    assert small.big.shape == (20, 28) and small.size == (28, 20)
+    assert large.big.shape == (BIG, BIG) and large.size == (640, 480)
+
+
+def test_a_flat_picture_is_not_the_same_as_another_flat_one() -> None:
+    """Nearly flat pictures leave a small residual whatever they show: the correlation floor decides."""
+    a = Image.effect_noise((28, 28), 2).point(lambda v: 100 + (v - 128) // 20)
+    b = Image.effect_noise((28, 28), 2).point(lambda v: 100 + (v - 128) // 20)
+    assert not compare(likeness(a), likeness(b)).same
+    assert compare(likeness(a), likeness(a.copy())).same
