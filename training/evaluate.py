@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from graft.core.artifact import ONNX_INT8_FILE, load_model, read_card
 from graft.core.errors import ArtifactError
 from graft.core.transforms import eval_transform
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
 
 
@@ -62,20 +64,24 @@ def _int8_model(run_dir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def predict_paths(
-    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32"
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32",
+    feature_cache: Path | None = None,
 ) -> tuple[list[int], list[str]]:
     """Top-1 class index for each image (-1 when unreadable), and the run's labels."""
-    probs, labels = predict_probabilities(run_dir, paths, device, batch_size, precision)
+    probs, labels = predict_probabilities(run_dir, paths, device, batch_size, precision, feature_cache)
     return [max(range(len(row)), key=row.__getitem__) if row else -1 for row in probs], labels
 
 
 @torch.no_grad()
 def predict_probabilities(
-    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32"
+    run_dir: Path, paths: Sequence[Path], device: str = "cpu", batch_size: int = 32, precision: str = "fp32",
+    feature_cache: Path | None = None,
 ) -> tuple[list[list[float]], list[str]]:
     """Class probabilities for each image ([] when unreadable), and the run's labels.
 
     ``precision="int8"`` runs ``model.int8.onnx`` (``graft export --quantize int8``) instead of the weights.
+    ``feature_cache``: a folder where the frozen stages' output per image is kept and read back
+    (:mod:`training.frozen_features`; FP32 only).
     """
     from training.data import ImageDataset, collate
 
@@ -86,7 +92,18 @@ def predict_probabilities(
         model: Callable[[torch.Tensor], torch.Tensor] = _int8_model(run_dir)
         device = "cpu"
     else:
-        model, card = load_model(run_dir, device)
+        weights, card = load_model(run_dir, device)
+        if feature_cache is not None:
+            from training.frozen_features import predict_with_cache
+
+            try:
+                cached = predict_with_cache(weights, card, paths, device, batch_size, feature_cache)
+            except (RuntimeError, ValueError, OSError) as e:  # a cut that fails here only costs time
+                log.warning("frozen features of %s not used (%s): running the whole model", run_dir, e)
+                cached = None
+            if cached is not None:
+                return cached, card.labels
+        model = weights
     pre = card.preprocessing
     ds = ImageDataset([(Path(p), i) for i, p in enumerate(paths)], eval_transform(pre), pre.background)
     out: list[list[float]] = [[] for _ in paths]
@@ -100,14 +117,16 @@ def predict_probabilities(
 
 
 def evaluate_run(
-    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu", precision: str = "fp32"
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu", precision: str = "fp32",
+    feature_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder on ``(path, label)`` pairs, in FP32 (its weights) or INT8 (``model.int8.onnx``).
 
     Samples whose label the model does not know are reported under ``unknown_labels`` and left
     out of the metrics; images that fail to decode are counted under ``unreadable``.
     """
-    preds, labels = predict_paths(Path(run_dir), [p for p, _ in samples], device, precision=precision)
+    preds, labels = predict_paths(Path(run_dir), [p for p, _ in samples], device, precision=precision,
+                                  feature_cache=feature_cache)  # fmt: skip
     pos = {label: i for i, label in enumerate(labels)}
     targets, kept, unknown, unreadable = [], [], set(), 0
     for (_, label), pred in zip(samples, preds, strict=True):

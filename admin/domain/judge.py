@@ -31,13 +31,23 @@ def default_evaluate(
     """Top-1 label per image (None when unreadable) and the run's labels, via the training library.
 
     The model is judged as its archive serves it: ``model.int8.onnx`` when it was exported with
-    ``--quantize int8`` (or prepared like an INT8 champion), else its weights.
+    ``--quantize int8`` (or prepared like an INT8 champion), else its weights. A job's run keeps its frozen
+    stages' output per holdout image in the state folder (:func:`frozen_features_root`).
     """
     from training.evaluate import evaluate_run
     from training.export_settings import serving_precision
 
-    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir),
+                          feature_cache=frozen_features_root(run_dir))  # fmt: skip
     return list(report["predictions"]), list(report["labels"])
+
+
+def frozen_features_root(run_dir: Path) -> Path | None:
+    """``STATE_DIR/frozen-features`` for a job's run (``STATE_DIR/jobs/ID/run``), shared by every job's
+    candidate and champion: a later job runs the frozen stages only on holdout images added since. None for a
+    run outside the admin's jobs (the first model's predictions are cached per version anyway)."""
+    jobs = Path(run_dir).resolve().parent.parent
+    return jobs.parent / "frozen-features" if jobs.name == "jobs" else None
 
 
 def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str,
