@@ -119,7 +119,11 @@ class SampleIntake:
         self._check_pixel_budget([uploads[i] for i in todo])
         if todo:
             self._sync_index()
-        checked = {i: self._check(uploads[i], names[i], i, n, uploader) for i in todo}
+        looked = {i: self._check(uploads[i], i, n) for i in todo}
+        splits = self._splits(looked)
+        checked = {i: (NewSample(uploads[i].data, names[i], fp.header, splits[i][0], content_address(uploads[i].data),
+                                 fp.pixels_sha, fp.phash_hex, splits[i][1], uploader), look)
+                   for i, (fp, look) in looked.items()}  # fmt: skip
         _pin_within(checked)
         order = list(checked)
 
@@ -162,19 +166,29 @@ class SampleIntake:
                 "send fewer or smaller images per request"
             )
 
-    def _check(self, up: Upload, label: str, i: int, n: int, uploader: Actor) -> tuple[NewSample, Likeness]:
+    def _check(self, up: Upload, i: int, n: int) -> tuple[Fingerprint, Likeness]:
         try:
             fp, look = _look(up.data, self.max_image_pixels)
         except GraftError as e:
             raise type(e)(f"{_where(i, up, n)}{e}") from e
         self._refuse_erased(fp, _where(i, up, n))  # early, before any file is written; again at the insert
-        split, reason = split_for(fp.pixels_sha, self.holdout_fraction), HASH_SPLIT
-        other: SampleSplit = "holdout" if split == "train" else "train"
-        if (twin := self._mirrors[other].index.match(look)) is not None:  # the same picture is already stored there
-            split, reason = other, f"near-duplicate of {twin[0]}"
-        sample = NewSample(up.data, label, fp.header, split, content_address(up.data), fp.pixels_sha, fp.phash_hex,
-                           reason, uploader)  # fmt: skip
-        return sample, look
+        return fp, look
+
+    def _splits(self, looked: dict[int, tuple[Fingerprint, Likeness]]) -> dict[int, tuple[SampleSplit, str]]:
+        """Each item's split and why: its hash's, unless the same picture is already stored on the other side.
+        The batch is matched against each side's index at once (one pass over the index per request)."""
+        by_hash = {i: split_for(fp.pixels_sha, self.holdout_fraction) for i, (fp, _) in looked.items()}
+        out: dict[int, tuple[SampleSplit, str]] = {i: (split, HASH_SPLIT) for i, split in by_hash.items()}
+        sides: tuple[tuple[SampleSplit, SampleSplit], ...] = (("train", "holdout"), ("holdout", "train"))
+        for side, other in sides:
+            ask = [i for i, split in by_hash.items() if split == side]
+            if not ask:
+                continue
+            twins = self._mirrors[other].index.match_many([looked[i][1] for i in ask])
+            for i, twin in zip(ask, twins, strict=True):
+                if twin is not None:
+                    out[i] = (other, f"near-duplicate of {twin[0]}")
+        return out
 
     def _refuse_erased(self, fp: Fingerprint, where: str) -> None:
         if (erased := self.erasure_of(fp)) is not None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -194,6 +194,7 @@ def coarse_similarity(a: Likeness, b: Likeness) -> float:
 
 
 _NO_VIEWS = np.zeros((0, COARSE * COARSE), np.float32)
+_BLOCK = 8192  # stored pictures per product: bounds the temporaries (5 x 8192 x batch floats)
 
 
 class LikenessIndex:
@@ -230,31 +231,51 @@ class LikenessIndex:
             self._items.append(Likeness(_NO_VIEWS, item.big, item.size))
             self._n += 1
 
-    def similarities(self, item: Likeness) -> np.ndarray:
-        """(stored,) the best outline similarity of each stored picture with ``item`` (coarse_similarity)."""
+    def similarities(self, items: Sequence[Likeness]) -> np.ndarray:
+        """(stored, len(items)): the best outline similarity of each stored picture with each item (as
+        coarse_similarity). One pass over the stored arrays for the whole batch: matrix products, not one
+        matrix-vector product per item."""
         with self._lock:
             n, whole, cropped = self._n, self._whole[: self._n], self._cropped[: self._n]
-        if n == 0:
-            return np.zeros(0, np.float32)
-        their_crops = (cropped.reshape(n * (VIEWS - 1), -1) @ item.coarse[0]).reshape(n, VIEWS - 1).max(axis=1)
-        our_views = (whole @ item.coarse.T).max(axis=1)  # includes whole against whole
-        return np.maximum(their_crops, our_views)
+        b = len(items)
+        out = np.zeros((n, b), np.float32)
+        if n == 0 or b == 0:
+            return out
+        firsts = np.stack([it.coarse[0] for it in items])  # (b, 64): each item's whole view
+        views = np.concatenate([it.coarse for it in items])  # (b * VIEWS, 64): each item's every view
+        for lo in range(0, n, _BLOCK):
+            hi = min(n, lo + _BLOCK)
+            theirs = (cropped[lo:hi].reshape(-1, COARSE * COARSE) @ firsts.T).reshape(hi - lo, VIEWS - 1, b)
+            ours = (whole[lo:hi] @ views.T).reshape(hi - lo, b, VIEWS)  # includes whole against whole
+            out[lo:hi] = np.maximum(theirs.max(axis=1), ours.max(axis=2))
+        return out
 
-    def candidates(self, item: Likeness) -> list[tuple[str, Likeness]]:
-        """The stored pictures whose outline is close enough to confirm, most similar first (at most RETRIEVE_TOP)."""
-        sims = self.similarities(item)
-        keys, items = self._keys, self._items
-        near = np.flatnonzero(sims >= RETRIEVE_SIMILARITY)
-        # Stable: among equal similarities the earlier picture comes first, as a scan in insertion order would.
-        best = near[np.argsort(-sims[near], kind="stable")[:RETRIEVE_TOP]]
-        return [(keys[j], items[j]) for j in best]
+    def candidates(self, items: Sequence[Likeness]) -> list[list[tuple[str, Likeness]]]:
+        """Per item: the stored pictures whose outline is close enough to confirm, most similar first (at most
+        RETRIEVE_TOP)."""
+        sims = self.similarities(items)
+        keys, stored = self._keys, self._items
+        out = []
+        for col in sims.T:
+            near = np.flatnonzero(col >= RETRIEVE_SIMILARITY)
+            # Stable: among equal similarities the earlier picture comes first, as a scan in insertion order would.
+            best = near[np.argsort(-col[near], kind="stable")[:RETRIEVE_TOP]]
+            out.append([(keys[j], stored[j]) for j in best])
+        return out
 
-    def comparisons(self, item: Likeness) -> Iterator[tuple[str, Comparison]]:
-        """Each retrieved candidate, most similar first, with how it compared (lazily: a match stops early)."""
+    def comparisons(
+        self, item: Likeness, found: Sequence[tuple[str, Likeness]] | None = None
+    ) -> Iterator[tuple[str, Comparison]]:
+        """Each retrieved candidate (``found``, else retrieved now), most similar first, with how it compared
+        (lazily: a match stops early)."""
         query = _Query(item)
-        for key, stored in self.candidates(item):
+        for key, stored in found if found is not None else self.candidates([item])[0]:
             yield key, query.compare(stored)
 
+    def match_many(self, items: Sequence[Likeness]) -> list[tuple[str, Comparison] | None]:
+        """Per item, the first retrieved candidate that is the same picture, with how it compared, or None."""
+        return [next(((key, c) for key, c in self.comparisons(item, found) if c.same), None)
+                for item, found in zip(items, self.candidates(items), strict=True)]  # fmt: skip
+
     def match(self, item: Likeness) -> tuple[str, Comparison] | None:
-        """The first retrieved candidate that is the same picture, with how it compared; None if there is none."""
-        return next(((key, c) for key, c in self.comparisons(item) if c.same), None)
+        return self.match_many([item])[0]
