@@ -70,10 +70,11 @@ class Comparison(NamedTuple):
         return self.correlation >= SAME_PICTURE_CORRELATION and self.residual <= SAME_PICTURE_RESIDUAL
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = v.astype(np.float32) - np.float32(v.mean())
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
+def _centred_and_unit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row with its mean removed, and that again scaled to unit norm (a flat row stays zero)."""
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred, centred / np.where(norms > 0, norms, 1.0)
 
 
 def _box_matrix(start: float, stop: float, out: int, size: int) -> np.ndarray:
@@ -101,10 +102,7 @@ def _retrieve_crops(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _coarse_views(big: np.ndarray) -> np.ndarray:
     rows, cols = _retrieve_crops(big.shape[0])[0], _retrieve_crops(big.shape[1])[1]
-    views = (rows @ big.astype(np.float32) @ cols.transpose(0, 2, 1)).reshape(VIEWS, -1)
-    views -= views.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(views, axis=1, keepdims=True)
-    return views / np.where(norms > 0, norms, 1.0)
+    return _centred_and_unit((rows @ big.astype(np.float32) @ cols.transpose(0, 2, 1)).reshape(VIEWS, -1))[1]
 
 
 def likeness(img: Image.Image) -> Likeness:
@@ -146,14 +144,18 @@ def _blur(grid: int) -> np.ndarray:
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _views(big: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every aligned crop resampled to ``grid`` x ``grid``: the raw views and their unit-norm, mean-removed forms."""
-    rows, cols = _crops(grid, big.shape[0])[_ROWS], _crops(grid, big.shape[1])[_COLS]
+@functools.lru_cache(maxsize=1024)
+def _blurred_crops(grid: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, grid, rows) and (pairs, cols, grid): each aligned crop's resampling and blur, composed once per
+    shape, so a comparison is two batched products: left @ picture @ right."""
     b = _blur(grid)
-    raw = (b @ rows @ big.astype(np.float32) @ cols.transpose(0, 2, 1) @ b.T).reshape(len(_PAIRS), -1)
-    centred = raw - raw.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    return centred, centred / np.where(norms > 0, norms, 1.0)
+    return b @ _crops(grid, rows)[_ROWS], _crops(grid, cols)[_COLS].transpose(0, 2, 1) @ b.T
+
+
+def _views(big: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every aligned crop resampled to ``grid`` x ``grid`` and blurred: mean-removed, and unit-norm too."""
+    left, right = _blurred_crops(grid, *big.shape)
+    return _centred_and_unit((left @ big.astype(np.float32) @ right).reshape(len(_PAIRS), -1))
 
 
 def _compare(qa: tuple[np.ndarray, np.ndarray], qb: tuple[np.ndarray, np.ndarray]) -> Comparison:
