@@ -78,7 +78,7 @@ class SampleIntake:
         self.erasure_of = erasure_of  # set by the service once the capture index exists
         # Every stored picture of each split, read once per process: an upload that copies a holdout picture
         # goes to the holdout, one that copies a training picture goes to training, whatever its hash says.
-        self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror("holdout"), "train": _Mirror("train")}
+        self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror(), "train": _Mirror()}
         self._synced_base: object = None  # the base prints list last indexed (the service caches it)
         self._sync_lock = threading.Lock()
 
@@ -219,8 +219,7 @@ class SampleIntake:
 class _Mirror:
     """The likeness index of one split's stored pictures, kept current from the store (under the intake's lock)."""
 
-    def __init__(self, split: SampleSplit) -> None:
-        self.split = split
+    def __init__(self) -> None:
         self.index = LikenessIndex()
         self.indexed: set[str] = set()
         self.seq = 0  # stored samples of this split up to this seq are in the index
