@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from graft.core.artifact import ModelCard
 from graft.core.transforms import eval_transform
-from graft.core.util import write_atomic
+from graft.core.util import file_key, write_atomic
 from graft.core.zoo import find_head, model_stages
 from training.features import Split, split_model
 from training.freeze import FreezePlan
@@ -68,14 +68,6 @@ def prefix_digest(model: nn.Module, plan: FreezePlan, card: ModelCard) -> str:
     return h.hexdigest()
 
 
-def image_key(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
 class FeatureStore:
     """Features of one cut: image key -> (chunk file, row)."""
 
@@ -86,9 +78,15 @@ class FeatureStore:
         except (OSError, ValueError, TypeError):
             self.index = {}
         self._chunks: dict[str, np.ndarray] = {}
+        self._present: dict[str, bool] = {}  # chunk file -> on disk (checked once per chunk, not per image)
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index and (self.folder / self.index[key][0]).is_file()
+        if key not in self.index:
+            return False
+        chunk = self.index[key][0]
+        if chunk not in self._present:
+            self._present[chunk] = (self.folder / chunk).is_file()
+        return self._present[chunk]
 
     def get(self, key: str) -> np.ndarray:
         chunk, row = self.index[key]
@@ -97,7 +95,8 @@ class FeatureStore:
         return np.asarray(self._chunks[chunk][row])
 
     def add(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """One new chunk, then the index (reread first: another evaluation may have added its own)."""
+        """One new chunk, then the index: what is on disk now (another evaluation may have added its own), what this
+        store already knew, and the new keys. Chunks never change, so merging entries is safe."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             chunk = f"chunk-{uuid.uuid4().hex}.npy"
@@ -105,7 +104,7 @@ class FeatureStore:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
             tmp.rename(self.folder / chunk)
-            index = FeatureStore(self.folder).index
+            index = {**FeatureStore(self.folder).index, **self.index}
             index.update({k: [chunk, i] for i, k in enumerate(keys)})
             write_atomic(self.folder / INDEX, json.dumps(index).encode(), fsync=False)
             self.index = index
@@ -125,8 +124,9 @@ def predict_with_cache(model: nn.Module, card: ModelCard, paths: Sequence[Path],
     if split is None:
         return None
     store = FeatureStore(root / prefix_digest(model, plan, card)[:32])
-    keys = [image_key(Path(p)) for p in paths]
-    todo = [i for i, k in enumerate(keys) if k is None or k not in store]
+    keys = [file_key(Path(p)) for p in paths]
+    known = {i: k for i, k in enumerate(keys) if k is not None and k in store}
+    todo = [i for i in range(len(paths)) if i not in known]
     fresh = _prefix_features(split, card, [Path(paths[i]) for i in todo], device, batch_size)
     if fresh is None:
         return None
@@ -135,9 +135,8 @@ def predict_with_cache(model: nn.Module, card: ModelCard, paths: Sequence[Path],
     if kept:
         store.add([str(keys[i]) for i in kept], np.stack([computed[i] for i in kept]))
     log.info("frozen stages (%s): %d of %d image(s) from the cache in %s", plan.describe(),
-             len(paths) - len(todo), len(paths), store.folder)  # fmt: skip
+             len(known), len(paths), store.folder)  # fmt: skip
     out: list[list[float]] = [[] for _ in paths]
-    known = {i: k for i, k in enumerate(keys) if i not in computed and k is not None and k in store}
     ready = sorted([*computed, *known])
     for lo in range(0, len(ready), batch_size):
         rows = ready[lo : lo + batch_size]

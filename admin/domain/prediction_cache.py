@@ -14,20 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from graft.core.util import write_atomic
+from graft.core.util import file_key, write_atomic
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "holdout-predictions.json"
 PredictFn = Callable[[Path, list[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
-
-
-def _key(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None  # gone: predicted (as unreadable) every time, never cached
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def _load(run_dir: Path) -> tuple[list[str], dict[str, str | None]]:
@@ -45,7 +37,7 @@ def save(run_dir: Path, samples: Sequence[tuple[Path, str]], predictions: Sequen
     if known_labels != list(labels):
         cached = {}
     for (path, _), pred in zip(samples, predictions, strict=True):
-        if (key := _key(path)) is not None:
+        if (key := file_key(path)) is not None:
             cached[key] = pred
     try:
         write_atomic(run_dir / CACHE_NAME, json.dumps({"labels": list(labels), "predictions": cached}).encode(),
@@ -59,7 +51,7 @@ def missing(run_dir: Path, samples: Sequence[tuple[Path, str]]) -> list[tuple[Pa
     labels, cached = _load(run_dir)
     if not labels:
         return list(samples)
-    return [s for s in samples if (k := _key(s[0])) is None or k not in cached]
+    return [s for s in samples if (k := file_key(s[0])) is None or k not in cached]
 
 
 def cached_predict(predict: PredictFn, run_dir: Path, samples: Sequence[tuple[Path, str]],
@@ -67,7 +59,7 @@ def cached_predict(predict: PredictFn, run_dir: Path, samples: Sequence[tuple[Pa
     """``predict``'s answer for ``samples``, asking it only about images this run has not predicted yet.
     Also returns how many it was asked about."""
     labels, cached = _load(run_dir)
-    keys = [_key(path) for path, _ in samples]
+    keys = [file_key(path) for path, _ in samples]
     missing = [s for s, k in zip(samples, keys, strict=True) if k is None or k not in cached]
     if not missing and labels:
         return [cached[k] for k in keys if k is not None], labels, 0

@@ -35,6 +35,16 @@ def file_digest(path: Path) -> str:
     return f"sha256:{file_sha256(path)}"
 
 
+def file_key(path: Path) -> str | None:
+    """``path|size|mtime_ns``: what a per-file cache is keyed by (a file replaced in place gets a new key); None
+    when the file is gone (never cached)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def private_dir(path: Path) -> Path:
     """``path`` as a folder only its owner may enter (0700), made if missing and tightened if it was wider: what is
     inside (tokens, samples, the database) is nobody else's on a shared machine."""

@@ -141,3 +141,17 @@ def test_a_deeper_recipe_caches_the_cut_inside_the_backbone(runs: dict[str, Path
     assert computed == [6, 0]
     (chunk,) = (tmp_path / "cache").glob("*/chunk-*.npy")
     assert chunk.stat().st_size > 6 * 160 * 7 * 7 * 4
+
+
+def test_adding_keeps_what_the_store_knew_when_the_index_on_disk_lost_it(tmp_path: Path) -> None:
+    """Two evaluations may write the index in turn: an index rewritten without this store's keys does not make
+    its known features vanish (they would otherwise read as unreadable images)."""
+    import numpy as np
+
+    store = frozen_features.FeatureStore(tmp_path)
+    store.add(["a", "b"], np.ones((2, 3), np.float32))
+    (tmp_path / frozen_features.INDEX).write_text("{}")  # another writer's index, without a and b
+    store.add(["c"], np.zeros((1, 3), np.float32))
+    again = frozen_features.FeatureStore(tmp_path)
+    assert all(k in again for k in ("a", "b", "c"))
+    assert again.get("a").tolist() == [1.0, 1.0, 1.0] and again.get("c").tolist() == [0.0, 0.0, 0.0]
