@@ -57,3 +57,13 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only; "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
     )
+
+
+def finish_report(report: dict[str, Any], path: Path | None) -> None:
+    """Add the process's peak RSS, print the report, and write it as JSON to ``path`` when given."""
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

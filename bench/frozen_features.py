@@ -18,10 +18,8 @@ process's peak RSS.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -32,13 +30,14 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._models import WEIGHTS
+from bench._runs import finish_report
 from graft.core.artifact import Lineage, ModelCard, save_weights, write_card
 from graft.core.zoo import create_model, model_stages
 from training.evaluate import predict_probabilities
 from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
 
 log = logging.getLogger("bench.frozen_features")
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
 
 
 def make_run(folder: Path, seed: int) -> Path:
@@ -96,11 +95,7 @@ def main() -> int:
         report["warm_plus_new"] = timed("warm + new", candidate, grown, cache)
         report["cache_bytes"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
         report["load_avg_at_end"] = os.getloadavg()
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    finish_report(report, args.json)
     return 0
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import logging
 import random
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._runs import finish_report
 from graft.core.images import load_rgb
 from graft.core.likeness import SAME_PICTURE_CORRELATION, SAME_PICTURE_RESIDUAL, Likeness, LikenessIndex, likeness
 from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
@@ -157,11 +156,7 @@ def main() -> int:
         report["ants-bees"] = run_domain("ants-bees", *ants_bees(args.copies), args.fraction)
     else:
         log.warning("%s not found: the ants/bees domain is left out", SHARED)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    finish_report(report, args.json)
     return 0
 
 
