@@ -7,8 +7,9 @@ Two stages, calibrated by ``bench/near_duplicates.py`` against a holdout of 16,0
 1. **retrieval**: 8x8 grayscale thumbnails, mean-removed and unit-norm, of the whole picture and of five crops
    (the centre and the four corners at 0.93 of each side), so that a lightly cropped copy still finds its
    original among the first ``RETRIEVE_TOP`` candidates when thousands of look-alikes are stored. Candidates
-   are the stored pictures whose best view pair reaches ``RETRIEVE_SIMILARITY``: two matrix products over
-   every stored picture.
+   are the stored pictures whose best view pair reaches ``RETRIEVE_SIMILARITY``: eleven small matrix products
+   per block of stored pictures, cache-sized, with a running maximum (0.56 ms of CPU per query against 20,000
+   stored, 1.33 ms against 50,000, on this project's 2-core machine).
 2. **confirmation**: a copy, once aligned and compared at the resolution both versions still have, differs
    from its original by little more than compression noise and a change of brightness; a different picture
    differs in its detail. Each picture is kept as a 64x64 grayscale thumbnail with its native size. Crops of
@@ -196,21 +197,35 @@ def coarse_similarity(a: Likeness, b: Likeness) -> float:
 
 
 _NO_VIEWS = np.zeros((0, COARSE * COARSE), np.float32)
-_BLOCK = 8192  # stored pictures per product: bounds the temporaries (5 x 8192 x batch floats)
+# Stored pictures per product: a block's views (6 x 4096 x 64 floats) and its (4096 x batch) answers stay in
+# the processor's cache, which makes the running maximum over the eleven view pairs cheap.
+_BLOCK = 4096
+
+
+def _top(col: np.ndarray) -> np.ndarray:
+    """Indices of the RETRIEVE_TOP largest values at or above RETRIEVE_SIMILARITY, largest first, the earlier
+    index first among equal values (as a scan in insertion order would): a partition, not a sort of them all."""
+    near = np.flatnonzero(col >= RETRIEVE_SIMILARITY)
+    if len(near) > RETRIEVE_TOP:
+        vals = col[near]
+        kth = np.partition(vals, len(vals) - RETRIEVE_TOP)[len(vals) - RETRIEVE_TOP]
+        above, tied = near[vals > kth], near[vals == kth]  # near is in index order, so tied keeps the earliest
+        near = np.concatenate([above, tied[: RETRIEVE_TOP - len(above)]])
+    return near[np.lexsort((near, -col[near]))]
 
 
 class LikenessIndex:
     """Stored pictures to match new ones against; ``match`` returns the key of the same picture, or None.
 
-    Retrieval is two matrix products over contiguous float32 arrays (64 values per view, six views a picture,
-    grown by doubling); only the few candidates above ``RETRIEVE_SIMILARITY`` are sorted and confirmed. Safe to
-    use from several request threads: ``add`` and ``match`` see consistent arrays."""
+    Retrieval is eleven small matrix products per block of stored pictures (each view of the query against the
+    stored whole views, the query's whole view against each stored crop view) over contiguous float32 arrays
+    grown by doubling, with a running maximum; only the few candidates above ``RETRIEVE_SIMILARITY`` are
+    confirmed. Safe to use from several request threads: ``add`` and ``match`` see consistent arrays."""
 
     def __init__(self) -> None:
         self._keys: list[str] = []
         self._items: list[Likeness] = []
-        self._whole = np.zeros((0, COARSE * COARSE), np.float32)
-        self._cropped = np.zeros((0, (VIEWS - 1) * COARSE * COARSE), np.float32)
+        self._views = np.zeros((VIEWS, 0, COARSE * COARSE), np.float32)  # view-major: each view one matrix
         self._n = 0
         self._lock = threading.Lock()
 
@@ -219,37 +234,36 @@ class LikenessIndex:
 
     def add(self, key: str, item: Likeness) -> None:
         with self._lock:
-            if self._n == len(self._whole):  # grow by doubling: adding stays amortised O(1)
-                cap = max(64, 2 * self._n)
-                whole = np.zeros((cap, self._whole.shape[1]), np.float32)
-                cropped = np.zeros((cap, self._cropped.shape[1]), np.float32)
-                whole[: self._n], cropped[: self._n] = self._whole[: self._n], self._cropped[: self._n]
-                self._whole, self._cropped = whole, cropped
-            self._whole[self._n] = item.coarse[0]
-            self._cropped[self._n] = item.coarse[1:].ravel()
+            if self._n == self._views.shape[1]:  # grow by doubling: adding stays amortised O(1)
+                views = np.zeros((VIEWS, max(64, 2 * self._n), COARSE * COARSE), np.float32)
+                views[:, : self._n] = self._views[:, : self._n]
+                self._views = views  # a reader holding the old array still sees its first _n rows unchanged
+            self._views[:, self._n] = item.coarse
             self._keys.append(key)
-            # The outline views live in the arrays above; the item keeps only what confirmation reads (at
+            # The outline views live in the array above; the item keeps only what confirmation reads (at
             # 100,000 stored pictures that is 150 MB less).
             self._items.append(Likeness(_NO_VIEWS, item.big, item.size))
             self._n += 1
 
     def similarities(self, items: Sequence[Likeness]) -> np.ndarray:
         """(stored, len(items)): the best outline similarity of each stored picture with each item (as
-        coarse_similarity). One pass over the stored arrays for the whole batch: matrix products, not one
-        matrix-vector product per item."""
+        coarse_similarity). One pass over the stored arrays for the whole batch."""
         with self._lock:
-            n, whole, cropped = self._n, self._whole[: self._n], self._cropped[: self._n]
+            n, stored = self._n, self._views
         b = len(items)
         out = np.zeros((n, b), np.float32)
         if n == 0 or b == 0:
             return out
-        firsts = np.stack([it.coarse[0] for it in items])  # (b, 64): each item's whole view
-        views = np.concatenate([it.coarse for it in items])  # (b * VIEWS, 64): each item's every view
+        queries = np.stack([it.coarse for it in items], axis=1)  # (VIEWS, b, 64)
+        asked = [np.ascontiguousarray(q.T) for q in queries]  # (64, b) per view of the items
+        scratch = np.empty((min(n, _BLOCK), b), np.float32)
         for lo in range(0, n, _BLOCK):
             hi = min(n, lo + _BLOCK)
-            theirs = (cropped[lo:hi].reshape(-1, COARSE * COARSE) @ firsts.T).reshape(hi - lo, VIEWS - 1, b)
-            ours = (whole[lo:hi] @ views.T).reshape(hi - lo, b, VIEWS)  # includes whole against whole
-            out[lo:hi] = np.maximum(theirs.max(axis=1), ours.max(axis=2))
+            best, tmp = out[lo:hi], scratch[: hi - lo]
+            np.matmul(stored[0, lo:hi], asked[0], out=best)  # whole against whole
+            for v in range(1, VIEWS):
+                np.maximum(best, np.matmul(stored[0, lo:hi], asked[v], out=tmp), out=best)  # a crop of the item
+                np.maximum(best, np.matmul(stored[v, lo:hi], asked[0], out=tmp), out=best)  # a crop of the stored
         return out
 
     def candidates(self, items: Sequence[Likeness]) -> list[list[tuple[str, Likeness]]]:
@@ -259,10 +273,7 @@ class LikenessIndex:
         keys, stored = self._keys, self._items
         out = []
         for col in sims.T:
-            near = np.flatnonzero(col >= RETRIEVE_SIMILARITY)
-            # Stable: among equal similarities the earlier picture comes first, as a scan in insertion order would.
-            best = near[np.argsort(-col[near], kind="stable")[:RETRIEVE_TOP]]
-            out.append([(keys[j], stored[j]) for j in best])
+            out.append([(keys[j], stored[j]) for j in _top(col)])
         return out
 
     def comparisons(

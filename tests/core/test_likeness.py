@@ -86,3 +86,32 @@ def test_a_flat_picture_is_not_the_same_as_another_flat_one() -> None:
     b = Image.effect_noise((28, 28), 2).point(lambda v: 100 + (v - 128) // 20)
     assert not compare(likeness(a), likeness(b)).same
     assert compare(likeness(a), likeness(a.copy())).same
+
+
+def test_the_index_s_similarities_equal_the_pairwise_ones_across_blocks(garments: list[Image.Image]) -> None:
+    """The index's blocked products with a running maximum give each pair's coarse_similarity, past a block's end
+    too (5,000 stored: two blocks)."""
+    looks = [likeness(img) for img in garments] + [likeness(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+                                                   for img in garments[:2000]]  # fmt: skip
+    idx = LikenessIndex()
+    for i, look in enumerate(looks):
+        idx.add(str(i), look)
+    asked = [likeness(COPIES["crop2px"](garments[i])) for i in (0, 1500, 2999)] + [looks[4500]]
+    sims = idx.similarities(asked)
+    assert sims.shape == (len(looks), len(asked))
+    for col, item in zip(sims.T, asked, strict=True):
+        for j in (0, 1, 2999, 3000, 4095, 4096, 4500, len(looks) - 1):
+            assert col[j] == pytest.approx(coarse_similarity(item, looks[j]), abs=1e-5)
+
+
+def test_retrieval_keeps_the_most_similar_and_the_earliest_among_equals() -> None:
+    """The partial selection picks what a stable sort of every value at or above the threshold picks: the most
+    similar, and among equal values the earliest stored (columns with many ties at the cut)."""
+    from graft.core.likeness import RETRIEVE_SIMILARITY, RETRIEVE_TOP, _top
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        col = (rng.integers(60, 100, size=rng.integers(1, 3000)) / 100).astype(np.float32)  # coarse: many ties
+        near = np.flatnonzero(col >= RETRIEVE_SIMILARITY)
+        expected = near[np.argsort(-col[near], kind="stable")[:RETRIEVE_TOP]]
+        assert _top(col).tolist() == expected.tolist()
