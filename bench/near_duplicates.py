@@ -36,7 +36,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._runs import finish_report
 from graft.core.images import load_rgb
-from graft.core.likeness import SAME_PICTURE_CORRELATION, SAME_PICTURE_RESIDUAL, Likeness, LikenessIndex, likeness
+from graft.core.likeness import (
+    RETRIEVE_SIMILARITY,
+    RETRIEVE_TOP,
+    SAME_PICTURE_CORRELATION,
+    SAME_PICTURE_RESIDUAL,
+    Likeness,
+    LikenessIndex,
+    likeness,
+)
 from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 log = logging.getLogger("bench.near_duplicates")
@@ -68,14 +76,27 @@ def best_residual(index: LikenessIndex, look: Likeness) -> tuple[float, str | No
     return best, key
 
 
+def retrieval_margin(index: LikenessIndex, looks: list[Likeness], originals: list[int]) -> dict[str, float]:
+    """How safely retrieval keeps each copy's original: its outline similarity (the least, against
+    RETRIEVE_SIMILARITY) and its rank among every stored picture (the worst, against RETRIEVE_TOP; 0 is first)."""
+    sims = index.similarities(looks)
+    own = np.array([col[i] for i, col in zip(originals, sims.T, strict=True)])
+    ranks = np.array([int((col > col[i]).sum()) for i, col in zip(originals, sims.T, strict=True)])
+    return {"original_similarity_min": round(float(own.min()), 4), "original_rank_max": int(ranks.max()),
+            "retrieve_similarity": RETRIEVE_SIMILARITY, "retrieve_top": RETRIEVE_TOP}  # fmt: skip
+
+
 def recall(index: LikenessIndex, held: dict[str, Image.Image]) -> dict[str, dict[str, float]]:
-    """Per alteration: the share of copies pinned at each threshold, and the share whose own original is the twin."""
+    """Per alteration: the share of copies pinned at each threshold, the share whose own original is the twin, and
+    the retrieval margin (the stored pictures' keys are their positions)."""
     out: dict[str, dict[str, float]] = {}
     for name, alter in ALTERATIONS.items():
-        found = [best_residual(index, likeness(alter(img))) for img in held.values()]
+        looks = [likeness(alter(img)) for img in held.values()]
+        found = [best_residual(index, look) for look in looks]
         res = np.array([r for r, _ in found])
         row = {f"{t:g}": round(float((res <= t).mean()), 4) for t in THRESHOLDS}
         row["twin_is_original"] = round(float(np.mean([k == key for (_, k), key in zip(found, held, strict=True)])), 4)
+        row.update(retrieval_margin(index, looks, [int(k) for k in held]))
         out[name] = row
         log.info("recall %s: %s", name, row)
     return out

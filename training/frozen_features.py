@@ -10,8 +10,13 @@ linear layer) on the whole holdout.
 The store is keyed by a digest of what decides the cut's output: the backbone, the preprocessing, the frozen
 stages' names and their weights and buffers. Each image is keyed by its path, size and modification time
 (samples are content-addressed; a base file replaced in place is read again). Features are float32 ``.npy``
-chunks that are never rewritten, plus an index written atomically: a lost or corrupt index costs only time.
+chunks that are never changed, plus an index written atomically: a lost or corrupt index costs only time.
 Past ``MAX_FEATURE_BYTES`` a picture (an early cut of a wide network), the model runs whole instead.
+
+The store does not outlive its pictures: after each evaluation, rows of images that are gone or changed (an
+erased sample, a base file replaced in place) are dropped and the chunks that held them are written again
+without them, and only the ``KEEP_STORES`` most recently used stores are kept (a change of backbone leaves the
+old one behind).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MAX_FEATURE_BYTES = 64 * 1024
 INDEX = "index.json"
+# The champion's and the candidate's frozen stages may differ (a new backbone): keep both, drop older ones.
+KEEP_STORES = 2
 
 
 def plan_of(model: nn.Module, card: ModelCard) -> FreezePlan | None:
@@ -111,6 +120,53 @@ class FeatureStore:
         except OSError as e:
             log.warning("frozen features not kept in %s: %s", self.folder, e)
 
+    def prune(self) -> int:
+        """Drop the rows of images that are gone or changed since they were kept; a chunk that held one is written
+        again with its live rows only, so an erased picture's features leave the disk. Returns the rows dropped."""
+        dead = {k for k in self.index if file_key(Path(k.rsplit("|", 2)[0])) != k}
+        if not dead:
+            return 0
+        try:
+            index = {k: v for k, v in self.index.items() if k not in dead}
+            stale = sorted({self.index[k][0] for k in dead})
+            for chunk in stale:
+                live = [k for k, (c, _) in index.items() if c == chunk]
+                if live and (self.folder / chunk).is_file():
+                    rows = np.load(self.folder / chunk, mmap_mode="r", allow_pickle=False)
+                    fresh = f"chunk-{uuid.uuid4().hex}.npy"
+                    tmp = self.folder / f".{fresh}.tmp"
+                    with open(tmp, "wb") as f:
+                        np.save(f, np.ascontiguousarray(rows[[index[k][1] for k in live]]), allow_pickle=False)
+                    tmp.rename(self.folder / fresh)
+                    index.update({k: [fresh, i] for i, k in enumerate(live)})
+                else:
+                    for k in live:
+                        del index[k]
+            write_atomic(self.folder / INDEX, json.dumps(index).encode(), fsync=False)
+            self.index, self._chunks, self._present = index, {}, {}
+            for chunk in stale:  # after the index stops naming them
+                (self.folder / chunk).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("frozen features in %s not pruned: %s", self.folder, e)
+            return 0
+        log.info("frozen features: %d row(s) of images gone or changed dropped from %s", len(dead), self.folder)
+        return len(dead)
+
+
+def retire_old_stores(root: Path, used: Path, keep: int = KEEP_STORES) -> list[Path]:
+    """Remove all but the ``keep`` most recently used stores under ``root`` (``used`` is one of them, just used).
+    Returns what was removed."""
+    try:
+        os.utime(used)
+        stores = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime_ns, reverse=True)
+    except OSError:
+        return []
+    gone = [d for d in stores[keep:] if d != used]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("frozen features of other frozen stages removed: %s", d)
+    return gone
+
 
 @torch.no_grad()
 def predict_with_cache(model: nn.Module, card: ModelCard, paths: Sequence[Path], device: str, batch_size: int,
@@ -144,6 +200,8 @@ def predict_with_cache(model: nn.Module, card: ModelCard, paths: Sequence[Path],
         probs = split.suffix(torch.from_numpy(feats).to(device)).float().softmax(1).cpu()
         for i, row in zip(rows, probs.tolist(), strict=True):
             out[i] = row
+    store.prune()  # after reading: what this evaluation used stays, what is gone leaves with its features
+    retire_old_stores(root, store.folder)
     return out
 
 

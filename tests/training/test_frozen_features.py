@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from graft.core.artifact import WEIGHTS_FILE, read_card, save_weights, write_card
+from graft.core.util import file_key
 from tests.support.artifacts import images, reference_probs, shared_missing_reason, train_tiny_run
 from training import frozen_features
 from training.evaluate import predict_probabilities
@@ -155,3 +156,41 @@ def test_adding_keeps_what_the_store_knew_when_the_index_on_disk_lost_it(tmp_pat
     again = frozen_features.FeatureStore(tmp_path)
     assert all(k in again for k in ("a", "b", "c"))
     assert again.get("a").tolist() == [1.0, 1.0, 1.0] and again.get("c").tolist() == [0.0, 0.0, 0.0]
+
+
+def test_an_erased_picture_s_features_leave_the_disk(runs: dict[str, Path], tmp_path: Path,
+                                                     computed: list[int]) -> None:  # fmt: skip
+    """An image deleted (an erased sample) or replaced since its features were kept: the next evaluation drops its
+    row, and the chunk that held it is written again without it; the other images are still read back."""
+    import numpy as np
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    paths = []
+    for src, _ in images("val", 3):
+        paths.append(photos / src.name)
+        shutil.copyfile(src, paths[-1])
+    cache = tmp_path / "cache"
+    predict_probabilities(runs["a"], paths, feature_cache=cache)
+    (store,) = cache.iterdir()
+    erased = frozen_features.FeatureStore(store).get(str(file_key(paths[0])))
+    paths[0].unlink()
+    got, _ = predict_probabilities(runs["a"], paths[1:], feature_cache=cache)
+    assert computed == [6, 0]  # the others came from the store
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), reference_probs(runs["a"], paths[1:]),
+                               rtol=0, atol=1e-5)  # fmt: skip
+    kept = frozen_features.FeatureStore(store)
+    assert len(kept.index) == 5 and all(str(file_key(p)) in kept for p in paths[1:])
+    rows = np.concatenate([np.load(c) for c in store.glob("chunk-*.npy")])
+    assert len(rows) == 5 and not any(np.array_equal(r, erased) for r in rows)
+
+
+def test_only_the_most_recently_used_stores_are_kept(tmp_path: Path) -> None:
+    import os
+
+    for age, name in enumerate(["newest", "middle", "oldest", "older-still"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1_000_000 - age, 1_000_000 - age))
+    gone = frozen_features.retire_old_stores(tmp_path, tmp_path / "oldest")  # just used: the most recent now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newest", "oldest"]
+    assert sorted(p.name for p in gone) == ["middle", "older-still"]
