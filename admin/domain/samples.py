@@ -68,6 +68,7 @@ class SampleIntake:
         max_batch_pixels: int,
         base_holdout_prints: Callable[[], list[HoldoutPrint]] = list,
         erasure_of: ErasureOf = lambda fp: None,
+        base_train_files: Callable[[], list[Path]] = list,
     ):
         self.store = store
         self.labels = labels
@@ -75,11 +76,13 @@ class SampleIntake:
         self.max_image_pixels = max_image_pixels
         self.max_batch_pixels = max_batch_pixels
         self.base_holdout_prints = base_holdout_prints
+        self.base_train_files = base_train_files  # the base data's training pictures: their copies stay in training
         self.erasure_of = erasure_of  # set by the service once the capture index exists
         # Every stored picture of each split, read once per process: an upload that copies a holdout picture
         # goes to the holdout, one that copies a training picture goes to training, whatever its hash says.
         self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror(), "train": _Mirror()}
         self._synced_base: object = None  # the base prints list last indexed (the service caches it)
+        self._synced_base_train: object = None
         self._sync_lock = threading.Lock()
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, *,
@@ -202,8 +205,8 @@ class SampleIntake:
 
     def _sync_index(self) -> None:
         """Pictures not yet indexed are read once: samples stored since the last sync (by an earlier process, or a
-        concurrent request) and the base holdout when it changed. Per batch this reads only the rows past each
-        mirror's ``seq`` (seq only grows: AUTOINCREMENT), never a whole split."""
+        concurrent request) and the base data's pictures (each split's) when the base changed. Per batch this reads
+        only the rows past each mirror's ``seq`` (seq only grows: AUTOINCREMENT), never a whole split."""
         with self._sync_lock:
             for split, mirror in self._mirrors.items():
                 rows = self.store.files_since(split, mirror.seq)
@@ -214,6 +217,10 @@ class SampleIntake:
             if base is not self._synced_base:
                 self._mirrors["holdout"].read([(f"base:{path.name}", path) for _, path in base], self.max_image_pixels)
                 self._synced_base = base
+            trained = self.base_train_files()
+            if trained is not self._synced_base_train:
+                self._mirrors["train"].read([(f"base:{path.name}", path) for path in trained], self.max_image_pixels)
+                self._synced_base_train = trained
 
 
 class _Mirror:

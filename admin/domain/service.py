@@ -138,10 +138,11 @@ class AdminService:
         self.audit = AuditStore(self.db)
         self.labels = LabelSet(LabelStore(self.db), self.audit)
         self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
-                                   settings.max_batch_pixels, self._base_holdout_prints)  # fmt: skip
+                                   settings.max_batch_pixels, self._base_holdout_prints,
+                                   base_train_files=self._base_train_files)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
-        self._base_prints: tuple[BaseData, list[tuple[int, Path]]] | None = None
+        self._base_prints: tuple[BaseData, list[tuple[int, Path]], list[Path]] | None = None
         self._base_lock = threading.Lock()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
         archive = settings.archive_path if settings.rollout == "torchserve" else None
@@ -300,7 +301,15 @@ class AdminService:
 
     def _base_holdout_prints(self) -> list[tuple[int, Path]]:
         """Perceptual hashes and files of the base holdout (computed once per base data): uploads of the same
-        pictures stay holdout. No thumbnails here: the intake reads one only for a file whose hash matches."""
+        pictures stay holdout."""
+        return self._base_lists()[1]
+
+    def _base_train_files(self) -> list[Path]:
+        """The base data's training pictures (the same list object while the base is unchanged): an upload that
+        copies one stays in training, so the holdout never grades a model on a picture it trained on."""
+        return self._base_lists()[2]
+
+    def _base_lists(self) -> tuple[BaseData, list[tuple[int, Path]], list[Path]]:
         with self._base_lock:
             if self._base_prints is None or self._base_prints[0] != self.base:
                 hashes = []
@@ -311,8 +320,8 @@ class AdminService:
                     except (OSError, GraftError):
                         continue
                     hashes.append((fp.phash, item.path))
-                self._base_prints = (self.base, hashes)
-            return self._base_prints[1]
+                self._base_prints = (self.base, hashes, [i.path for i in items if i.split != "holdout"])
+            return self._base_prints
 
     def _refresh_sample_gauges(self, changed: Iterable[str] = ()) -> None:
         """Every label's counts; a ``changed`` label left without samples loses its series (a merged or renamed

@@ -363,3 +363,20 @@ def test_a_copy_of_a_training_picture_stays_in_training(tmp_path: Path) -> None:
     copy2 = next(c for c in resized if side(c) == "holdout")
     got = again.accept([Upload("copy2.png", copy2)], ["ants"], True)[0]
     assert (got.split, got.split_reason) == ("train", f"near-duplicate of {original.id}")
+
+
+def test_a_copy_of_a_base_training_picture_stays_in_training(tmp_path: Path) -> None:
+    """The base data's training pictures are indexed too: a re-encoded copy of one stays in training whatever its
+    hash says (here every hash says holdout), so the holdout never grades a model on a picture it trained on."""
+    from PIL import Image
+
+    from tests.support.images import encode
+
+    base = Image.effect_noise((64, 64), 40).convert("RGB")
+    trained = tmp_path / "trained.png"
+    trained.write_bytes(encode(base, "PNG"))
+    intake = make_intake(tmp_path, holdout_fraction=0.9999, base_train_files=lambda: [trained])
+    copy = intake.accept([Upload("copy.jpg", encode(base, "JPEG", quality=70))], ["ants"], True)[0]
+    assert (copy.split, copy.split_reason) == ("train", "near-duplicate of base:trained.png")
+    other = encode(Image.effect_noise((64, 64), 40).convert("RGB"), "PNG")
+    assert intake.accept([Upload("other.png", other)], ["ants"], True)[0].split == "holdout"
