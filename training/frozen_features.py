@@ -108,17 +108,22 @@ class FeatureStore:
         store already knew, and the new keys. Chunks never change, so merging entries is safe."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            chunk = f"chunk-{uuid.uuid4().hex}.npy"
-            tmp = self.folder / f".{chunk}.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
-            tmp.rename(self.folder / chunk)
+            chunk = self._write_chunk(features)
             index = {**FeatureStore(self.folder).index, **self.index}
             index.update({k: [chunk, i] for i, k in enumerate(keys)})
             write_atomic(self.folder / INDEX, json.dumps(index).encode(), fsync=False)
             self.index = index
         except OSError as e:
             log.warning("frozen features not kept in %s: %s", self.folder, e)
+
+    def _write_chunk(self, features: np.ndarray) -> str:
+        """A new chunk file, complete before it has its name; returns the name."""
+        chunk = f"chunk-{uuid.uuid4().hex}.npy"
+        tmp = self.folder / f".{chunk}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
+        tmp.rename(self.folder / chunk)
+        return chunk
 
     def prune(self) -> int:
         """Drop the rows of images that are gone or changed since they were kept; a chunk that held one is written
@@ -133,11 +138,7 @@ class FeatureStore:
                 live = [k for k, (c, _) in index.items() if c == chunk]
                 if live and (self.folder / chunk).is_file():
                     rows = np.load(self.folder / chunk, mmap_mode="r", allow_pickle=False)
-                    fresh = f"chunk-{uuid.uuid4().hex}.npy"
-                    tmp = self.folder / f".{fresh}.tmp"
-                    with open(tmp, "wb") as f:
-                        np.save(f, np.ascontiguousarray(rows[[index[k][1] for k in live]]), allow_pickle=False)
-                    tmp.rename(self.folder / fresh)
+                    fresh = self._write_chunk(rows[[index[k][1] for k in live]])
                     index.update({k: [fresh, i] for i, k in enumerate(live)})
                 else:
                     for k in live:
