@@ -82,6 +82,8 @@ class Corrections:
         self.audit = audit
         self.in_service = in_service  # the labels of the model in service
         self.on_change = on_change  # the labels whose counts changed (the metrics follow)
+        # Sample files were deleted: what was derived from them goes too (the service prunes the frozen features).
+        self.on_files_removed: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ samples
     def sample(self, sample_id: str) -> SampleMeta:
@@ -158,6 +160,7 @@ class Corrections:
             return f"kept until job {active} ends (a running job reads the files of its snapshot)"
         if removed:
             log.info("removed the files of %d deleted sample(s)", removed)
+            self.on_files_removed()
         return "deleted"
 
     # ------------------------------------------------------------------ labels

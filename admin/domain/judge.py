@@ -21,6 +21,7 @@ from graft.core.manifest import Item
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+FROZEN_FEATURES = "frozen-features"  # in the state folder: the frozen stages' output per holdout image
 # (run folder, samples, the champion's cache used?) -> (predictions, labels): where the predictions run
 PredictFn = Callable[[Path, Sequence[tuple[Path, str]], bool], tuple[list[str | None], list[str]]]
 
@@ -47,7 +48,7 @@ def frozen_features_root(run_dir: Path) -> Path | None:
     candidate and champion: a later job runs the frozen stages only on holdout images added since. None for a
     run outside the admin's jobs (the first model's predictions are cached per version anyway)."""
     jobs = Path(run_dir).resolve().parent.parent
-    return jobs.parent / "frozen-features" if jobs.name == "jobs" else None
+    return jobs.parent / FROZEN_FEATURES if jobs.name == "jobs" else None
 
 
 def _predict(evaluate: EvaluateFn, run_dir: Path, samples: list[tuple[Path, str]], device: str,

@@ -60,6 +60,7 @@ class ReviewQueue:
         self.audit = audit
         # The labels whose sample counts an erasure changed (the service refreshes its gauges).
         self.on_samples_removed: Callable[[list[str]], None] = lambda labels: None
+        self.on_files_removed: Callable[[], None] = lambda: None  # sample files deleted (see Corrections)
 
     def _record(self, actor: Actor, action: str, capture_id: str, **detail: Any) -> int | None:
         return self.audit.record(actor, action, capture_id, **detail) if self.audit is not None else None
@@ -180,8 +181,10 @@ class ReviewQueue:
         if samples:
             self.index.forget()  # cached hashes of samples changed
             self.on_samples_removed([s.label for s in samples])
-            _, active = self.index.samples.sweep_trash()
+            removed, active = self.index.samples.sweep_trash()
             files = f"kept until job {active} ends (it is reading them)" if active is not None else "deleted"
+            if removed:
+                self.on_files_removed()
             log.info("capture %s erased with %d stored sample(s) of the same picture: %s", row.id, len(samples),
                      ", ".join(s.id for s in samples))  # fmt: skip
         return Erasure(erased, samples, files, audit_id)

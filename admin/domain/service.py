@@ -20,6 +20,7 @@ from admin.domain.drift import ProbabilitiesFn, default_probabilities
 from admin.domain.erasures import Erasures
 from admin.domain.feedback import Feedback
 from admin.domain.jobs import EvaluateFn, JobManager, JobServices, default_evaluate, smoke_images
+from admin.domain.judge import FROZEN_FEATURES
 from admin.domain.labels import LabelSet
 from admin.domain.promotion import ExportFn, Promoter, default_export
 from admin.domain.recipe import RetrainRequest
@@ -43,6 +44,7 @@ from graft.core.errors import ConflictError, GraftError
 from graft.core.images import fingerprint
 from graft.core.manifest import Item
 from graft.core.util import private_dir
+from training.feature_store import prune_stores
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,8 @@ class AdminService:
                                        self.audit, self.served_labels, self._refresh_sample_gauges)  # fmt: skip
         self.undo = ReviewUndo(self.db, self.feedback.review, self.corrections, self.audit)
         self.feedback.review.on_samples_removed = self._refresh_sample_gauges  # an erasure deletes samples too
+        # Deleted sample files take their frozen features with them (an erased picture leaves nothing derived).
+        self.corrections.on_files_removed = self.feedback.review.on_files_removed = self._prune_frozen_features
         self.intake.erasure_of = self.feedback.index.erasure_of  # an erased picture is never stored again
         self.erasures = Erasures(ErasureStore(self.db), self.audit)  # listed and lifted by an admin
         services = JobServices(
@@ -298,6 +302,11 @@ class AdminService:
 
     def _start_job(self, trigger: str) -> object:
         return self.jobs.start(RetrainRequest(), trigger=trigger)
+
+    def _prune_frozen_features(self) -> None:
+        dropped = prune_stores(self.settings.state_dir / FROZEN_FEATURES)
+        if dropped:
+            log.info("frozen features of %d deleted image(s) removed", dropped)
 
     def _base_holdout_prints(self) -> list[tuple[int, Path]]:
         """Perceptual hashes and files of the base holdout (computed once per base data): uploads of the same

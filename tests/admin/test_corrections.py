@@ -250,3 +250,24 @@ def test_the_audit_trail_pages_and_filters(admin: tuple[httpx.Client, AdminServe
     assert audit(c, action="label.*") == []
     assert c.get("/v1/audit", params={"limit": 0}, headers=ADMIN).status_code == 422
     assert c.get("/v1/audit").status_code == 401
+
+
+def test_a_deleted_sample_takes_its_frozen_features_with_it(admin: tuple[httpx.Client, AdminServer]) -> None:
+    """The gate keeps the frozen stages' output per holdout image (training/frozen_features.py): when a sample's
+    file is deleted, its row leaves the store on disk at once, and the other images' rows stay."""
+    import numpy as np
+
+    from graft.core.util import file_key
+    from training.feature_store import FeatureStore
+
+    c, server = admin
+    state = server.settings.state_dir
+    ids = [post(c, d, "ants").json()["id"] for d in pictures("holdout", 2)]
+    files = [next(state.glob(f"samples/*/{i}.*")) for i in ids]
+    store = FeatureStore(state / "frozen-features" / "0123")
+    store.add([str(file_key(f)) for f in files], np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    assert c.delete(f"/v1/samples/{ids[0]}", headers=ADMIN).json()["file"] == "deleted"
+    kept = FeatureStore(store.folder)
+    assert list(kept.index) == [str(file_key(files[1]))] and kept.get(str(file_key(files[1]))).tolist() == [3.0, 4.0]
+    rows = np.concatenate([np.load(p) for p in store.folder.glob("chunk-*.npy")])
+    assert rows.tolist() == [[3.0, 4.0]], "the deleted image's row is not on disk any more"

@@ -13,7 +13,7 @@ import torch
 from graft.core.artifact import WEIGHTS_FILE, read_card, save_weights, write_card
 from graft.core.util import file_key
 from tests.support.artifacts import images, reference_probs, shared_missing_reason, train_tiny_run
-from training import frozen_features
+from training import feature_store, frozen_features
 from training.evaluate import predict_probabilities
 
 pytestmark = pytest.mark.skipif(shared_missing_reason() is not None, reason=str(shared_missing_reason()))
@@ -149,11 +149,11 @@ def test_adding_keeps_what_the_store_knew_when_the_index_on_disk_lost_it(tmp_pat
     its known features vanish (they would otherwise read as unreadable images)."""
     import numpy as np
 
-    store = frozen_features.FeatureStore(tmp_path)
+    store = feature_store.FeatureStore(tmp_path)
     store.add(["a", "b"], np.ones((2, 3), np.float32))
-    (tmp_path / frozen_features.INDEX).write_text("{}")  # another writer's index, without a and b
+    (tmp_path / feature_store.INDEX).write_text("{}")  # another writer's index, without a and b
     store.add(["c"], np.zeros((1, 3), np.float32))
-    again = frozen_features.FeatureStore(tmp_path)
+    again = feature_store.FeatureStore(tmp_path)
     assert all(k in again for k in ("a", "b", "c"))
     assert again.get("a").tolist() == [1.0, 1.0, 1.0] and again.get("c").tolist() == [0.0, 0.0, 0.0]
 
@@ -173,13 +173,13 @@ def test_an_erased_picture_s_features_leave_the_disk(runs: dict[str, Path], tmp_
     cache = tmp_path / "cache"
     predict_probabilities(runs["a"], paths, feature_cache=cache)
     (store,) = cache.iterdir()
-    erased = frozen_features.FeatureStore(store).get(str(file_key(paths[0])))
+    erased = feature_store.FeatureStore(store).get(str(file_key(paths[0])))
     paths[0].unlink()
     got, _ = predict_probabilities(runs["a"], paths[1:], feature_cache=cache)
     assert computed == [6, 0]  # the others came from the store
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), reference_probs(runs["a"], paths[1:]),
                                rtol=0, atol=1e-5)  # fmt: skip
-    kept = frozen_features.FeatureStore(store)
+    kept = feature_store.FeatureStore(store)
     assert len(kept.index) == 5 and all(str(file_key(p)) in kept for p in paths[1:])
     rows = np.concatenate([np.load(c) for c in store.glob("chunk-*.npy")])
     assert len(rows) == 5 and not any(np.array_equal(r, erased) for r in rows)
@@ -191,6 +191,6 @@ def test_only_the_most_recently_used_stores_are_kept(tmp_path: Path) -> None:
     for age, name in enumerate(["newest", "middle", "oldest", "older-still"]):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1_000_000 - age, 1_000_000 - age))
-    gone = frozen_features.retire_old_stores(tmp_path, tmp_path / "oldest")  # just used: the most recent now
+    gone = feature_store.retire_old_stores(tmp_path, tmp_path / "oldest")  # just used: the most recent now
     assert sorted(p.name for p in tmp_path.iterdir()) == ["newest", "oldest"]
     assert sorted(p.name for p in gone) == ["middle", "older-still"]
