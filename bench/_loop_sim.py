@@ -54,6 +54,7 @@ class Domain:
     rounds: list[list[Labelled]]  # what each round uploads
     truth: list[tuple[Path, str]]  # files neither model ever sees
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig values of every training
+    retrain: dict[str, Any] = field(default_factory=dict)  # RetrainRequest values of every retraining
 
 
 @dataclass
@@ -126,8 +127,8 @@ class Loop:
             cfg = TrainConfig(data=self.base, output=out, seed=self.seed, device="cpu", **self.d.train)
         else:
             version = _version(champion) if champion is not None else None
-            cfg = build_train_config(manifest, out, version, self.d.train, RetrainRequest(seed=self.seed),
-                                     device="cpu")  # fmt: skip
+            request = RetrainRequest(seed=self.seed, **self.d.retrain)
+            cfg = build_train_config(manifest, out, version, self.d.train, request, device="cpu")
         from training.engine import fit
 
         fit(cfg)

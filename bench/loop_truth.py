@@ -169,6 +169,9 @@ def main() -> int:
     p.add_argument("--fm-truth", type=int, default=10_000, help="t10k images as Fashion-MNIST's truth")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--head-seeds", type=int, default=None, help="graft train's --head-seeds (default: its own)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a graft train setting for every training (e.g. patience=0); repeatable")
+    p.add_argument("--warm-start", action="store_true", help="retrain from the champion's weights (warm_start)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -194,6 +197,8 @@ def main() -> int:
             d = fashion(seed, args, work / "truth") if domain == "fashion-mnist" else ants_bees(seed, args)
             if args.head_seeds is not None:
                 d.train["head_seeds"] = args.head_seeds
+            d.train.update(dict(kv.split("=", 1) for kv in args.set))
+            d.retrain["warm_start"] = args.warm_start
             rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule)
     summary = {d: summarise([r for r in rows if r.domain == d]) for d in sorted({r.domain for r in rows})}
     summary["all"] = summarise(rows)
