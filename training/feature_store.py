@@ -85,8 +85,11 @@ class FeatureStore:
         try:
             index = {k: v for k, v in self.index.items() if k not in dead}
             stale = sorted({self.index[k][0] for k in dead})
-            for chunk in stale:
-                live = [k for k, (c, _) in index.items() if c == chunk]
+            in_chunk: dict[str, list[str]] = {c: [] for c in stale}
+            for k, (c, _) in index.items():
+                if c in in_chunk:
+                    in_chunk[c].append(k)
+            for chunk, live in in_chunk.items():
                 if live and (self.folder / chunk).is_file():
                     rows = np.load(self.folder / chunk, mmap_mode="r", allow_pickle=False)
                     fresh = self._write_chunk(rows[[index[k][1] for k in live]])

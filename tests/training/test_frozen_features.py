@@ -194,3 +194,26 @@ def test_only_the_most_recently_used_stores_are_kept(tmp_path: Path) -> None:
     gone = feature_store.retire_old_stores(tmp_path, tmp_path / "oldest")  # just used: the most recent now
     assert sorted(p.name for p in tmp_path.iterdir()) == ["newest", "oldest"]
     assert sorted(p.name for p in gone) == ["middle", "older-still"]
+
+
+def test_pruning_rewrites_every_chunk_that_held_a_gone_image(tmp_path: Path) -> None:
+    """Three chunks (three evaluations); an image gone from the first and one replaced in the second: those two
+    chunks are written again with their live rows, the third is untouched, and every live row reads back."""
+    import numpy as np
+
+    files = [tmp_path / f"{i}.png" for i in range(6)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 10)
+    store = feature_store.FeatureStore(tmp_path / "store")
+    for lo in (0, 2, 4):
+        store.add([str(file_key(f)) for f in files[lo : lo + 2]], np.arange(lo, lo + 2, dtype=np.float32)[:, None])
+    third = store.index[str(file_key(files[4]))][0]
+    live = {str(file_key(f)): float(i) for i, f in enumerate(files) if i not in (0, 3)}
+    files[0].unlink()
+    files[3].write_bytes(b"another picture")
+    assert feature_store.FeatureStore(store.folder).prune() == 2
+    again = feature_store.FeatureStore(store.folder)
+    assert {k: float(again.get(k)[0]) for k in again.index} == live
+    chunks = sorted(p.name for p in store.folder.glob("chunk-*.npy"))
+    assert len(chunks) == 3 and third in chunks
+    assert sorted(len(np.load(store.folder / c)) for c in chunks) == [1, 1, 2]
