@@ -16,7 +16,7 @@ where it did (``split_reason``: "hash split", or "near-duplicate of <id>" on its
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from graft.core.likeness import Likeness, LikenessIndex, likeness
 
 # Kept for the capture queue's coarse collapsing (admin/domain/captures.py): dHash bits of "the same picture".
 NEAR_DUPLICATE_BITS = 6
-# A holdout image's perceptual hash and its file (the intake reads the file once to know what it looks like).
-HoldoutPrint = tuple[int, Path]
+# The base data's image files per split (the same object while the base data is unchanged): indexed like samples.
+BaseFiles = Mapping[SampleSplit, Sequence[Path]]
 HASH_SPLIT = "hash split"
 
 
@@ -66,23 +66,20 @@ class SampleIntake:
         holdout_fraction: float,
         max_image_pixels: int,
         max_batch_pixels: int,
-        base_holdout_prints: Callable[[], list[HoldoutPrint]] = list,
+        base_files: Callable[[], BaseFiles] = dict,
         erasure_of: ErasureOf = lambda fp: None,
-        base_train_files: Callable[[], list[Path]] = list,
     ):
         self.store = store
         self.labels = labels
         self.holdout_fraction = holdout_fraction
         self.max_image_pixels = max_image_pixels
         self.max_batch_pixels = max_batch_pixels
-        self.base_holdout_prints = base_holdout_prints
-        self.base_train_files = base_train_files  # the base data's training pictures: their copies stay in training
+        self.base_files = base_files  # a copy of a base picture goes where that picture is, like a sample's
         self.erasure_of = erasure_of  # set by the service once the capture index exists
         # Every stored picture of each split, read once per process: an upload that copies a holdout picture
         # goes to the holdout, one that copies a training picture goes to training, whatever its hash says.
         self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror(), "train": _Mirror()}
-        self._synced_base: object = None  # the base prints list last indexed (the service caches it)
-        self._synced_base_train: object = None
+        self._synced_base: object = None  # the base files last indexed (the service caches them)
         self._sync_lock = threading.Lock()
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, *,
@@ -213,14 +210,11 @@ class SampleIntake:
                 if rows:
                     mirror.seq = max(seq for seq, _, _ in rows)
                 mirror.read([(sid, path) for _, sid, path in rows], self.max_image_pixels)
-            base = self.base_holdout_prints()
+            base = self.base_files()
             if base is not self._synced_base:
-                self._mirrors["holdout"].read([(f"base:{path.name}", path) for _, path in base], self.max_image_pixels)
+                for split, paths in base.items():
+                    self._mirrors[split].read([(f"base:{path.name}", path) for path in paths], self.max_image_pixels)
                 self._synced_base = base
-            trained = self.base_train_files()
-            if trained is not self._synced_base_train:
-                self._mirrors["train"].read([(f"base:{path.name}", path) for path in trained], self.max_image_pixels)
-                self._synced_base_train = trained
 
 
 class _Mirror:

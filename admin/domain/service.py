@@ -37,7 +37,7 @@ from admin.store.erasures import ErasureStore
 from admin.store.jobs import JobStore
 from admin.store.labels import LabelStore
 from admin.store.registry import Registry
-from admin.store.rows import Actor, Deployment, ModelVersion, StoredSample
+from admin.store.rows import Actor, Deployment, ModelVersion, SampleSplit, StoredSample
 from admin.store.samples import SampleStore
 from graft.core.capture import no_capture_key
 from graft.core.errors import ConflictError, GraftError
@@ -140,11 +140,10 @@ class AdminService:
         self.audit = AuditStore(self.db)
         self.labels = LabelSet(LabelStore(self.db), self.audit)
         self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
-                                   settings.max_batch_pixels, self._base_holdout_prints,
-                                   base_train_files=self._base_train_files)  # fmt: skip
+                                   settings.max_batch_pixels, self._base_files)  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
-        self._base_prints: tuple[BaseData, list[tuple[int, Path]], list[Path]] | None = None
+        self._base_files_of: tuple[BaseData, dict[SampleSplit, list[Path]]] | None = None
         self._base_lock = threading.Lock()
         self.rollout = rollout if rollout is not None else build_rollout(settings)
         archive = settings.archive_path if settings.rollout == "torchserve" else None
@@ -308,29 +307,18 @@ class AdminService:
         if dropped:
             log.info("frozen features of %d deleted image(s) removed", dropped)
 
-    def _base_holdout_prints(self) -> list[tuple[int, Path]]:
-        """Perceptual hashes and files of the base holdout (computed once per base data): uploads of the same
-        pictures stay holdout."""
-        return self._base_lists()[1]
-
-    def _base_train_files(self) -> list[Path]:
-        """The base data's training pictures (the same list object while the base is unchanged): an upload that
-        copies one stays in training, so the holdout never grades a model on a picture it trained on."""
-        return self._base_lists()[2]
-
-    def _base_lists(self) -> tuple[BaseData, list[tuple[int, Path]], list[Path]]:
+    def _base_files(self) -> dict[SampleSplit, list[Path]]:
+        """The base data's files per split, listed once per base data (the same object until it changes): an
+        upload that copies a base holdout picture stays holdout, one that copies a base training picture stays in
+        training. The intake reads the files itself."""
         with self._base_lock:
-            if self._base_prints is None or self._base_prints[0] != self.base:
-                hashes = []
+            if self._base_files_of is None or self._base_files_of[0] != self.base:
                 items = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
-                for item in (i for i in items if i.split == "holdout"):
-                    try:
-                        fp = fingerprint(item.path.read_bytes(), self.settings.max_image_pixels, thumb=False)
-                    except (OSError, GraftError):
-                        continue
-                    hashes.append((fp.phash, item.path))
-                self._base_prints = (self.base, hashes, [i.path for i in items if i.split != "holdout"])
-            return self._base_prints
+                files: dict[SampleSplit, list[Path]] = {"holdout": [], "train": []}
+                for item in items:
+                    files["holdout" if item.split == "holdout" else "train"].append(item.path)
+                self._base_files_of = (self.base, files)
+            return self._base_files_of[1]
 
     def _refresh_sample_gauges(self, changed: Iterable[str] = ()) -> None:
         """Every label's counts; a ``changed`` label left without samples loses its series (a merged or renamed

@@ -155,3 +155,29 @@ def test_a_development_token_is_generated_once_with_mode_0600(tmp_path: Path) ->
     assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
     assert dev_token_file(tmp_path / "state").read_text().strip() == token, "reused, not replaced"
     assert AdminSettings(admin_token_file=path).resolved_admin_token() == token
+
+
+def test_copies_of_the_adopted_base_data_go_where_their_originals_are(tmp_path: Path, serve: Any) -> None:
+    """The admin indexes the base data it adopted, both splits: a re-encoded copy of a base training picture stays
+    in training and one of a base validation picture (the holdout) stays holdout, whatever their own hashes say."""
+    import io
+
+    from PIL import Image
+
+    base = image_folder(tmp_path / "base", {"train": 2, "val": 2})
+    toy_archive(tmp_path, "ab", "1", dataset=base)
+
+    def jpeg(path: Path) -> bytes:
+        buf = io.BytesIO()
+        Image.open(path).convert("RGB").save(buf, "JPEG", quality=80)
+        return buf.getvalue()
+
+    for fraction, original in ((0.999, base / "train" / "ants" / "train_ants_1.png"),
+                               (0.001, base / "val" / "bees" / "val_bees_0.png")):  # fmt: skip
+        server, api = serve(holdout_fraction=fraction, state_dir=tmp_path / f"state-{fraction}")
+        wait_ready(api)
+        r = api.post("/v1/samples", files={"file": ("copy.jpg", jpeg(original), "image/jpeg")}, data={"label": "ants"})
+        assert r.status_code == 201, r.text
+        want = "train" if fraction > 0.5 else "holdout"
+        assert (r.json()["split"], r.json()["split_reason"]) == (want, f"near-duplicate of base:{original.name}")
+        server.stop()

@@ -212,8 +212,7 @@ def test_near_duplicates_of_holdout_images_stay_holdout(tmp_path: Path) -> None:
     base = Image.effect_noise((64, 64), 40).convert("RGB")
     held = tmp_path / "holdout.png"
     held.write_bytes(encode(base, "PNG"))
-    holdout_hash = fingerprint(held.read_bytes()).phash
-    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(holdout_hash, held)])
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_files=lambda: {"holdout": [held]})
     copy = encode(base, "JPEG", quality=70)  # re-encoded: other bytes, other pixels, the same picture
     stored = intake.accept([Upload("copy.jpg", copy)], ["ants"], True)[0]
     assert stored.split == "holdout", "a near-duplicate of a holdout image never reaches training"
@@ -255,7 +254,7 @@ def test_a_different_picture_that_looks_alike_is_not_pinned_to_the_holdout(tmp_p
     la, lb = likeness(_decode(held.read_bytes())), likeness(_decode(other))
     assert coarse_similarity(la, lb) > 0.7, "retrieval finds it as a candidate"
     assert not compare(la, lb).same, "the detail says different"
-    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(a.phash, held)])
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_files=lambda: {"holdout": [held]})
     first = intake.accept([Upload("other.png", other)], ["ants"], True)[0]
     assert first.split == "train" and first.split_reason == "hash split"
     again = intake.accept([Upload("again.png", _gradient_with_checks(0) + b"\x00")], ["ants"], True)[0]
@@ -269,7 +268,7 @@ def test_altered_copies_of_a_holdout_picture_are_pinned_and_say_so(tmp_path: Pat
 
     held = tmp_path / "held.png"
     held.write_bytes(photo(7))
-    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: [(0, held)])
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_files=lambda: {"holdout": [held]})
     original = _decode(photo(7))
     w, h = original.size
     copies = {
@@ -324,8 +323,8 @@ def test_on_fashion_mnist_copies_are_pinned_and_other_garments_are_not(tmp_path:
         path = tmp_path / "base" / f"{k}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png(Image.fromarray(x, mode="L")))
-        held.append((0, path))
-    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_holdout_prints=lambda: held)
+        held.append(path)
+    intake = make_intake(tmp_path, holdout_fraction=0.0001, base_files=lambda: {"holdout": held})
     pinned = 0
     for k, x in enumerate(pixels[:20]):
         img = Image.fromarray(x, mode="L")
@@ -375,7 +374,7 @@ def test_a_copy_of_a_base_training_picture_stays_in_training(tmp_path: Path) -> 
     base = Image.effect_noise((64, 64), 40).convert("RGB")
     trained = tmp_path / "trained.png"
     trained.write_bytes(encode(base, "PNG"))
-    intake = make_intake(tmp_path, holdout_fraction=0.9999, base_train_files=lambda: [trained])
+    intake = make_intake(tmp_path, holdout_fraction=0.9999, base_files=lambda: {"train": [trained]})
     copy = intake.accept([Upload("copy.jpg", encode(base, "JPEG", quality=70))], ["ants"], True)[0]
     assert (copy.split, copy.split_reason) == ("train", "near-duplicate of base:trained.png")
     other = encode(Image.effect_noise((64, 64), 40).convert("RGB"), "PNG")
