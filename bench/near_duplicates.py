@@ -13,7 +13,9 @@ installs) and the ants/bees photos in ``../shared`` (skipped with a note when ab
   push the share above the configured fraction. Pins are not added back to the index here (the admin adds
   them; ``bench/scale.py`` measures that), so one stream gives every threshold.
 
-For each residual threshold it reports recall per alteration and the holdout share. Not a timed test.
+For each residual threshold (at the default correlation floor) and each correlation floor (at the default
+residual) it reports recall per alteration and the holdout share, and the least aligned correlation of a copy
+with its own original. Not a timed test.
 
     .venv/bin/python bench/near_duplicates.py --json bench/results/near_duplicates.json
 """
@@ -41,6 +43,7 @@ from graft.core.likeness import (
     RETRIEVE_TOP,
     SAME_PICTURE_CORRELATION,
     SAME_PICTURE_RESIDUAL,
+    Comparison,
     Likeness,
     LikenessIndex,
     likeness,
@@ -49,6 +52,9 @@ from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 log = logging.getLogger("bench.near_duplicates")
 THRESHOLDS = (4.0, 5.0, SAME_PICTURE_RESIDUAL, 7.0, 8.0, 10.0)
+# Correlation floors tried at the default residual: a low-contrast look-alike can have a small residual (its grey
+# levels vary little), so the floor is what keeps it out.
+FLOORS = tuple(sorted({0.95, 0.96, 0.97, 0.975, 0.98, SAME_PICTURE_CORRELATION}))
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 
 
@@ -67,13 +73,20 @@ ALTERATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-def best_residual(index: LikenessIndex, look: Likeness) -> tuple[float, str | None]:
+def best_residual(
+    matches: list[tuple[str, Comparison]], floor: float = SAME_PICTURE_CORRELATION
+) -> tuple[float, str | None]:
     """The smallest residual among the retrieved candidates that pass the correlation floor (inf if none)."""
     best, key = float("inf"), None
-    for k, c in index.comparisons(look):
-        if c.correlation >= SAME_PICTURE_CORRELATION and c.residual < best:
+    for k, c in matches:
+        if c.correlation >= floor and c.residual < best:
             best, key = c.residual, k
     return best, key
+
+
+def pinned_at_floors(matches: list[list[tuple[str, Comparison]]]) -> dict[str, int]:
+    """How many of these would be pinned at each correlation floor, at the default residual."""
+    return {f"floor{f:g}": sum(best_residual(m, f)[0] <= SAME_PICTURE_RESIDUAL for m in matches) for f in FLOORS}
 
 
 def retrieval_margin(index: LikenessIndex, looks: list[Likeness], originals: list[int]) -> dict[str, float]:
@@ -92,25 +105,30 @@ def recall(index: LikenessIndex, held: dict[str, Image.Image]) -> dict[str, dict
     out: dict[str, dict[str, float]] = {}
     for name, alter in ALTERATIONS.items():
         looks = [likeness(alter(img)) for img in held.values()]
-        found = [best_residual(index, look) for look in looks]
+        matches = [list(index.comparisons(look)) for look in looks]
+        found = [best_residual(m) for m in matches]
         res = np.array([r for r, _ in found])
         row = {f"{t:g}": round(float((res <= t).mean()), 4) for t in THRESHOLDS}
         row["twin_is_original"] = round(float(np.mean([k == key for (_, k), key in zip(found, held, strict=True)])), 4)
         row.update(retrieval_margin(index, looks, [int(k) for k in held]))
+        row.update({k: round(v / len(looks), 4) for k, v in pinned_at_floors(matches).items()})
+        own = [c.correlation for m, key in zip(matches, held, strict=True) for k, c in m if k == key]
+        row["original_correlation_min"] = round(min(own), 4) if own else float("nan")
         out[name] = row
         log.info("recall %s: %s", name, row)
     return out
 
 
 def holdout_share(index: LikenessIndex, stream: list[Image.Image], keys: list[bytes], fraction: float) -> dict:
-    by_hash, residuals, started = 0, [], time.perf_counter()
+    by_hash, residuals, started, matched = 0, [], time.perf_counter(), []
     for i, img in enumerate(stream):
         look = likeness(img)
         if int(hashlib.sha256(keys[i]).hexdigest()[:8], 16) / 0x1_0000_0000 < fraction:
             index.add(f"s{i}", look)
             by_hash += 1
         else:
-            residuals.append(best_residual(index, look)[0])
+            matched.append(list(index.comparisons(look)))
+            residuals.append(best_residual(matched[-1])[0])
     ms = 1000 * (time.perf_counter() - started) / len(stream)
     res = np.array(residuals)
     out: dict[str, object] = {"n": len(stream), "hash_split": by_hash, "holdout_at_end": len(index),
@@ -118,6 +136,8 @@ def holdout_share(index: LikenessIndex, stream: list[Image.Image], keys: list[by
     for t in THRESHOLDS:
         pinned = int((res <= t).sum())
         out[f"{t:g}"] = {"pinned": pinned, "share": round((by_hash + pinned) / len(stream), 4)}
+    for key, pinned in pinned_at_floors(matched).items():
+        out[key] = {"pinned": pinned, "share": round((by_hash + pinned) / len(stream), 4)}
     return out
 
 
