@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,18 @@ class FeatureStore:
         tmp.rename(self.folder / chunk)
         return chunk
 
-    def prune(self) -> int:
+    def prune(self, removed: Collection[Path] | None = None) -> int:
         """Drop the rows of images that are gone or changed since they were kept; a chunk that held one is written
-        again with its live rows only, so an erased picture's features leave the disk. Returns the rows dropped."""
-        dead = {k for k in self.index if file_key(Path(k.rsplit("|", 2)[0])) != k}
+        again with its live rows only, so an erased picture's features leave the disk. Returns the rows dropped.
+
+        ``removed``: the files just deleted (resolved paths), when the caller knows them: only their rows are
+        dropped, without a look at every other kept file (a delete at 20,000 kept images is then one chunk's
+        rewrite, not 20,000 file checks)."""
+        if removed is not None:
+            gone = {str(p) for p in removed}
+            dead = {k for k in self.index if k.rsplit("|", 2)[0] in gone}
+        else:
+            dead = {k for k in self.index if file_key(Path(k.rsplit("|", 2)[0])) != k}
         if not dead:
             return 0
         try:
@@ -123,10 +131,11 @@ def retire_old_stores(root: Path, used: Path, keep: int = KEEP_STORES) -> list[P
     return gone
 
 
-def prune_stores(root: Path) -> int:
-    """:meth:`FeatureStore.prune` every store under ``root`` (after sample files were deleted): rows dropped."""
+def prune_stores(root: Path, removed: Collection[Path] | None = None) -> int:
+    """:meth:`FeatureStore.prune` every store under ``root`` (after sample files were deleted; ``removed``: which, when
+    known): rows dropped."""
     try:
         folders = [d for d in root.iterdir() if d.is_dir()]
     except OSError:
         return 0
-    return sum(FeatureStore(d).prune() for d in folders)
+    return sum(FeatureStore(d).prune(removed) for d in folders)

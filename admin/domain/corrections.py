@@ -17,8 +17,9 @@ a correction that fails changes nothing and the trail never disagrees with the d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from admin.domain.captures import CaptureIndex
@@ -83,7 +84,7 @@ class Corrections:
         self.in_service = in_service  # the labels of the model in service
         self.on_change = on_change  # the labels whose counts changed (the metrics follow)
         # Sample files were deleted: what was derived from them goes too (the service prunes the frozen features).
-        self.on_files_removed: Callable[[], None] = lambda: None
+        self.on_files_removed: Callable[[Sequence[Path]], None] = lambda paths: None
 
     # ------------------------------------------------------------------ samples
     def sample(self, sample_id: str) -> SampleMeta:
@@ -159,8 +160,8 @@ class Corrections:
         if active is not None:
             return f"kept until job {active} ends (a running job reads the files of its snapshot)"
         if removed:
-            log.info("removed the files of %d deleted sample(s)", removed)
-            self.on_files_removed()
+            log.info("removed the files of %d deleted sample(s)", len(removed))
+            self.on_files_removed(removed)
         return "deleted"
 
     # ------------------------------------------------------------------ labels

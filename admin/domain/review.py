@@ -60,7 +60,7 @@ class ReviewQueue:
         self.audit = audit
         # The labels whose sample counts an erasure changed (the service refreshes its gauges).
         self.on_samples_removed: Callable[[list[str]], None] = lambda labels: None
-        self.on_files_removed: Callable[[], None] = lambda: None  # sample files deleted (see Corrections)
+        self.on_files_removed: Callable[[Sequence[Path]], None] = lambda paths: None  # see Corrections
 
     def _record(self, actor: Actor, action: str, capture_id: str, **detail: Any) -> int | None:
         return self.audit.record(actor, action, capture_id, **detail) if self.audit is not None else None
@@ -184,7 +184,7 @@ class ReviewQueue:
             removed, active = self.index.samples.sweep_trash()
             files = f"kept until job {active} ends (it is reading them)" if active is not None else "deleted"
             if removed:
-                self.on_files_removed()
+                self.on_files_removed(removed)
             log.info("capture %s erased with %d stored sample(s) of the same picture: %s", row.id, len(samples),
                      ", ".join(s.id for s in samples))  # fmt: skip
         return Erasure(erased, samples, files, audit_id)

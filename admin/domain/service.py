@@ -302,8 +302,8 @@ class AdminService:
     def _start_job(self, trigger: str) -> object:
         return self.jobs.start(RetrainRequest(), trigger=trigger)
 
-    def _prune_frozen_features(self) -> None:
-        dropped = prune_stores(self.settings.state_dir / FROZEN_FEATURES)
+    def _prune_frozen_features(self, removed: Sequence[Path]) -> None:
+        dropped = prune_stores(self.settings.state_dir / FROZEN_FEATURES, removed)
         if dropped:
             log.info("frozen features of %d deleted image(s) removed", dropped)
 

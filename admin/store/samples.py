@@ -259,20 +259,22 @@ class SampleStore:
         """Every sample of ``old`` is ``new`` from now on; how many."""
         return self.db.execute("UPDATE samples SET label = ? WHERE label = ?", (new, old))
 
-    def sweep_trash(self) -> tuple[int, str | None]:
-        """Remove the files of deleted samples, unless a job is active: (files removed, the active job's id).
+    def sweep_trash(self) -> tuple[list[Path], str | None]:
+        """Remove the files of deleted samples, unless a job is active: (the files removed, resolved; the active
+        job's id).
 
         Under the database's lock, so no job starts (and snapshots) meanwhile and no upload of the same bytes
         slips in between the check and the unlink; a file whose bytes were stored again since stays."""
-        removed = 0
+        removed: list[Path] = []
         with self.db.tx() as conn:
             active = conn.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')").fetchone()
             if active is not None:
-                return 0, str(active["id"])
+                return [], str(active["id"])
             for row in conn.execute("SELECT path, sample_id FROM trash").fetchall():
                 if conn.execute("SELECT 1 FROM samples WHERE sha256 = ?", (row["sample_id"],)).fetchone() is None:
-                    (self.root / row["path"]).unlink(missing_ok=True)
-                    removed += 1
+                    path = (self.root / row["path"]).resolve()
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
                 conn.execute("DELETE FROM trash WHERE path = ?", (row["path"],))
         return removed, None
 

@@ -217,3 +217,24 @@ def test_pruning_rewrites_every_chunk_that_held_a_gone_image(tmp_path: Path) -> 
     chunks = sorted(p.name for p in store.folder.glob("chunk-*.npy"))
     assert len(chunks) == 3 and third in chunks
     assert sorted(len(np.load(store.folder / c)) for c in chunks) == [1, 1, 2]
+
+
+def test_pruning_the_files_just_deleted_drops_their_rows_alone(tmp_path: Path) -> None:
+    """When the admin knows which files it deleted, only their rows go: the other kept files are not looked at (a
+    file changed meanwhile keeps its stale row until the next evaluation's full pruning drops it)."""
+    import numpy as np
+
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 10)
+    store = feature_store.FeatureStore(tmp_path / "store")
+    store.add([str(file_key(f)) for f in files], np.arange(3, dtype=np.float32)[:, None])
+    stale = str(file_key(files[2]))
+    files[0].unlink()
+    files[2].write_bytes(b"another picture")
+    assert feature_store.prune_stores(tmp_path, [files[0].resolve()]) == 1
+    kept = feature_store.FeatureStore(store.folder)
+    assert sorted(kept.index) == sorted([str(file_key(files[1])), stale])
+    assert [float(kept.get(k)[0]) for k in sorted(kept.index)] == [1.0, 2.0]
+    assert feature_store.FeatureStore(store.folder).prune() == 1  # the full pruning: the changed file's row
+    assert list(feature_store.FeatureStore(store.folder).index) == [str(file_key(files[1]))]
