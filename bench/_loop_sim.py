@@ -31,7 +31,7 @@ from admin.domain.judge import default_evaluate
 from admin.domain.labels import LabelSet
 from admin.domain.paired import mcnemar_exact
 from admin.domain.recipe import RetrainRequest, build_train_config
-from admin.domain.samples import SampleIntake, Upload
+from admin.domain.samples import SampleIntake, Upload, base_files_by_split
 from admin.domain.snapshot import base_items, take_snapshot, write_snapshot
 from admin.store.db import Database
 from admin.store.labels import LabelStore
@@ -113,9 +113,8 @@ class Loop:
             self.labels.resolve(label, may_add=True)
         self.fraction = fraction
         self.base_items = base_items(self.base, None, fraction)
-        holdout_base = [(0, i.path) for i in self.base_items if i.split == "holdout"]
-        self.intake = SampleIntake(self.store, self.labels, fraction, 50_000_000, 2_000_000_000,
-                                   lambda: holdout_base)  # fmt: skip
+        base = base_files_by_split(self.base_items)  # one object: the intake indexes it once, as the admin's
+        self.intake = SampleIntake(self.store, self.labels, fraction, 50_000_000, 2_000_000_000, lambda: base)
         self._preds: dict[tuple[Path, Path], str | None] = {}
         self._truth: dict[Path, float] = {}
         self.uploaded = self.pinned = self.held = 0

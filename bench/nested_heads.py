@@ -27,6 +27,7 @@ truth could call real at 5%.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -48,6 +49,7 @@ from bench._models import SHARED, WEIGHTS
 from bench._runs import machine
 from graft.core.transforms import eval_transform
 from graft.core.zoo import create_model, find_head
+from training.data import class_weights
 from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 log = logging.getLogger("bench.nested_heads")
@@ -56,13 +58,19 @@ SEEDS, EPOCHS, BATCH, LR, WD, DROPOUT, VAL = 5, 15, 32, 3e-3, 1e-4, 0.2, 0.2
 
 
 # ---------------------------------------------------------------------------------------------------- features
-def _features(images: list[Image.Image]) -> torch.Tensor:
+@functools.cache
+def _backbone() -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor]]:
+    """MobileNetV2 with the shared weights, its head replaced by the identity, and its evaluation transform: built
+    once for every domain."""
     model, pre, _ = create_model("mobilenet_v2", 2, weights=str(WEIGHTS))
     name, _ = find_head(model)
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, torch.nn.Identity())
-    model.eval()
-    tf = eval_transform(pre)
+    return model.eval(), eval_transform(pre)
+
+
+def _features(images: list[Image.Image]) -> torch.Tensor:
+    model, tf = _backbone()
     with torch.no_grad():
         return torch.cat([model(torch.stack([tf(im.convert("RGB")) for im in images[i : i + 64]]))
                           for i in range(0, len(images), 64)])  # fmt: skip
@@ -90,17 +98,12 @@ def fashion(pool: int, truth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 # ---------------------------------------------------------------------------------------------------- learners
-def _weights(y: torch.Tensor, classes: int) -> torch.Tensor:
-    n = torch.bincount(y, minlength=classes).float()
-    return n.sum() / (classes * n.clamp(min=1))
-
-
 def lbfgs(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-2) -> Head:
     w = torch.zeros(classes, x.shape[1], requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
                             line_search_fn="strong_wolfe")  # fmt: skip
-    cw = _weights(y, classes)
+    cw = class_weights(y.tolist(), classes)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -128,7 +131,7 @@ def _adamw_one(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    cw, best, best_key = _weights(y, classes), None, (-1.0, 0.0)
+    cw, best, best_key = class_weights(y.tolist(), classes), None, (-1.0, 0.0)
     for _ in range(EPOCHS):
         for idx in torch.randperm(len(x), generator=gen).split(BATCH):
             loss = torch.nn.functional.cross_entropy(

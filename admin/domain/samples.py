@@ -16,7 +16,7 @@ where it did (``split_reason``: "hash split", or "near-duplicate of <id>" on its
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,12 +26,22 @@ from admin.store.samples import NewSample, SampleStore, conflict_message, conten
 from graft.core.errors import ConflictError, GraftError, InvalidSampleError, TooManyPixelsError
 from graft.core.images import Fingerprint, fingerprint_decoded, open_image
 from graft.core.likeness import Likeness, LikenessIndex, likeness
+from graft.core.manifest import Item
 
 # Kept for the capture queue's coarse collapsing (admin/domain/captures.py): dHash bits of "the same picture".
 NEAR_DUPLICATE_BITS = 6
 # The base data's image files per split (the same object while the base data is unchanged): indexed like samples.
 BaseFiles = Mapping[SampleSplit, Sequence[Path]]
 HASH_SPLIT = "hash split"
+
+
+def base_files_by_split(items: Iterable[Item]) -> dict[SampleSplit, list[Path]]:
+    """The base data's files as the intake indexes them: its holdout, and everything else as training (the base's
+    validation images are the holdout; see ``admin.domain.snapshot.base_items``)."""
+    files: dict[SampleSplit, list[Path]] = {"holdout": [], "train": []}
+    for item in items:
+        files["holdout" if item.split == "holdout" else "train"].append(item.path)
+    return files
 
 
 # (capture id, when) of the erasure an image's fingerprint falls under, or None (CaptureIndex.erasure_of).

@@ -24,7 +24,7 @@ from admin.domain.judge import FROZEN_FEATURES
 from admin.domain.labels import LabelSet
 from admin.domain.promotion import ExportFn, Promoter, default_export
 from admin.domain.recipe import RetrainRequest
-from admin.domain.samples import SampleIntake, Upload
+from admin.domain.samples import SampleIntake, Upload, base_files_by_split
 from admin.domain.snapshot import base_items
 from admin.domain.undo import ReviewUndo
 from admin.metrics import AdminMetrics
@@ -314,10 +314,7 @@ class AdminService:
         with self._base_lock:
             if self._base_files_of is None or self._base_files_of[0] != self.base:
                 items = base_items(self.base.data, self.base.manifest, self.settings.holdout_fraction)
-                files: dict[SampleSplit, list[Path]] = {"holdout": [], "train": []}
-                for item in items:
-                    files["holdout" if item.split == "holdout" else "train"].append(item.path)
-                self._base_files_of = (self.base, files)
+                self._base_files_of = (self.base, base_files_by_split(items))
             return self._base_files_of[1]
 
     def _refresh_sample_gauges(self, changed: Iterable[str] = ()) -> None:
