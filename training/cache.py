@@ -36,6 +36,13 @@ class Cached:
     train_targets: torch.Tensor
     val: torch.Tensor
     val_targets: torch.Tensor
+    _pooled: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training and validation tensors together, with their targets (a refit trains on both)."""
+        if self._pooled is None:
+            self._pooled = torch.cat([self.train, self.val]), torch.cat([self.train_targets, self.val_targets])
+        return self._pooled
 
 
 class FeatureCaches:

@@ -70,6 +70,10 @@ class TrainConfig(BaseModel):
         5, ge=1, le=20, description="a head-only recipe on the feature cache trains the head from N seeds and "
         "keeps their average, one model (1 = one seed)",
     )  # fmt: skip
+    refit: bool = Field(
+        True, description="after the validation split has chosen the epochs (and the depth), a head-only recipe on "
+        "the feature cache trains its head again on training and validation images together",
+    )  # fmt: skip
     augment: bool = Field(False, description="random resized crops and flips (turns the feature cache off)")
     feature_cache: bool = Field(True, description="run frozen stages once per image (off: the whole network)")
     background: str | None = Field(

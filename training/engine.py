@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core.util import utc_now
-from training import seeds
+from training import refit, seeds
 from training.config import TrainConfig
 from training.distributed import check_fits, plan_for, quiet_other_ranks, rank_config
 from training.runtime import init_runtime, seed_everything, shutdown_runtime
@@ -104,7 +104,9 @@ def fit(cfg: TrainConfig) -> FitResult:
             phases, auto = _train(trainer.cfg, trainer)
             trainer.model.load_state_dict(trainer.best.state)
             trainer.soup = seeds.average_heads(trainer, phases[-1], head)
-            # The best epoch's validation pass already holds every prediction the report needs.
+            trainer.refit = refit.refit_head(trainer, phases[-1], head, trainer.soup)
+            # The best epoch's validation pass already holds every prediction the report needs (after a refit:
+            # the selection run's, which is all the validation images can still grade).
             final = trainer.best.val
             wall = time.perf_counter() - t0
             metrics = {}

@@ -43,6 +43,8 @@ def _recipe(cfg: TrainConfig, trainer: Trainer, phases: list[Phase], auto: dict[
     ]
     if trainer.soup is not None:
         recipe["head_seeds_averaged"] = trainer.soup
+    if trainer.refit is not None:
+        recipe["refitted"] = trainer.refit
     if trainer.distributed is not None:
         recipe["distributed"] = trainer.distributed
     recipe["pretrained"] = {"source": trainer.start.report.source, "dropped_head_keys": trainer.start.report.dropped}

@@ -64,16 +64,17 @@ def average_heads(trainer: Trainer, phase: Phase, start: dict[str, torch.Tensor]
         log.info("head seeds: not averaged (%s)", why)
         return None
     first = trainer.best
-    states, scores = [_head_state(first, start)], [first.accuracy]
+    states, scores, epochs = [_head_state(first, start)], [first.accuracy], [first.epoch]
     history, epoch = trainer.history, trainer.epoch
     trainer.total_epochs += (cfg.head_seeds - 1) * phase.epochs
     for k in range(1, cfg.head_seeds):
-        _restart(trainer, start, cfg.seed + k, fresh=cfg.init_from is None)
+        restart(trainer, start, cfg.seed + k, fresh=cfg.init_from is None)
         trainer.run_phase(phase)
         states.append(_head_state(trainer.best, start))
         scores.append(trainer.best.accuracy)
+        epochs.append(trainer.best.epoch)
     trainer.shuffle_seed = cfg.seed
-    trainer.model.load_state_dict({**first.state, **_mean(states)})
+    trainer.model.load_state_dict({**first.state, **mean_state(states)})
     val = _validate(trainer, phase)
     best = Best()
     best.update(first.epoch, val, trainer.model)
@@ -85,6 +86,7 @@ def average_heads(trainer: Trainer, phase: Phase, start: dict[str, torch.Tensor]
     return {
         "seeds": [cfg.seed + k for k in range(cfg.head_seeds)],
         "val_accuracy": [round(s, 6) for s in scores],
+        "best_epochs": epochs,
         "averaged_val_accuracy": round(val.accuracy, 6),
         "averaged_val_loss": round(val.loss, 6),
     }
@@ -94,7 +96,7 @@ def _head_state(best: Best, start: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {k: best.state[k] for k in start}
 
 
-def _mean(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     out = {}
     for key, first in states[0].items():
         if first.is_floating_point():
@@ -104,7 +106,7 @@ def _mean(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _restart(trainer: Trainer, start: dict[str, torch.Tensor], seed: int, fresh: bool) -> None:
+def restart(trainer: Trainer, start: dict[str, torch.Tensor], seed: int, fresh: bool) -> None:
     """The head as it was before training, a new random output layer unless warm-started, new batch order."""
     trainer.model.load_state_dict(start, strict=False)
     seed_everything(seed)

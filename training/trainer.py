@@ -36,6 +36,10 @@ class Phase:
     epochs: int
     cached: bool = False
     groups: list[GroupSpec] = field(default_factory=list)
+    # A refit (training/refit.py): train on the training and validation tensors together, and stop after
+    # ``stop_after`` epochs of the ``epochs``-long schedule, with no early stopping.
+    pooled: bool = False
+    stop_after: int | None = None
 
 
 class Best:
@@ -125,6 +129,7 @@ class Trainer:
         self.shuffle_seed = cfg.seed  # the batch order's seed (training/seeds.py gives each head its own)
         self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
         self.soup: dict[str, Any] | None = None  # several heads averaged (training/seeds.py): the evidence
+        self.refit: dict[str, Any] | None = None  # the head trained again on every image (training/refit.py)
         self.distributed: dict[str, Any] | None = None  # how the run mapped onto torchrun's ranks (model.json)
 
         def plain_loaders() -> tuple[DataLoader, DataLoader]:
@@ -166,21 +171,21 @@ class Trainer:
         if rt.distributed:
             train_module = DDP(train_module, device_ids=[rt.device.index] if rt.cuda else None)
         stale = 0
-        for _ in range(phase.epochs):
+        for _ in range(phase.stop_after or phase.epochs):
             self.epoch += 1
             self.epochs_done += 1
             tr, va = self._epoch(phase, train_module, opt, sched)
             improved = self.best.update(self.epoch, va, self.model)
             self._record(phase, tr, va, opt, improved)
             stale = 0 if improved else stale + 1
-            if cfg.patience and stale >= cfg.patience:
+            if cfg.patience and stale >= cfg.patience and phase.stop_after is None:
                 log.info("early stopping: no improvement for %d epochs", stale)
                 break
 
     def _steps_per_epoch(self, phase: Phase) -> int:
         cached = self.cache(phase)
         if cached:
-            n = len(cached.train)
+            n = len(cached.pooled()[0]) if phase.pooled else len(cached.train)
             return max(1, math.ceil(n / self.rt.world_size / self.cfg.batch_size))
         return max(1, len(self.train_loader))
 
@@ -192,7 +197,8 @@ class Trainer:
 
         cached = self.cache(phase)
         if cached:
-            split, ftr, ytr, fva, yva = cached.split, cached.train, cached.train_targets, cached.val, cached.val_targets
+            split, fva, yva = cached.split, cached.val, cached.val_targets
+            ftr, ytr = cached.pooled() if phase.pooled else (cached.train, cached.train_targets)
             g = torch.Generator().manual_seed(self.shuffle_seed * 1000 + self.epoch)
             weights = None
             if cfg.balance == "sampler":

@@ -84,6 +84,7 @@ def model_view(
         "promoted_at": view.promoted_at, "created_at": m.created_at, "source": m.source, "labels": m.labels,
         "holdout_accuracy": holdout.get("accuracy"), "holdout_n": holdout.get("n"),
         "val_accuracy": training.get("val_accuracy") or training.get("best_val_accuracy"),
+        "refitted": m.recipe.get("refitted") if isinstance(m.recipe.get("refitted"), dict) else None,
         "per_class": holdout.get("per_class") or {}, "replay": m.metrics.get("replay"),
         "lineage": m.lineage, "recipe": m.recipe, "parent": m.parent_version, "job_id": m.job_id,
         "dataset_digest": m.dataset_digest, "num_train": m.num_train, "num_holdout": m.num_holdout,

@@ -73,7 +73,7 @@ def test_artifact_round_trips_to_the_same_predictions(pretrained_run, hymenopter
 def test_feature_cache_gives_the_same_result_as_the_full_forward(hymenoptera: Path, tmp_path: Path) -> None:
     # Full-batch training makes the two paths see identical gradients (ResNet-18's head has no dropout).
     common = {"backbone": "resnet18", "weights": "none", "max_per_class": 6, "epochs": 3, "batch_size": 64, "lr": 0.05,
-              "head_seeds": 1}  # several seeds are averaged on the cache only (training/seeds.py)
+              "head_seeds": 1, "refit": False}  # seeds and the refit run on the cache only (seeds.py, refit.py)
     cached = fit(_cfg(tmp_path / "a", hymenoptera, **common))
     full = fit(_cfg(tmp_path / "b", hymenoptera, feature_cache=False, **common))
     assert cached.used_feature_cache and not full.used_feature_cache
