@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -36,7 +36,7 @@ class Cached:
     train_targets: torch.Tensor
     val: torch.Tensor
     val_targets: torch.Tensor
-    _pooled: tuple[torch.Tensor, torch.Tensor] | None = None
+    _pooled: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and validation tensors together, with their targets (a refit trains on both)."""

@@ -63,20 +63,22 @@ def refit_head(
     cfg = trainer.cfg
     seeds = soup["seeds"] if soup else [cfg.seed]
     epochs = soup["best_epochs"] if soup else [trainer.best.epoch]
-    selected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     kept = trainer.best, trainer.history, trainer.epoch
     trainer.total_epochs += sum(epochs)
-    pooled = dataclasses.replace(phase, name=f"{phase.name}-refit", pooled=True)
     states = []
     for seed, stop in zip(seeds, epochs, strict=True):
         restart(trainer, start, seed, fresh=cfg.init_from is None)
-        trainer.run_phase(dataclasses.replace(pooled, stop_after=max(1, stop)))
+        refit = dataclasses.replace(phase, name=f"{phase.name}-refit", pooled=True, stop_after=max(1, stop))
+        trainer.run_phase(refit)
         now = trainer.model.state_dict()
         states.append({k: now[k].detach().cpu().clone() for k in start})
     trainer.shuffle_seed = cfg.seed
-    trainer.model.load_state_dict({**selected, **mean_state(states)})
+    # Only the head trained (a head-only plan): the rest of the model is still the selected one.
+    trainer.model.load_state_dict(mean_state(states), strict=False)
     trainer.best, trainer.history, trainer.epoch = kept
-    images = len(trainer.cache(phase).pooled()[0])  # type: ignore[union-attr]  # applies() checked the cache
+    cached = trainer.cache(phase)
+    assert cached is not None  # applies() checked the phase runs on the cache
+    images = len(cached.train) + len(cached.val)
     log.info("refit: %d head(s) trained again on %d training and validation images for %s epochs, averaged",
              len(states), images, ", ".join(map(str, epochs)))  # fmt: skip
     return {

@@ -175,7 +175,8 @@ class Trainer:
             self.epoch += 1
             self.epochs_done += 1
             tr, va = self._epoch(phase, train_module, opt, sched)
-            improved = self.best.update(self.epoch, va, self.model)
+            # A refit keeps its last epoch: its validation images are training images, nothing to select on.
+            improved = phase.stop_after is None and self.best.update(self.epoch, va, self.model)
             self._record(phase, tr, va, opt, improved)
             stale = 0 if improved else stale + 1
             if cfg.patience and stale >= cfg.patience and phase.stop_after is None:
