@@ -16,6 +16,10 @@ Learners (features are computed once; each head is a linear layer):
 * ``adamw-all``: the same without a validation split: every image trains and all 15 epochs are kept.
 * ``rounds-average``: ``adamw``, but each set's head is the average of its own and every smaller set's head (for
   linear heads on the same features, a logit ensemble across rounds).
+* ``focal-distill``: ``adamw-all`` plus focal distillation from the previous set's head (the champion), as in
+  positive-congruent training (Yan et al., CVPR 2021): on the training images the champion got right, the new head
+  is also pulled towards the champion's softened outputs (KL at temperature 2, weight 1), so it keeps what the
+  champion knew unless the labels say otherwise. The first set has no champion and trains as ``adamw-all``.
 
 ``lbfgs`` is the baseline every other row is compared with, in the same run. Each lost step is also tested on
 truth itself (exact McNemar, two-sided, on the images only one of the two heads got right): how many of the losses
@@ -55,6 +59,8 @@ from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 log = logging.getLogger("bench.nested_heads")
 Head = dict[str, torch.Tensor]
 SEEDS, EPOCHS, BATCH, LR, WD, DROPOUT, VAL = 5, 15, 32, 3e-3, 1e-4, 0.2, 0.2
+KD_WEIGHT, KD_T = 1.0, 2.0
+LEARNERS = ("lbfgs", "adamw", "adamw-all", "rounds-average", "focal-distill")
 
 
 # ---------------------------------------------------------------------------------------------------- features
@@ -115,8 +121,22 @@ def lbfgs(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-2) -> H
     return {"weight": w.detach(), "bias": b.detach()}
 
 
+def _distill(out: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Focal distillation: KL from the champion's softened outputs, on the images the champion got right only."""
+    keep = (teacher.argmax(1) == y).float()
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(out / KD_T, 1), torch.log_softmax(teacher / KD_T, 1), reduction="none", log_target=True
+    ).sum(1)
+    return KD_WEIGHT * KD_T**2 * (keep * kl).mean()
+
+
 def _adamw_one(
-    x: torch.Tensor, y: torch.Tensor, classes: int, seed: int, val: tuple[torch.Tensor, torch.Tensor] | None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    seed: int,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    teacher: torch.Tensor | None = None,
 ) -> Head:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -134,9 +154,10 @@ def _adamw_one(
     cw, best, best_key = class_weights(y.tolist(), classes), None, (-1.0, 0.0)
     for _ in range(EPOCHS):
         for idx in torch.randperm(len(x), generator=gen).split(BATCH):
-            loss = torch.nn.functional.cross_entropy(
-                head(torch.nn.functional.dropout(x[idx], DROPOUT)), y[idx], weight=cw
-            )
+            out = head(torch.nn.functional.dropout(x[idx], DROPOUT))
+            loss = torch.nn.functional.cross_entropy(out, y[idx], weight=cw)
+            if teacher is not None:
+                loss = loss + _distill(out, teacher[idx], y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -163,9 +184,12 @@ def _val_split(idx: torch.Tensor, y: torch.Tensor, rank: torch.Tensor) -> torch.
     return mask
 
 
-def adamw(x: torch.Tensor, y: torch.Tensor, classes: int, split: torch.Tensor | None) -> Head:
+def adamw(
+    x: torch.Tensor, y: torch.Tensor, classes: int, split: torch.Tensor | None, champion: Head | None = None
+) -> Head:
     if split is None:
-        heads = [_adamw_one(x, y, classes, s, None) for s in range(SEEDS)]
+        teacher = None if champion is None else (x @ champion["weight"].T + champion["bias"]).detach()
+        heads = [_adamw_one(x, y, classes, s, None, teacher) for s in range(SEEDS)]
     else:
         heads = [_adamw_one(x[~split], y[~split], classes, s, (x[split], y[split])) for s in range(SEEDS)]
     return average(heads)
@@ -181,23 +205,49 @@ def correct(head: Head, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- the study
-def run(data: tuple[torch.Tensor, ...], sizes: list[int], orders: int) -> dict[str, Any]:
+def _chain_distill(x: torch.Tensor, y: torch.Tensor, classes: int, sets: list[torch.Tensor]) -> list[Head]:
+    heads: list[Head] = []
+    for i in sets:
+        heads.append(adamw(x[i], y[i], classes, None, heads[-1] if heads else None))
+    return heads
+
+
+def _fit(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    sets: list[torch.Tensor],
+    rank: torch.Tensor,
+    fitted: dict[str, list[Head]],
+) -> list[Head]:
+    """One learner's heads for every set of a chain (``rounds-average`` reuses ``adamw``'s when it ran)."""
+    if name == "lbfgs":
+        return [lbfgs(x[i], y[i], classes) for i in sets]
+    if name == "adamw":
+        return [adamw(x[i], y[i], classes, _val_split(i, y, rank)) for i in sets]
+    if name == "adamw-all":
+        return [adamw(x[i], y[i], classes, None) for i in sets]
+    if name == "rounds-average":
+        base = fitted.get("adamw") or _fit("adamw", x, y, classes, sets, rank, fitted)
+        return [average(base[: k + 1]) for k in range(len(sets))]
+    return _chain_distill(x, y, classes, sets)
+
+
+def run(data: tuple[torch.Tensor, ...], sizes: list[int], orders: int, learners: list[str]) -> dict[str, Any]:
     x, y, tx, ty = data
     classes = int(y.max()) + 1
     rank = torch.from_numpy(np.random.default_rng(1234).random(len(x)))
-    right: dict[str, list[list[torch.Tensor]]] = {k: [] for k in ("lbfgs", "adamw", "adamw-all", "rounds-average")}
+    right: dict[str, list[list[torch.Tensor]]] = {k: [] for k in learners}
     for order in range(orders):
         rng = np.random.default_rng(100 + order)
         perm = [torch.from_numpy(rng.permutation((y == c).nonzero().flatten().numpy())) for c in range(classes)]
         sets = [torch.cat([p[:n] for p in perm]) for n in sizes]
-        fitted: dict[str, list[Head]] = {
-            "lbfgs": [lbfgs(x[i], y[i], classes) for i in sets],
-            "adamw": [adamw(x[i], y[i], classes, _val_split(i, y, rank)) for i in sets],
-            "adamw-all": [adamw(x[i], y[i], classes, None) for i in sets],
-        }
-        fitted["rounds-average"] = [average(fitted["adamw"][: k + 1]) for k in range(len(sets))]
-        for name, heads in fitted.items():
-            right[name].append([correct(h, tx, ty) for h in heads])
+        fitted: dict[str, list[Head]] = {}
+        for name in learners:
+            fitted[name] = _fit(name, x, y, classes, sets, rank, fitted)
+        for name in learners:
+            right[name].append([correct(h, tx, ty) for h in fitted[name]])
         log.info("order %d of %d done", order + 1, orders)
     return {name: _summary(rows, len(ty)) for name, rows in right.items()}
 
@@ -256,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orders", type=int, default=40, help="shuffled orders of the pool (each makes one nested chain)")
     ap.add_argument("--fm-orders", type=int, default=None, help="orders for Fashion-MNIST (default: --orders)")
     ap.add_argument("--fm-truth", type=int, default=2000)
+    ap.add_argument("--learners", default=",".join(LEARNERS), help=f"comma-separated, of {', '.join(LEARNERS)}")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args(argv)
@@ -269,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         "ants-bees": (ants_bees, [20, 40, 60, 80, 100], args.orders),
         "fashion-mnist": (lambda: fashion(2000, args.fm_truth), [10, 26, 42, 58, 74], args.fm_orders or args.orders),
     }
+    chosen = args.learners.split(",")
+    if unknown := set(chosen) - set(LEARNERS):
+        ap.error(f"unknown learners {sorted(unknown)}: choose from {', '.join(LEARNERS)}")
     t0, results = time.perf_counter(), {}
     for name in args.domains.split(","):
         make, sizes, orders = domains[name]
         started = time.perf_counter()
         data = make()
-        learners = run(data, sizes, orders)
+        learners = run(data, sizes, orders, chosen)
         results[name] = {"orders": orders, "sizes": sizes, "truth_images": len(data[3]),
                          "one_point_images": next(iter(learners.values()))["one_point_images"],
                          "learners": learners, "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip

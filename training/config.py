@@ -18,7 +18,7 @@ from graft.core.preprocessing import parse_color
 
 # Fields that name files or folders: they describe where a run reads and writes, not how it trains, so they
 # stay out of the recipe in model.json and can never be set through the admin API.
-PATH_FIELDS = frozenset({"data", "manifest", "output", "init_from", "weights"})
+PATH_FIELDS = frozenset({"data", "manifest", "output", "init_from", "weights", "teacher"})
 # Fields that describe the machine a run happens on, not the model it produces.
 # (distributed_batch: how a run maps onto torchrun's processes; model.json records it under recipe.distributed.)
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "distributed_batch"})
@@ -74,6 +74,11 @@ class TrainConfig(BaseModel):
         True, description="after the validation split has chosen the epochs (and the depth), a head-only recipe on "
         "the feature cache trains its head again on training and validation images together",
     )  # fmt: skip
+    distill: float = Field(
+        0.0, ge=0, le=10, description="the refit also keeps the teacher's right answers (focal distillation, this "
+        "weight; 0 = off): fewer retrainings that lose what the champion knew. The admin's teacher is the champion",
+    )  # fmt: skip
+    teacher: Path | None = Field(None, description="distill from this run folder (the admin sets its champion)")
     augment: bool = Field(False, description="random resized crops and flips (turns the feature cache off)")
     feature_cache: bool = Field(True, description="run frozen stages once per image (off: the whole network)")
     background: str | None = Field(

@@ -55,9 +55,7 @@ class _StageTracer(fx.Tracer):
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
 
-def split_model(
-    model: nn.Module, plan: FreezePlan, head_root: str, probe: torch.Tensor | None = None
-) -> Split | None:
+def split_model(model: nn.Module, plan: FreezePlan, head_root: str, probe: torch.Tensor | None = None) -> Split | None:
     """Cut ``model`` after its frozen stages; None when it cannot be cut exactly.
 
     ``probe`` (a small image batch) lets the forward cut be checked, and so tried, where fx fails.
@@ -231,15 +229,25 @@ class FeatureBatches:
     """Mini-batches of cached features, gathered one at a time as they are iterated: indexing every batch up
     front would copy the whole cache once more per epoch."""
 
-    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, slices: list[torch.Tensor]):
-        self.feats, self.targets, self.slices = feats, targets, slices
+    def __init__(
+        self,
+        feats: torch.Tensor,
+        targets: torch.Tensor,
+        slices: list[torch.Tensor],
+        extra: torch.Tensor | None = None,
+    ):
+        self.feats, self.targets, self.slices, self.extra = feats, targets, slices, extra
 
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        # ``extra``: one more row-aligned tensor per batch (the champion's logits, for a distilling refit)
         for idx in self.slices:
-            yield self.feats[idx], self.targets[idx]
+            if self.extra is None:
+                yield self.feats[idx], self.targets[idx]
+            else:
+                yield self.feats[idx], self.targets[idx], self.extra[idx]
 
 
 def feature_batches(
@@ -251,6 +259,7 @@ def feature_batches(
     rank: int = 0,
     world: int = 1,
     sample_weights: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
 ) -> FeatureBatches:
     """Mini-batches of cached features: shuffled (or class-balanced) per epoch; under torchrun
     ``batch_size`` is the global batch and each rank takes its slice of every batch."""
@@ -261,7 +270,7 @@ def feature_batches(
         order = torch.randperm(n, generator=generator)
     else:
         order = torch.arange(n)
-    return FeatureBatches(feats, targets, rank_slices(order, batch_size, rank, world))
+    return FeatureBatches(feats, targets, rank_slices(order, batch_size, rank, world), extra)
 
 
 def describe(feats: torch.Tensor) -> str:

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from training.runtime import Runtime, all_reduce_sum
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# (inputs, targets), or (inputs, targets, extra) for a train_epoch given an ``extra_loss``
+Batches = Iterable[tuple[torch.Tensor, ...]]
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -49,17 +51,20 @@ def train_epoch(
     amp: bool = True,
     channels_last: bool = False,
     desc: str = "train",
+    extra_loss: ExtraLoss | None = None,
 ) -> EpochStats:
     set_mode()
     total_loss, correct, n = 0.0, 0, 0
     bar = tqdm(batches, desc=desc, leave=False, disable=None if rt.is_main else True)
-    for x, y in bar:
+    for x, y, *extra in bar:
         if x.numel() == 0:
             continue
         x, y = _prepare(x, rt, channels_last), y.to(rt.device)
         with autocast_for(rt, amp):
             out = module(x)
             loss = loss_fn(out.float(), y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(out.float(), extra[0].to(rt.device), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -85,7 +90,7 @@ def eval_epoch(
     total_loss, n = 0.0, 0
     preds: list[int] = []
     targets: list[int] = []
-    for x, y in batches:
+    for x, y, *_ in batches:
         if x.numel() == 0:
             continue
         x, y = _prepare(x, rt, channels_last), y.to(rt.device)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from training.distill import teacher_outputs
 from training.seeds import mean_state, restart
 from training.trainer import Phase, Trainer
 
@@ -58,9 +59,10 @@ def refit_head(
     or None when the phase does not qualify."""
     why = applies(trainer, phase)
     if why is not None:
-        log.info("refit: not done (%s)", why)
+        log.info("refit: not done (%s)%s", why, "; nothing distilled" if trainer.cfg.distill else "")
         return None
     cfg = trainer.cfg
+    teacher, distilled = teacher_outputs(trainer, phase, start)
     seeds = soup["seeds"] if soup else [cfg.seed]
     epochs = soup["best_epochs"] if soup else [trainer.best.epoch]
     kept = trainer.best, trainer.history, trainer.epoch
@@ -68,7 +70,9 @@ def refit_head(
     states = []
     for seed, stop in zip(seeds, epochs, strict=True):
         restart(trainer, start, seed, fresh=cfg.init_from is None)
-        refit = dataclasses.replace(phase, name=f"{phase.name}-refit", pooled=True, stop_after=max(1, stop))
+        refit = dataclasses.replace(
+            phase, name=f"{phase.name}-refit", pooled=True, stop_after=max(1, stop), teacher=teacher
+        )
         trainer.run_phase(refit)
         now = trainer.model.state_dict()
         states.append({k: now[k].detach().cpu().clone() for k in start})
@@ -81,9 +85,12 @@ def refit_head(
     images = len(cached.train) + len(cached.val)
     log.info("refit: %d head(s) trained again on %d training and validation images for %s epochs, averaged",
              len(states), images, ", ".join(map(str, epochs)))  # fmt: skip
-    return {
+    evidence: dict[str, Any] = {
         "images": images,
         "seeds": list(seeds),
         "epochs": list(epochs),
         "validation_metrics": "of the selection run: the refit weights trained on the validation images",
     }
+    if distilled is not None:
+        evidence["distilled"] = distilled
+    return evidence

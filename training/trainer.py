@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from graft.core.zoo import find_head, model_stages
 from training.cache import Cached, FeatureCaches
 from training.config import TrainConfig
 from training.data import DatasetSplit, ImageDataset, class_weights, collate
+from training.distill import focal_distillation
 from training.distributed import RankBatchSampler
 from training.features import feature_batches
 from training.freeze import FreezePlan, apply_freeze, plan_freeze, set_train_mode
@@ -40,6 +42,8 @@ class Phase:
     # ``stop_after`` epochs of the ``epochs``-long schedule, with no early stopping.
     pooled: bool = False
     stop_after: int | None = None
+    # The champion's logits on the pooled tensors, row for row: the refit distills from them (training/distill.py).
+    teacher: torch.Tensor | None = None
 
 
 class Best:
@@ -205,8 +209,12 @@ class Trainer:
             if cfg.balance == "sampler":
                 weights = class_weights(ytr.tolist(), len(self.data.labels))[ytr]
             step = cfg.batch_size * rt.world_size  # the global batch; each rank takes its slice
-            batches = feature_batches(ftr, ytr, step, g, True, rt.rank, rt.world_size, weights)
-            tr = train_epoch(module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc(phase))
+            teacher = phase.teacher if phase.pooled else None
+            batches = feature_batches(ftr, ytr, step, g, True, rt.rank, rt.world_size, weights, teacher)
+            extra = None if teacher is None else partial(focal_distillation, weight=cfg.distill)
+            tr = train_epoch(
+                module, batches, opt, sched, self.loss_fn, rt, set_mode, cfg.amp, False, self._desc(phase), extra
+            )
             va = eval_epoch(
                 split.suffix, feature_batches(fva, yva, 256, None, shuffle=False), self.loss_fn, rt, cfg.amp
             )

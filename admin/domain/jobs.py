@@ -290,7 +290,7 @@ class JobManager:
         self.s.jobs.update(job_id, phase="training")
         config.output.mkdir(parents=True, exist_ok=True)
         config_file = write_config_file(config, job_dir / CONFIG_FILE)
-        inputs = tuple(p for p in (config.manifest, config.init_from) if p is not None)
+        inputs = tuple(p for p in (config.manifest, config.init_from, config.teacher) if p is not None)
         left = self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s) - time.monotonic()
         request = TrainRequest(job_id=job_id, config_file=config_file, output_dir=config.output, inputs=inputs,
                                evaluation=in_job.request if in_job else None, timeout_s=max(1.0, left))  # fmt: skip

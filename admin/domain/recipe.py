@@ -120,4 +120,8 @@ def build_train_config(
         values["init_from"] = champion.run_dir
     if device is not None:
         values["device"] = device
-    return build_config(values)
+    config = build_config(values)
+    if config.distill and champion is not None and champion.run_dir is not None:
+        # keep what the champion knew (training/distill.py); a path the admin chose, never a request's
+        config = build_config({**config.model_dump(exclude_unset=True), "teacher": champion.run_dir})
+    return config

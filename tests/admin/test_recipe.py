@@ -49,7 +49,7 @@ def test_a_new_backbone_starts_from_its_own_imagenet_weights() -> None:
     assert build(card, {}, backbone="resnet18", weights="none").weights == "none"
 
 
-@pytest.mark.parametrize("field", ["output", "data", "manifest", "init_from", "weights", "device", "outp"])
+@pytest.mark.parametrize("field", ["output", "data", "manifest", "init_from", "teacher", "weights", "device", "outp"])
 def test_paths_the_device_and_unknown_names_cannot_be_overridden(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         RetrainRequest.model_validate({"overrides": {field: "x"}})
@@ -98,3 +98,13 @@ def test_the_auto_recipes_choice_is_decided_afresh_and_explicit_choices_are_repl
     assert build(fixed_card, {"recipe": "head"}).trainable_stages is None
     assert build(fixed_card, {}, overrides={"recipe": "head", "trainable_stages": 1}).trainable_stages == 1
     assert build(head_card, {}, overrides={"recipe": "auto"}).recipe == "auto"
+
+
+def test_distilling_retrains_learn_from_the_champion_and_only_from_it() -> None:
+    champ = ModelVersion(version="1", status="accepted", source="job", recipe={"backbone": "mobilenet_v2"},
+                         created_at="t", updated_at="t", run_dir=Path("/store/champion-run"))  # fmt: skip
+    cfg = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest(overrides={"distill": 1.0}))
+    assert cfg.distill == 1.0 and cfg.teacher == Path("/store/champion-run")
+    plain = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest())
+    assert plain.distill == 0 and plain.teacher is None
+    assert build(None, {}, overrides={"distill": 1.0}).teacher is None  # a first model has no champion

@@ -1,0 +1,76 @@
+"""Distillation in the refit (training/distill.py): a retrained head keeps the champion's right answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.core.artifact import read_card
+from training import TrainConfig, fit
+from training.data import collect_folder
+from training.distill import focal_distillation
+from training.evaluate import predict_probabilities
+
+
+def test_the_loss_counts_only_what_the_teacher_got_right() -> None:
+    teacher = torch.tensor([[3.0, -1.0], [2.0, 0.0]])
+    student = torch.tensor([[-1.0, 2.0], [-1.0, 2.0]], requires_grad=True)
+    targets = torch.tensor([0, 1])  # the teacher is right on the first image only
+    loss = focal_distillation(student, teacher, targets, weight=1.0)
+    loss.backward()
+    assert loss > 0
+    assert student.grad is not None
+    assert torch.equal(student.grad[1], torch.zeros(2))  # the wrong answer is not taught
+    assert student.grad[0, 0] < 0 < student.grad[0, 1]  # pulled towards the teacher's right answer
+    assert focal_distillation(teacher.clone(), teacher, targets, 1.0) == 0  # agreeing costs nothing
+    assert focal_distillation(student, teacher, torch.tensor([1, 1]), 1.0) == 0  # the teacher right nowhere
+    assert torch.isclose(focal_distillation(student, teacher, targets, 3.0), 3 * loss)
+
+
+def _fit(tmp: Path, data: Path, imagenet: Path, seed: int, **kw: object):
+    base: dict[str, object] = {"data": data, "output": tmp, "max_per_class": 8, "epochs": 4, "seed": seed,
+                               "backbone": "mobilenet_v2", "weights": str(imagenet), "recipe": "head",
+                               "head_seeds": 1, "patience": 0}  # fmt: skip
+    base.update(kw)
+    return fit(TrainConfig(**base))  # type: ignore[arg-type]
+
+
+def _disagreement(a: Path, b: Path, images: list[Path]) -> float:
+    """Mean KL divergence of b's class probabilities from a's."""
+    pa, pb = (torch.tensor(predict_probabilities(run, images)[0]) for run in (a, b))
+    return float((pa * (pa.log() - pb.log())).sum(1).mean())
+
+
+@pytest.mark.slow
+def test_a_distilled_refit_stays_closer_to_its_champion(
+    hymenoptera: Path, mobilenet_weights: Path, tmp_path: Path
+) -> None:
+    champion = _fit(tmp_path / "champion", hymenoptera, mobilenet_weights, seed=1).run_dir
+    # Another seed: the retraining draws another split and another start, as a retraining with new data would.
+    first = _fit(tmp_path / "plain", hymenoptera, mobilenet_weights, seed=5, distill=2.0)  # no teacher
+    second = _fit(tmp_path / "kept", hymenoptera, mobilenet_weights, seed=5, distill=2.0, teacher=champion)
+    plain, kept = first.run_dir, second.run_dir
+
+    assert read_card(plain).recipe["refitted"]["distilled"] == {
+        "skipped": "no champion to distill from (a first model)"
+    }
+    evidence = read_card(kept).recipe["refitted"]["distilled"]
+    assert evidence["images"] == 32 and 0 < evidence["teacher_right"] <= 32
+    assert evidence["weight"] == 2.0 and str(champion.resolve()) in evidence["teacher"]
+    images = [Path(i.path) for i in collect_folder(hymenoptera, seed=5, max_per_class=8).items]
+    assert _disagreement(champion, kept, images) < _disagreement(champion, plain, images)
+    # the selection run is the same either way: only the refit learns from the champion
+    assert second.val_accuracy == first.val_accuracy and second.best_epoch == first.best_epoch
+
+
+@pytest.mark.slow
+def test_a_champion_with_other_frozen_layers_is_not_distilled_from(
+    hymenoptera: Path, mobilenet_weights: Path, tmp_path: Path
+) -> None:
+    other = _fit(tmp_path / "other", hymenoptera, mobilenet_weights, seed=1, weights="none", epochs=1).run_dir
+    run = _fit(tmp_path / "run", hymenoptera, mobilenet_weights, seed=5, distill=1.0, teacher=other).run_dir
+    why = read_card(run).recipe["refitted"]["distilled"]["skipped"]
+    assert why.startswith("the champion's frozen layers differ from this run's")
+    assert "distill: not done (the champion's frozen layers differ" in (run / "train.log").read_text()
