@@ -54,12 +54,13 @@ from bench._runs import machine
 from graft.core.transforms import eval_transform
 from graft.core.zoo import create_model, find_head
 from training.data import class_weights
+from training.distill import focal_distillation
 from training.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 log = logging.getLogger("bench.nested_heads")
 Head = dict[str, torch.Tensor]
 SEEDS, EPOCHS, BATCH, LR, WD, DROPOUT, VAL = 5, 15, 32, 3e-3, 1e-4, 0.2, 0.2
-KD_WEIGHT, KD_T = 1.0, 2.0
+KD_WEIGHT = 1.0  # training.distill.TEMPERATURE is the temperature
 LEARNERS = ("lbfgs", "adamw", "adamw-all", "rounds-average", "focal-distill")
 
 
@@ -121,15 +122,6 @@ def lbfgs(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-2) -> H
     return {"weight": w.detach(), "bias": b.detach()}
 
 
-def _distill(out: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Focal distillation: KL from the champion's softened outputs, on the images the champion got right only."""
-    keep = (teacher.argmax(1) == y).float()
-    kl = torch.nn.functional.kl_div(
-        torch.log_softmax(out / KD_T, 1), torch.log_softmax(teacher / KD_T, 1), reduction="none", log_target=True
-    ).sum(1)
-    return KD_WEIGHT * KD_T**2 * (keep * kl).mean()
-
-
 def _adamw_one(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -157,7 +149,7 @@ def _adamw_one(
             out = head(torch.nn.functional.dropout(x[idx], DROPOUT))
             loss = torch.nn.functional.cross_entropy(out, y[idx], weight=cw)
             if teacher is not None:
-                loss = loss + _distill(out, teacher[idx], y[idx])
+                loss = loss + focal_distillation(out, teacher[idx], y[idx], KD_WEIGHT)
             opt.zero_grad()
             loss.backward()
             opt.step()

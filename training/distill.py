@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from graft.core.artifact import load_model
-from graft.core.util import file_digest
+from training.start import run_reference
 
 if TYPE_CHECKING:  # the trainer imports the loss below
     from training.trainer import Phase, Trainer
@@ -96,7 +96,7 @@ def teacher_outputs(
     log.info("distill: the champion is right on %d of %d training and validation images; the refit keeps them "
              "with weight %.2f", right, len(targets), cfg.distill)  # fmt: skip
     evidence = {
-        "teacher": f"{teacher_dir.resolve()} ({file_digest(teacher_dir / card.weights_file)})",
+        "teacher": run_reference(teacher_dir, card),
         "weight": cfg.distill,
         "temperature": TEMPERATURE,
         "images": len(targets),

@@ -55,7 +55,9 @@ class _StageTracer(fx.Tracer):
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
 
-def split_model(model: nn.Module, plan: FreezePlan, head_root: str, probe: torch.Tensor | None = None) -> Split | None:
+def split_model(
+    model: nn.Module, plan: FreezePlan, head_root: str, probe: torch.Tensor | None = None
+) -> Split | None:
     """Cut ``model`` after its frozen stages; None when it cannot be cut exactly.
 
     ``probe`` (a small image batch) lets the forward cut be checked, and so tried, where fx fails.

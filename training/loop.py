@@ -62,9 +62,10 @@ def train_epoch(
         x, y = _prepare(x, rt, channels_last), y.to(rt.device)
         with autocast_for(rt, amp):
             out = module(x)
-            loss = loss_fn(out.float(), y)
+            logits = out.float()
+            loss = loss_fn(logits, y)
             if extra_loss is not None:
-                loss = loss + extra_loss(out.float(), extra[0].to(rt.device), y)
+                loss = loss + extra_loss(logits, extra[0].to(rt.device), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

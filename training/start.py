@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graft.core.artifact import load_model, read_card
+from graft.core.artifact import ModelCard, load_model, read_card
 from graft.core.errors import DatasetError
 from graft.core.preprocessing import WHITE, Preprocessing, parse_color
 from graft.core.util import file_digest
@@ -75,6 +75,11 @@ class Start:
     parent: str | None = None
 
 
+def run_reference(run_dir: Path, card: ModelCard) -> str:
+    """A run folder as lineage names it: its absolute path and its weights' digest."""
+    return f"{Path(run_dir).resolve()} ({file_digest(Path(run_dir) / card.weights_file)})"
+
+
 def create_or_warm_start(cfg: TrainConfig, labels: list[str]) -> Start:
     """The model to train and where its weights came from.
 
@@ -103,5 +108,5 @@ def create_or_warm_start(cfg: TrainConfig, labels: list[str]) -> Start:
     report = LoadReport(source=f"run:{cfg.init_from}", head=head_path)
     if card.backbone != cfg.backbone:
         log.info("warm start keeps the parent's backbone %s (not %s)", card.backbone, cfg.backbone)
-    parent_ref = f"{Path(cfg.init_from).resolve()} ({file_digest(Path(cfg.init_from) / card.weights_file)})"
+    parent_ref = run_reference(cfg.init_from, card)
     return Start(parent, pre, report, f"run:{parent_ref}", card.backbone, parent_ref)
