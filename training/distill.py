@@ -6,8 +6,9 @@ either way, and truth cannot tell that from nothing; the served model then rises
 2021) adds to the refit's loss, on the training images the champion classifies correctly only, the KL divergence
 from the champion's softened outputs: the new head keeps the champion's right answers where its own data do not
 disagree, and is free everywhere else. In a miniature of the recipe on frozen features it cut the retrainings
-that lost 1 point on ants/bees' truth from 13% to 4% and cost Fashion-MNIST, still climbing, 0.5 points: it is
-off by default (``--distill 0``).
+that lost 1 point on ants/bees' truth from 13% to 4% and cost Fashion-MNIST, still climbing, 0.5 points; through
+the real retraining loop it did not help (6 truly worse candidates of 48 against 4 without it), so it is off by
+default (``--distill 0``).
 
 The champion's outputs are its head applied to the cached features, which is exact only when its frozen layers
 are the candidate's: the same backbone and weights, trained head-only, and the same labels. Otherwise nothing is
