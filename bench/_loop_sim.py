@@ -88,6 +88,7 @@ class Round:
     truth_cand_only: int = 0
     truth_champ_only: int = 0
     truth_p: float | None = None
+    truth_n: int = 0  # how many truth images (0: a run from before it was recorded)
 
 
 def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
@@ -212,6 +213,7 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
         champion = cand if new.passed else champion
         old_champion = cand if old_vs.passed else old_champion
         row.truth_cand_only, row.truth_champ_only, row.truth_p = loop.truth_pairs(cand, row_champion)
+        row.truth_n = len(domain.truth)
         row.served_truth, row.old_served_truth = round(loop.truth(champion), 4), round(loop.truth(old_champion), 4)
         log.info("%s seed %d round %d: %s", domain.name, seed, r, asdict(row))
         rounds.append(row)

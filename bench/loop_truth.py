@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from admin.domain.gate import GateRule
+from admin.domain.paired import binom_cdf_half
 from bench._loop_sim import Domain, Labelled, Round, encode_png, run_loop, shuffled
 from training.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, read_idx
 
@@ -105,13 +107,15 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
             before = getattr(prev, key) if prev else r.champion_truth if r.round == 1 else None
             if before is not None:
                 drops.append(round(before - getattr(r, key), 4))
-        served[key] = {"largest_drop": max(drops, default=0.0), "largest_end_gap": _end_gap(rows, key)}
+        served[key] = {"largest_drop": max(drops, default=0.0), "largest_end_gap": _end_gap(rows, key),
+                       "mean_by_round": _mean_by_round(rows, key)}  # fmt: skip
     # The same counts restricted to rounds whose truth difference is itself significant (exact McNemar on the
     # truth set, p < 0.05): on a small truth set a 1-point difference can be two images of noise.
     clear_better = [r for r in better if r.truth_p is not None and r.truth_p < 0.05]
     clear_worse = [r for r in worse if r.truth_p is not None and r.truth_p < 0.05]
     return {
         "rounds": len(rows),
+        "by_chance": by_chance(rows),
         "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False)},
         "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True)},
         "significant_on_truth": {
@@ -122,6 +126,49 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
         },
         "served": served,
     }
+
+
+def by_chance(rows: list[Round], points: float = 0.01) -> dict[str, Any]:
+    """How many rounds would look truly worse (and truly better) by ``points`` or more if every candidate were
+    exactly as good as its champion: each image of the truth set that only one of the two got right is then a
+    coin flip, so a finite truth set alone makes some equal candidates look worse. Compare with the counts seen:
+    fewer worse than this means the loop's losses are within what the truth set's own noise produces."""
+    known = [r for r in rows if r.truth_p is not None]
+    sizes = _truth_sizes(known)
+    expected = 0.0
+    for r in known:
+        n, m = r.truth_cand_only + r.truth_champ_only, math.ceil(points * sizes[r.domain] - 1e-9)
+        # champion-only wins c ~ Binomial(n, 1/2); "worse by m images or more" is c - (n - c) >= m
+        expected += 1.0 - binom_cdf_half(math.ceil((n + m) / 2) - 1, n)
+    return {"rounds": len(known), "truth_images": sizes, "expected_worse": round(expected, 2),
+            "expected_better": round(expected, 2),  # the same by symmetry
+            "seen_worse": sum(r.truth_diff <= -points for r in known),
+            "seen_better": sum(r.truth_diff >= points for r in known)}  # fmt: skip
+
+
+def _truth_sizes(rows: list[Round]) -> dict[str, int]:
+    """Each domain's truth-set size: recorded in the rows, or (runs from before it was) read back from the row
+    whose truth difference is the most images, where the difference's 4-decimal rounding matters least."""
+    sizes: dict[str, int] = {}
+    for domain in sorted({r.domain for r in rows}):
+        mine = [r for r in rows if r.domain == domain]
+        recorded = {r.truth_n for r in mine if r.truth_n}
+        if recorded:
+            sizes[domain] = max(recorded)
+            continue
+        best = max(mine, key=lambda r: abs(r.truth_cand_only - r.truth_champ_only))
+        if best.truth_diff == 0:
+            raise ValueError(f"{domain}: no row tells the truth set's size")
+        sizes[domain] = round((best.truth_cand_only - best.truth_champ_only) / best.truth_diff)
+    return sizes
+
+
+def _mean_by_round(rows: list[Round], key: str) -> dict[int, float]:
+    """The served model's mean truth accuracy over the loops after each round (0: the first model)."""
+    by: dict[int, list[float]] = {0: [r.champion_truth for r in rows if r.round == 1]}
+    for r in rows:
+        by.setdefault(r.round, []).append(getattr(r, key))
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(by.items()) if v}
 
 
 def _end_gap(rows: list[Round], key: str) -> float:

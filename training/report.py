@@ -51,6 +51,24 @@ def _recipe(cfg: TrainConfig, trainer: Trainer, phases: list[Phase], auto: dict[
     return recipe
 
 
+def _lineage(data: DatasetSplit, trainer: Trainer, started: str) -> Lineage:
+    """Where the model came from: its data (digest, source, counts, what was skipped) and its start."""
+    return Lineage(
+        dataset_digest=data.digest,
+        dataset_path=data.source,
+        num_train=len(data.train),
+        num_val=len(data.val),
+        class_counts=data.class_counts(),
+        skipped=[s.as_dict() for s in data.skipped[:MAX_SKIPPED_LISTED]],
+        num_skipped=len(data.skipped),
+        num_transparent=data.transparent,
+        pretrained_weights=trainer.start.weights,
+        parent_model=trainer.start.parent,
+        started_at=started,
+        finished_at=utc_now(),
+    )
+
+
 def write_run_folder(
     run_dir: Path,
     cfg: TrainConfig,
@@ -86,20 +104,7 @@ def write_run_folder(
         preprocessing=pre,
         recipe=_recipe(cfg, trainer, phases, auto),
         metrics={k: metrics[k] for k in ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "macro_f1")},
-        lineage=Lineage(
-            dataset_digest=data.digest,
-            dataset_path=data.source,
-            num_train=len(data.train),
-            num_val=len(data.val),
-            class_counts=data.class_counts(),
-            skipped=[s.as_dict() for s in data.skipped[:MAX_SKIPPED_LISTED]],
-            num_skipped=len(data.skipped),
-            num_transparent=data.transparent,
-            pretrained_weights=trainer.start.weights,
-            parent_model=trainer.start.parent,
-            started_at=started,
-            finished_at=utc_now(),
-        ),
+        lineage=_lineage(data, trainer, started),
     )
     write_card(run_dir, card)
     plot_curves(trainer.history, run_dir / "curves.png")

@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from admin.domain.paired import ClassChange, PairedComparison, class_changes, compare, images_to_settle
+from admin.domain.paired import (
+    ClassChange,
+    PairedComparison,
+    class_changes,
+    compare,
+    fewest_to_reject,
+    images_to_settle,
+)
 
 GatePolicy = Literal["non_inferior", "better", "accuracy"]
 GATE_POLICIES: tuple[GatePolicy, ...] = ("non_inferior", "better", "accuracy")
@@ -232,10 +239,14 @@ def _comparison_rule(rule: GateRule, cmp: PairedComparison, head: str, summary: 
         advice = [more] if more and cmp.difference > 0 else ["retrain when more labelled data has arrived"]
         return _Verdict(False, f"rejected: {head}; not significantly better (p={cmp.p_better:.3g} >= {a}, policy "
                         "better)", summary, advice=advice)  # fmt: skip
+    fewest = fewest_to_reject(a)
+    # Say it: a pass on so few images is a pass by default, not evidence.
+    blind = (f", but {cmp.n} paired images could not have shown a drop (the exact test at {a} needs at least "
+             f"{fewest})" if cmp.n < fewest else "")  # fmt: skip
     if cmp.difference < 0 and settle:
-        return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}); about {settle} more "
-                        "fair holdout images would tell whether the drop is real", summary)  # fmt: skip
-    return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g})", summary)
+        return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}){blind}; about {settle} "
+                        "more fair holdout images would tell whether the drop is real", summary)  # fmt: skip
+    return _Verdict(True, f"passed: {head}; not significantly worse (p={cmp.p_worse:.3g}){blind}", summary)
 
 
 def _uploads(holdout_images: int, rule: GateRule) -> int:

@@ -170,6 +170,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def fewest_to_reject(alpha: float) -> int:
+    """The fewest paired images on which the one-sided exact test can reach ``alpha`` at all: every one of
+    them discordant against the candidate gives p = 0.5**n, so fewer images could never show a drop."""
+    return max(1, math.ceil(math.log(alpha) / math.log(0.5) - 1e-9))
+
+
 def images_to_settle(comparison: PairedComparison, alpha: float) -> int | None:
     """About how many more paired images would make the observed difference significant (two-sided ``alpha``),
     if the models kept disagreeing as they do now; None when they never disagree or tie exactly."""

@@ -7,7 +7,15 @@ import math
 import pytest
 
 from admin.domain.gate import decide, score
-from admin.domain.paired import bootstrap_interval, class_changes, compare, holm, images_to_settle, mcnemar_exact
+from admin.domain.paired import (
+    bootstrap_interval,
+    class_changes,
+    compare,
+    fewest_to_reject,
+    holm,
+    images_to_settle,
+    mcnemar_exact,
+)
 
 
 def _preds(truth: list[str], wrong: set[int], other: str = "z") -> list[str | None]:
@@ -85,6 +93,20 @@ def test_noise_is_promoted_and_the_report_says_how_many_images_would_settle_it()
     much_worse = _preds(truth, {0, 1} | set(range(2, 9)))  # 31/40: 7 lost, none won, p = 0.0078
     d = decide(truth, much_worse, ["a", "b"], champion, ["a", "b"])
     assert not d.passed and "significantly worse (p=0.00781" in d.reason
+
+
+def test_a_pass_on_too_few_images_to_show_a_drop_says_so() -> None:
+    assert [fewest_to_reject(a) for a in (0.05, 0.01, 0.5)] == [5, 7, 1]
+    truth = ["a", "a", "b", "b"]
+    d = decide(truth, truth, ["a", "b"], truth, ["a", "b"])
+    blind = "4 paired images could not have shown a drop (the exact test at 0.05 needs at least 5)"
+    assert d.passed and blind in d.reason, d.reason
+    five = [*truth, "b"]
+    enough = decide(five, five, ["a", "b"], five, ["a", "b"])
+    assert enough.passed and "could not have shown" not in enough.reason
+    lost = decide(truth, ["b", "a", "a", "b"], ["a", "b"], truth, ["a", "b"])  # 2 lost of 4: p = 0.25
+    assert lost.passed and "could not have shown a drop" in lost.reason and lost.comparison is not None
+    assert mcnemar_exact(0, 4)[1] == 1 / 16 and mcnemar_exact(0, 5)[1] < 0.05  # why 5 is the fewest at 0.05
 
 
 def test_better_policy_needs_significance() -> None:

@@ -108,3 +108,8 @@ def test_distilling_retrains_learn_from_the_champion_and_only_from_it() -> None:
     plain = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest())
     assert plain.distill == 0 and plain.teacher is None
     assert build(None, {}, overrides={"distill": 1.0}).teacher is None  # a first model has no champion
+    for bad in (-1, 11):
+        with pytest.raises(ConfigInvalidError, match="distill"):
+            build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest(overrides={"distill": bad}))
+    with pytest.raises(ValueError, match="distill"):
+        RetrainRequest.model_validate({"overrides": {"distill": "a lot"}})

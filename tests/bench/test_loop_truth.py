@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench._loop_sim import Round
-from bench.loop_truth import markdown, summarise
+from bench.loop_truth import by_chance, markdown, summarise
 
 
 def _row(rnd: int, champ: float, cand: float, passed: bool, truth: tuple[int, int, float] | None) -> Round:
@@ -24,6 +24,8 @@ def test_a_worse_candidate_counts_as_a_wrong_promotion_and_only_a_significant_on
     assert s["wrong_promotions"]["new"] == {"rounds": 2, "count": 2, "rate": 1.0}
     assert s["significant_on_truth"]["wrong_promotions"]["new"] == {"rounds": 1, "count": 1, "rate": 1.0}
     assert s["significant_on_truth"]["wrong_rejections"]["new"] == {"rounds": 1, "count": 1, "rate": 1.0}
+    # served after each round: the first model 0.90, then 0.88 and 0.80 promoted, 0.85 rejected (0.80 stays)
+    assert s["served"]["served_truth"]["mean_by_round"] == {0: 0.90, 1: 0.88, 2: 0.80, 3: 0.80}
 
 
 def test_rows_of_runs_before_the_truth_comparison_are_left_out_of_the_clear_counts() -> None:
@@ -32,3 +34,17 @@ def test_rows_of_runs_before_the_truth_comparison_are_left_out_of_the_clear_coun
     assert s["significant_on_truth"]["wrong_promotions"]["new"]["rounds"] == 0
     assert "| n/a |" in markdown([_row(1, 0.90, 0.85, True, None)], {"d": s})
     assert "| 1/4 (0.38) |" in markdown([_row(1, 0.90, 0.88, True, (1, 4, 0.375))], {"d": s})
+
+
+def test_by_chance_counts_the_equal_candidates_a_small_truth_set_would_call_worse() -> None:
+    two_worse = _row(1, 0.9412, 0.9281, True, (0, 2, 0.5))  # 2 of 153 photos: -1.3 points
+    five = _row(2, 0.9281, 0.9085, True, (1, 4, 0.375))  # -3 photos: -2.0 points
+    same = _row(3, 0.9085, 0.9085, True, (0, 0, 1.0))
+    chance = by_chance([two_worse, five, same])
+    assert chance["truth_images"] == {"d": 153}, "read back from the row with the largest difference"
+    # Equal models: P(both discordant photos go to the champion) = 1/4; P(c - b >= 2 of 5) = P(c >= 4) = 6/32.
+    assert chance["expected_worse"] == round(0.25 + 6 / 32, 2) == chance["expected_better"]
+    assert (chance["seen_worse"], chance["seen_better"], chance["rounds"]) == (2, 0, 3)
+    five.truth_n = 10_000  # recorded sizes win; at 10,000 images 1 point is 100 photos, never reached by 5
+    assert by_chance([five])["expected_worse"] == 0.0
+    assert by_chance([_row(1, 0.9, 0.9, True, None)])["rounds"] == 0
