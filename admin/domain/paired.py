@@ -173,7 +173,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def fewest_to_reject(alpha: float) -> int:
     """The fewest paired images on which the one-sided exact test can reach ``alpha`` at all: every one of
     them discordant against the candidate gives p = 0.5**n, so fewer images could never show a drop."""
-    return max(1, math.ceil(math.log(alpha) / math.log(0.5) - 1e-9))
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], not {alpha}")
+    n = 1
+    while 0.5**n >= alpha:  # the gate rejects on p < alpha, strictly; exact in floats for powers of two
+        n += 1
+    return n
 
 
 def images_to_settle(comparison: PairedComparison, alpha: float) -> int | None:

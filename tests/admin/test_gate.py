@@ -96,7 +96,7 @@ def test_noise_is_promoted_and_the_report_says_how_many_images_would_settle_it()
 
 
 def test_a_pass_on_too_few_images_to_show_a_drop_says_so() -> None:
-    assert [fewest_to_reject(a) for a in (0.05, 0.01, 0.5)] == [5, 7, 1]
+    assert [fewest_to_reject(a) for a in (0.05, 0.01, 0.25, 0.5)] == [5, 7, 3, 2]  # p < alpha, strictly
     truth = ["a", "a", "b", "b"]
     d = decide(truth, truth, ["a", "b"], truth, ["a", "b"])
     blind = "4 paired images could not have shown a drop (the exact test at 0.05 needs at least 5)"
