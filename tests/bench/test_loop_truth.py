@@ -48,3 +48,5 @@ def test_by_chance_counts_the_equal_candidates_a_small_truth_set_would_call_wors
     five.truth_n = 10_000  # recorded sizes win; at 10,000 images 1 point is 100 photos, never reached by 5
     assert by_chance([five])["expected_worse"] == 0.0
     assert by_chance([_row(1, 0.9, 0.9, True, None)])["rounds"] == 0
+    untold = by_chance([_row(1, 0.9, 0.9, True, (1, 1, 1.0))])  # an old row, equal on truth: size unknown
+    assert untold["rounds"] == 0 and untold["truth_images"] == {}
