@@ -133,8 +133,9 @@ def by_chance(rows: list[Round], points: float = 0.01) -> dict[str, Any]:
     exactly as good as its champion: each image of the truth set that only one of the two got right is then a
     coin flip, so a finite truth set alone makes some equal candidates look worse. Compare with the counts seen:
     fewer worse than this means the loop's losses are within what the truth set's own noise produces."""
-    sizes = _truth_sizes([r for r in rows if r.truth_p is not None])
-    known = [r for r in rows if r.truth_p is not None and r.domain in sizes]
+    told = [r for r in rows if r.truth_p is not None]
+    sizes = _truth_sizes(told)
+    known = [r for r in told if r.domain in sizes]
     expected = 0.0
     for r in known:
         n, m = r.truth_cand_only + r.truth_champ_only, math.ceil(points * sizes[r.domain] - 1e-9)

@@ -171,12 +171,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def fewest_to_reject(alpha: float) -> int:
-    """The fewest paired images on which the one-sided exact test can reach ``alpha`` at all: every one of
-    them discordant against the candidate gives p = 0.5**n, so fewer images could never show a drop."""
+    """The fewest paired images on which the one-sided exact test can reach ``alpha`` at all: the smallest
+    p it can give on n images is when the champion alone got every one right, so fewer could never show a drop."""
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], not {alpha}")
     n = 1
-    while 0.5**n >= alpha:  # the gate rejects on p < alpha, strictly; exact in floats for powers of two
+    while mcnemar_exact(0, n)[1] >= alpha:  # the gate rejects on p_worse < alpha, strictly
         n += 1
     return n
 
