@@ -29,7 +29,8 @@ class SampleOut(BaseModel):
     split: Literal["train", "holdout"]
     duplicate: bool = Field(description="true when these exact bytes were already stored")
     split_reason: str = Field(
-        default="", description='why this split: "hash split", or "near-duplicate of <id>" (a stored twin, same side)'
+        default="", description='why this split: "hash split", "balanced split" (its label\'s holdout kept near its '
+        'share), or "near-duplicate of <id>" (a stored twin, same side)'
     )
 
     @classmethod
@@ -52,7 +53,8 @@ class SampleMetaOut(BaseModel):
     width: int
     height: int
     received_at: str
-    split_reason: str = Field(default="", description='"hash split" or "near-duplicate of <id>" (its twin, same side)')
+    split_reason: str = Field(default="", description='"hash split", "balanced split" or '
+                              '"near-duplicate of <id>" (its twin, same side)')
     uploader: str | None = Field(default=None, description="the token that stored it: admin | samples | insecure "
                                  "(null: stored before graft recorded it)")  # fmt: skip
 

@@ -4,13 +4,17 @@ Every item of a request is checked before anything is stored, cheapest checks fi
 already stored, then image headers against a pixel budget, then full decoding), and the store writes a
 batch in one transaction: a request stores all its samples or none, and a hostile one costs little CPU.
 
-The split (train or holdout) is a function of the image's decoded pixels: the same picture lands in the
-same split whoever posts it, in whatever file. The same picture as a stored image in other bytes (re-encoded,
-resized, lightly cropped, brightened: :mod:`graft.core.likeness`) goes where that image is: a copy of a holdout
-image is pinned to the holdout, so the gate's holdout never leaks into training, and a copy of a training image
-stays in training, so the holdout never holds a picture the models trained on. A different picture that merely
-looks alike is not pinned, so the holdout stays near its configured share. The stored sample says why it went
-where it did (``split_reason``: "hash split", or "near-duplicate of <id>" on its twin's side).
+The split (train or holdout) starts from a hash of the image's decoded pixels. A hash split alone drifts far from
+its share on a few dozen uploads (6 points either way on 40 uploads at 20%), so each label's holdout is kept within
+one image of its share (``balanced``, the default; ``GRAFT_HOLDOUT_SPLIT=hash`` for the hash alone): where the
+hash's side would put it further off, the picture goes to the other side ("balanced split", about 1 in 10).
+
+A picture is placed once. The same bytes find the stored sample; the same picture in other bytes (re-encoded,
+resized, lightly cropped, brightened: :mod:`graft.core.likeness`) goes where that stored image is: a copy of a
+holdout image is pinned to the holdout, so the gate's holdout never leaks into training, and a copy of a training
+image stays in training, so the holdout never holds a picture the models trained on. A different picture that
+merely looks alike is not pinned. The stored sample says why it went where it did (``split_reason``: "hash split",
+"balanced split", or "near-duplicate of <id>" on its twin's side).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ NEAR_DUPLICATE_BITS = 6
 # The base data's image files per split (the same object while the base data is unchanged): indexed like samples.
 BaseFiles = Mapping[SampleSplit, Sequence[Path]]
 HASH_SPLIT = "hash split"
+BALANCED_SPLIT = "balanced split"
 
 
 def base_files_by_split(items: Iterable[Item]) -> dict[SampleSplit, list[Path]]:
@@ -64,6 +69,28 @@ def split_for(sha256_hex: str, holdout_fraction: float) -> SampleSplit:
     return "holdout" if bucket < holdout_fraction else "train"
 
 
+def balance(wanted: Sequence[tuple[str, SampleSplit, bool]], counts: Mapping[str, Mapping[str, int]],
+            holdout_fraction: float) -> list[SampleSplit]:  # fmt: skip
+    """Each item's split, in order, keeping every label's holdout within one image of its share.
+
+    ``wanted``: (label, split, free) per item, where ``free`` means the hash chose the split (a pinned copy is not
+    free: it goes where its twin is, and counts like any other); ``counts``: the label's stored samples per split.
+    A free item goes to the other side when its own would leave the label's holdout more than one image away from
+    ``holdout_fraction`` of its samples, and the other side is nearer."""
+    tally = {label: [c.get("holdout", 0), c.get("train", 0) + c.get("holdout", 0)] for label, c in counts.items()}
+    out: list[SampleSplit] = []
+    for label, split, free in wanted:
+        held, n = tally.setdefault(label, [0, 0])
+        quota = holdout_fraction * (n + 1)
+        other: SampleSplit = "train" if split == "holdout" else "holdout"
+        off = {s: abs(held + (s == "holdout") - quota) for s in (split, other)}
+        if free and off[split] > 1 and off[other] < off[split]:  # pinned copies may push it far: never further
+            split = other
+        tally[label] = [held + (split == "holdout"), n + 1]
+        out.append(split)
+    return out
+
+
 def _where(i: int, up: Upload, n: int) -> str:
     return f"item {i} ({up.filename!r}): " if n > 1 else ""
 
@@ -78,6 +105,7 @@ class SampleIntake:
         max_batch_pixels: int,
         base_files: Callable[[], BaseFiles] = dict,
         erasure_of: ErasureOf = lambda fp: None,
+        balanced: bool = True,
     ):
         self.store = store
         self.labels = labels
@@ -86,6 +114,7 @@ class SampleIntake:
         self.max_batch_pixels = max_batch_pixels
         self.base_files = base_files  # a copy of a base picture goes where that picture is, like a sample's
         self.erasure_of = erasure_of  # set by the service once the capture index exists
+        self.balanced = balanced  # each label's holdout within one image of its share (False: the hash alone)
         # Every stored picture of each split, read once per process: an upload that copies a holdout picture
         # goes to the holdout, one that copies a training picture goes to training, whatever its hash says.
         self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror(), "train": _Mirror()}
@@ -131,6 +160,8 @@ class SampleIntake:
             self._sync_index()
         looked = {i: self._check(uploads[i], i, n) for i in todo}
         splits = self._splits(looked)
+        if self.balanced:
+            self._balance(splits, {i: names[i] for i in looked}, {i: look for i, (_, look) in looked.items()})
         checked = {i: (NewSample(uploads[i].data, names[i], fp.header, splits[i][0], content_address(uploads[i].data),
                                  fp.pixels_sha, fp.phash_hex, splits[i][1], uploader), look)
                    for i, (fp, look) in looked.items()}  # fmt: skip
@@ -200,6 +231,33 @@ class SampleIntake:
                     out[i] = (other, f"near-duplicate of {twin[0]}")
         return out
 
+    def _balance(self, splits: dict[int, tuple[SampleSplit, str]], names: dict[int, str],
+                 looks: dict[int, Likeness]) -> None:  # fmt: skip
+        """Moves hash-split items whose side would put their label's holdout over a picture off its share.
+
+        ``_splits`` looked for a twin on the other side only; an item about to move is first looked for on its own
+        side too, and one found there stays with its twin (pinned, so it counts but never moves). Concurrent
+        requests may each count without the other's items: the share can drift by a picture or two while they
+        overlap, and later uploads bring it back."""
+        order = sorted(splits)
+        counts = self.store.counts_of(set(names.values()))
+        while True:
+            wanted = [(names[i], splits[i][0], splits[i][1] == HASH_SPLIT) for i in order]
+            placed = dict(zip(order, balance(wanted, counts, self.holdout_fraction), strict=True))
+            moving = [i for i in order if placed[i] != splits[i][0]]
+            found = False
+            for side in ("train", "holdout"):
+                ask = [i for i in moving if splits[i][0] == side]
+                if not ask:
+                    continue
+                for i, twin in zip(ask, self._mirrors[side].index.match_many([looks[i] for i in ask]), strict=True):
+                    if twin is not None:
+                        splits[i], found = (side, f"near-duplicate of {twin[0]}"), True
+            if not found:
+                break
+        for i in moving:
+            splits[i] = (placed[i], BALANCED_SPLIT)
+
     def _refuse_erased(self, fp: Fingerprint, where: str) -> None:
         if (erased := self.erasure_of(fp)) is not None:
             cid, when = erased
@@ -253,11 +311,11 @@ class _Mirror:
 
 
 def _pin_within(checked: dict[int, tuple[NewSample, Likeness]]) -> None:
-    """Copies inside one batch: a picture whose copy in the same batch went to the holdout by its hash goes
-    there too (whichever comes first), as it would have if the copy had been stored by an earlier request."""
+    """Copies inside one batch: a picture whose copy in the same batch went to the holdout (by its hash, the
+    balance, or a stored twin) goes there too, as it would have if the copy had been stored by an earlier request."""
     held = LikenessIndex()
     for sample, look in checked.values():
-        if sample.split == "holdout" and sample.split_reason == HASH_SPLIT:
+        if sample.split == "holdout":
             held.add(sample.sha256, look)  # the sample's id once stored
     if not len(held):
         return

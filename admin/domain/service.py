@@ -140,7 +140,8 @@ class AdminService:
         self.audit = AuditStore(self.db)
         self.labels = LabelSet(LabelStore(self.db), self.audit)
         self.intake = SampleIntake(self.samples, self.labels, settings.holdout_fraction, settings.max_image_pixels,
-                                   settings.max_batch_pixels, self._base_files)  # fmt: skip
+                                   settings.max_batch_pixels, self._base_files,
+                                   balanced=settings.holdout_split == "balanced")  # fmt: skip
         self.registry = Registry(self.db, settings.model_store, None)  # the name comes with adoption
         self.base = BaseData()
         self._base_files_of: tuple[BaseData, dict[SampleSplit, list[Path]]] | None = None

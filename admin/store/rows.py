@@ -28,7 +28,7 @@ class StoredSample(_Row):
     split: SampleSplit
     duplicate: bool
     seq: int
-    split_reason: str = ""  # "hash split", or "near-duplicate of <id>" (a stored picture in other bytes, same side)
+    split_reason: str = ""  # "hash split", "balanced split", or "near-duplicate of <id>" (a stored twin, same side)
 
 
 class SampleRef(_Row):

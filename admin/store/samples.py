@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ class NewSample:
     sha256: str  # of ``data``: the content address
     pixels_sha: str  # of the decoded pixels: what makes two files one image
     phash: str  # perceptual hash, hex
-    split_reason: str = "hash split"  # or "near-duplicate of <id>"
+    split_reason: str = "hash split"  # or "balanced split", "near-duplicate of <id>"
     uploader: Actor | None = None  # the token that sent it: the samples token may correct its own samples only
 
 
@@ -193,6 +193,16 @@ class SampleStore:
         out: dict[str, dict[str, int]] = {}
         for row in self.db.all("SELECT label, split, COUNT(*) AS n FROM samples GROUP BY label, split"):
             out.setdefault(row["label"], {"train": 0, "holdout": 0})[row["split"]] = int(row["n"])
+        return out
+
+    def counts_of(self, labels: Iterable[str]) -> dict[str, dict[str, int]]:
+        """``counts()`` of these labels only (the (label, split) index: no scan of other labels' rows)."""
+        out: dict[str, dict[str, int]] = {}
+        for label in labels:
+            row = {"train": 0, "holdout": 0}
+            for r in self.db.all("SELECT split, COUNT(*) AS n FROM samples WHERE label = ? GROUP BY split", (label,)):
+                row[r["split"]] = int(r["n"])
+            out[label] = row
         return out
 
     def snapshot(self, up_to_seq: int) -> list[SampleRef]:
