@@ -1,6 +1,6 @@
 """One simulated retraining loop through the admin's own code (bench/loop_truth.py drives several).
 
-What is real: the sample intake (hash split, near-duplicate pinning) on a real SQLite file, the snapshot and
+What is real: the sample intake (its split, near-duplicate pinning) on a real SQLite file, the snapshot and
 its manifest, the job's training configuration (``build_train_config``: the champion's choices replayed,
 ``--recipe auto`` deciding afresh), ``training.fit``, the evaluation the admin uses, the fair holdout and the
 gate. What is left out: HTTP, TorchServe and the swap (tests/serving cover those), so a round costs what the
@@ -100,7 +100,8 @@ def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
 
 
 class Loop:
-    def __init__(self, domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule):
+    def __init__(self, domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule,
+                 balanced: bool = True):  # fmt: skip
         self.d, self.seed, self.work, self.rule = domain, seed, workdir, rule
         workdir.mkdir(parents=True, exist_ok=True)
         self.base = workdir / "base"
@@ -115,7 +116,8 @@ class Loop:
         self.fraction = fraction
         self.base_items = base_items(self.base, None, fraction)
         base = base_files_by_split(self.base_items)  # one object: the intake indexes it once, as the admin's
-        self.intake = SampleIntake(self.store, self.labels, fraction, 50_000_000, 2_000_000_000, lambda: base)
+        self.intake = SampleIntake(self.store, self.labels, fraction, 50_000_000, 2_000_000_000, lambda: base,
+                                   balanced=balanced)  # fmt: skip
         self._preds: dict[tuple[Path, Path], str | None] = {}
         self._truth: dict[Path, float] = {}
         self.uploaded = self.pinned = self.held = 0
@@ -188,8 +190,9 @@ def _version(run: Path) -> ModelVersion:
                         recipe={"backbone": card.backbone, **card.recipe}, created_at=now, updated_at=now)  # fmt: skip
 
 
-def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule) -> list[Round]:
-    loop = Loop(domain, seed, workdir, fraction, rule)
+def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: GateRule,
+             balanced: bool = True) -> list[Round]:  # fmt: skip
+    loop = Loop(domain, seed, workdir, fraction, rule, balanced)
     champion = old_champion = loop.train("v0", None, None)
     log.info("%s seed %d: first model, truth %.4f", domain.name, seed, loop.truth(champion))
     rounds = []

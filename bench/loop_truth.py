@@ -219,6 +219,8 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a graft train setting for every training (e.g. patience=0); repeatable")
     p.add_argument("--warm-start", action="store_true", help="retrain from the champion's weights (warm_start)")
+    p.add_argument("--split", choices=["balanced", "hash"], default="balanced",
+                   help="the intake's holdout split (GRAFT_HOLDOUT_SPLIT): balanced per label, or the hash alone")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -246,7 +248,7 @@ def main() -> int:
                 d.train["head_seeds"] = args.head_seeds
             d.train.update(dict(kv.split("=", 1) for kv in args.set))
             d.retrain["warm_start"] = args.warm_start
-            rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule)
+            rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule, args.split == "balanced")
     summary = {d: summarise([r for r in rows if r.domain == d]) for d in sorted({r.domain for r in rows})}
     summary["all"] = summarise(rows)
     report = {"rule": asdict(rule), "args": {k: str(v) for k, v in vars(args).items()},

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from admin.store import capture_tallies
+from admin.store import capture_tallies, sample_tallies
 from graft.core.util import private_dir
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS samples (
     received_at  TEXT NOT NULL,
     pixels_sha   TEXT,                               -- sha256 of the decoded pixels: the split follows it
     phash        TEXT,                               -- 64-bit perceptual hash (hex): near-duplicates
-    split_reason TEXT,                               -- why this split: "hash split" | "near-duplicate of <id>"
+    split_reason TEXT,                               -- "hash split" | "balanced split" | "near-duplicate of <id>"
     uploader     TEXT                                -- the token that stored it: admin | samples | insecure (schema 8)
 );
 CREATE INDEX IF NOT EXISTS samples_label ON samples (label, split);
@@ -243,6 +243,7 @@ class Database:
             self._conn.execute(f"CREATE INDEX IF NOT EXISTS {ddl}")
         with self.tx() as conn:
             capture_tallies.install(conn)
+            sample_tallies.install(conn)  # schema 11
         self._number_labels()
         ddl = self._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()["sql"]
         if "'held'" not in ddl:  # schema 3: a CHECK constraint cannot be altered, the table is rebuilt

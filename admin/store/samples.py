@@ -189,18 +189,19 @@ class SampleStore:
         return int(row["n"]) if row else 0
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{label: {"train": n, "holdout": m}}`` for every label seen."""
+        """``{label: {"train": n, "holdout": m}}`` for every label with samples (kept by triggers:
+        :mod:`admin.store.sample_tallies`, a few rows whatever the number of samples)."""
         out: dict[str, dict[str, int]] = {}
-        for row in self.db.all("SELECT label, split, COUNT(*) AS n FROM samples GROUP BY label, split"):
+        for row in self.db.all("SELECT label, split, n FROM sample_counts WHERE n > 0"):
             out.setdefault(row["label"], {"train": 0, "holdout": 0})[row["split"]] = int(row["n"])
         return out
 
     def counts_of(self, labels: Iterable[str]) -> dict[str, dict[str, int]]:
-        """``counts()`` of these labels only (the (label, split) index: no scan of other labels' rows)."""
+        """``counts()`` of these labels only, zeros included."""
         out: dict[str, dict[str, int]] = {}
         for label in labels:
             row = {"train": 0, "holdout": 0}
-            for r in self.db.all("SELECT split, COUNT(*) AS n FROM samples WHERE label = ? GROUP BY split", (label,)):
+            for r in self.db.all("SELECT split, n FROM sample_counts WHERE label = ?", (label,)):
                 row[r["split"]] = int(r["n"])
             out[label] = row
         return out

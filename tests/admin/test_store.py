@@ -121,7 +121,8 @@ def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
     con.executescript(SCHEMA_7)
     con.close()
     db = Database(path)
-    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 10  # type: ignore[index]
+    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 11  # type: ignore[index]
+    assert SampleStore(db, tmp_path).counts() == {"battery": {"train": 1, "holdout": 0}}, "schema 11: from the rows"
     assert db.all("SELECT * FROM erased_pictures") == [], "schema 9: the erased pictures, none yet"
     sample = SampleStore(db, tmp_path).get("cd")
     assert sample is not None and sample.uploader is None, "unknown uploader: only the admin token may correct it"
@@ -137,4 +138,52 @@ def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
     db.close()
     db = Database(path)
     assert [x.position for x in LabelStore(db).all()] == [1, 2, 3, 4], "numbered once, not again on reopening"
+    db.close()
+
+
+def _grouped(db: Database) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for row in db.all("SELECT label, split, COUNT(*) AS n FROM samples GROUP BY label, split"):
+        out.setdefault(row["label"], {"train": 0, "holdout": 0})[row["split"]] = int(row["n"])
+    return out
+
+
+def test_sample_counts_follow_every_write(tmp_path: Path) -> None:
+    """The counts the intake balances on are the triggers' (schema 11): after adds, deletions, relabels, label
+    moves and erasures they equal a GROUP BY over the rows, and an older database gets them from its rows."""
+    from admin.domain.labels import LabelSet
+    from admin.domain.samples import SampleIntake, Upload
+    from admin.store.labels import LabelStore
+    from admin.store.samples import SampleStore
+    from graft.core.images import fingerprint
+    from tests.support.images import photo
+
+    path = tmp_path / "admin.sqlite3"
+    db = Database(path)
+    store = SampleStore(db, tmp_path)
+    intake = SampleIntake(store, LabelSet(LabelStore(db)), 0.3, 1_000_000, 100_000_000)
+    stored = intake.accept([Upload(f"{k}.png", photo(k)) for k in range(30)], ["ants"], True)
+    stored += intake.accept([Upload(f"b{k}.png", photo(100 + k)) for k in range(20)], ["bees"], True)
+    steps = [
+        lambda: store.remove(stored[0].id),
+        lambda: store.set_label(stored[1].id, "bees"),
+        lambda: store.set_label(stored[2].id, "wasps"),
+        lambda: store.move_label("bees", "hornets"),
+        lambda: store.remove_picture(fingerprint(photo(5)).pixels_sha, None, 0),
+        lambda: db.execute("UPDATE samples SET split = 'holdout' WHERE sha256 = ?", (stored[6].id,)),
+    ]
+    assert store.counts() == _grouped(db)
+    assert store.counts_of(["ants", "nobody"])["nobody"] == {"train": 0, "holdout": 0}
+    for step in steps:
+        step()
+        assert store.counts() == _grouped(db)
+    assert set(store.counts()) == {"ants", "hornets", "wasps"}, "labels with no samples left drop out"
+    want = store.counts()
+    db.close()
+    con = sqlite3.connect(path)  # as schema 10 left it: no counts
+    con.executescript("DROP TRIGGER samples_tally_insert; DROP TRIGGER samples_tally_update; DROP TRIGGER "
+                      "samples_tally_delete; DROP TABLE sample_counts; PRAGMA user_version=10;")  # fmt: skip
+    con.close()
+    db = Database(path)
+    assert SampleStore(db, tmp_path).counts() == want
     db.close()
