@@ -125,7 +125,19 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
                                  "old": share(clear_worse, "old_passed", True)},
         },
         "served": served,
+        "holdout": _holdout(rows),
     }
+
+
+def _holdout(rows: list[Round]) -> dict[int, dict[str, float]]:
+    """Per round: the range of the holdout's share of uploads over the loops, and of the fair holdout's size."""
+    out: dict[int, dict[str, float]] = {}
+    for rnd in sorted({r.round for r in rows}):
+        mine = [r for r in rows if r.round == rnd]
+        out[rnd] = {"uploads": max(r.uploaded for r in mine),
+                    "share_min": min(r.holdout_share for r in mine), "share_max": max(r.holdout_share for r in mine),
+                    "fair_n_min": min(r.new_n for r in mine), "fair_n_max": max(r.new_n for r in mine)}  # fmt: skip
+    return out
 
 
 def by_chance(rows: list[Round], points: float = 0.01) -> dict[str, Any]:

@@ -26,6 +26,11 @@ def test_a_worse_candidate_counts_as_a_wrong_promotion_and_only_a_significant_on
     assert s["significant_on_truth"]["wrong_rejections"]["new"] == {"rounds": 1, "count": 1, "rate": 1.0}
     # served after each round: the first model 0.90, then 0.88 and 0.80 promoted, 0.85 rejected (0.80 stays)
     assert s["served"]["served_truth"]["mean_by_round"] == {0: 0.90, 1: 0.88, 2: 0.80, 3: 0.80}
+    rows[1].holdout_share, rows[1].new_n = 0.31, 12  # another loop's round 2, for the ranges
+    other = _row(2, 0.88, 0.80, True, None)
+    s = summarise([*rows, other])
+    assert s["holdout"][2] == {"uploads": 20, "share_min": 0.2, "share_max": 0.31, "fair_n_min": 12, "fair_n_max": 40}
+    assert s["holdout"][1]["share_min"] == s["holdout"][1]["share_max"] == 0.2
 
 
 def test_rows_of_runs_before_the_truth_comparison_are_left_out_of_the_clear_counts() -> None:
