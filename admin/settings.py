@@ -58,7 +58,7 @@ class AdminSettings(BaseSettings):
     # --- samples
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     # balanced: each label's holdout within one image of its share; hash: the pixels' hash alone (the same picture
-    # on the same side in every deployment, but 6 points off the share either way on 40 uploads)
+    # on the same side in every deployment, but a standard deviation of 6 points on 40 uploads)
     holdout_split: Literal["balanced", "hash"] = "balanced"
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_batch_files: int = Field(default=64, gt=0)

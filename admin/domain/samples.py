@@ -5,9 +5,10 @@ already stored, then image headers against a pixel budget, then full decoding), 
 batch in one transaction: a request stores all its samples or none, and a hostile one costs little CPU.
 
 The split (train or holdout) starts from a hash of the image's decoded pixels. A hash split alone drifts far from
-its share on a few dozen uploads (6 points either way on 40 uploads at 20%), so each label's holdout is kept within
-one image of its share (``balanced``, the default; ``GRAFT_HOLDOUT_SPLIT=hash`` for the hash alone): where the
-hash's side would put it further off, the picture goes to the other side ("balanced split", about 1 in 10).
+its share on a few dozen uploads (a standard deviation of 6 points on 40 uploads at 20%), so each label's holdout
+is kept within one image of its share (``balanced``, the default; ``GRAFT_HOLDOUT_SPLIT=hash`` for the hash
+alone): where the hash's side would put it further off, the picture goes to the other side ("balanced split",
+about 1 in 10).
 
 A picture is placed once. The same bytes find the stored sample; the same picture in other bytes (re-encoded,
 resized, lightly cropped, brightened: :mod:`graft.core.likeness`) goes where that stored image is: a copy of a
