@@ -19,6 +19,7 @@ from admin.store.captures import CaptureStore
 from admin.store.db import Database
 from admin.store.rows import CaptureStatus
 from graft.core.capture import CaptureRecord
+from tests.support.schema import without_tallies
 
 T0 = 1_700_000_003.7  # not on a bucket boundary
 
@@ -99,10 +100,7 @@ def test_an_older_database_gets_its_counts_from_its_rows(tmp_path: Path) -> None
     fill(store, 120)
     want = store.counts("graft")
     db.close()
-    con = sqlite3.connect(path)  # as schema 9 left it: no tallies
-    con.executescript("DROP TRIGGER captures_tally_insert; DROP TRIGGER captures_tally_status; DROP TRIGGER "
-                      "captures_tally_delete; DROP TABLE capture_counts; PRAGMA user_version=9;")  # fmt: skip
-    con.close()
+    without_tallies(path, "captures", "capture_counts", 9)  # as schema 9 left it: no tallies
     db = Database(path)
     assert CaptureStore(db).counts("graft") == want == table_counts(CaptureStore(db))
     db.close()

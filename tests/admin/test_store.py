@@ -7,6 +7,7 @@ from pathlib import Path
 
 from admin.store.db import SCHEMA_VERSION, Database
 from admin.store.jobs import JobStore
+from bench.sample_counts import grouped_counts
 
 # The tables as graft 0.1.0 (schema 1) created them: jobs without config, samples without fingerprints,
 # the jobs status CHECK without 'held', no meta or labels table.
@@ -141,13 +142,6 @@ def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
     db.close()
 
 
-def _grouped(db: Database) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for row in db.all("SELECT label, split, COUNT(*) AS n FROM samples GROUP BY label, split"):
-        out.setdefault(row["label"], {"train": 0, "holdout": 0})[row["split"]] = int(row["n"])
-    return out
-
-
 def test_sample_counts_follow_every_write(tmp_path: Path) -> None:
     """The counts the intake balances on are the triggers' (schema 11): after adds, deletions, relabels, label
     moves and erasures they equal a GROUP BY over the rows, and an older database gets them from its rows."""
@@ -157,6 +151,7 @@ def test_sample_counts_follow_every_write(tmp_path: Path) -> None:
     from admin.store.samples import SampleStore
     from graft.core.images import fingerprint
     from tests.support.images import photo
+    from tests.support.schema import without_tallies
 
     path = tmp_path / "admin.sqlite3"
     db = Database(path)
@@ -172,18 +167,15 @@ def test_sample_counts_follow_every_write(tmp_path: Path) -> None:
         lambda: store.remove_picture(fingerprint(photo(5)).pixels_sha, None, 0),
         lambda: db.execute("UPDATE samples SET split = 'holdout' WHERE sha256 = ?", (stored[6].id,)),
     ]
-    assert store.counts() == _grouped(db)
+    assert store.counts() == grouped_counts(db)
     assert store.counts_of(["ants", "nobody"])["nobody"] == {"train": 0, "holdout": 0}
     for step in steps:
         step()
-        assert store.counts() == _grouped(db)
+        assert store.counts() == grouped_counts(db)
     assert set(store.counts()) == {"ants", "hornets", "wasps"}, "labels with no samples left drop out"
     want = store.counts()
     db.close()
-    con = sqlite3.connect(path)  # as schema 10 left it: no counts
-    con.executescript("DROP TRIGGER samples_tally_insert; DROP TRIGGER samples_tally_update; DROP TRIGGER "
-                      "samples_tally_delete; DROP TABLE sample_counts; PRAGMA user_version=10;")  # fmt: skip
-    con.close()
+    without_tallies(path, "samples", "sample_counts", 10)  # as schema 10 left it: no counts
     db = Database(path)
     assert SampleStore(db, tmp_path).counts() == want
     db.close()
