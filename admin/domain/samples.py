@@ -121,6 +121,9 @@ class SampleIntake:
         self._mirrors: dict[SampleSplit, _Mirror] = {"holdout": _Mirror(), "train": _Mirror()}
         self._synced_base: object = None  # the base files last indexed (the service caches them)
         self._sync_lock = threading.Lock()
+        # One request places and stores at a time: without it, two requests at once each miss the other's pictures
+        # (a copy could land on the other side from its twin, and the balance counts without the other's items).
+        self._place_lock = threading.Lock()
 
     def accept(self, uploads: Sequence[Upload], raw_labels: Sequence[str], may_add_labels: bool, *,
                new_label: bool = False, uploader: Actor | None = None) -> list[StoredSample]:  # fmt: skip
@@ -157,9 +160,20 @@ class SampleIntake:
                 out[i] = StoredSample(id=stored.id, label=stored.label, split=stored.split, duplicate=True,
                                       seq=stored.seq, split_reason=stored.split_reason)  # fmt: skip
         self._check_pixel_budget([uploads[i] for i in todo])
-        if todo:
-            self._sync_index()
-        looked = {i: self._check(uploads[i], i, n) for i in todo}
+        looked = {i: self._check(uploads[i], i, n) for i in todo}  # decoding runs beside other requests
+        if looked:
+            with self._place_lock:
+                out.update(self._place(looked, uploads, names, uploader))
+        for name in dict.fromkeys(names[i] for i in looked):
+            self.labels.resolve(name, may_add=True, actor=uploader)  # a new label (admin only) joins once stored
+        return [out[i] for i in range(n)]
+
+    def _place(self, looked: dict[int, tuple[Fingerprint, Likeness]], uploads: Sequence[Upload], names: list[str],
+               uploader: Actor) -> dict[int, StoredSample]:  # fmt: skip
+        """Chooses each item's side and stores the batch, one request at a time (under ``_place_lock``): a request
+        sees every picture stored before it, so a copy finds its twin and the balance counts the other's items."""
+        n = len(uploads)
+        self._sync_index()
         splits = self._splits(looked)
         if self.balanced:
             self._balance(splits, {i: names[i] for i in looked}, {i: look for i, (_, look) in looked.items()})
@@ -181,10 +195,7 @@ class SampleIntake:
             for (_, look), sample in zip(checked.values(), added, strict=True):
                 if not sample.duplicate:
                     self._mirrors[sample.split].add(sample.id, look)  # later requests are checked against it
-        out.update(zip(checked, added, strict=True))
-        for name in dict.fromkeys(names[i] for i in checked):
-            self.labels.resolve(name, may_add=True, actor=uploader)  # a new label (admin only) joins once stored
-        return [out[i] for i in range(n)]
+        return dict(zip(checked, added, strict=True))
 
     def _label(self, raw: str, may_add: bool, new_label: bool, pending: list[str], where: str) -> str:
         try:
@@ -237,9 +248,7 @@ class SampleIntake:
         """Moves hash-split items whose side would put their label's holdout over a picture off its share.
 
         ``_splits`` looked for a twin on the other side only; an item about to move is first looked for on its own
-        side too, and one found there stays with its twin (pinned, so it counts but never moves). Concurrent
-        requests may each count without the other's items: the share can drift by a picture or two while they
-        overlap, and later uploads bring it back."""
+        side too, and one found there stays with its twin (pinned, so it counts but never moves)."""
         order = sorted(splits)
         counts = self.store.counts_of(set(names.values()))
         while True:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
-from admin.domain.samples import BALANCED_SPLIT, HASH_SPLIT, SampleIntake, Upload, balance, split_for
+from admin.domain.samples import BALANCED_SPLIT, HASH_SPLIT, SampleIntake, StoredSample, Upload, balance, split_for
 from admin.server import AdminServer
 from admin.settings import load_settings
 from graft.core.errors import ConfigError
@@ -106,6 +108,48 @@ def test_a_balanced_picture_in_other_bytes_goes_where_it_went(tmp_path: Path) ->
     got = fresh.accept(pairs, ["bees"], True)
     assert all(got[2 * k].split == got[2 * k + 1].split for k in range(20))
     assert any(s.split_reason == BALANCED_SPLIT for s in got)
+
+
+def _at_once(intake: SampleIntake, uploads: Sequence[Upload], label: str) -> list[StoredSample]:
+    """Each upload its own request, all started together, with slow storage: without the intake's placement lock
+    every request would choose its side before any other had stored its picture."""
+    store_many = intake.store.add_many
+
+    def slow(*args: object, **kw: object) -> list[StoredSample]:
+        time.sleep(0.2)
+        return store_many(*args, **kw)  # type: ignore[arg-type]
+
+    intake.store.add_many = slow  # type: ignore[method-assign]
+    start = threading.Barrier(len(uploads))
+    got: dict[int, StoredSample] = {}
+
+    def send(k: int) -> None:
+        start.wait()
+        got[k] = intake.accept([uploads[k]], [label], True)[0]
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(uploads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(got) == len(uploads), "a request failed"
+    return [got[k] for k in range(len(uploads))]
+
+
+def test_requests_at_the_same_moment_see_each_other(tmp_path: Path) -> None:
+    # a picture its hash sends to the holdout, and a copy in other bytes whose own hash says training
+    seed = next(k for k in range(1000, 3000)
+                if split_for(fingerprint(photo(k)).pixels_sha, 0.2) == "holdout"
+                and split_for(fingerprint(photo(k, fmt="JPEG", quality=70)).pixels_sha, 0.2) == "train")  # fmt: skip
+    pair = [Upload("a.png", photo(seed)), Upload("b.jpg", photo(seed, fmt="JPEG", quality=70))]
+    first, copy = _at_once(make_intake(tmp_path / "pair", holdout_fraction=0.2), pair, "ants")
+    assert first.split == copy.split, "one picture, one side: whichever request stored first"
+    assert {first.split_reason, copy.split_reason} & {f"near-duplicate of {first.id}", f"near-duplicate of {copy.id}"}
+    # ten pictures the hash sends to the holdout, each in its own request: the balance counts the others'
+    held = [k for k in range(1000, 3000) if split_for(fingerprint(photo(k)).pixels_sha, 0.2) == "holdout"][:10]
+    got = _at_once(make_intake(tmp_path / "ten", holdout_fraction=0.2), [Upload(f"{k}.png", photo(k)) for k in held],
+                   "bees")  # fmt: skip
+    assert 1 <= sum(s.split == "holdout" for s in got) <= 3, "within one image of 20% of 10"
 
 
 def test_the_split_policy_is_a_setting_and_the_api_says_why(tmp_path: Path, free_port: int) -> None:
