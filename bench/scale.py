@@ -19,6 +19,8 @@ its peak RSS (``/usr/bin/time``), for the feature-cache pass's memory.
     PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels 1000,10000 --out bench/results/scale.json
     PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels '' --train-sizes 500,4000 \\
         --out bench/results/scale_train.json
+    PYTHONPATH=$PWD .venv/bin/python -m bench.scale --levels 1000,10000 --baseline-tree . \\
+        --baseline-env GRAFT_HOLDOUT_SPLIT=hash --out bench/results/scale_split.json
 """
 
 from __future__ import annotations
@@ -126,14 +128,16 @@ def _upload(c: httpx.Client, items: list[tuple[bytes, str]]) -> None:
         r.raise_for_status()
 
 
-def _pinned(state: Path) -> int:
-    """Samples the intake pinned to the holdout as a near-duplicate of a holdout picture (read-only)."""
+def _reasons(state: Path) -> tuple[int, int]:
+    """Samples the intake pinned to the holdout as a near-duplicate of a holdout picture, and samples the balanced
+    split moved to the other side of their hash (read-only)."""
     import sqlite3
 
     db = sqlite3.connect(f"file:{state / 'admin.sqlite3'}?mode=ro", uri=True)
     try:
         sql = "SELECT count(*) FROM samples WHERE split = 'holdout' AND split_reason LIKE 'near-duplicate%'"
-        return int(db.execute(sql).fetchone()[0])
+        moved = "SELECT count(*) FROM samples WHERE split_reason = 'balanced split'"
+        return int(db.execute(sql).fetchone()[0]), int(db.execute(moved).fetchone()[0])
     finally:
         db.close()
 
@@ -166,9 +170,11 @@ def time_job(c: httpx.Client, timeout_s: float = 3600) -> dict[str, Any]:
             "holdout_images": holdout, "reason": job["reason"]}  # fmt: skip
 
 
-def measure_admin(levels: list[int], window: int, tree: Path, work: Path, job: bool = False) -> list[dict[str, Any]]:
+def measure_admin(levels: list[int], window: int, tree: Path, work: Path, job: bool = False,
+                  settings_env: dict[str, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     state, port = work / "state", _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}  # the admin under test first
+    # The admin under test first on the path; settings_env: GRAFT_* variables for its settings (e.g. the split).
+    env = {**os.environ, **(settings_env or {}), "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}
     # By path, not -m: the tree under test may have no bench/scale.py.
     child = subprocess.Popen([sys.executable, __file__, "--serve-admin", str(state), "--port", str(port)], cwd=tree,
                              env=env)  # fmt: skip
@@ -201,13 +207,14 @@ def measure_admin(levels: list[int], window: int, tree: Path, work: Path, job: b
                     stats = c.get("/v1/samples/stats", headers=HEADERS).json()
                     lat.append(1000 * (time.perf_counter() - s0))
                 db = sum(f.stat().st_size for f in state.glob("*.sqlite3*"))
-                pinned = _pinned(state)
+                pinned, moved = _reasons(state)
                 rows.append({
                     "stored": stats["total"], "images_per_s": round(window / wall, 1),
                     "admin_cpu_ms_per_image": round(1000 * cpu / window, 2),
                     "stats_ms_p50": round(statistics.median(lat), 1), "stats_ms_max": round(max(lat), 1),
                     "holdout_share": round(stats["holdout"] / max(1, stats["total"]), 3),
                     "pinned_share": round(pinned / max(1, stats["total"]), 3),
+                    "balanced_share": round(moved / max(1, stats["total"]), 3),
                     "admin_rss_mb": round(_rss_mb(child.pid), 1),
                     "admin_peak_rss_mb": round(_rss_mb(child.pid, "VmHWM"), 1),
                     "db_bytes_per_sample": round(db / max(1, stats["total"])),
@@ -246,6 +253,9 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=640, help="uploads timed at each level (a multiple of 64)")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout (e.g. main) to measure the same way")
     ap.add_argument("--baseline-only", action="store_true", help="measure the baseline tree alone")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="GRAFT_NAME=VALUE",
+                    help="a setting for the baseline's admin only, e.g. --baseline-tree . "
+                    "--baseline-env GRAFT_HOLDOUT_SPLIT=hash (repeatable)")  # fmt: skip
     ap.add_argument("--job", action="store_true", help="also time a retraining job's phases at each level")
     ap.add_argument("--train-sizes", default="", help="e.g. 500,4000,16000: graft train peak RSS at these sizes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
@@ -261,14 +271,19 @@ def main() -> None:
     trees = {"this": REPO, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
     if args.baseline_only:
         trees.pop("this")
+    baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
+    if any(not k.startswith("GRAFT_") for k in baseline_env):
+        raise SystemExit("--baseline-env takes GRAFT_NAME=VALUE settings")
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "batch": BATCH,
-                              "window": args.window, "admin": {}, "train": {}}  # fmt: skip
+                              "window": args.window, "baseline_env": baseline_env, "admin": {},
+                              "train": {}}  # fmt: skip
     for name, tree in trees.items():
         with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as scratch:
             tmp = str(args.keep / name) if args.keep else scratch
             Path(tmp).mkdir(parents=True, exist_ok=True)
             if levels:  # --levels '' with --train-sizes: training memory alone
-                result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp), args.job)
+                env = baseline_env if name == "baseline" else {}
+                result["admin"][name] = measure_admin(levels, args.window, tree, Path(tmp), args.job, env)
             if sizes:
                 result["train"][name] = measure_train(sizes, tree, Path(tmp))
     result["load_avg_at_end"] = os.getloadavg()
