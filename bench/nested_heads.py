@@ -16,6 +16,9 @@ Learners (features are computed once; each head is a linear layer):
 * ``adamw-all``: the same without a validation split: every image trains and all 15 epochs are kept.
 * ``rounds-average``: ``adamw``, but each set's head is the average of its own and every smaller set's head (for
   linear heads on the same features, a logit ensemble across rounds).
+* ``champion-average``: ``adamw-all``, each set's head averaged half and half with the previous set's served head
+  (itself such an average): an exponential average across rounds, where ``rounds-average`` weighs every round
+  alike. One linear head, so it serves at no extra cost.
 * ``focal-distill``: ``adamw-all`` plus focal distillation from the previous set's head (the champion), as in
   positive-congruent training (Yan et al., CVPR 2021): on the training images the champion got right, the new head
   is also pulled towards the champion's softened outputs (KL at temperature 2, weight 1), so it keeps what the
@@ -61,7 +64,8 @@ log = logging.getLogger("bench.nested_heads")
 Head = dict[str, torch.Tensor]
 SEEDS, EPOCHS, BATCH, LR, WD, DROPOUT, VAL = 5, 15, 32, 3e-3, 1e-4, 0.2, 0.2
 KD_WEIGHT = 1.0  # training.distill.TEMPERATURE is the temperature
-LEARNERS = ("lbfgs", "adamw", "adamw-all", "rounds-average", "focal-distill")
+LEARNERS = ("lbfgs", "adamw", "adamw-all", "rounds-average", "focal-distill", "champion-average")
+CHAMPION_SHARE = 0.5  # champion-average: the previous served head's share of the new one
 
 
 # ---------------------------------------------------------------------------------------------------- features
@@ -213,7 +217,7 @@ def _fit(
     rank: torch.Tensor,
     fitted: dict[str, list[Head]],
 ) -> list[Head]:
-    """One learner's heads for every set of a chain (``rounds-average`` reuses ``adamw``'s when it ran)."""
+    """One learner's heads for every set of a chain (the averages reuse the heads they average when those ran)."""
     if name == "lbfgs":
         return [lbfgs(x[i], y[i], classes) for i in sets]
     if name == "adamw":
@@ -223,6 +227,12 @@ def _fit(
     if name == "rounds-average":
         base = fitted.get("adamw") or _fit("adamw", x, y, classes, sets, rank, fitted)
         return [average(base[: k + 1]) for k in range(len(sets))]
+    if name == "champion-average":
+        own = fitted.get("adamw-all") or _fit("adamw-all", x, y, classes, sets, rank, fitted)
+        served = [own[0]]
+        for head in own[1:]:
+            served.append({k: (1 - CHAMPION_SHARE) * head[k] + CHAMPION_SHARE * served[-1][k] for k in head})
+        return served
     return _chain_distill(x, y, classes, sets)
 
 

@@ -78,7 +78,12 @@ class TrainConfig(BaseModel):
         0.0, ge=0, le=10, description="the refit also keeps the teacher's right answers (focal distillation, this "
         "weight; 0 = off): fewer retrainings that lose what the champion knew. The admin's teacher is the champion",
     )  # fmt: skip
-    teacher: Path | None = Field(None, description="distill from this run folder (the admin sets its champion)")
+    champion_share: float = Field(
+        0.0, ge=0, lt=1, description="the refit's head is averaged with the teacher's, this share to the teacher's "
+        "weights (0 = off): an exponential average across retrainings. The admin's teacher is the champion",
+    )  # fmt: skip
+    teacher: Path | None = Field(None, description="distill from (or average with) this run folder (the admin sets "
+                                 "its champion)")  # fmt: skip
     augment: bool = Field(False, description="random resized crops and flips (turns the feature cache off)")
     feature_cache: bool = Field(True, description="run frozen stages once per image (off: the whole network)")
     background: str | None = Field(

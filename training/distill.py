@@ -10,9 +10,13 @@ that lost 1 point on ants/bees' truth from 13% to 4% and cost Fashion-MNIST, sti
 the real retraining loop it did not help (6 truly worse candidates of 48 against 4 without it), so it is off by
 default (``--distill 0``).
 
-The champion's outputs are its head applied to the cached features, which is exact only when its frozen layers
-are the candidate's: the same backbone and weights, trained head-only, and the same labels. Otherwise nothing is
-distilled, and ``model.json`` says why.
+The other way to keep it is plainer: ``--champion-share W`` averages the refit's head with the champion's (W of
+the champion's weights). Through the loop on 12 ants/bees seeds it gave 3 truly worse candidates against 8 at the
+same served level (docs/benchmarks/gate.md part 11); it is off by default too.
+
+The champion's outputs are its head applied to the cached features, and its head averages with ours, which is
+exact only when its frozen layers are the candidate's: the same backbone and weights, trained head-only, and the
+same labels. Otherwise nothing is distilled or averaged, and ``model.json`` says why.
 """
 
 from __future__ import annotations
@@ -47,6 +51,25 @@ def focal_distillation(out: torch.Tensor, teacher: torch.Tensor, targets: torch.
     return weight * TEMPERATURE**2 * (right * kl).mean()
 
 
+def average_with_champion(trainer: Trainer, head: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """``champion_share`` of the champion's head and the rest of the refit's, in ``trainer.model``: for a linear head
+    on the same features, the logits of the two models averaged (an exponential average across retrainings, since
+    the champion is itself one). Returns the evidence for ``model.json`` (None when averaging is off)."""
+    share = trainer.cfg.champion_share
+    if not share:
+        return None
+    found = champion_head(trainer, head)
+    if isinstance(found, str):
+        log.info("champion average: not done: %s", found)
+        return {"skipped": found}
+    theirs, reference = found
+    ours = trainer.model.state_dict()
+    blended = {k: (1 - share) * ours[k].detach().cpu() + share * theirs[k].to(ours[k].dtype) for k in head}
+    trainer.model.load_state_dict(blended, strict=False)
+    log.info("champion average: the new head is %.2f of the champion's and %.2f of the refit's", share, 1 - share)
+    return {"teacher": reference, "champion_share": share}
+
+
 def _unfit(
     trainer: Trainer, head: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], labels: list[str]
 ) -> str | None:
@@ -63,6 +86,20 @@ def _unfit(
     return None
 
 
+def champion_head(trainer: Trainer, head: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str] | str:
+    """The teacher's head tensors (the keys of ``head``) and its run reference, or why it would not be the
+    champion on this run's cached features."""
+    if trainer.cfg.teacher is None:
+        return "no champion (a first model)"
+    teacher_dir = Path(trainer.cfg.teacher)
+    champion, card = load_model(teacher_dir)
+    theirs = champion.state_dict()
+    why = _unfit(trainer, head, theirs, card.labels)
+    if why is not None:
+        return why
+    return {k: theirs[k] for k in head}, run_reference(teacher_dir, card)
+
+
 def teacher_outputs(
     trainer: Trainer, phase: Phase, head: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
@@ -71,14 +108,10 @@ def teacher_outputs(
     cfg = trainer.cfg
     if not cfg.distill:
         return None, None
-    if cfg.teacher is None:
-        return _skip("no champion to distill from (a first model)")
-    teacher_dir = Path(cfg.teacher)
-    champion, card = load_model(teacher_dir)
-    theirs = champion.state_dict()
-    why = _unfit(trainer, head, theirs, card.labels)
-    if why is not None:
-        return _skip(why)
+    found = champion_head(trainer, head)
+    if isinstance(found, str):
+        return _skip(found.replace("no champion", "no champion to distill from"))
+    theirs, reference = found
     cached = trainer.cache(phase)
     assert cached is not None  # a refit runs on the cache
     feats, targets = cached.pooled()
@@ -86,7 +119,7 @@ def teacher_outputs(
     suffix = cached.split.suffix
     try:
         # The suffix shares the model's head: lend it the champion's head for one pass, then give ours back.
-        trainer.model.load_state_dict({k: theirs[k] for k in head}, strict=False)
+        trainer.model.load_state_dict(theirs, strict=False)
         suffix.eval()
         device = next(suffix.parameters()).device
         with torch.no_grad():
@@ -97,7 +130,7 @@ def teacher_outputs(
     log.info("distill: the champion is right on %d of %d training and validation images; the refit keeps them "
              "with weight %.2f", right, len(targets), cfg.distill)  # fmt: skip
     evidence = {
-        "teacher": run_reference(teacher_dir, card),
+        "teacher": reference,
         "weight": cfg.distill,
         "temperature": TEMPERATURE,
         "images": len(targets),

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from training.distill import teacher_outputs
+from training.distill import average_with_champion, teacher_outputs
 from training.seeds import mean_state, restart
 from training.trainer import Phase, Trainer
 
@@ -93,4 +93,6 @@ def refit_head(
     }
     if distilled is not None:
         evidence["distilled"] = distilled
+    if (averaged := average_with_champion(trainer, start)) is not None:
+        evidence["champion_average"] = averaged
     return evidence

@@ -121,7 +121,7 @@ def build_train_config(
     if device is not None:
         values["device"] = device
     config = build_config(values)
-    if config.distill and champion is not None and champion.run_dir is not None:
+    if (config.distill or config.champion_share) and champion is not None and champion.run_dir is not None:
         # keep what the champion knew (training/distill.py); a path the admin chose, never a request's
         config = build_config({**config.model_dump(exclude_unset=True), "teacher": champion.run_dir})
     return config

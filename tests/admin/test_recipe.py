@@ -113,3 +113,9 @@ def test_distilling_retrains_learn_from_the_champion_and_only_from_it() -> None:
             build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest(overrides={"distill": bad}))
     with pytest.raises(ValueError, match="distill"):
         RetrainRequest.model_validate({"overrides": {"distill": "a lot"}})
+    averaged = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {},
+                                  RetrainRequest(overrides={"champion_share": 0.5}))  # fmt: skip
+    assert averaged.champion_share == 0.5 and averaged.teacher == Path("/store/champion-run")
+    whole = RetrainRequest(overrides={"champion_share": 1})
+    with pytest.raises(ConfigInvalidError, match="champion_share"):  # all of the champion is no retraining
+        build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, whole)

@@ -74,3 +74,26 @@ def test_a_champion_with_other_frozen_layers_is_not_distilled_from(
     why = read_card(run).recipe["refitted"]["distilled"]["skipped"]
     assert why.startswith("the champion's frozen layers differ from this run's")
     assert "distill: not done (the champion's frozen layers differ" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_champion_average_is_that_share_of_the_champions_head(
+    hymenoptera: Path, mobilenet_weights: Path, tmp_path: Path
+) -> None:
+    from graft.core.artifact import load_model
+
+    champion = _fit(tmp_path / "champion", hymenoptera, mobilenet_weights, seed=1).run_dir
+    plain = _fit(tmp_path / "plain", hymenoptera, mobilenet_weights, seed=5).run_dir
+    mixed = _fit(tmp_path / "mixed", hymenoptera, mobilenet_weights, seed=5, champion_share=0.25,
+                 teacher=champion).run_dir  # fmt: skip
+    evidence = read_card(mixed).recipe["refitted"]["champion_average"]
+    assert evidence["champion_share"] == 0.25 and str(champion.resolve()) in evidence["teacher"]
+    (c, _), (p, _), (m, _) = (load_model(run) for run in (champion, plain, mixed))
+    cs, ps, ms = c.state_dict(), p.state_dict(), m.state_dict()
+    head = [k for k in ms if not torch.equal(ps[k], cs[k])]
+    assert head and all(k.startswith("classifier") for k in head), head  # only the trained head differs
+    for k, v in ms.items():  # the same refit (the same seed), then a quarter of the champion's head
+        want = 0.75 * ps[k] + 0.25 * cs[k] if v.is_floating_point() else ps[k]
+        assert torch.allclose(v, want, atol=1e-6), k
+    first = _fit(tmp_path / "first", hymenoptera, mobilenet_weights, seed=5, champion_share=0.5).run_dir
+    assert read_card(first).recipe["refitted"]["champion_average"] == {"skipped": "no champion (a first model)"}
