@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 TEMPERATURE = 2.0
 
+# The champion's head tensors and its run reference, or why it would not be the champion on our cached features.
+Champion = tuple[dict[str, torch.Tensor], str] | str
+
 
 def focal_distillation(out: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
     """``weight`` x T^2 x KL(teacher || student) at temperature T, averaged over the batch, counting only the
@@ -51,20 +54,20 @@ def focal_distillation(out: torch.Tensor, teacher: torch.Tensor, targets: torch.
     return weight * TEMPERATURE**2 * (right * kl).mean()
 
 
-def average_with_champion(trainer: Trainer, head: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-    """``champion_share`` of the champion's head and the rest of the refit's, in ``trainer.model``: for a linear head
-    on the same features, the logits of the two models averaged (an exponential average across retrainings, since
-    the champion is itself one). Returns the evidence for ``model.json`` (None when averaging is off)."""
+def average_with_champion(trainer: Trainer, found: Champion | None) -> dict[str, Any] | None:
+    """``champion_share`` of the champion's head (``found``: :func:`champion_head`'s answer) and the rest of the
+    refit's, in ``trainer.model``: for a linear head on the same features, the logits of the two models averaged
+    (an exponential average across retrainings, since the champion is itself one). Returns the evidence for
+    ``model.json`` (None when averaging is off)."""
     share = trainer.cfg.champion_share
-    if not share:
+    if not share or found is None:
         return None
-    found = champion_head(trainer, head)
     if isinstance(found, str):
         log.info("champion average: not done: %s", found)
         return {"skipped": found}
     theirs, reference = found
     ours = trainer.model.state_dict()
-    blended = {k: (1 - share) * ours[k].detach().cpu() + share * theirs[k].to(ours[k].dtype) for k in head}
+    blended = {k: (1 - share) * ours[k].detach().cpu() + share * theirs[k].to(ours[k].dtype) for k in theirs}
     trainer.model.load_state_dict(blended, strict=False)
     log.info("champion average: the new head is %.2f of the champion's and %.2f of the refit's", share, 1 - share)
     return {"teacher": reference, "champion_share": share}
@@ -86,9 +89,12 @@ def _unfit(
     return None
 
 
-def champion_head(trainer: Trainer, head: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str] | str:
+def champion_head(trainer: Trainer, head: dict[str, torch.Tensor]) -> Champion | None:
     """The teacher's head tensors (the keys of ``head``) and its run reference, or why it would not be the
-    champion on this run's cached features."""
+    champion on this run's cached features; None when neither distillation nor averaging is on (the champion is
+    then not read at all). A refit asks once, before it trains: the frozen layers it compares do not change."""
+    if not (trainer.cfg.distill or trainer.cfg.champion_share):
+        return None
     if trainer.cfg.teacher is None:
         return "no champion (a first model)"
     teacher_dir = Path(trainer.cfg.teacher)
@@ -101,21 +107,20 @@ def champion_head(trainer: Trainer, head: dict[str, torch.Tensor]) -> tuple[dict
 
 
 def teacher_outputs(
-    trainer: Trainer, phase: Phase, head: dict[str, torch.Tensor]
+    trainer: Trainer, phase: Phase, found: Champion | None
 ) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
     """The champion's logits on the pooled cached features (None when not distilling), and the evidence for
-    ``model.json`` (None when distillation is off)."""
+    ``model.json`` (None when distillation is off). ``found``: :func:`champion_head`'s answer."""
     cfg = trainer.cfg
-    if not cfg.distill:
+    if not cfg.distill or found is None:
         return None, None
-    found = champion_head(trainer, head)
     if isinstance(found, str):
-        return _skip(found.replace("no champion", "no champion to distill from"))
+        return _skip(found)
     theirs, reference = found
     cached = trainer.cache(phase)
     assert cached is not None  # a refit runs on the cache
     feats, targets = cached.pooled()
-    ours = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if k in head}
+    ours = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if k in theirs}
     suffix = cached.split.suffix
     try:
         # The suffix shares the model's head: lend it the champion's head for one pass, then give ours back.

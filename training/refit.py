@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from training.distill import average_with_champion, teacher_outputs
+from training.distill import average_with_champion, champion_head, teacher_outputs
 from training.seeds import mean_state, restart
 from training.trainer import Phase, Trainer
 
@@ -62,7 +62,8 @@ def refit_head(
         log.info("refit: not done (%s)%s", why, "; nothing distilled" if trainer.cfg.distill else "")
         return None
     cfg = trainer.cfg
-    teacher, distilled = teacher_outputs(trainer, phase, start)
+    champion = champion_head(trainer, start)  # read once, for distillation and averaging alike
+    teacher, distilled = teacher_outputs(trainer, phase, champion)
     seeds = soup["seeds"] if soup else [cfg.seed]
     epochs = soup["best_epochs"] if soup else [trainer.best.epoch]
     kept = trainer.best, trainer.history, trainer.epoch
@@ -93,6 +94,6 @@ def refit_head(
     }
     if distilled is not None:
         evidence["distilled"] = distilled
-    if (averaged := average_with_champion(trainer, start)) is not None:
+    if (averaged := average_with_champion(trainer, champion)) is not None:
         evidence["champion_average"] = averaged
     return evidence

@@ -53,9 +53,7 @@ def test_a_distilled_refit_stays_closer_to_its_champion(
     second = _fit(tmp_path / "kept", hymenoptera, mobilenet_weights, seed=5, distill=2.0, teacher=champion)
     plain, kept = first.run_dir, second.run_dir
 
-    assert read_card(plain).recipe["refitted"]["distilled"] == {
-        "skipped": "no champion to distill from (a first model)"
-    }
+    assert read_card(plain).recipe["refitted"]["distilled"] == {"skipped": "no champion (a first model)"}
     evidence = read_card(kept).recipe["refitted"]["distilled"]
     assert evidence["images"] == 32 and 0 < evidence["teacher_right"] <= 32
     assert evidence["weight"] == 2.0 and str(champion.resolve()) in evidence["teacher"]
