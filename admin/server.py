@@ -27,6 +27,7 @@ from admin.connections import MAX_UPLOADS_PER_CLIENT, GuardedServer, Limits, idl
 from admin.rollouts.base import Rollout
 from admin.runners.base import JobRunner
 from admin.settings import DEV_TOKEN_FILE, AdminSettings, load_settings
+from admin.statelock import StateLock
 from graft.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def single_threaded_blas() -> None:
 
 
 class AdminServer:
-    """uvicorn serving ``create_app(settings)`` in a background thread of this process."""
+    """uvicorn serving ``create_app(settings)`` in a background thread of this process, holding the state
+    directory's lock (:mod:`admin.statelock`) from before the app opens it until :meth:`stop`."""
 
     def __init__(
         self,
@@ -115,11 +117,23 @@ class AdminServer:
         runner: JobRunner | None = None,
         rollout: Rollout | None = None,
         app_kwargs: dict[str, Any] | None = None,
+        lock: StateLock | None = None,
     ):
+        """``lock``: the state directory's, already held by the caller (``graft serve`` takes it before it
+        arranges the model store), who releases it; else the server takes its own and releases it in stop()."""
         from admin.app import create_app
 
         self.settings = settings
-        self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
+        # Before the app opens anything: opening fails the jobs it finds running, which may be another admin's.
+        self._own_lock = lock is None
+        self.lock = lock if lock is not None else StateLock(settings.state_dir).acquire()
+        if not (self.lock.held and self.lock.path.parent == Path(settings.state_dir)):
+            raise ValueError(f"the lock given is not held on {settings.state_dir}")
+        try:
+            self.app = create_app(settings, runner=runner, rollout=rollout, **(app_kwargs or {}))
+        except BaseException:
+            self._release()
+            raise
         # Idle connections (no request yet) are bounded on their own and never count toward the 503 limit; requests
         # whose body is still arriving may take at most half the request slots, and one client a few of them.
         uploads = max(1, settings.max_connections // 2)
@@ -163,6 +177,19 @@ class AdminServer:
         # uvicorn installs no signal handlers outside the main thread: the caller keeps Ctrl-C.
         self._thread = threading.Thread(target=self.server.run, name="graft-admin", daemon=True)
         self._thread.start()
+        try:
+            self._wait_started(timeout)
+        except BaseException:
+            self.stop()  # the lock too: a server that did not start holds nothing
+            raise
+        if self.settings.api_docs:
+            log.info("admin API on %s (API docs at %s/docs)", self.url, self.url)
+        else:  # /docs is 404 unless GRAFT_API_DOCS=true: do not advertise it
+            log.info("admin API on %s (console at %s/console)", self.url, self.url)
+        return self
+
+    def _wait_started(self, timeout: float) -> None:
+        assert self._thread is not None
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive():
@@ -172,18 +199,17 @@ class AdminServer:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the admin service did not start within {timeout:.0f}s")
             time.sleep(0.05)
-        if self.settings.api_docs:
-            log.info("admin API on %s (API docs at %s/docs)", self.url, self.url)
-        else:  # /docs is 404 unless GRAFT_API_DOCS=true: do not advertise it
-            log.info("admin API on %s (console at %s/console)", self.url, self.url)
-        return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._thread is None:
-            return
-        self.server.should_exit = True
-        self._thread.join(timeout)
-        self._thread = None
+        if self._thread is not None:
+            self.server.should_exit = True
+            self._thread.join(timeout)
+            self._thread = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._own_lock:
+            self.lock.release()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C in the main thread stops it)."""

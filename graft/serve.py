@@ -26,6 +26,7 @@ from graft.torchserve.properties import host_port, read_properties
 if TYPE_CHECKING:
     from admin.server import AdminServer
     from admin.settings import AdminSettings
+    from admin.statelock import StateLock
     from graft.serve_plan import Served
 
 log = logging.getLogger(__name__)
@@ -191,9 +192,12 @@ def _watch(server: TorchServe, admin: AdminServer | None) -> int:
         time.sleep(0.5)
 
 
-def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: AdminSettings | None = None) -> int:
-    """Start TorchServe, wait until ready, start the admin (unless None); block until Ctrl-C / SIGTERM or
-    one of them dies; always stop both, the admin first (it talks to TorchServe)."""
+def run_foreground(
+    server: TorchServe, ready_timeout: float, admin_settings: AdminSettings | None = None, lock: StateLock | None = None
+) -> int:
+    """Start TorchServe, wait until ready, start the admin (unless None; ``lock``: its state directory's, held
+    by the caller); block until Ctrl-C / SIGTERM or one of them dies; always stop both, the admin first (it
+    talks to TorchServe)."""
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -206,7 +210,7 @@ def run_foreground(server: TorchServe, ready_timeout: float, admin_settings: Adm
             from admin.server import AdminServer
 
             # Assigned before start(): a Ctrl-C while it starts still stops it below.
-            admin = AdminServer(admin_settings_for(admin_settings, server))
+            admin = AdminServer(admin_settings_for(admin_settings, server), lock=lock)
             admin.start()
             _write_endpoints(admin_settings.state_dir, server, admin)
         announce(server, admin)
@@ -232,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
     # Everything that can be refused without TorchServe is refused before it starts: the token, the port,
     # which model the admin manages, and what the store holds.
     from admin.server import settings_from_args
+    from admin.statelock import StateLock
     from graft.serve_plan import plan_with_admin, plan_without_admin
 
     apply_port_base(args)
@@ -247,12 +252,15 @@ def serve(args: argparse.Namespace) -> int:
         served = plan_without_admin(run_dir, args.model_store, settings_from_args(args))
         return run_foreground(TorchServe(config_from_args(args, served, None)), args.ready_timeout)
     settings = admin_preflight(args)
-    check_torchserve_ports(args, Path(args.workdir) if args.workdir else settings.state_dir / "torchserve")
-    served = plan_with_admin(run_dir, args.model_store, settings)
-    assert served.settings is not None
-    # A stable work folder: a restart finds (and stops) what an earlier run left behind, and its stale keys.
-    config = config_from_args(args, served, served.settings.state_dir / "torchserve")
-    return run_foreground(TorchServe(config), args.ready_timeout, served.settings)
+    # Held from before the store is arranged until the admin stops: another admin on this state directory would
+    # move archives under this one's TorchServe, and fail this one's jobs when it starts.
+    with StateLock(settings.state_dir) as lock:
+        check_torchserve_ports(args, Path(args.workdir) if args.workdir else settings.state_dir / "torchserve")
+        served = plan_with_admin(run_dir, args.model_store, settings)
+        assert served.settings is not None
+        # A stable work folder: a restart finds (and stops) what an earlier run left behind, and its stale keys.
+        config = config_from_args(args, served, served.settings.state_dir / "torchserve")
+        return run_foreground(TorchServe(config), args.ready_timeout, served.settings, lock)
 
 
 def _env_float(name: str) -> float | None:

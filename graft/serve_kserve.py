@@ -26,6 +26,7 @@ from graft.torchserve.launcher import port_in_use
 if TYPE_CHECKING:
     from admin.server import AdminServer
     from admin.settings import AdminSettings
+    from admin.statelock import StateLock
     from graft.serve_plan import Served
 
 log = logging.getLogger(__name__)
@@ -100,25 +101,35 @@ def announce(runtime: KServeRuntime, admin: AdminServer | None) -> None:
 
 def serve_kserve(args: argparse.Namespace) -> int:
     from admin.server import settings_from_args
-    from graft.serve import admin_preflight, capture_environment
+    from admin.statelock import StateLock
+    from graft.serve import admin_preflight
     from graft.serve_plan import plan_with_admin, plan_without_admin
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    settings: AdminSettings | None = None
     if args.no_admin:
         served = plan_without_admin(run_dir, args.model_store, settings_from_args(args))
         workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="graft-kserve-"))
-    else:
-        served = plan_with_admin(run_dir, args.model_store, admin_preflight(args))
+        return run_foreground(_runtime(args, served, workdir, None), args.ready_timeout, None)
+    preflight = admin_preflight(args)
+    # Held from before the store is arranged until the admin stops (admin/statelock.py).
+    with StateLock(preflight.state_dir) as lock:
+        served = plan_with_admin(run_dir, args.model_store, preflight)
         settings = served.settings
         assert settings is not None
         workdir = Path(args.workdir) if args.workdir else settings.state_dir / "kserve"
+        return run_foreground(_runtime(args, served, workdir, settings), args.ready_timeout, settings, lock)
+
+
+def _runtime(args: argparse.Namespace, served: Served, workdir: Path, settings: AdminSettings | None) -> KServeRuntime:
+    from graft.serve import capture_environment
+
     env = capture_environment(args, settings)
-    runtime = KServeRuntime(served, args.kserve_http_port, args.kserve_grpc_port, workdir, not args.no_auth, env)
-    return run_foreground(runtime, args.ready_timeout, settings)
+    return KServeRuntime(served, args.kserve_http_port, args.kserve_grpc_port, workdir, not args.no_auth, env)
 
 
-def run_foreground(runtime: KServeRuntime, ready_timeout: float, settings: AdminSettings | None) -> int:
+def run_foreground(
+    runtime: KServeRuntime, ready_timeout: float, settings: AdminSettings | None, lock: StateLock | None = None
+) -> int:
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -130,8 +141,10 @@ def run_foreground(runtime: KServeRuntime, ready_timeout: float, settings: Admin
         if settings is not None:
             from admin.server import AdminServer
 
-            admin = AdminServer(settings.model_copy(update={
-                "rollout": "kserve", "kserve_url": runtime.url, "kserve_key_file": runtime.key_file}))  # fmt: skip
+            pointed = settings.model_copy(
+                update={"rollout": "kserve", "kserve_url": runtime.url, "kserve_key_file": runtime.key_file}
+            )
+            admin = AdminServer(pointed, lock=lock)
             admin.start()
         announce(runtime, admin)
         assert runtime.proc is not None

@@ -315,3 +315,26 @@ def test_the_admin_is_pointed_at_this_torchserve(tmp_path, monkeypatch, no_graft
         assert pointed.torchserve_inference_url == "http://127.0.0.1:9180"
         assert pointed.torchserve_key_file == (server.key_file if auth else None)
         assert pointed.resolved_admin_token() == "t" * 32
+
+
+@pytest.mark.parametrize("runtime", ["torchserve", "kserve"])
+def test_a_second_serve_on_a_state_directory_in_use_is_refused_before_anything_starts(
+    tmp_path, monkeypatch, caplog, no_graft_env, runtime
+):
+    from admin.statelock import StateLock
+    from graft.cli import main
+    from graft.serve_kserve import KServeRuntime
+
+    monkeypatch.setenv("GRAFT_ADMIN_TOKEN", "t" * 32)
+    monkeypatch.setattr(TorchServe, "start", lambda self: pytest.fail("TorchServe was started"))
+    monkeypatch.setattr(KServeRuntime, "start", lambda self: pytest.fail("the KServe runtime was started"))
+    monkeypatch.setattr("graft.serve.check_torchserve_ports", lambda *a: pytest.fail("looked for an old TorchServe"))
+    state, store = tmp_path / "state", tmp_path / "store"
+    store.mkdir()
+    with StateLock(state):  # the first admin, still running
+        before = sorted(p.name for p in state.iterdir())
+        code = main(["serve", "--runtime", runtime, "--model-store", str(store), "--admin-port", "0",
+                     "--admin-state-dir", str(state)])  # fmt: skip
+        assert sorted(p.name for p in state.iterdir()) == before  # no registry, no store arranged
+    assert code == 2
+    assert f"another admin process (pid {os.getpid()}) is using the state directory {state}" in caplog.text
