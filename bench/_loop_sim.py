@@ -55,6 +55,7 @@ class Domain:
     truth: list[tuple[Path, str]]  # files neither model ever sees
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig values of every training
     retrain: dict[str, Any] = field(default_factory=dict)  # RetrainRequest values of every retraining
+    poisoned: dict[int, int] = field(default_factory=dict)  # round -> uploads of that round with a wrong label
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Round:
     truth_champ_only: int = 0
     truth_p: float | None = None
     truth_n: int = 0  # how many truth images (0: a run from before it was recorded)
+    poisoned: int = 0  # this round's uploads with a wrong label (bench/loop_truth.py --poison-round)
 
 
 def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
@@ -217,6 +219,7 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
         old_champion = cand if old_vs.passed else old_champion
         row.truth_cand_only, row.truth_champ_only, row.truth_p = loop.truth_pairs(cand, row_champion)
         row.truth_n = len(domain.truth)
+        row.poisoned = domain.poisoned.get(r, 0)
         row.served_truth, row.old_served_truth = round(loop.truth(champion), 4), round(loop.truth(old_champion), 4)
         log.info("%s seed %d round %d: %s", domain.name, seed, r, asdict(row))
         rounds.append(row)

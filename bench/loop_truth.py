@@ -41,7 +41,8 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 
 
 def _per_class(items: list[Labelled], n: int, skip: int = 0) -> list[Labelled]:
-    out, seen = [], {}
+    out: list[Labelled] = []
+    seen: dict[str, int] = {}
     for data, label in items:
         k = seen.get(label, 0)
         seen[label] = k + 1
@@ -89,6 +90,19 @@ def ants_bees(seed: int, args: argparse.Namespace) -> Domain:
     train = {"backbone": "mobilenet_v2", "weights": str(WEIGHTS), "epochs": args.epochs}
     return Domain("ants-bees", _per_class(base, args.first), _per_class(base, args.first, args.first),
                   _rounds(pool, args.first * 2, args.ab_per_round, args.rounds), truth, train)  # fmt: skip
+
+
+def poison(d: Domain, round_: int, count: int) -> None:
+    """Round ``round_`` uploads ``count`` images of the first label (alphabetically) under the second: wrong labels
+    from someone who may upload, stored like any others (nobody corrects them in the later rounds either)."""
+    labels = sorted({label for _, label in d.base_train})
+    wrong, right = labels[0], labels[1]
+    batch, moved = d.rounds[round_ - 1], 0
+    for k, (data, label) in enumerate(batch):
+        if label == wrong and moved < count:
+            batch[k], moved = (data, right), moved + 1
+    d.poisoned[round_] = moved
+    log.info("%s: round %d uploads %d %s labelled %s", d.name, round_, moved, wrong, right)
 
 
 def summarise(rows: list[Round]) -> dict[str, Any]:
@@ -197,8 +211,9 @@ def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
            "| gate | fair n (left out) | diff [95% CI] | truth only cand/champ (p) | served truth (first rule) |",
            "|" + "---|" * 13]
     for r in rows:
+        round_ = f"{r.round} ({r.poisoned} mislabelled)" if r.poisoned else str(r.round)
         out.append(
-            f"| {r.domain} | {r.seed} | {r.round} | {r.uploaded} | {r.holdout_share:.2f} | {r.champion_truth:.4f} | "
+            f"| {r.domain} | {r.seed} | {round_} | {r.uploaded} | {r.holdout_share:.2f} | {r.champion_truth:.4f} | "
             f"{r.candidate_truth:.4f} | {'promote' if r.old_passed else 'reject'} ({r.old_n}) | "
             f"{'promote' if r.new_passed else 'reject'} | {r.new_n} ({r.left_out}) | {100 * r.difference:+.1f} "
             f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {_truth_pairs(r)} | "
@@ -231,6 +246,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a graft train setting for every training (e.g. patience=0); repeatable")
     p.add_argument("--warm-start", action="store_true", help="retrain from the champion's weights (warm_start)")
+    p.add_argument("--poison-round", type=int, default=0, metavar="R",
+                   help="in round R, upload --poison-count images of the first label under the second (0: off)")
+    p.add_argument("--poison-count", type=int, default=20, metavar="N")
     p.add_argument("--split", choices=["balanced", "hash"], default="balanced",
                    help="the intake's holdout split (GRAFT_HOLDOUT_SPLIT): balanced per label, or the hash alone")
     p.add_argument("--workdir", type=Path, default=None)
@@ -260,6 +278,8 @@ def main() -> int:
                 d.train["head_seeds"] = args.head_seeds
             d.train.update(dict(kv.split("=", 1) for kv in args.set))
             d.retrain["warm_start"] = args.warm_start
+            if args.poison_round:
+                poison(d, args.poison_round, args.poison_count)
             rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule, args.split == "balanced")
     summary = {d: summarise([r for r in rows if r.domain == d]) for d in sorted({r.domain for r in rows})}
     summary["all"] = summarise(rows)
