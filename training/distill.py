@@ -12,8 +12,8 @@ default (``--distill 0``).
 
 The other way to keep it is plainer: ``--champion-share W`` averages the refit's head with the champion's (W of
 the champion's weights). Through the loop on 32 ants/bees seeds it gave 9 truly worse candidates against 22 at
-the same served level (docs/benchmarks/gate.md part 11); it is off by default too, because it also halves what a
-batch of wrong labels does to a candidate, below what the gate can see.
+the same served level (docs/benchmarks/gate.md part 11); it is off by default too, for now: with wrong labels it
+cuts both ways (it halves the damage of a batch the gate lets in, and can slip one under the gate; part 12).
 
 The champion's outputs are its head applied to the cached features, and its head averages with ours, which is
 exact only when its frozen layers are the candidate's: the same backbone and weights, trained head-only, and the
