@@ -14,12 +14,15 @@ after the old one stopped; the lock is the guard for when that is not so.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 from types import TracebackType
 
 from graft.core.errors import ConfigError
 from graft.core.util import private_dir
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "admin.lock"
 
@@ -49,6 +52,8 @@ class StateLock:
                 f"another admin process (pid {holder}) is using the state directory {self.path.parent}: stop it "
                 "first, or give this one its own --admin-state-dir"
             ) from e
+        except OSError as e:  # a volume without locks (ENOLCK, EOPNOTSUPP): the guard is lost, not the service
+            log.warning("cannot lock %s (%s): nothing stops a second admin on this state directory", self.path, e)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
 import subprocess
@@ -93,3 +95,16 @@ def _free(state: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def test_a_volume_without_locks_warns_and_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("admin.statelock.fcntl.flock", no_locks)  # the OS call: what such a volume answers
+    with caplog.at_level(logging.WARNING, logger="admin.statelock"), StateLock(tmp_path / "state") as lock:
+        assert lock.held
+    assert "nothing stops a second admin on this state directory" in caplog.text
+    assert not lock.held
