@@ -25,9 +25,11 @@ class AuditStore:
             return int(cur.lastrowid or 0)
 
     def count_since(self, at: str, actions: tuple[str, ...]) -> int:
-        """How many entries of ``actions`` were recorded after the time ``at`` (ISO 8601, as ``utc_now``)."""
+        """How many entries of ``actions`` were recorded at or after the time ``at`` (ISO 8601, as ``utc_now``).
+        Times are to the second: an entry in the same second as ``at`` may be before or after it, and counts (the
+        safe side for "has anything changed since")."""
         marks = ", ".join("?" for _ in actions)
-        row = self.db.one(f"SELECT COUNT(*) AS n FROM audit WHERE at > ? AND action IN ({marks})", (at, *actions))
+        row = self.db.one(f"SELECT COUNT(*) AS n FROM audit WHERE at >= ? AND action IN ({marks})", (at, *actions))
         return int(row["n"]) if row else 0
 
     def entries(self, limit: int = 100, before: int | None = None, action: str | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from admin.store.audit import AuditStore
 from admin.store.db import SCHEMA_VERSION, Database
 from admin.store.jobs import JobStore
 from bench.sample_counts import grouped_counts
@@ -179,3 +180,14 @@ def test_sample_counts_follow_every_write(tmp_path: Path) -> None:
     db = Database(path)
     assert SampleStore(db, tmp_path).counts() == want
     db.close()
+
+
+def test_a_change_in_the_same_second_as_a_model_counts_as_after_it(tmp_path: Path) -> None:
+    # Times are to the second; a relabel in the second a version was created must not read as "no new data"
+    # (a job then told the admin nothing had changed since that version: tests/admin/test_fairness.py, flaky).
+    audit = AuditStore(Database(tmp_path / "state.sqlite3"))
+    audit.record("admin", "sample.relabel", "s1")
+    at = audit.entries(limit=1)[0].at
+    assert audit.count_since(at, ("sample.relabel",)) == 1
+    assert audit.count_since(at, ("sample.delete",)) == 0
+    assert audit.count_since("9999-01-01T00:00:00+00:00", ("sample.relabel",)) == 0
