@@ -51,6 +51,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--gate-alpha", "gate_alpha", float, "significance level of the gate's paired tests (default 0.05)"),
     ("--gate-tolerance", "gate_tolerance", float, "--gate-policy accuracy: the accuracy drop allowed (default 0)"),
     ("--gate-floor", "gate_floor", float, "minimum holdout accuracy to promote (default 0)"),
+    ("--label-check", "label_check", str,
+     "hold (default: when the model in service disagrees with an unusual share of a label's new samples, the "
+     "candidate waits for an admin), note (only said in the job report) or off"),
 ]
 
 

@@ -94,6 +94,11 @@ class AdminSettings(BaseSettings):
     gate_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)  # gate_policy=accuracy: the accuracy drop allowed
     gate_floor: float = Field(default=0.0, ge=0.0, le=1.0)
     gate_min_holdout: int = Field(default=1, ge=1)
+    # --- the data check before a candidate serves (admin/domain/label_check.py): the model in service on the new
+    # samples. hold: a flagged label holds the candidate for an admin; note: only said in the report; off.
+    label_check: Literal["hold", "note", "off"] = "hold"
+    label_check_alpha: float = Field(default=0.01, gt=0.0, lt=0.5)  # Holm-corrected over the labels
+    label_check_max: int = Field(default=500, ge=10)  # new samples (and older holdout images) checked per label
     # --- rollout (TorchServe management API; kserve: graft's KServe runtime, admin/rollouts/kserve.py)
     rollout: Literal["torchserve", "kubernetes", "kserve", "none"] = "torchserve"
     kserve_url: str = "http://127.0.0.1:8085"  # the KServe runtime's HTTP port (v1, v2 and /graft/v1 management)

@@ -28,11 +28,12 @@ from PIL import Image
 from admin.domain.fairness import fair_holdout, seen_by
 from admin.domain.gate import GateRule, decide
 from admin.domain.judge import default_evaluate
+from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.labels import LabelSet
 from admin.domain.paired import mcnemar_exact
 from admin.domain.recipe import RetrainRequest, build_train_config
 from admin.domain.samples import SampleIntake, Upload, base_files_by_split
-from admin.domain.snapshot import base_items, take_snapshot, write_snapshot
+from admin.domain.snapshot import Snapshot, base_items, take_snapshot, write_snapshot
 from admin.store.db import Database
 from admin.store.labels import LabelStore
 from admin.store.rows import ModelVersion
@@ -56,6 +57,8 @@ class Domain:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig values of every training
     retrain: dict[str, Any] = field(default_factory=dict)  # RetrainRequest values of every retraining
     poisoned: dict[int, int] = field(default_factory=dict)  # round -> uploads of that round with a wrong label
+    wrong_ids: set[str] = field(default_factory=set)  # their sample ids (the sha256 of their bytes)
+    label_check: str = "hold"  # GRAFT_LABEL_CHECK: hold, note or off
 
 
 @dataclass
@@ -91,6 +94,15 @@ class Round:
     truth_p: float | None = None
     truth_n: int = 0  # how many truth images (0: a run from before it was recorded)
     poisoned: int = 0  # this round's uploads with a wrong label (bench/loop_truth.py --poison-round)
+    # The data check (admin/domain/label_check.py) on the samples new since the champion's data: the labels it
+    # flagged, its smallest adjusted p, the samples it listed and how many of those truly had a wrong label, how
+    # many wrong labels were among the new samples, and whether it held a candidate the gate had passed.
+    check_flagged: str = ""
+    check_p: float | None = None
+    check_suspects: int = 0
+    check_true_suspects: int = 0
+    wrong_new: int = 0
+    held: bool = False
 
 
 def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
@@ -172,6 +184,15 @@ class Loop:
                     self.held += s.split == "holdout"
                     self.pinned += s.split_reason.startswith("near-duplicate")
 
+    def check(self, champ: Path, since_seq: int, snap: Snapshot,
+              earlier: list[tuple[str, dict[str, Any]]]) -> LabelCheck:  # fmt: skip
+        """The admin's data check: the champion on the samples that arrived since its data, and what earlier
+        rounds since it listed (nobody reviews them here: the loop runs unattended)."""
+        version = _version(champ).model_copy(update={"version": champ.name, "max_sample_seq": since_seq})
+        return check_new_samples(self.store, None, snap.holdout, snap.max_sample_seq, version,
+                                 lambda run, images: self.predict(run, images), alpha=0.01, cap=500,
+                                 earlier=earlier)  # fmt: skip
+
     def judge(self, cand: Path, champ: Path, holdout: list[Item]) -> tuple[Any, Any]:
         everything = [(i.path, i.label) for i in holdout]
         truth = [label for _, label in everything]
@@ -196,12 +217,15 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
              balanced: bool = True) -> list[Round]:  # fmt: skip
     loop = Loop(domain, seed, workdir, fraction, rule, balanced)
     champion = old_champion = loop.train("v0", None, None)
+    champion_seq = 0  # the newest sample the champion's data held
+    checks: list[tuple[str, dict[str, Any]]] = []  # the data checks of the rounds since the champion
     log.info("%s seed %d: first model, truth %.4f", domain.name, seed, loop.truth(champion))
     rounds = []
     for r, batch in enumerate(domain.rounds, start=1):
         t0 = time.perf_counter()
         loop.upload(batch)
         snap = write_snapshot(take_snapshot(loop.store, loop.base_items), workdir / f"r{r}" / "manifest.json")
+        check = loop.check(champion, champion_seq, snap, checks) if domain.label_check != "off" else None
         cand = loop.train(f"v{r}", snap.manifest, champion)
         old, new = loop.judge(cand, champion, snap.holdout)
         old_vs = loop.judge(cand, old_champion, snap.holdout)[0] if old_champion != champion else old
@@ -215,7 +239,18 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
             0.0, 0.0, _recipe(cand), round(time.perf_counter() - t0, 1),
         )  # fmt: skip
         row_champion = champion
-        champion = cand if new.passed else champion
+        if check is not None:
+            new_ids = {x.id for x in loop.store.between(champion_seq, snap.max_sample_seq)}
+            listed = check.suspects + check.unreviewed
+            row.check_flagged = ",".join(t.label for t in check.flagged) or ("unreviewed" if listed else "")
+            row.check_p = min((t.p for t in check.labels), default=None)
+            row.check_suspects = len({x.id for x in listed})
+            row.check_true_suspects = len({x.id for x in listed} & domain.wrong_ids)
+            row.wrong_new = len(new_ids & domain.wrong_ids)
+            row.held = new.passed and check.needs_review and domain.label_check == "hold"
+            checks.append((f"round {r}", check.as_dict()))
+        if new.passed and not row.held:
+            champion, champion_seq, checks = cand, snap.max_sample_seq, []
         old_champion = cand if old_vs.passed else old_champion
         row.truth_cand_only, row.truth_champ_only, row.truth_p = loop.truth_pairs(cand, row_champion)
         row.truth_n = len(domain.truth)

@@ -15,6 +15,7 @@ rounds. Not a timed test; the README reports its tables.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -101,6 +102,7 @@ def poison(d: Domain, round_: int, count: int) -> None:
     for k, (data, label) in enumerate(batch):
         if label == wrong and moved < count:
             batch[k], moved = (data, right), moved + 1
+            d.wrong_ids.add(hashlib.sha256(data).hexdigest())  # a sample's id
     d.poisoned[round_] = moved
     log.info("%s: round %d uploads %d %s labelled %s", d.name, round_, moved, wrong, right)
 
@@ -140,7 +142,20 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
         },
         "served": served,
         "holdout": _holdout(rows),
+        "data_check": _data_check(rows),
     }
+
+
+def _data_check(rows: list[Round]) -> dict[str, Any]:
+    """The admin's data check: rounds whose new samples held wrong labels (caught when it flagged), clean rounds
+    (a flag is a false alarm), and how many of the samples it listed for review truly had a wrong label."""
+    dirty = [r for r in rows if r.wrong_new]
+    clean = [r for r in rows if not r.wrong_new]
+    return {"rounds_with_wrong_labels": len(dirty), "caught": sum(bool(r.check_flagged) for r in dirty),
+            "clean_rounds": len(clean), "false_alarms": sum(bool(r.check_flagged) for r in clean),
+            "held": sum(r.held for r in rows), "listed": sum(r.check_suspects for r in rows),
+            "listed_wrong": sum(r.check_true_suspects for r in rows),
+            "wrong_new": sum(r.wrong_new for r in dirty)}  # fmt: skip
 
 
 def _holdout(rows: list[Round]) -> dict[int, dict[str, float]]:
@@ -215,7 +230,7 @@ def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
         out.append(
             f"| {r.domain} | {r.seed} | {round_} | {r.uploaded} | {r.holdout_share:.2f} | {r.champion_truth:.4f} | "
             f"{r.candidate_truth:.4f} | {'promote' if r.old_passed else 'reject'} ({r.old_n}) | "
-            f"{'promote' if r.new_passed else 'reject'} | {r.new_n} ({r.left_out}) | {100 * r.difference:+.1f} "
+            f"{_gate(r)} | {r.new_n} ({r.left_out}) | {100 * r.difference:+.1f} "
             f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {_truth_pairs(r)} | "
             f"{r.served_truth:.4f} ({r.old_served_truth:.4f}) |"
         )
@@ -224,6 +239,12 @@ def markdown(rows: list[Round], summary: dict[str, dict[str, Any]]) -> str:
         out.append(f"**{name}**: `{json.dumps(s)}`")
         out.append("")
     return "\n".join(out)
+
+
+def _gate(r: Round) -> str:
+    """The gate's decision, and the data check's when it flagged (held: the gate passed, the check held it)."""
+    word = "held" if r.held else "promote" if r.new_passed else "reject"
+    return f"{word} (check: {r.check_flagged}, {r.check_suspects} listed)" if r.check_flagged else word
 
 
 def _truth_pairs(r: Round) -> str:
@@ -249,6 +270,8 @@ def main() -> int:
     p.add_argument("--poison-round", type=int, default=0, metavar="R",
                    help="in round R, upload --poison-count images of the first label under the second (0: off)")
     p.add_argument("--poison-count", type=int, default=20, metavar="N")
+    p.add_argument("--label-check", choices=["hold", "note", "off"], default="hold",
+                   help="the admin's data check before a candidate serves (GRAFT_LABEL_CHECK)")
     p.add_argument("--split", choices=["balanced", "hash"], default="balanced",
                    help="the intake's holdout split (GRAFT_HOLDOUT_SPLIT): balanced per label, or the hash alone")
     p.add_argument("--workdir", type=Path, default=None)
@@ -278,6 +301,7 @@ def main() -> int:
                 d.train["head_seeds"] = args.head_seeds
             d.train.update(dict(kv.split("=", 1) for kv in args.set))
             d.retrain["warm_start"] = args.warm_start
+            d.label_check = args.label_check
             if args.poison_round:
                 poison(d, args.poison_round, args.poison_count)
             rows += run_loop(d, seed, work / domain / f"seed{seed}", 0.2, rule, args.split == "balanced")

@@ -99,6 +99,10 @@ class JobOut(BaseModel):
     replay: dict[str, Any] | None = Field(
         default=None, description="the candidate on the champion's captured traffic (shadow replay), when it ran"
     )
+    data_check: dict[str, Any] | None = Field(
+        default=None, description="the model in service on the new samples: per label, how often it disagrees with "
+        "them against its error rate on older holdout images; the flagged labels' samples to review (suspects)"
+    )
     promoted: bool
     reason: str
     dataset: DatasetRef
@@ -114,7 +118,7 @@ class JobOut(BaseModel):
             champion_version=job.champion_version,
             metrics={"candidate": job.candidate_metrics, "champion": job.champion_metrics},
             new_labels=list((job.gate or {}).get("new_labels", [])), gate=job.gate, replay=job.replay,
-            promoted=job.promoted,
+            data_check=job.data_check, promoted=job.promoted,
             reason=job.reason, dataset=DatasetRef(digest=job.dataset_digest, max_sample_seq=job.max_sample_seq),
             created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         )  # fmt: skip

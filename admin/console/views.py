@@ -54,7 +54,7 @@ def job_view(job: Job, in_service: str | None = None) -> dict[str, Any]:
         "champion_accuracy": (job.champion_metrics or {}).get("accuracy"),
         "new_labels": gate.get("new_labels", []), "replay": job.replay, "promoted": job.promoted,
         "gate_summary": gate.get("summary"), "gate_policy": gate.get("policy"), "advice": gate.get("advice") or [],
-        "regressed": gate.get("regressed") or [],
+        "regressed": gate.get("regressed") or [], "check": job.data_check,
     }  # fmt: skip
 
 

@@ -39,10 +39,12 @@ class Seen:
     sources: tuple[str, ...] = ()
 
 
-def _folder_images(root: Path) -> set[Path]:
-    """Every image training could have read from ``root`` (``train|val/<label>/`` or ``<label>/``)."""
+def _folder_images(root: Path, validation: bool = True) -> set[Path]:
+    """Every image training could have read from ``root`` (``train|val/<label>/`` or ``<label>/``); without
+    ``validation``, a separate ``val/`` folder's images are not counted."""
     val = next((root / n for n in _VAL_DIRS if (root / n).is_dir()), None)
-    tops = [root / "train", val] if (root / "train").is_dir() and val is not None else [root]
+    split = (root / "train").is_dir() and val is not None
+    tops = ([root / "train", val] if validation else [root / "train"]) if split else [root]
     out: set[Path] = set()
     for top in tops:
         assert top is not None
@@ -52,14 +54,15 @@ def _folder_images(root: Path) -> set[Path]:
     return out
 
 
-def _dataset_images(source: str) -> set[Path] | None:
+def _dataset_images(source: str, validation: bool = True) -> set[Path] | None:
     path = Path(source)
     try:
         if path.is_file():  # a manifest: its train items (validation is carved out of them) and val items
             items, _ = read_manifest(path)
-            return {i.path.resolve() for i in items if i.split != "holdout"}
+            skip = ("holdout",) if validation else ("holdout", "val")
+            return {i.path.resolve() for i in items if i.split not in skip}
         if path.is_dir():
-            return _folder_images(path)
+            return _folder_images(path, validation)
     except (OSError, GraftError) as e:
         log.warning("cannot list the data at %s: %s", path, e)
     return None
@@ -72,8 +75,9 @@ def _parent_dir(parent_model: str | None) -> Path | None:
     return Path(parent_model.rsplit(" (", 1)[0])
 
 
-def seen_by(run_dir: Path | None) -> Seen:
-    """What the model of ``run_dir`` (and every model it was warm-started from) trained or selected on."""
+def seen_by(run_dir: Path | None, validation: bool = True) -> Seen:
+    """What the model of ``run_dir`` (and every model it was warm-started from) trained or selected on; without
+    ``validation``, what it trained on (a separate validation split's images are not counted)."""
     paths: set[Path] = set()
     sources: list[str] = []
     known = run_dir is not None
@@ -86,7 +90,7 @@ def seen_by(run_dir: Path | None) -> Seen:
         except (OSError, GraftError, ValueError) as e:
             log.warning("cannot read the model card of %s: %s", current, e)
             return Seen(frozenset(paths), False, tuple(sources))
-        images = _dataset_images(lineage.dataset_path) if lineage.dataset_path else None
+        images = _dataset_images(lineage.dataset_path, validation) if lineage.dataset_path else None
         if images is None:
             known = False
         else:

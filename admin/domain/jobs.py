@@ -1,7 +1,8 @@
 """Retraining jobs: one at a time, each a background thread that drives the job runner.
 
-Lifecycle: ``queued`` -> ``running`` (phases: snapshot, training, evaluating, exporting, deploying,
-smoke_test, replaying, switching) -> ``succeeded`` (promoted) | ``rejected`` (the gate said no) | ``failed``.
+Lifecycle: ``queued`` -> ``running`` (phases: snapshot, checking, training, evaluating, exporting, deploying,
+smoke_test, replaying, switching) -> ``succeeded`` (promoted) | ``held`` (waits for an admin: new labels, or the
+data check flagged new samples) | ``rejected`` (the gate said no) | ``failed``.
 Every transition is written to SQLite before it is acted on, so a restart finds each job where it
 was; :meth:`JobManager.recover` then marks unfinished ones ``failed`` ("interrupted").
 
@@ -25,6 +26,7 @@ from admin.domain.evaluation_child import ChildEvaluator
 from admin.domain.gate import GateDecision, GateRule
 from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan, plan_in_job
 from admin.domain.judge import EvaluateFn, default_evaluate, judge
+from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
 from admin.domain.replay import ReplayRejectedError, ReplayReport, check
@@ -224,6 +226,7 @@ class JobManager:
         version, job_dir = job.candidate_version, job.job_dir
         snap = self._snapshot(job_id, job_dir)
         champion = self.s.registry.champion()
+        check = self._check_data(job_id, job_dir, snap, champion)
         # On Kubernetes the training Job also predicts the holdout (the admin falls back to its child).
         in_job = plan_in_job(self.s.runner, job_dir, config.output, champion.run_dir if champion else None,
                              [(i.path, i.label) for i in snap.holdout], self.s.evaluate, self.s.prepare,
@@ -237,10 +240,9 @@ class JobManager:
             self._finish(job_id, "rejected", decision.reason + advice)
             return
         self.s.registry.update(version, status="accepted")
-        if decision.new_labels and not self.s.settings.promote_new_labels:
-            reason = (f"held for an admin: {decision.reason}; a candidate that adds labels is put in service only "
-                      f"by an admin: POST /v1/models/{version}/promote")  # fmt: skip
-            self._finish(job_id, "held", reason)
+        if why := self._hold(job_id, decision, check):
+            self._finish(job_id, "held", f"held for an admin: {decision.reason}; {'; '.join(why)}: "
+                                         f"POST /v1/models/{version}/promote")  # fmt: skip
             return
         self._check_cancel(job_id)  # last moment to stop: from here on the swap runs to its end
         images = smoke_images(snap.holdout, card.labels, self.s.settings.smoke_images)
@@ -254,6 +256,39 @@ class JobManager:
             return
         self.s.metrics.serving_accuracy.set(decision.candidate_all.accuracy)
         self._finish(job_id, "succeeded", f"promoted version {version}: {decision.reason}", promoted=True)
+
+    def _hold(self, job_id: str, decision: GateDecision, check: LabelCheck | None) -> list[str]:
+        """Why a candidate that passed the gate waits for an admin (nothing: it may serve)."""
+        why = []
+        if decision.new_labels and not self.s.settings.promote_new_labels:
+            why.append("a candidate that adds labels is put in service only by an admin")
+        if check is not None and check.needs_review and self.s.settings.label_check == "hold":
+            found = (f"found new {', '.join(repr(t.label) for t in check.flagged)} samples the model in service "
+                     "disagrees with unusually often" if check.flagged else "has samples nobody reviewed yet")
+            why.append(f"the data check {found}: look at them (GET /v1/jobs/{job_id}: data_check.suspects and "
+                       "unreviewed, or the console's job page), relabel or delete the wrong ones and retrain; if "
+                       "they are right, an admin puts this candidate in service")  # fmt: skip
+        return why
+
+    def _check_data(self, job_id: str, job_dir: Path, snap: Snapshot,
+                    champion: ModelVersion | None) -> LabelCheck | None:  # fmt: skip
+        """The model in service on the samples that arrived since its data (admin/domain/label_check.py)."""
+        st = self.s.settings
+        if st.label_check == "off" or champion is None or champion.run_dir is None:
+            return None
+        self.s.jobs.update(job_id, phase="checking")
+        deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
+        child = ChildEvaluator(self.s.evaluate, st.eval_device, job_dir / "check", deadline, self._cancel.get(job_id))
+        check = check_new_samples(self.s.samples, self.s.audit, snap.holdout, snap.max_sample_seq, champion,
+                                  lambda run, images: child(run, images, True)[0], st.label_check_alpha,
+                                  st.label_check_max, self.s.jobs.checks_since(champion.created_at,
+                                                                               champion.job_id))  # fmt: skip
+        self.s.jobs.update(job_id, data_check=check.as_dict())
+        log.info("job %s: %s", job_id, check.summary())
+        if check.needs_review:
+            self._notes[job_id] = [*self._notes.get(job_id, []), check.summary()]
+            self.s.jobs.update(job_id, reason="; ".join(self._notes[job_id]))  # said while the job trains
+        return check
 
     def _shadow_replay(self, job_id: str, champion: ModelVersion | None) -> Callable[[ModelVersion], None] | None:
         """The promoter's last check: the champion's captured traffic replayed to the candidate."""

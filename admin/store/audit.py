@@ -32,6 +32,12 @@ class AuditStore:
         row = self.db.one(f"SELECT COUNT(*) AS n FROM audit WHERE at >= ? AND action IN ({marks})", (at, *actions))
         return int(row["n"]) if row else 0
 
+    def targets_since(self, at: str, action: str, actor: Actor) -> list[str]:
+        """The targets of ``action`` by ``actor`` at or after ``at`` (to the second, as :meth:`count_since`)."""
+        rows = self.db.all("SELECT DISTINCT target FROM audit WHERE at >= ? AND action = ? AND actor = ?",
+                           (at, action, actor))  # fmt: skip
+        return [str(r["target"]) for r in rows]
+
     def entries(self, limit: int = 100, before: int | None = None, action: str | None = None,
                 target: str | None = None) -> list[AuditEntry]:  # fmt: skip
         """Newest first; ``before`` pages back (the smallest id of the previous page); ``action`` may end in

@@ -25,7 +25,7 @@ from typing import Any
 from admin.store import capture_tallies, sample_tallies
 from graft.core.util import private_dir
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 _SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     champion_metrics  TEXT,
     gate              TEXT,
     replay            TEXT,                               -- the shadow replay's report, when one ran
+    data_check        TEXT,                               -- the model in service on the new samples
     promoted          INTEGER NOT NULL DEFAULT 0,
     reason            TEXT NOT NULL DEFAULT '',
     dataset_digest    TEXT,
@@ -255,7 +256,7 @@ class Database:
 
     def _add_columns(self) -> None:
         added = {
-            "jobs": [("config", "TEXT"), ("replay", "TEXT")],  # schema 1, schema 4
+            "jobs": [("config", "TEXT"), ("replay", "TEXT"), ("data_check", "TEXT")],  # schema 1, 4, 12
             # schema 3; split_reason: schema 7; uploader: schema 8
             "samples": [("pixels_sha", "TEXT"), ("phash", "TEXT"), ("split_reason", "TEXT"), ("uploader", "TEXT")],
             # schema 6: captures live in segment files; schema 8: who decided, and whether a sample was created

@@ -12,7 +12,7 @@ from admin.store.rows import Job
 from graft.core.errors import ConflictError
 from graft.core.util import utc_now
 
-_JSON_FIELDS = ("params", "config", "candidate_metrics", "champion_metrics", "gate", "replay")
+_JSON_FIELDS = ("params", "config", "candidate_metrics", "champion_metrics", "gate", "replay", "data_check")
 
 
 class JobStore:
@@ -61,6 +61,13 @@ class JobStore:
         cols = {k: str(v) if isinstance(v, Path) else v for k, v in cols.items()}
         assignments = ", ".join(f"{k} = ?" for k in cols)
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*cols.values(), job_id])
+
+    def checks_since(self, at: str, exclude: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(job id, data check) of the jobs started at or after ``at`` that ran the data check, oldest first;
+        ``exclude``: a job to leave out (the one that made the champion)."""
+        rows = self.db.all("SELECT id, data_check FROM jobs WHERE created_at >= ? AND data_check IS NOT NULL "
+                           "AND id != ? ORDER BY created_at, rowid", (at, exclude or ""))  # fmt: skip
+        return [(str(r["id"]), loads(r["data_check"], {})) for r in rows]
 
     def last_snapshot_seq(self) -> int:
         """The newest sample any job has snapshotted (0 before the first job)."""

@@ -123,6 +123,7 @@ class Job(_Row):
     champion_metrics: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     replay: dict[str, Any] | None = None  # the shadow replay on captured traffic, when one ran
+    data_check: dict[str, Any] | None = None  # the model in service on the new samples (label_check.py)
     promoted: bool = False
     reason: str = ""
     dataset_digest: str | None = None

@@ -213,6 +213,24 @@ class SampleStore:
         )
         return [_ref(self.root, r) for r in rows]
 
+    def between(self, after_seq: int, up_to_seq: int) -> list[SampleRef]:
+        """The samples that arrived after ``after_seq``, up to ``up_to_seq``, in arrival order."""
+        rows = self.db.all("SELECT sha256, label, split, path, seq FROM samples WHERE seq > ? AND seq <= ? "
+                           "ORDER BY seq", (after_seq, up_to_seq))  # fmt: skip
+        return [_ref(self.root, r) for r in rows]
+
+    def refs(self, ids: Iterable[str], up_to_seq: int) -> list[SampleRef]:
+        """These samples (those still stored, up to ``up_to_seq``), in arrival order."""
+        wanted = sorted(set(ids))
+        out: list[SampleRef] = []
+        for start in range(0, len(wanted), 500):  # SQLite's host parameters, well within its limit
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            out += [_ref(self.root, r) for r in self.db.all(
+                f"SELECT sha256, label, split, path, seq FROM samples WHERE sha256 IN ({marks}) AND seq <= ?",
+                (*chunk, up_to_seq))]  # fmt: skip
+        return sorted(out, key=lambda s: s.seq)
+
     def recent(self, limit: int) -> list[SampleRef]:
         """The newest samples first."""
         rows = self.db.all("SELECT sha256, label, split, path, seq FROM samples ORDER BY seq DESC LIMIT ?", (limit,))

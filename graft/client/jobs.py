@@ -56,6 +56,14 @@ class Job:
         return str(self.data.get("reason", ""))
 
     @property
+    def suspects(self) -> list[dict[str, Any]]:
+        """Samples to review: those of a label the data check flagged that the model in service disagrees with, and
+        those an earlier job listed that nobody reviewed (``id``, ``label`` uploaded with, ``predicted``,
+        ``split``); empty when there are none."""
+        check = self.data.get("data_check") or {}
+        return list(check.get("suspects") or []) + list(check.get("unreviewed") or [])
+
+    @property
     def candidate_version(self) -> str | None:
         v = self.data.get("candidate_version")
         return None if v is None else str(v)

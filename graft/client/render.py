@@ -72,6 +72,13 @@ def verdict(job: Any) -> str:
     if job.status == "rejected":
         lines.append("next: collect more (or cleaner) samples and retrain; `graft promote "
                      f"{cand} --force` puts it in service anyway")  # fmt: skip
+    if suspects := getattr(job, "suspects", []):
+        check = job.data.get("data_check") or {}
+        total = check.get("suspect_count", 0) + len(check.get("unreviewed") or []) or len(suspects)
+        shown = ", ".join(f"{s['id'][:12]} ({s['label']}, the model says {s['predicted']})" for s in suspects[:5])
+        lines.append(f"review: {total} sample(s) the model in service disagrees with: {shown}"
+                     f"{' ...' if total > 5 else ''}; the console's job page shows them all; relabel or delete "
+                     "the wrong ones and retrain")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -120,6 +120,12 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         assert bad["gate"]["left_out"] == 0 and bad["gate"]["comparison"]["n"] >= 20, bad["reason"]
         assert bad["reason"].startswith("rejected: candidate") and "95% CI" in bad["reason"], bad["reason"]
         assert "ants" in bad["gate"]["regressed"] or "significantly worse" in bad["reason"], bad["reason"]
+        # Before it trained, version 2 looked at the new labels: most of the new "bees" are ants to it.
+        check = bad["data_check"]
+        assert check["champion"] == "2" and check["flagged"] == ["bees"], check
+        assert check["suspect_count"] >= 48 and {s["predicted"] for s in check["suspects"]} == {"ants"}, check
+        assert "data check: version 2 disagrees with" in bad["reason"], bad["reason"]
+        assert good["data_check"]["flagged"] == [] and good["data_check"]["checked"] == 24, good["data_check"]
         assert httpx.post(url, content=probe, headers=headers, timeout=60).json()["model_version"] == "2"
 
         # 3. Roll back to the first model.

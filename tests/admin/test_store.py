@@ -40,6 +40,9 @@ def test_a_database_of_an_earlier_graft_is_migrated(tmp_path: Path) -> None:
     job = JobStore(db).get("old")
     assert job is not None and job.status == "succeeded" and job.params == {"epochs": 3} and job.config is None
     JobStore(db).update("old", status="held")  # the new status passes the rebuilt CHECK
+    assert job.data_check is None, "schema 12: a job from before has no data check"
+    JobStore(db).update("old", data_check={"flagged": ["ants"]})
+    assert (stored := JobStore(db).get("old")) is not None and stored.data_check == {"flagged": ["ants"]}
     assert db.one("SELECT pixels_sha FROM samples WHERE sha256 = 'ab'")["pixels_sha"] is None  # type: ignore[index]
     db.set_meta("model_name", "ab")
     assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION  # type: ignore[index]
@@ -123,7 +126,7 @@ def test_a_database_of_schema_7_gains_corrections(tmp_path: Path) -> None:
     con.executescript(SCHEMA_7)
     con.close()
     db = Database(path)
-    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 11  # type: ignore[index]
+    assert db.one("PRAGMA user_version")[0] == SCHEMA_VERSION == 12  # type: ignore[index]
     assert SampleStore(db, tmp_path).counts() == {"battery": {"train": 1, "holdout": 0}}, "schema 11: from the rows"
     assert db.all("SELECT * FROM erased_pictures") == [], "schema 9: the erased pictures, none yet"
     sample = SampleStore(db, tmp_path).get("cd")

@@ -117,6 +117,26 @@ def fake_evaluate(
     return preds, labels
 
 
+def tint_evaluate(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu"
+) -> tuple[list[str | None], list[str]]:
+    """A model that sees colour: reddish images are the card's first label, the others its second (whatever label
+    they were uploaded with; ``tests.support.images.tinted`` makes them). None for an unreadable file."""
+    from PIL import Image
+
+    labels = read_card(run_dir).labels
+    preds: list[str | None] = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as im:
+                r, _g, b = im.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))  # type: ignore[misc]
+        except OSError:
+            preds.append(None)
+            continue
+        preds.append(labels[0] if r > b else labels[1])
+    return preds, labels
+
+
 def card_mar(run_dir: Path, store: Path, name: str, version: str) -> Path:
     """A zip shaped like a graft archive (manifest, model.json, weights): what adoption reads, no handler."""
     import zipfile

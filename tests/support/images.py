@@ -59,3 +59,12 @@ def image_folder(root: Path, per_split: dict[str, int], labels: tuple[str, ...] 
             for i in range(n):
                 write(root / split / label / f"{split}_{label}_{i}.png", png(seed + 10_000 * s + 1000 * k + i))
     return root
+
+
+def tinted(seed: int, red: bool, size: tuple[int, int] = (16, 16)) -> bytes:
+    """Seeded noise under a strong red (or blue) cast: distinct pictures whose colour says which label they are
+    (``tests.support.fakes.tint_evaluate`` reads it)."""
+    w, h = size
+    noise = Image.frombytes("RGB", size, random.Random(seed).randbytes(w * h * 3))
+    cast = Image.new("RGB", size, (230, 20, 20) if red else (20, 20, 230))
+    return encode(Image.blend(noise, cast, 0.6), "PNG")
