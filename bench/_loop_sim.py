@@ -104,6 +104,11 @@ class Round:
     wrong_new: int = 0
     held: bool = False
 
+    @property
+    def promoted(self) -> bool:
+        """Put in service: the gate passed it and the data check did not hold it."""
+        return self.new_passed and not self.held
+
 
 def _write(root: Path, items: Sequence[Labelled], split: str) -> None:
     for k, (data, label) in enumerate(items):

@@ -132,8 +132,11 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
     return {
         "rounds": len(rows),
         "by_chance": by_chance(rows),
-        "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False)},
-        "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True)},
+        # new: the gate's decision; promoted: the gate's and the data check's (a held candidate is not served).
+        "wrong_rejections": {"new": share(better, "new_passed", False), "old": share(better, "old_passed", False),
+                             "promoted": share(better, "promoted", False)},
+        "wrong_promotions": {"new": share(worse, "new_passed", True), "old": share(worse, "old_passed", True),
+                             "promoted": share(worse, "promoted", True)},
         "significant_on_truth": {
             "wrong_rejections": {"new": share(clear_better, "new_passed", False),
                                  "old": share(clear_better, "old_passed", False)},

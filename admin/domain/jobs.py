@@ -25,7 +25,7 @@ from admin.domain.adoption import BaseData
 from admin.domain.evaluation_child import ChildEvaluator
 from admin.domain.gate import GateDecision, GateRule
 from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan, plan_in_job
-from admin.domain.judge import EvaluateFn, default_evaluate, judge
+from admin.domain.judge import EvaluateFn, default_evaluate, for_new_samples, judge
 from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.promotion import Promoter
 from admin.domain.recipe import RetrainRequest, build_train_config
@@ -278,7 +278,8 @@ class JobManager:
             return None
         self.s.jobs.update(job_id, phase="checking")
         deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
-        child = ChildEvaluator(self.s.evaluate, st.eval_device, job_dir / "check", deadline, self._cancel.get(job_id))
+        child = ChildEvaluator(for_new_samples(self.s.evaluate), st.eval_device, job_dir / "check", deadline,
+                               self._cancel.get(job_id))  # fmt: skip
         check = check_new_samples(self.s.samples, self.s.audit, snap.holdout, snap.max_sample_seq, champion,
                                   lambda run, images: child(run, images, True)[0], st.label_check_alpha,
                                   st.label_check_max, self.s.jobs.checks_since(champion.created_at,

@@ -43,6 +43,23 @@ def default_evaluate(
     return list(report["predictions"]), list(report["labels"])
 
 
+def evaluate_whole(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str
+) -> tuple[list[str | None], list[str]]:
+    """:func:`default_evaluate` without keeping the frozen stages' output: for images a model is asked about once
+    (the data check's new training samples), whose features would only take disk (64 KiB an image at most)."""
+    from training.evaluate import evaluate_run
+    from training.export_settings import serving_precision
+
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
+    return list(report["predictions"]), list(report["labels"])
+
+
+def for_new_samples(evaluate: EvaluateFn) -> EvaluateFn:
+    """The evaluation the data check uses: the default one without its feature store, a test's stand-in as is."""
+    return evaluate_whole if evaluate is default_evaluate else evaluate
+
+
 def frozen_features_root(run_dir: Path) -> Path | None:
     """``STATE_DIR/frozen-features`` for a job's run (``STATE_DIR/jobs/ID/run``), shared by every job's
     candidate and champion: a later job runs the frozen stages only on holdout images added since. None for a

@@ -105,6 +105,8 @@ class LabelCheck:
         if not self.flagged:
             if earlier:
                 return f"data check: {earlier}"
+            if not self.checked and self.notes:
+                return f"data check: {self.notes[0]}"
             return (f"data check: nothing unusual in {self.checked} new sample(s) "
                     f"(version {self.champion} agrees with their labels as often as with older ones)")  # fmt: skip
         parts = [f"version {self.champion} disagrees with {t.disagreed} of {t.new} new {t.label!r} samples "
@@ -153,7 +155,9 @@ def plan(new: Sequence[SampleRef], holdout: Sequence[Item], champion_run: Path, 
     trained = seen_by(champion_run, validation=False)
     notes = []
     if not trained.known:
-        notes.append(f"the data version at {champion_run} trained on could not be listed: no data check")
+        notes.append(f"not run: the data the model at {champion_run} trained on cannot be listed (no lineage."
+                     "dataset_path in its card, or that data is gone), so its training images could not be kept "
+                     "out of the comparison")
         return CheckPlan([], [], len(fresh), notes)
     new_paths = {s.path.resolve() for s in new}
     older = [i for i in holdout if i.label in known and (p := i.path.resolve()) not in new_paths

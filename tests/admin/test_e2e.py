@@ -9,6 +9,7 @@ serving; then a rollback. A stream of predictions runs throughout and must see z
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def world(tmp_path: Path, hymenoptera: Path, mobilenet_weights: Path, java: str)
             train_args={"epochs": 15}, smoke_images=2,
         )  # fmt: skip
         with AdminServer(st) as admin, httpx.Client(base_url=admin.url, headers=ADMIN, timeout=600) as api:
-            yield {"ts": ts, "api": api, "data": hymenoptera}
+            yield {"ts": ts, "api": api, "data": hymenoptera, "state": tmp_path / "state"}
     finally:
         ts.stop()
 
@@ -126,6 +127,12 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         assert check["suspect_count"] >= 48 and {s["predicted"] for s in check["suspects"]} == {"ants"}, check
         assert "data check: version 2 disagrees with" in bad["reason"], bad["reason"]
         assert good["data_check"]["flagged"] == [] and good["data_check"]["checked"] == 24, good["data_check"]
+        # The check asked about training samples without keeping their frozen features (only holdout images are
+        # judged again and again): every stored sample in the feature store is a holdout one.
+        kept = [Path(k.rsplit("|", 2)[0]) for f in (world["state"] / "frozen-features").glob("*/index.json")
+                for k in json.loads(f.read_text())]  # fmt: skip
+        samples = [p for p in kept if "samples" in p.parts]
+        assert samples and {api.get(f"/v1/samples/{p.stem}").json()["split"] for p in samples} == {"holdout"}
         assert httpx.post(url, content=probe, headers=headers, timeout=60).json()["model_version"] == "2"
 
         # 3. Roll back to the first model.

@@ -123,4 +123,6 @@ def test_plan_keeps_the_first_models_training_images_out_and_its_validation_imag
     # A model whose data cannot be listed gets no check (its training images could not be kept out).
     write_toy_card(tmp_path / "blind", ["ants", "bees"], 0.9)
     blind = plan(new, holdout, tmp_path / "blind", ["ants", "bees"], cap=5)
-    assert blind.new == [] and "could not be listed" in blind.notes[0]
+    assert blind.new == [] and "cannot be listed" in blind.notes[0]
+    summary = judge_labels(blind, [], "3", alpha=0.01).summary()
+    assert summary.startswith("data check: not run: the data the model at") and "lineage.dataset_path" in summary
