@@ -35,12 +35,7 @@ def default_evaluate(
     ``--quantize int8`` (or prepared like an INT8 champion), else its weights. A job's run keeps its frozen
     stages' output per holdout image in the state folder (:func:`frozen_features_root`).
     """
-    from training.evaluate import evaluate_run
-    from training.export_settings import serving_precision
-
-    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir),
-                          feature_cache=frozen_features_root(run_dir))  # fmt: skip
-    return list(report["predictions"]), list(report["labels"])
+    return _evaluate(run_dir, samples, device, frozen_features_root(run_dir))
 
 
 def evaluate_whole(
@@ -48,10 +43,16 @@ def evaluate_whole(
 ) -> tuple[list[str | None], list[str]]:
     """:func:`default_evaluate` without keeping the frozen stages' output: for images a model is asked about once
     (the data check's new training samples), whose features would only take disk (64 KiB an image at most)."""
+    return _evaluate(run_dir, samples, device, None)
+
+
+def _evaluate(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str,
+              feature_cache: Path | None) -> tuple[list[str | None], list[str]]:  # fmt: skip
     from training.evaluate import evaluate_run
     from training.export_settings import serving_precision
 
-    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir))
+    report = evaluate_run(run_dir, list(samples), device, precision=serving_precision(run_dir),
+                          feature_cache=feature_cache)  # fmt: skip
     return list(report["predictions"]), list(report["labels"])
 
 

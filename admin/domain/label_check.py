@@ -159,6 +159,8 @@ def plan(new: Sequence[SampleRef], holdout: Sequence[Item], champion_run: Path, 
                      "dataset_path in its card, or that data is gone), so its training images could not be kept "
                      "out of the comparison")
         return CheckPlan([], [], len(fresh), notes)
+    if not fresh:  # nothing new to set against the older images
+        return CheckPlan([], [], 0, notes)
     new_paths = {s.path.resolve() for s in new}
     older = [i for i in holdout if i.label in known and (p := i.path.resolve()) not in new_paths
              and p not in trained.paths]  # fmt: skip
@@ -226,10 +228,8 @@ def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: S
         relabelled = set(audit.targets_since(champion.created_at, "sample.relabel", "samples"))
         new += samples.refs(relabelled - {s.id for s in new}, up_to_seq)
     chosen = plan(new, holdout, champion.run_dir, champion.labels, cap)
-    if not chosen.new:
-        check = judge_labels(CheckPlan([], [], chosen.new_samples, chosen.notes), [], champion.version, alpha)
-    else:
-        check = judge_labels(chosen, predict(champion.run_dir, chosen.images()), champion.version, alpha)
+    predictions = predict(champion.run_dir, chosen.images()) if chosen.new else []
+    check = judge_labels(chosen, predictions, champion.version, alpha)
     old, jobs = unreviewed(earlier, samples, up_to_seq)
     listed = {s.id for s in check.suspects}
     old = [s for s in old if s.id not in listed]  # listed again by this check's own finding

@@ -120,6 +120,7 @@ def test_plan_keeps_the_first_models_training_images_out_and_its_validation_imag
     assert sorted(i.path for i in chosen.baseline) == val, "validation images in, training images and new out"
     assert [s.id for s in chosen.new] == [f"{k:064x}" for k in range(5)], "capped per label, by id; wasps unknown"
     assert chosen.new_samples == 7 and chosen.notes == []
+    assert plan([], holdout, run, ["ants", "bees"], cap=5).images() == [], "nothing new: nothing to predict"
     # A model whose data cannot be listed gets no check (its training images could not be kept out).
     write_toy_card(tmp_path / "blind", ["ants", "bees"], 0.9)
     blind = plan(new, holdout, tmp_path / "blind", ["ants", "bees"], cap=5)
