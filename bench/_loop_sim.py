@@ -26,8 +26,8 @@ from typing import Any
 from PIL import Image
 
 from admin.domain.fairness import fair_holdout, seen_by
-from admin.domain.gate import GateRule, decide
-from admin.domain.judge import default_evaluate
+from admin.domain.gate import GateRule, decide, with_unaveraged
+from admin.domain.judge import default_evaluate, unaveraged_dir
 from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.labels import LabelSet
 from admin.domain.paired import mcnemar_exact
@@ -103,6 +103,11 @@ class Round:
     check_true_suspects: int = 0
     wrong_new: int = 0
     held: bool = False
+    # A candidate averaged with the champion (the default): the refit's own head's truth accuracy, its gate p
+    # (significantly worse?), and whether the gate rejected the candidate because of it (admin.domain.gate).
+    own_truth: float | None = None
+    own_p_worse: float | None = None
+    own_rejected: bool = False
 
     @property
     def promoted(self) -> bool:
@@ -206,8 +211,14 @@ class Loop:
                      policy="accuracy", tolerance=0.0, min_holdout=1)  # fmt: skip
         fair = fair_holdout(holdout, [("candidate", seen_by(cand)), ("champion", seen_by(champ))])
         items = [(i.path, i.label) for i in fair.items]
-        new = decide([label for _, label in items], self.predict(cand, items), labels_c, self.predict(champ, items),
-                     labels_h, rule=self.rule, left_out=fair.left_out)  # fmt: skip
+        truth_fair = [label for _, label in items]
+        new = decide(truth_fair, self.predict(cand, items), labels_c, self.predict(champ, items), labels_h,
+                     rule=self.rule, left_out=fair.left_out)  # fmt: skip
+        own = unaveraged_dir(cand)
+        if own is not None:  # as the admin's judge does: the refit alone on the same images
+            alone = decide(truth_fair, self.predict(own, items), read_card(own).labels, self.predict(champ, items),
+                           labels_h, rule=self.rule, left_out=fair.left_out)  # fmt: skip
+            new = with_unaveraged(new, alone)
         return old, new
 
 
@@ -258,6 +269,10 @@ def run_loop(domain: Domain, seed: int, workdir: Path, fraction: float, rule: Ga
             champion, champion_seq, checks = cand, snap.max_sample_seq, []
         old_champion = cand if old_vs.passed else old_champion
         row.truth_cand_only, row.truth_champ_only, row.truth_p = loop.truth_pairs(cand, row_champion)
+        if (own := unaveraged_dir(cand)) is not None and new.unaveraged is not None:
+            row.own_truth = round(loop.truth(own), 4)
+            row.own_p_worse = round(new.unaveraged["p_worse"], 6)
+            row.own_rejected = bool(new.unaveraged["rejected"])
         row.truth_n = len(domain.truth)
         row.poisoned = domain.poisoned.get(r, 0)
         row.served_truth, row.old_served_truth = round(loop.truth(champion), 4), round(loop.truth(old_champion), 4)

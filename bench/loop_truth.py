@@ -146,7 +146,20 @@ def summarise(rows: list[Round]) -> dict[str, Any]:
         "served": served,
         "holdout": _holdout(rows),
         "data_check": _data_check(rows),
+        "unaveraged": _unaveraged(rows),
     }
+
+
+def _unaveraged(rows: list[Round]) -> dict[str, Any]:
+    """Candidates averaged with the champion: how often the refit alone was judged, how often that rejected the
+    candidate, and the truth of those rejections (was the averaged candidate, or the refit alone, truly worse?)."""
+    judged = [r for r in rows if r.own_truth is not None]
+    rejected = [r for r in judged if r.own_rejected]
+    return {"judged": len(judged), "rejected": len(rejected),
+            "rejected_truly_worse": sum(r.truth_diff <= -0.01 for r in rejected),
+            "rejected_alone_truly_worse": sum(r.own_truth is not None and r.own_truth - r.champion_truth <= -0.01
+                                              for r in rejected),
+            "rejected_poisoned": sum(r.wrong_new > 0 or r.poisoned > 0 for r in rejected)}  # fmt: skip
 
 
 def _data_check(rows: list[Round]) -> dict[str, Any]:

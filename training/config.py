@@ -79,8 +79,9 @@ class TrainConfig(BaseModel):
         "weight; 0 = off): fewer retrainings that lose what the champion knew. The admin's teacher is the champion",
     )  # fmt: skip
     champion_share: float = Field(
-        0.0, ge=0, lt=1, description="the refit's head is averaged with the teacher's, this share to the teacher's "
-        "weights (0 = off): an exponential average across retrainings. The admin's teacher is the champion",
+        0.5, ge=0, lt=1, description="the refit's head is averaged with the teacher's, this share to the teacher's "
+        "weights (0 = off; nothing without a teacher): an exponential average across retrainings. The admin's "
+        "teacher is the champion, and its gate judges the refit's own head too",
     )  # fmt: skip
     teacher: Path | None = Field(None, description="distill from (or average with) this run folder (the admin sets "
                                  "its champion)")  # fmt: skip

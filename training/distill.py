@@ -12,8 +12,11 @@ default (``--distill 0``).
 
 The other way to keep it is plainer: ``--champion-share W`` averages the refit's head with the champion's (W of
 the champion's weights). Through the loop on 32 ants/bees seeds it gave 9 truly worse candidates against 22 at
-the same served level (docs/benchmarks/gate.md part 11); it is off by default too, for now: with wrong labels it
-cuts both ways (it halves the damage of a batch the gate lets in, and can slip one under the gate; part 12).
+the same served level (docs/benchmarks/gate.md part 11), and it is the default (W = 0.5). With wrong labels
+alone it cut both ways (it halved the damage of a batch the gate let in, and slipped one under the gate that
+the gate would have rejected whole; part 12), so the run keeps its own un-averaged model beside it
+(``RUN/unaveraged``) and the admin's gate judges both: new data that pull the model significantly the wrong way
+are rejected, not let in at half strength (part 14).
 
 The champion's outputs are its head applied to the cached features, and its head averages with ours, which is
 exact only when its frozen layers are the candidate's: the same backbone and weights, trained head-only, and the
@@ -23,12 +26,13 @@ same labels. Otherwise nothing is distilled or averaged, and ``model.json`` says
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from graft.core.artifact import load_model
+from graft.core.artifact import UNAVERAGED_DIR, ModelCard, load_model, save_weights, write_card
 from training.start import run_reference
 
 if TYPE_CHECKING:  # the trainer imports the loss below
@@ -61,17 +65,35 @@ def average_with_champion(trainer: Trainer, found: Champion | None) -> dict[str,
     (an exponential average across retrainings, since the champion is itself one). Returns the evidence for
     ``model.json`` (None when averaging is off)."""
     share = trainer.cfg.champion_share
-    if not share or found is None:
+    unasked = trainer.cfg.teacher is None and "champion_share" not in trainer.cfg.model_fields_set
+    if not share or found is None or unasked:  # the default without a champion: nothing to say
         return None
     if isinstance(found, str):
         log.info("champion average: not done: %s", found)
         return {"skipped": found}
     theirs, reference = found
     ours = trainer.model.state_dict()
+    trainer.unaveraged = {k: ours[k].detach().cpu().clone() for k in theirs}  # judged too: save_unaveraged
     blended = {k: (1 - share) * ours[k].detach().cpu() + share * theirs[k].to(ours[k].dtype) for k in theirs}
     trainer.model.load_state_dict(blended, strict=False)
     log.info("champion average: the new head is %.2f of the champion's and %.2f of the refit's", share, 1 - share)
     return {"teacher": reference, "champion_share": share}
+
+
+def save_unaveraged(trainer: Trainer, run_dir: Path, card: ModelCard) -> Path | None:
+    """The refit's own model, before averaging, as a run folder ``RUN/unaveraged`` (the same card, its own
+    weights): the gate judges it too, so that new data which pull the model significantly the wrong way are not
+    let in at half strength. None when nothing was averaged."""
+    out = run_dir / UNAVERAGED_DIR
+    if trainer.unaveraged is None:
+        shutil.rmtree(out, ignore_errors=True)  # an earlier run's, in a reused output folder
+        return None
+    out.mkdir(exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    save_weights(out, {**state, **trainer.unaveraged})
+    recipe = {**card.recipe, "unaveraged": "the refit's own head, before averaging with the champion's"}
+    write_card(out, card.model_copy(update={"recipe": recipe}))
+    return out
 
 
 def _unfit(
@@ -96,8 +118,9 @@ def champion_head(trainer: Trainer, head: dict[str, torch.Tensor]) -> Champion |
     then not read at all). A refit asks once, before it trains: the frozen layers it compares do not change."""
     if not (trainer.cfg.distill or trainer.cfg.champion_share):
         return None
-    if trainer.cfg.teacher is None:
-        return "no champion (a first model)"
+    if trainer.cfg.teacher is None:  # a first model: say so only to whoever asked for it by name
+        asked = trainer.cfg.distill or "champion_share" in trainer.cfg.model_fields_set
+        return "no champion (a first model)" if asked else None
     teacher_dir = Path(trainer.cfg.teacher)
     champion, card = load_model(teacher_dir)
     theirs = champion.state_dict()

@@ -11,6 +11,7 @@ from graft.core.artifact import MAX_SKIPPED_LISTED, METRICS_JSON, Lineage, Model
 from graft.core.util import utc_now
 from training.config import TrainConfig
 from training.data import DatasetSplit
+from training.distill import save_unaveraged
 from training.evaluate import classification_report
 from training.loop import EpochStats
 from training.plots import plot_confusion, plot_curves
@@ -107,6 +108,7 @@ def write_run_folder(
         lineage=_lineage(data, trainer, started),
     )
     write_card(run_dir, card)
+    save_unaveraged(trainer, run_dir, card)
     plot_curves(trainer.history, run_dir / "curves.png")
     plot_confusion(report["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
     log.info(

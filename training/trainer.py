@@ -133,6 +133,7 @@ class Trainer:
         self.shuffle_seed = cfg.seed  # the batch order's seed (training/seeds.py gives each head its own)
         self.on_epoch: Callable[[dict[str, Any]], None] = lambda _: None
         self.soup: dict[str, Any] | None = None  # several heads averaged (training/seeds.py): the evidence
+        self.unaveraged: dict[str, torch.Tensor] | None = None  # the refit's own head, if averaged (distill.py)
         self.refit: dict[str, Any] | None = None  # the head trained again on every image (training/refit.py)
         self.distributed: dict[str, Any] | None = None  # how the run mapped onto torchrun's ranks (model.json)
 

@@ -25,7 +25,7 @@ that size is significant anyway.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from admin.domain.paired import (
@@ -84,6 +84,9 @@ class GateDecision:
     left_out: int = 0  # holdout images left out because one of the two models trained or selected on them
     advice: list[str] = field(default_factory=list)  # what to do next, when the candidate was rejected
     summary: str = ""  # the comparison in one line of words
+    # The refit's own head on the same images, when the candidate is its average with the champion's
+    # (:func:`with_unaveraged`): summary, p_worse, regressed, rejected.
+    unaveraged: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -251,3 +254,38 @@ def _comparison_rule(rule: GateRule, cmp: PairedComparison, head: str, summary: 
 
 def _uploads(holdout_images: int, rule: GateRule) -> int:
     return round(holdout_images / rule.holdout_fraction)
+
+
+def with_unaveraged(averaged: GateDecision, own: GateDecision) -> GateDecision:
+    """The decision on a candidate whose head is an average with the champion's (training/distill.py), given
+    the decision on the refit's own head before averaging, on the same images.
+
+    Averaging pulls the candidate only part of the way towards what the new data teach, so a batch of wrong
+    labels that would make the refit alone significantly worse can pass at half strength (gate benchmark part
+    11). The averaged candidate serves only when the refit alone is not significantly worse, overall or for one
+    class, whatever the policy; otherwise the job is rejected and says which."""
+    cmp = own.comparison
+    if cmp is None:
+        return averaged
+    fell = [k for k in own.classes if k.fell]
+    worse = cmp.p_worse < own.alpha or bool(fell)
+    said = describe(cmp, own.left_out).replace("candidate", "the refit alone", 1)
+    record = {"summary": said, "p_worse": cmp.p_worse, "regressed": [k.label for k in fell],
+              "rejected": worse and averaged.passed}  # fmt: skip
+    if not averaged.passed:
+        return replace(averaged, unaveraged=record)
+    if not worse:
+        return replace(averaged, reason=f"{averaged.reason}; before averaging with the champion, {said}: not "
+                       f"significantly worse (p={cmp.p_worse:.3g})", unaveraged=record)  # fmt: skip
+    if fell and cmp.p_worse >= own.alpha:
+        names = ", ".join(f"{k.label} {k.champion_recall:.2f} -> {k.candidate_recall:.2f} (p={k.p_fell:.3g})"
+                          for k in fell)  # fmt: skip
+        what = f"recall fell significantly for {names}"
+    else:
+        what = f"significantly worse (p={cmp.p_worse:.3g} < {own.alpha})"
+    reason = (f"rejected: before averaging with the champion, {said}; {what}. The samples added since the champion "
+              f"pull the model the wrong way; averaged, as it would have served: {averaged.summary}")  # fmt: skip
+    advice = ["check the labels of the samples added since the champion was trained (the job's data check "
+              "lists the ones the model in service disagrees with), relabel or delete the wrong ones and retrain"]
+    return replace(averaged, passed=False, reason=reason, regressed=[k.label for k in fell], advice=advice,
+                   unaveraged=record)  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 
 from admin.domain.evaluation_child import EvaluateFn, load_named, name_of
 from admin.domain.prediction_cache import cached_predict, missing, save
-from graft.core.artifact import read_card
+from graft.core.artifact import UNAVERAGED_DIR, read_card
 from graft.core.util import write_atomic
 
 log = logging.getLogger(__name__)
@@ -198,5 +198,9 @@ class InJobPredictions:
         got = self.answers.get(run_dir.resolve())
         if got is not None and all(str(p) in got[0] for p, _ in samples):
             return [got[0][str(p)] for p, _ in samples], list(got[1])
-        log.warning("the training Job's predictions do not cover %s: evaluating in the admin's child process", run_dir)
+        if run_dir.name == UNAVERAGED_DIR:  # known only after training; its frozen features are the candidate's
+            log.info("the refit's own model %s is evaluated in the admin's child process", run_dir)
+        else:
+            log.warning("the training Job's predictions do not cover %s: evaluating in the admin's child process",
+                        run_dir)  # fmt: skip
         return self.fallback(run_dir, samples, False)

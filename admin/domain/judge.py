@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from admin.domain.fairness import FairHoldout, fair_holdout, seen_by
-from admin.domain.gate import GateDecision, GateRule, decide
+from admin.domain.gate import GateDecision, GateRule, decide, with_unaveraged
 from admin.domain.prediction_cache import cached_predict, save
-from graft.core.artifact import read_card
+from graft.core.artifact import MODEL_JSON, UNAVERAGED_DIR, read_card
 from graft.core.manifest import Item
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,20 @@ def for_new_samples(evaluate: EvaluateFn) -> EvaluateFn:
     return evaluate_whole if evaluate is default_evaluate else evaluate
 
 
+def unaveraged_dir(run_dir: Path) -> Path | None:
+    """The refit's own model beside a candidate averaged with the champion (training/distill.py), else None."""
+    own = Path(run_dir) / UNAVERAGED_DIR
+    return own if (own / MODEL_JSON).is_file() else None
+
+
 def frozen_features_root(run_dir: Path) -> Path | None:
-    """``STATE_DIR/frozen-features`` for a job's run (``STATE_DIR/jobs/ID/run``), shared by every job's
-    candidate and champion: a later job runs the frozen stages only on holdout images added since. None for a
-    run outside the admin's jobs (the first model's predictions are cached per version anyway)."""
-    jobs = Path(run_dir).resolve().parent.parent
+    """``STATE_DIR/frozen-features`` for a job's run (``STATE_DIR/jobs/ID/run``, and the un-averaged model in
+    it), shared by every job's candidate and champion: a later job runs the frozen stages only on holdout
+    images added since. None for a run outside the admin's jobs (the first model's predictions are cached per
+    version anyway)."""
+    run = Path(run_dir).resolve()
+    run = run.parent if run.name == UNAVERAGED_DIR else run
+    jobs = run.parent.parent
     return jobs.parent / FROZEN_FEATURES if jobs.name == "jobs" else None
 
 
@@ -109,6 +118,11 @@ def judge(
         champ_pred, champ_labels = _predict(evaluate, champion_dir, samples, device, cached=True, run=run)
     truth = [label for _, label in samples]
     decision = decide(truth, cand_pred, cand_labels, champ_pred, champ_labels, rule=rule, left_out=fair.left_out)
+    own_dir = unaveraged_dir(candidate_dir)
+    if own_dir is not None and champ_pred is not None:  # averaged with the champion: the refit alone is judged too
+        own_pred, own_labels = _predict(evaluate, own_dir, samples, device, run=run)
+        own = decide(truth, own_pred, own_labels, champ_pred, champ_labels, rule=rule, left_out=fair.left_out)
+        decision = with_unaveraged(decision, own)
     if fair.unknown:
         note = (f"the data the {' and the '.join(fair.unknown)} trained on could not be listed, so holdout images it "
                 "saw may have graded it")  # fmt: skip

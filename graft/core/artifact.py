@@ -27,6 +27,9 @@ METRICS_JSON = "metrics.json"
 ONNX_FILE = "model.onnx"
 # The statically quantized (QDQ, per-channel INT8) copy of model.onnx, written by `graft export --quantize int8`.
 ONNX_INT8_FILE = "model.int8.onnx"
+# A run whose head was averaged with the champion's keeps the refit's own model here (a run folder itself), so
+# the gate can also judge what the new data alone taught (admin/domain/judge.py).
+UNAVERAGED_DIR = "unaveraged"
 SCHEMA_VERSION = 1
 # A folder of thousands of stray files should not make model.json megabytes long; train.log lists them all.
 MAX_SKIPPED_LISTED = 1000

@@ -107,6 +107,7 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         # the first model chose its best epoch on base/val: those 20 images cannot judge it (the fair holdout)
         assert good["gate"]["left_out"] == 20 and cand["n"] == champ["n"] == good["gate"]["comparison"]["n"]
         assert "neither model saw (20 more left out" in good["reason"], good["reason"]
+        assert not good["gate"]["unaveraged"]["rejected"] and "before averaging with the champion" in good["reason"]
         answer = httpx.post(url, content=probe, headers=headers, timeout=60).json()
         assert answer["model_version"] == "2" and answer["predictions"][0]["label"] in ("ants", "bees")
 
@@ -119,7 +120,10 @@ def test_collect_retrain_promote_reject_rollback(world: dict[str, Any]) -> None:
         assert bad["status"] == "rejected" and not bad["promoted"], bad["reason"]
         # neither version 2 nor the candidate saw base/val: now it judges, with the new samples' holdout
         assert bad["gate"]["left_out"] == 0 and bad["gate"]["comparison"]["n"] >= 20, bad["reason"]
-        assert bad["reason"].startswith("rejected: candidate") and "95% CI" in bad["reason"], bad["reason"]
+        # Averaged with version 2 (the default), the refit alone is judged too: either one's drop rejects it.
+        assert bad["reason"].startswith(("rejected: candidate", "rejected: before averaging with the champion, the "
+                                         "refit alone")) and "95% CI" in bad["reason"], bad["reason"]  # fmt: skip
+        assert bad["gate"]["unaveraged"]["p_worse"] < 0.05 or bad["gate"]["unaveraged"]["regressed"], bad["gate"]
         assert "ants" in bad["gate"]["regressed"] or "significantly worse" in bad["reason"], bad["reason"]
         # Before it trained, version 2 looked at the new labels: most of the new "bees" are ants to it.
         check = bad["data_check"]

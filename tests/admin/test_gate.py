@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from admin.domain.gate import decide, score
+from admin.domain.gate import decide, score, with_unaveraged
 from admin.domain.paired import (
     bootstrap_interval,
     class_changes,
@@ -164,3 +164,40 @@ def test_gate_needs_evidence() -> None:
     d = decide(["a"] * 3, ["a"] * 3, ["a", "b"], ["a"] * 3, ["a", "b"], min_holdout=10, left_out=40)
     assert not d.passed and "40 left out" in d.reason and "35 more images" in d.advice[0]
     assert score(["a", "b"], [None, "b"], {"a", "b"}).correct == 1  # unreadable counts as wrong
+
+
+def test_an_averaged_candidate_serves_only_when_the_refit_alone_is_not_significantly_worse() -> None:
+    truth = ["a"] * 20 + ["b"] * 20
+    champion = _preds(truth, {0, 1})  # 38/40
+    averaged = _preds(truth, {0, 1, 2, 3, 25})  # 35/40: not significantly worse alone (p = 0.125)
+    d = decide(truth, averaged, ["a", "b"], champion, ["a", "b"])
+    assert d.passed
+    # The refit alone lost 8 of b's 20 to a: significantly worse, the averaged candidate is rejected with it.
+    alone = [p if i not in range(20, 28) else "a" for i, p in enumerate(champion)]
+    out = with_unaveraged(d, decide(truth, alone, ["a", "b"], champion, ["a", "b"]))
+    assert not out.passed and out.unaveraged is not None and out.unaveraged["rejected"]
+    assert out.reason.startswith("rejected: before averaging with the champion, the refit alone -20.0 points")
+    assert "significantly worse (p=0.0039" in out.reason
+    assert "averaged, as it would have served: candidate -7.5" in out.reason
+    assert out.regressed == ["b"] and out.advice and "data check" in out.advice[0]
+    assert out.candidate == d.candidate and out.comparison == d.comparison  # the report stays the averaged one's
+    # The refit alone no worse than the champion: the averaged candidate passes, and the reason says both.
+    fine = with_unaveraged(d, decide(truth, _preds(truth, {0, 2}), ["a", "b"], champion, ["a", "b"]))
+    assert fine.passed and fine.unaveraged is not None and not fine.unaveraged["rejected"]
+    assert fine.reason.startswith(d.reason)
+    assert "before averaging with the champion, the refit alone +0.0 points" in fine.reason
+    # One class fell significantly while the whole did not: still rejected, the class named.
+    three = ["a"] * 30 + ["b"] * 30 + ["c"] * 30
+    champ3 = _preds(three, set(range(60, 68)))  # wrong on 8 of c
+    swap = _preds(three, set(range(30, 38)), other="c")  # fixes c's 8, loses 8 of b: -0.0 overall
+    mixed = with_unaveraged(decide(three, champ3, ["a", "b", "c"], champ3, ["a", "b", "c"]),
+                            decide(three, swap, ["a", "b", "c"], champ3, ["a", "b", "c"]))  # fmt: skip
+    assert not mixed.passed and "recall fell significantly for b 1.00 -> 0.73" in mixed.reason, mixed.reason
+    # A rejected candidate stays rejected for its own reason; the refit alone is only recorded.
+    worse = decide(truth, alone, ["a", "b"], champion, ["a", "b"])
+    same = with_unaveraged(worse, decide(truth, champion, ["a", "b"], champion, ["a", "b"]))
+    assert not same.passed and same.reason == worse.reason and same.unaveraged is not None
+    assert not same.unaveraged["rejected"]
+    # No champion, no comparison: nothing to add.
+    first = decide(truth, averaged, ["a", "b"], None, None)
+    assert with_unaveraged(first, decide(truth, alone, ["a", "b"], None, None)) == first

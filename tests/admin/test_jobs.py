@@ -156,6 +156,29 @@ def test_worse_candidate_is_rejected_and_the_champion_stays(env: Env, api: httpx
     assert r.status_code == 409 and "force=true" in r.json()["error"]["message"]
 
 
+def test_an_averaged_candidate_is_rejected_when_the_refit_alone_is_significantly_worse(
+    env: Env, api: httpx.Client
+) -> None:
+    """The fake trainer's run is "averaged with the champion" and keeps "the refit alone" beside it
+    (``run/unaveraged``); the gate judges both, in the evaluation child, on the same fair holdout."""
+    env.runner_env["GRAFT_FAKE_UNAVERAGED"] = "0.1"
+    job = retrain(api, env, 0.95)
+    assert job["status"] == "rejected" and not job["promoted"], job
+    assert job["reason"].startswith("rejected: before averaging with the champion, the refit alone"), job["reason"]
+    assert "significantly worse" in job["reason"] and "averaged, as it would have served: candidate" in job["reason"]
+    own = job["gate"]["unaveraged"]
+    assert own["rejected"] and own["p_worse"] < 0.05 and job["gate"]["comparison"]["p_worse"] > 0.5, job["gate"]
+    assert env.rollout.default_version("graft") == "1" and "2" not in env.rollout.versions("graft")
+    assert "data check" in job["reason"]  # what to do next: the samples' labels
+    for i in range(4):
+        post(api, 7100 + i, "ants" if i % 2 else "bees")
+    env.runner_env["GRAFT_FAKE_UNAVERAGED"] = "0.95"
+    job = retrain(api, env, 0.95)
+    assert job["status"] == "succeeded" and job["promoted"], job
+    assert "before averaging with the champion, the refit alone +" in job["reason"], job["reason"]
+    assert not job["gate"]["unaveraged"]["rejected"] and env.rollout.default_version("graft") == "3"
+
+
 def test_new_label_is_reported_and_judged_on_shared_classes(env: Env, api: httpx.Client) -> None:
     for i in range(16):  # enough that at least min_label_samples (10) land in train
         post(api, 7000 + i, "wasps")

@@ -106,7 +106,10 @@ def test_distilling_retrains_learn_from_the_champion_and_only_from_it() -> None:
     cfg = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest(overrides={"distill": 1.0}))
     assert cfg.distill == 1.0 and cfg.teacher == Path("/store/champion-run")
     plain = build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, RetrainRequest())
-    assert plain.distill == 0 and plain.teacher is None
+    # averaging with the champion is the default, so the champion is the teacher; distillation stays off
+    assert plain.distill == 0 and plain.champion_share == 0.5 and plain.teacher == Path("/store/champion-run")
+    alone = RetrainRequest(overrides={"champion_share": 0})
+    assert build_train_config(Path("/s/m.json"), Path("/s/run"), champ, {}, alone).teacher is None
     assert build(None, {}, overrides={"distill": 1.0}).teacher is None  # a first model has no champion
     for bad in (-1, 11):
         with pytest.raises(ConfigInvalidError, match="distill"):

@@ -55,3 +55,14 @@ def test_by_chance_counts_the_equal_candidates_a_small_truth_set_would_call_wors
     assert by_chance([_row(1, 0.9, 0.9, True, None)])["rounds"] == 0
     untold = by_chance([_row(1, 0.9, 0.9, True, (1, 1, 1.0))])  # an old row, equal on truth: size unknown
     assert untold["rounds"] == 0 and untold["truth_images"] == {}
+
+
+def test_the_refit_alone_s_rejections_are_counted_against_truth() -> None:
+    wrong = _row(1, 0.90, 0.89, False, (1, 3, 0.625))  # the averaged candidate 1 point worse ...
+    wrong.own_truth, wrong.own_p_worse, wrong.own_rejected, wrong.wrong_new = 0.80, 0.004, True, 12  # ... alone 10
+    kept = _row(2, 0.90, 0.91, True, (2, 1, 1.0))
+    kept.own_truth, kept.own_p_worse = 0.91, 0.6
+    plain = _row(3, 0.91, 0.92, True, (2, 1, 1.0))  # nothing averaged (a deeper recipe): not judged twice
+    s = summarise([wrong, kept, plain])["unaveraged"]
+    assert s == {"judged": 2, "rejected": 1, "rejected_truly_worse": 1, "rejected_alone_truly_worse": 1,
+                 "rejected_poisoned": 1}  # fmt: skip

@@ -4,6 +4,7 @@ arrive during the walk and decisions taken on what it returned neither repeat no
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from tests.admin import test_review
 from tests.admin.test_review import Served
 from tests.support.auth import SAMPLES_TOKEN
 from tests.support.images import photo
+from tests.support.waiting import wait_for
 
 served = test_review.served  # the real admin, and a capture writer standing for the inference workers
 
@@ -25,8 +27,16 @@ def _client(served: Served, transport: httpx.BaseTransport | None = None) -> Cli
     return Client(served.server.url, SAMPLES_TOKEN, transport=transport)
 
 
+def _indexed(served: Served, ids: Iterable[str]) -> None:
+    """Wait until the admin's capture index (a scan every 0.2 s) has these: written is not yet queued, and on a
+    busy machine the scan can come after the walk's next page."""
+    want = set(ids)
+    wait_for(lambda: want <= {i["id"] for i in served.queue(limit=100)}, 10, what="the captures to be queued")
+
+
 def test_a_walk_returns_each_capture_once_while_captures_arrive_and_are_decided(served: Served) -> None:
     ids = {p: served.capture(photo(seed), p) for seed, p in enumerate(FIRST)}
+    _indexed(served, ids.values())
     walked: list[str] = []
     with _client(served) as c:
         for item in c.review_items(page_size=2):
@@ -34,6 +44,7 @@ def test_a_walk_returns_each_capture_once_while_captures_arrive_and_are_decided(
             if len(walked) == 2:  # between pages: one arrives ahead of the cursor, one behind it
                 ids[0.5] = served.capture(photo(50), 0.5)
                 ids[0.95] = served.capture(photo(51), 0.95)
+                _indexed(served, [ids[0.5], ids[0.95]])
             if len(walked) in (3, 4):  # and the reviewer decides what it was given, as it goes
                 c.decide(item["id"], skip=True)
         left = [i["id"] for i in c.review_items(page_size=2)]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from graft.core.artifact import ModelCard, read_card, write_card
+from graft.core.artifact import UNAVERAGED_DIR, ModelCard, read_card, write_card
 from graft.core.errors import ConflictError, UpstreamError
 
 TOY_HANDLER = """
@@ -74,6 +74,9 @@ def fake_train(argv: Sequence[str]) -> int:
         tmp.replace(output / "progress.json")
     parent = Path(config["init_from"]) if config.get("init_from") else None
     write_toy_card(output, labels, quality, manifest["digest"], parent=parent, dataset_path=Path(config["manifest"]))
+    if own := os.environ.get("GRAFT_FAKE_UNAVERAGED"):  # averaged with the champion: the refit alone beside it
+        write_toy_card(output / UNAVERAGED_DIR, labels, float(own), manifest["digest"], parent=parent,
+                       dataset_path=Path(config["manifest"]))  # fmt: skip
     print(json.dumps({"run_dir": str(output), "val_accuracy": quality}))
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.core.artifact import read_card
+from graft.core.artifact import UNAVERAGED_DIR, read_card
 from training import TrainConfig, fit
 from training.data import collect_folder
 from training.distill import focal_distillation
@@ -50,7 +50,8 @@ def test_a_distilled_refit_stays_closer_to_its_champion(
     champion = _fit(tmp_path / "champion", hymenoptera, mobilenet_weights, seed=1).run_dir
     # Another seed: the retraining draws another split and another start, as a retraining with new data would.
     first = _fit(tmp_path / "plain", hymenoptera, mobilenet_weights, seed=5, distill=2.0)  # no teacher
-    second = _fit(tmp_path / "kept", hymenoptera, mobilenet_weights, seed=5, distill=2.0, teacher=champion)
+    second = _fit(tmp_path / "kept", hymenoptera, mobilenet_weights, seed=5, distill=2.0, teacher=champion,
+                  champion_share=0)  # distillation alone, not averaged as well  # fmt: skip
     plain, kept = first.run_dir, second.run_dir
 
     assert read_card(plain).recipe["refitted"]["distilled"] == {"skipped": "no champion (a first model)"}
@@ -93,5 +94,16 @@ def test_a_champion_average_is_that_share_of_the_champions_head(
     for k, v in ms.items():  # the same refit (the same seed), then a quarter of the champion's head
         want = 0.75 * ps[k] + 0.25 * cs[k] if v.is_floating_point() else ps[k]
         assert torch.allclose(v, want, atol=1e-6), k
+    # the refit's own model is kept beside it for the gate: exactly the un-averaged refit of the same seed
+    own, own_card = load_model(mixed / UNAVERAGED_DIR)
+    assert own_card.labels == read_card(mixed).labels and "unaveraged" in own_card.recipe
+    assert own_card.lineage == read_card(mixed).lineage  # the same data: the gate leaves out what it saw
+    for k, v in own.state_dict().items():
+        assert torch.allclose(v, ps[k], atol=1e-6), k
+    assert not (plain / UNAVERAGED_DIR).exists()  # nothing averaged (no teacher), nothing kept
     first = _fit(tmp_path / "first", hymenoptera, mobilenet_weights, seed=5, champion_share=0.5).run_dir
     assert read_card(first).recipe["refitted"]["champion_average"] == {"skipped": "no champion (a first model)"}
+    assert "champion_average" not in read_card(plain).recipe["refitted"]  # the default, unasked: nothing to say
+    # a reused output folder loses an earlier run's un-averaged model when this run averages nothing
+    again = _fit(mixed, hymenoptera, mobilenet_weights, seed=5, champion_share=0).run_dir
+    assert not (again / UNAVERAGED_DIR).exists()

@@ -125,6 +125,10 @@ def test_a_job_s_run_keeps_them_in_the_state_folder(tmp_path: Path) -> None:
 
     assert frozen_features_root(tmp_path / "state" / "jobs" / "j1" / "run") == (tmp_path / "state" / "frozen-features")
     assert frozen_features_root(tmp_path / "runs" / "v1") is None
+    # the refit's own model beside an averaged candidate shares them (the same frozen layers)
+    own = tmp_path / "state" / "jobs" / "j1" / "run" / "unaveraged"
+    assert frozen_features_root(own) == (tmp_path / "state" / "frozen-features")
+    assert frozen_features_root(tmp_path / "runs" / "v1" / "unaveraged") is None
 
 
 def test_a_deeper_recipe_caches_the_cut_inside_the_backbone(runs: dict[str, Path], tmp_path: Path,
