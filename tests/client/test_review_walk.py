@@ -78,6 +78,7 @@ class _OlderAdmin(httpx.BaseTransport):
 
 def test_an_admin_without_the_cursor_is_paged_by_offset(served: Served) -> None:
     ids = {p: served.capture(photo(seed), p) for seed, p in enumerate(FIRST)}
+    _indexed(served, ids.values())
     older = _OlderAdmin()
     with _client(served, older) as c:
         walked = [i["id"] for i in c.review_items(page_size=3)]
