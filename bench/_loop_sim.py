@@ -25,9 +25,8 @@ from typing import Any
 
 from PIL import Image
 
-from admin.domain.fairness import fair_holdout, seen_by
-from admin.domain.gate import GateRule, decide, with_unaveraged
-from admin.domain.judge import default_evaluate, unaveraged_dir
+from admin.domain.gate import GateRule, decide
+from admin.domain.judge import default_evaluate, judge, unaveraged_dir
 from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.labels import LabelSet
 from admin.domain.paired import mcnemar_exact
@@ -209,16 +208,10 @@ class Loop:
         labels_c, labels_h = read_card(cand).labels, read_card(champ).labels
         old = decide(truth, self.predict(cand, everything), labels_c, self.predict(champ, everything), labels_h,
                      policy="accuracy", tolerance=0.0, min_holdout=1)  # fmt: skip
-        fair = fair_holdout(holdout, [("candidate", seen_by(cand)), ("champion", seen_by(champ))])
-        items = [(i.path, i.label) for i in fair.items]
-        truth_fair = [label for _, label in items]
-        new = decide(truth_fair, self.predict(cand, items), labels_c, self.predict(champ, items), labels_h,
-                     rule=self.rule, left_out=fair.left_out)  # fmt: skip
-        own = unaveraged_dir(cand)
-        if own is not None:  # as the admin's judge does: the refit alone on the same images
-            alone = decide(truth_fair, self.predict(own, items), read_card(own).labels, self.predict(champ, items),
-                           labels_h, rule=self.rule, left_out=fair.left_out)  # fmt: skip
-            new = with_unaveraged(new, alone)
+        # The admin's own judge (the fair holdout, the paired rule, the refit alone when averaged), on this
+        # loop's predictions.
+        new, _ = judge(default_evaluate, cand, champ, holdout, self.rule,
+                       run=lambda run, items, _cached: (self.predict(run, items), read_card(run).labels))  # fmt: skip
         return old, new
 
 
