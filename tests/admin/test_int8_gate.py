@@ -3,6 +3,7 @@ is exported the way the champion was (INT8 included): the admin's default evalua
 
 from __future__ import annotations
 
+import logging
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from admin.domain.gate import GateRule
 from admin.domain.jobs import default_evaluate, default_prepare
+from admin.domain.judge import judge
 from admin.domain.promotion import default_export
-from graft.core.artifact import ONNX_INT8_FILE, read_card
+from graft.core.artifact import ONNX_INT8_FILE, UNAVERAGED_DIR, read_card, write_card
+from graft.core.manifest import Item
 from tests.support.artifacts import images, shared_missing_reason
 from tests.support.onnx_models import save_classifier
 from training.export_settings import recorded_settings, serving_precision
@@ -73,6 +77,55 @@ def test_a_candidate_is_prepared_and_exported_like_an_int8_champion(
         config = yaml.safe_load(z.read("model-config.yaml"))
         assert ONNX_INT8_FILE in z.namelist()
     assert config["handler"]["precision"] == "int8" and config["maxBatchDelay"] == 50  # the champion's settings
+
+
+def test_the_refit_alone_is_judged_in_int8_beside_an_int8_candidate(
+    serving_artifacts: tuple[Path, Path], int8_artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An averaged candidate's own model (``run/unaveraged``) is prepared like the candidate, and the gate's
+    second judgement reads its INT8 model, not its FP32 weights."""
+    run, _ = serving_artifacts
+    champion, _ = int8_artifacts
+    candidate = tmp_path / "candidate"
+    no_onnx = shutil.ignore_patterns("model.onnx", "model.int8.onnx")
+    shutil.copytree(run, candidate, ignore=no_onnx)
+    shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=no_onnx)
+    own = candidate / UNAVERAGED_DIR
+    assert serving_precision(own) == "fp32"
+    default_prepare(candidate, champion)
+    assert serving_precision(own) == "int8" and (own / ONNX_INT8_FILE).is_file()
+    assert read_card(own).model_extra["export"]["int8"]["validation"]["passed"]  # type: ignore[index]
+    holdout = []  # copies: the tiny run's data is the whole shared folder, so its own files would not be fair
+    for path, label in images("val", per_class=15, offset=30):
+        (tmp_path / "holdout" / label).mkdir(parents=True, exist_ok=True)
+        holdout.append(Item(Path(shutil.copy(path, tmp_path / "holdout" / label)), label, "holdout"))
+    rule = GateRule(min_holdout=len(holdout))
+    decision, fair = judge(default_evaluate, candidate, champion, holdout, rule)
+    assert len(fair.items) == len(holdout) and decision.unaveraged is not None
+    assert decision.passed and not decision.unaveraged["rejected"], decision.reason  # the same weights: a tie
+    always_bees(own / ONNX_INT8_FILE)  # the FP32 weights still answer as the champion does
+    decision, _ = judge(default_evaluate, candidate, champion, holdout, rule)
+    assert decision.unaveraged is not None and decision.unaveraged["rejected"], decision.reason
+    assert not decision.passed and "the refit alone" in decision.reason
+
+
+def test_a_refit_whose_int8_model_fails_is_judged_in_fp32_and_rejects_nothing(
+    serving_artifacts: tuple[Path, Path], int8_artifacts: tuple[Path, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run, _ = serving_artifacts
+    champion, _ = int8_artifacts
+    candidate = tmp_path / "candidate"
+    no_onnx = shutil.ignore_patterns("model.onnx", "model.int8.onnx")
+    shutil.copytree(run, candidate, ignore=no_onnx)
+    own = shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=no_onnx)
+    card = read_card(own)  # its calibration images are gone: quantizing it fails
+    write_card(own, card.model_copy(update={"lineage": card.lineage.model_copy(
+        update={"dataset_path": str(tmp_path / "gone")})}))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="training.export_settings"):
+        default_prepare(candidate, champion)
+    assert serving_precision(candidate) == "int8" and serving_precision(own) == "fp32"
+    assert not (own / ONNX_INT8_FILE).exists() and "judged in FP32" in caplog.text
 
 
 def test_no_recorded_choice_means_fp32_and_nothing_prepared(serving_artifacts: tuple[Path, Path], tmp_path: Path
