@@ -18,29 +18,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from admin.domain.adoption import BaseData
-from admin.domain.evaluation_child import ChildEvaluator
-from admin.domain.gate import GateDecision, GateRule
-from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan, plan_in_job
-from admin.domain.judge import EvaluateFn, default_evaluate, for_new_samples, judge
-from admin.domain.label_check import LabelCheck, check_new_samples
-from admin.domain.promotion import Promoter
+from admin.domain.job_evaluation import JobEvaluationPlan, plan_in_job
+from admin.domain.job_gate import check_data, evaluate_candidate, hold_reasons
+from admin.domain.job_services import JobServices, default_prepare
+from admin.domain.judge import EvaluateFn, default_evaluate
+from admin.domain.label_check import LabelCheck
 from admin.domain.recipe import RetrainRequest, build_train_config
-from admin.domain.replay import ReplayRejectedError, ReplayReport, check
+from admin.domain.replay import ReplayRejectedError, check
 from admin.domain.snapshot import Snapshot, base_items, hold_back_new_labels, take_snapshot, write_snapshot
-from admin.metrics import AdminMetrics
-from admin.runners.base import JobRunner, TrainRequest
+from admin.runners.base import TrainRequest
 from admin.runners.local import kill_orphan
-from admin.settings import AdminSettings
-from admin.store.audit import AuditStore
-from admin.store.jobs import JobStore
-from admin.store.registry import Registry
 from admin.store.rows import Job, JobStatus, ModelVersion
-from admin.store.samples import SampleStore
-from graft.core.artifact import ModelCard, read_card
 from graft.core.errors import ConflictError, GraftError, NotFoundError
 from graft.core.manifest import Item
 from graft.core.util import utc_now
@@ -48,18 +38,8 @@ from training.config import TrainConfig, write_config_file
 
 log = logging.getLogger(__name__)
 
-ShadowFn = Callable[[str, str | None], ReplayReport | None]  # (candidate, champion) -> the replay, if any
-# Gives a candidate run the champion's export settings (and its INT8 model when the champion serves INT8).
-PrepareFn = Callable[[Path, Path | None], object]
 CONFIG_FILE = "train-config.json"
 __all__ = ["EvaluateFn", "JobManager", "JobServices", "default_evaluate", "default_prepare", "smoke_images"]
-
-
-def default_prepare(run_dir: Path, champion_dir: Path | None) -> object:
-    """The candidate is exported as the champion was (INT8 included), so the gate judges what will serve."""
-    from training.export_settings import prepare_like
-
-    return prepare_like(run_dir, champion_dir)
 
 
 class JobInterruptedError(GraftError):
@@ -73,23 +53,6 @@ class TrainingFailedError(GraftError):
 # Corrections that change the data a retraining sees: after one of these, a job is not "without new data".
 DATA_CHANGES = ("sample.relabel", "sample.delete", "label.rename", "label.merge", "label.remove", "review.erase")
 
-
-@dataclass
-class JobServices:
-    """Everything a job touches, built once by the app."""
-
-    settings: AdminSettings
-    jobs: JobStore
-    samples: SampleStore
-    registry: Registry
-    runner: JobRunner
-    promoter: Promoter
-    metrics: AdminMetrics
-    base: Callable[[], BaseData]  # the first model's data as the service knows it now
-    evaluate: EvaluateFn = default_evaluate
-    shadow: ShadowFn | None = None
-    prepare: PrepareFn = default_prepare
-    audit: AuditStore | None = None  # corrections since the champion count as new data
 
 
 class JobManager:
@@ -233,14 +196,15 @@ class JobManager:
                              self.s.settings.eval_device)  # fmt: skip
         run_dir = self._train(job_id, job_dir, config, in_job)
         self._check_cancel(job_id)
-        decision, card = self._evaluate(job_id, version, run_dir, snap, champion, in_job)
+        decision, card = evaluate_candidate(self.s, job_id, version, run_dir, snap, champion, self._deadline(job_id),
+                                            self._cancel.get(job_id), in_job)  # fmt: skip
         if not decision.passed:
             self.s.registry.update(version, status="rejected")
             advice = f"; what to do next: {'; '.join(decision.advice)}" if decision.advice else ""
             self._finish(job_id, "rejected", decision.reason + advice)
             return
         self.s.registry.update(version, status="accepted")
-        if why := self._hold(job_id, decision, check):
+        if why := hold_reasons(self.s, job_id, decision, check):
             self._finish(job_id, "held", f"held for an admin: {decision.reason}; {'; '.join(why)}: "
                                          f"POST /v1/models/{version}/promote")  # fmt: skip
             return
@@ -257,39 +221,17 @@ class JobManager:
         self.s.metrics.serving_accuracy.set(decision.candidate_all.accuracy)
         self._finish(job_id, "succeeded", f"promoted version {version}: {decision.reason}", promoted=True)
 
-    def _hold(self, job_id: str, decision: GateDecision, check: LabelCheck | None) -> list[str]:
-        """Why a candidate that passed the gate waits for an admin (nothing: it may serve)."""
-        why = []
-        if decision.new_labels and not self.s.settings.promote_new_labels:
-            why.append("a candidate that adds labels is put in service only by an admin")
-        if check is not None and check.needs_review and self.s.settings.label_check == "hold":
-            found = (f"found new {', '.join(repr(t.label) for t in check.flagged)} samples the model in service "
-                     "disagrees with unusually often" if check.flagged else "has samples nobody reviewed yet")
-            why.append(f"the data check {found}: look at them (GET /v1/jobs/{job_id}: data_check.suspects and "
-                       "unreviewed, or the console's job page), relabel or delete the wrong ones and retrain; if "
-                       "they are right, an admin puts this candidate in service")  # fmt: skip
-        return why
-
     def _check_data(self, job_id: str, job_dir: Path, snap: Snapshot,
                     champion: ModelVersion | None) -> LabelCheck | None:  # fmt: skip
-        """The model in service on the samples that arrived since its data (admin/domain/label_check.py)."""
-        st = self.s.settings
-        if st.label_check == "off" or champion is None or champion.run_dir is None:
-            return None
-        self.s.jobs.update(job_id, phase="checking")
-        deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
-        child = ChildEvaluator(for_new_samples(self.s.evaluate), st.eval_device, job_dir / "check", deadline,
-                               self._cancel.get(job_id))  # fmt: skip
-        check = check_new_samples(self.s.samples, self.s.audit, snap.holdout, snap.max_sample_seq, champion,
-                                  lambda run, images: child(run, images, True)[0], st.label_check_alpha,
-                                  st.label_check_max, self.s.jobs.checks_since(champion.created_at,
-                                                                               champion.job_id))  # fmt: skip
-        self.s.jobs.update(job_id, data_check=check.as_dict())
-        log.info("job %s: %s", job_id, check.summary())
-        if check.needs_review:
+        check = check_data(self.s, job_id, job_dir, snap, champion, self._deadline(job_id), self._cancel.get(job_id))
+        if check is not None and check.needs_review:
             self._notes[job_id] = [*self._notes.get(job_id, []), check.summary()]
             self.s.jobs.update(job_id, reason="; ".join(self._notes[job_id]))  # said while the job trains
         return check
+
+    def _deadline(self, job_id: str) -> float:
+        """Monotonic: GRAFT_JOB_TIMEOUT_S from the job's start bounds its training and its evaluations."""
+        return self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s)
 
     def _shadow_replay(self, job_id: str, champion: ModelVersion | None) -> Callable[[ModelVersion], None] | None:
         """The promoter's last check: the champion's captured traffic replayed to the candidate."""
@@ -327,7 +269,7 @@ class JobManager:
         config.output.mkdir(parents=True, exist_ok=True)
         config_file = write_config_file(config, job_dir / CONFIG_FILE)
         inputs = tuple(p for p in (config.manifest, config.init_from, config.teacher) if p is not None)
-        left = self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s) - time.monotonic()
+        left = self._deadline(job_id) - time.monotonic()
         request = TrainRequest(job_id=job_id, config_file=config_file, output_dir=config.output, inputs=inputs,
                                evaluation=in_job.request if in_job else None, timeout_s=max(1.0, left))  # fmt: skip
         self.s.runner.submit(request)
@@ -338,7 +280,7 @@ class JobManager:
         return config.output
 
     def _poll_training(self, job_id: str) -> None:
-        deadline = self._deadlines.get(job_id, time.monotonic() + self.s.settings.job_timeout_s)
+        deadline = self._deadline(job_id)
         cancel = self._cancel[job_id]
         while True:
             status = self.s.runner.status(job_id)
@@ -357,52 +299,6 @@ class JobManager:
     def _check_cancel(self, job_id: str) -> None:
         if self._cancel[job_id].is_set():
             raise JobInterruptedError("the admin service is stopping" if self._stopping else "cancelled")
-
-    def _evaluate(self, job_id: str, version: str, run_dir: Path, snap: Snapshot, champion: ModelVersion | None,
-                  in_job: JobEvaluationPlan | None = None) -> tuple[GateDecision, ModelCard]:  # fmt: skip
-        self.s.jobs.update(job_id, phase="evaluating", progress=0.8)
-        self.s.prepare(run_dir, champion.run_dir if champion is not None else None)
-        card = read_card(run_dir)
-        self.s.registry.update(
-            version,
-            run_dir=run_dir.resolve(),
-            labels=card.labels,
-            recipe={"backbone": card.backbone, **card.recipe},
-            lineage=card.lineage.model_dump(mode="json"),
-            dataset_digest=snap.digest,
-            max_sample_seq=snap.max_sample_seq,
-            num_train=len(snap.train),
-            num_holdout=len(snap.holdout),
-            metrics={"training": card.metrics},
-        )
-        st = self.s.settings
-        rule = GateRule(st.gate_policy, st.gate_tolerance, st.gate_floor, st.gate_min_holdout, st.gate_alpha,
-                        st.holdout_fraction)  # fmt: skip
-        champion_dir = champion.run_dir if champion is not None else None
-        # Out of this process, until the job's deadline: the admin keeps serving while the models predict.
-        deadline = self._deadlines.get(job_id, time.monotonic() + st.job_timeout_s)
-        child = ChildEvaluator(self.s.evaluate, st.eval_device, run_dir.parent / "evaluate", deadline,
-                               self._cancel.get(job_id))  # fmt: skip
-        run = child if in_job is None else InJobPredictions(in_job, child)
-        decision, fair = judge(self.s.evaluate, run_dir, champion_dir, snap.holdout, rule, st.eval_device, run=run)
-        log.info("job %s: gate on %d fair holdout images (%d left out: seen by a model)", job_id, len(fair.items),
-                 fair.left_out)  # fmt: skip
-        if decision.champion is not None:
-            self.s.metrics.serving_accuracy.set(decision.champion.accuracy)
-        gate = {"policy": decision.policy, "passed": decision.passed, "summary": decision.summary,
-                "reason": decision.reason, "champion_version": champion.version if champion else None}  # fmt: skip
-        self.s.registry.update(version, metrics={"training": card.metrics, "holdout": decision.candidate_all.as_dict(),
-                                                 "gate": gate})  # fmt: skip
-        self.s.jobs.update(
-            job_id,
-            progress=0.9,
-            gate=decision.as_dict(),
-            champion_version=champion.version if champion else None,
-            candidate_metrics=decision.candidate.as_dict(),
-            champion_metrics=decision.champion.as_dict() if decision.champion else None,
-        )
-        log.info("job %s: %s", job_id, decision.reason)
-        return decision, card
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish(

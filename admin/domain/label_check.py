@@ -11,7 +11,7 @@ excess (a few odd pictures are not a batch). A flagged label holds the candidate
 samples to look at. It is a reason to look, not a verdict: a new kind of picture (drift) looks the same here.
 
 Pure functions over predictions; which samples are checked is :func:`plan`'s choice, and the job runs the
-champion's predictions (admin/domain/jobs.py).
+champion's predictions (admin/domain/job_gate.py).
 """
 
 from __future__ import annotations
