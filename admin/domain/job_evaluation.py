@@ -2,7 +2,9 @@
 
 Before submitting, the admin writes what the Job must predict (``JOB_DIR/job-eval/request.json``): the
 candidate on the snapshot's holdout, after preparing it as the champion is exported (its INT8 model when
-the champion serves INT8), and the champion on the holdout images its cache lacks. The Job's container runs
+the champion serves INT8), the refit's own model beside it when the candidate turns out averaged with the
+champion (``run/unaveraged``, prepared with it; "absent" otherwise), and the champion on the holdout images
+its cache lacks. The Job's container runs
 ``graft job-eval REQUEST`` after ``graft train`` (admin/runners/kube_jobs.py), under the Job's deadline,
 and writes one result per model beside the request. When the Job has succeeded the admin reads them,
 checked against its own plan (the same images in the same order, the model's labels, plain files only),
@@ -26,13 +28,14 @@ from typing import Any
 
 from admin.domain.evaluation_child import EvaluateFn, load_named, name_of
 from admin.domain.prediction_cache import cached_predict, missing, save
-from graft.core.artifact import UNAVERAGED_DIR, read_card
+from graft.core.artifact import MODEL_JSON, UNAVERAGED_DIR, read_card
 from graft.core.util import write_atomic
 
 log = logging.getLogger(__name__)
 
 REQUEST_DIR = "job-eval"
 REQUEST_FILE = "request.json"
+UNAVERAGED = "unaveraged"  # the role of the refit's own model: known after training, so it may be absent
 Samples = Sequence[tuple[Path, str]]
 Answer = tuple[list[str | None], list[str]]
 PredictFn = Callable[[Path, Samples, bool], Answer]  # judge's ``run``: (run folder, samples, cached?)
@@ -80,6 +83,8 @@ def plan_in_job(runner: object, job_dir: Path, candidate_dir: Path, champion_dir
     folder = job_dir / REQUEST_DIR
     folder.mkdir(parents=True, exist_ok=True)
     asks = [Ask("candidate", candidate_dir, tuple(holdout), folder / "candidate.json")]
+    if champion_dir is not None:  # averaged with the champion, the refit's own model is judged too, if it exists
+        asks.append(Ask(UNAVERAGED, candidate_dir / UNAVERAGED_DIR, tuple(holdout), folder / "unaveraged.json"))
     if champion_dir is not None and (todo := missing(champion_dir, holdout)):
         asks.append(Ask("champion", champion_dir, tuple(todo), folder / "champion.json"))
     asks = [a for a in asks if a.samples]
@@ -105,6 +110,7 @@ def run_request(path: Path) -> int:
     evaluate = load_named(request["evaluate"])
     device = str(request["device"])
     champion_dir = Path(request["champion_dir"]) if request.get("champion_dir") else None
+    prepared = False
     for ask in request["models"]:
         run_dir, role = Path(ask["run_dir"]), str(ask["role"])
         samples = [(Path(p), str(label)) for p, label in ask["samples"]]
@@ -112,6 +118,13 @@ def run_request(path: Path) -> int:
         try:
             if role == "candidate":  # judged as it will serve: exported like the champion first
                 load_named(request["prepare"])(run_dir, champion_dir)
+                prepared = True
+            elif role == UNAVERAGED and not (run_dir / MODEL_JSON).is_file():
+                out["absent"] = True  # nothing was averaged: there is no second model to judge
+                write_atomic(Path(ask["result"]), json.dumps(out).encode(), fsync=False)
+                continue
+            elif role == UNAVERAGED and not prepared:  # the candidate's preparation made it (INT8 included)
+                raise RuntimeError("the candidate was not prepared, so neither was the refit's own model")
             preds, labels = evaluate(run_dir, samples, device)
             out.update(paths=[str(p) for p, _ in samples], predictions=list(preds), labels=list(labels))
             log.info("%s %s: %d holdout image(s) predicted", role, run_dir, len(samples))
@@ -145,6 +158,8 @@ def read_result(ask: Ask) -> Answer | None:
     except (OSError, ValueError) as e:
         log.warning("predictions of the %s from the training Job refused: %s: %s", ask.role, ask.result, e)
         return None
+    if isinstance(data, dict) and data.get("absent") is True and data.get("role") == ask.role == UNAVERAGED:
+        return None  # nothing averaged: the judge does not ask for it (and evaluates it here if it finds one)
     problem = _problem(data, ask)
     if problem:
         log.warning("predictions of the %s from the training Job refused (%s): %s", ask.role, ask.result, problem)
@@ -198,9 +213,6 @@ class InJobPredictions:
         got = self.answers.get(run_dir.resolve())
         if got is not None and all(str(p) in got[0] for p, _ in samples):
             return [got[0][str(p)] for p, _ in samples], list(got[1])
-        if run_dir.name == UNAVERAGED_DIR:  # known only after training; its frozen features are the candidate's
-            log.info("the refit's own model %s is evaluated in the admin's child process", run_dir)
-        else:
-            log.warning("the training Job's predictions do not cover %s: evaluating in the admin's child process",
-                        run_dir)  # fmt: skip
+        log.warning("the training Job's predictions do not cover %s: evaluating in the admin's child process",
+                    run_dir)  # fmt: skip
         return self.fallback(run_dir, samples, False)

@@ -20,6 +20,7 @@ from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan, pla
 from admin.domain.jobs import default_prepare
 from admin.domain.judge import default_evaluate
 from admin.domain.prediction_cache import CACHE_NAME, cached_predict
+from graft.core.artifact import UNAVERAGED_DIR
 from tests.support.fakes import fake_evaluate, write_toy_card
 from tests.support.images import photo
 
@@ -69,8 +70,8 @@ def test_predictions_from_the_job_step_equal_a_fresh_evaluation(tmp_path: Path) 
     plan = plan_in_job(runner, volume / "jobs" / "j1", candidate, champion, holdout, default_evaluate,
                        default_prepare, "cpu")  # fmt: skip
     assert plan is not None and plan.request == volume / "jobs/j1/job-eval/request.json"
-    assert [(a.role, len(a.samples)) for a in plan.asks] == [("candidate", 8), ("champion", 4)]
-    assert [s for s in plan.asks[1].samples] == holdout[1::2]
+    assert [(a.role, len(a.samples)) for a in plan.asks] == [("candidate", 8), ("unaveraged", 8), ("champion", 4)]
+    assert [s for s in plan.asks[2].samples] == holdout[1::2]
 
     done = job_eval(plan.request)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -81,6 +82,7 @@ def test_predictions_from_the_job_step_equal_a_fresh_evaluation(tmp_path: Path) 
     assert run(candidate, fair, False) == default_evaluate(candidate, fair, "cpu")
     assert run(champion, holdout, True) == default_evaluate(champion, holdout, "cpu")
     assert fallback.calls == [], "nothing evaluated in the admin"
+    assert json.loads((plan.request.parent / "unaveraged.json").read_text()) == {"role": "unaveraged", "absent": True}
     # Kept for later jobs: the candidate's answers for when it is champion, the champion's cache extended.
     assert len(json.loads((candidate / CACHE_NAME).read_text())["predictions"]) == 8
     assert len(json.loads((champion / CACHE_NAME).read_text())["predictions"]) == 8
@@ -127,6 +129,25 @@ def test_the_job_step_answers_the_plan(volume: Path, holdout: Samples) -> None:
     assert fallback.calls == []
     result = json.loads((plan.request.parent / "candidate.json").read_text())
     assert result["paths"] == [str(p) for p, _ in holdout] and result["labels"] == ["ants", "bees"]
+
+
+def test_the_job_step_judges_the_refit_alone_beside_an_averaged_candidate(
+    volume: Path, holdout: Samples, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan, cand, _ = toy_plan(volume, holdout)
+    own = cand / UNAVERAGED_DIR  # written by training, after the plan: the plan cannot know whether it will be
+    write_toy_card(own, ["ants", "bees"], 0.3)
+    assert [a.role for a in plan.asks] == ["candidate", "unaveraged", "champion"]
+    assert job_eval(plan.request).returncode == 0
+    fallback = Fallback()
+    with caplog.at_level(logging.INFO, logger="admin.domain.job_evaluation"):
+        run = InJobPredictions(plan, fallback)
+        assert run(own, holdout[1:], False) == fake_evaluate(own, holdout[1:])
+    assert fallback.calls == [] and "do not cover" not in caplog.text, "the refit alone was judged in the Job"
+    # A Job that says "absent" while the model is there: the admin evaluates it itself, as for any gap.
+    (plan.request.parent / "unaveraged.json").write_text(json.dumps({"role": "unaveraged", "absent": True}))
+    assert InJobPredictions(plan, fallback)(own, holdout, False) == fake_evaluate(own, holdout)
+    assert fallback.calls == [(own, len(holdout), False)]
 
 
 def _tamper(kind: str, result: Path, tmp_path: Path) -> None:
