@@ -28,8 +28,8 @@ def _client(served: Served, transport: httpx.BaseTransport | None = None) -> Cli
 
 
 def _indexed(served: Served, ids: Iterable[str]) -> None:
-    """Wait until the admin's capture index (a scan every 0.2 s) has these: written is not yet queued, and on a
-    busy machine the scan can come after the walk's next page."""
+    """Wait until these are queued (``Served.capture`` already waits for the index; this also says they are
+    in the queue, not duplicates, before a walk counts them)."""
     want = set(ids)
     wait_for(lambda: want <= {i["id"] for i in served.queue(limit=100)}, 10, what="the captures to be queued")
 

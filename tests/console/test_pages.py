@@ -121,6 +121,13 @@ def test_forms_without_their_csrf_token_change_nothing(server: tuple[AdminServer
     assert other.post("/console/retrain", data={"csrf": csrf}).status_code == 403, "a token is per session"
 
 
+def indexed(srv: AdminServer, n: int) -> None:
+    """Wait until the admin's capture index has ``n`` captures queued: written is not yet indexed (the
+    background pass may lag on a busy machine, and a page read does not wait long for it)."""
+    wait_for(lambda: httpx.get(f"{srv.url}/v1/review/stats", headers=ADMIN).json()["queued"] == n, 20,
+             what="the captures to be indexed")  # fmt: skip
+
+
 def test_review_api_labels_captures(server: tuple[AdminServer, Path]) -> None:
     srv, captures = server
     stored: list[str] = []
@@ -129,6 +136,7 @@ def test_review_api_labels_captures(server: tuple[AdminServer, Path]) -> None:
     for i, p in enumerate((0.55, 0.9, 0.7)):
         writer.offer(photo(40 + i), [p, 1 - p], str(i))
     wait_for(lambda: len(stored) == 3, 10, what="captures")
+    indexed(srv, 3)
     c = sign_in(srv, SAMPLES_TOKEN)
     csrf = csrf_of(c.get("/console/review").text)
     body = c.get("/console/api/review").json()
@@ -202,6 +210,7 @@ def test_the_review_page_undoes_and_shows_its_keys(server: tuple[AdminServer, Pa
                            lambda outcome, n: written.extend([outcome] * n))  # fmt: skip
     writer.offer(photo(90), [0.6, 0.4], "r")
     wait_for(lambda: written, 10, what="the capture")
+    indexed(srv, 1)
     httpx.post(f"{srv.url}/v1/labels", json={"name": "wasps"}, headers=ADMIN)
     c = sign_in(srv, SAMPLES_TOKEN)
     review = c.get("/console/review").text
