@@ -9,13 +9,13 @@ export a retrained candidate the same way (:func:`prepare_like`) and to judge ea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from graft.core.artifact import MODEL_JSON, UNAVERAGED_DIR, read_card, write_card
 from graft.core.errors import ExportError
-from training.quantize import QuantizeOptions, quantize_run, up_to_date
+from training.quantize import QuantizeOptions, quantize_run, recorded_int8, up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +106,30 @@ def prepare_like(run_dir: Path, champion_dir: Path | None) -> ExportSettings | N
         export_onnx(run_dir)
         ensure_int8(run_dir, settings.quantize)
     log.info("%s takes the champion's export settings: %s", run_dir, settings.as_record())
-    _prepare_unaveraged(run_dir / UNAVERAGED_DIR, settings)
+    _prepare_unaveraged(run_dir, settings)
     return settings
 
 
-def _prepare_unaveraged(own: Path, settings: ExportSettings) -> None:
+def _prepare_unaveraged(run_dir: Path, settings: ExportSettings) -> None:
     """The refit's own model beside an averaged candidate (training/distill.py) is judged too, and in the
     precision the candidate serves: an INT8 candidate against an FP32 refit would mix the quantization's error
     into the second judgement. Its INT8 model failing (the accuracy check, say) rejects nothing, as it never
     serves: it is then judged in FP32, with a warning."""
     from training.export import export_onnx
 
+    own = run_dir / UNAVERAGED_DIR
     if not (own / MODEL_JSON).is_file():
         return
     if settings.quantize is not None:
+        options = settings.quantize
+        picked = (recorded_int8(run_dir) or {}).get("fp32_nodes")
+        if options.fp32_nodes is None and isinstance(picked, list):
+            # Averaging is head-only: the two share every backbone node, so the candidate's sensitivity pass
+            # (most of the quantization's time) chose for both.
+            options = replace(options, fp32_nodes=tuple(str(n) for n in picked))
         try:
             export_onnx(own)
-            ensure_int8(own, settings.quantize)
+            ensure_int8(own, options)
         except ExportError as e:  # QuantizationError included
             log.warning("%s: the refit's own model is judged in FP32: its INT8 model failed (%s)", own, e)
             return

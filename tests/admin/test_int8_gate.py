@@ -17,9 +17,10 @@ from admin.domain.judge import judge
 from admin.domain.promotion import default_export
 from graft.core.artifact import ONNX_INT8_FILE, UNAVERAGED_DIR, read_card, write_card
 from graft.core.manifest import Item
-from tests.support.artifacts import images, shared_missing_reason
+from tests.support.artifacts import QUICK_INT8, images, shared_missing_reason
 from tests.support.onnx_models import save_classifier
-from training.export_settings import recorded_settings, serving_precision
+from training.export_settings import ExportSettings, _prepare_unaveraged, recorded_settings, serving_precision
+from training.quantize import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +108,26 @@ def test_the_refit_alone_is_judged_in_int8_beside_an_int8_candidate(
     decision, _ = judge(default_evaluate, candidate, champion, holdout, rule)
     assert decision.unaveraged is not None and decision.unaveraged["rejected"], decision.reason
     assert not decision.passed and "the refit alone" in decision.reason
+
+
+def test_the_refit_alone_takes_the_fp32_nodes_the_candidate_s_sensitivity_pass_picked(
+    serving_artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Averaging is head-only, so the two share every backbone node: the refit's own INT8 model keeps the nodes
+    the candidate's sensitivity pass kept in FP32, without a second pass (most of a quantization's time)."""
+    import onnx
+
+    run, _ = serving_artifacts
+    candidate = shutil.copytree(run, tmp_path / "candidate", ignore=shutil.ignore_patterns("model.int8.onnx"))
+    own = shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=shutil.ignore_patterns("model.int8.onnx"))
+    options = QuantizeOptions(**{**QUICK_INT8, "fp32_nodes": None})  # the default: the pass decides
+    picked = [next(n.name for n in onnx.load(str(candidate / "model.onnx")).graph.node if n.op_type == "Conv")]
+    card = read_card(candidate)  # the record the candidate's own quantization would have left
+    write_card(candidate, card.model_copy(update={"export": {"int8": {"fp32_nodes": picked}}}))
+    _prepare_unaveraged(candidate, ExportSettings.build({"backend": "onnx"}, options))
+    record = read_card(own).model_extra["export"]["int8"]  # type: ignore[index]
+    assert record["fp32_nodes"] == picked and record["sensitivity"].startswith("skipped"), record["sensitivity"]
+    assert record["validation"]["passed"] and serving_precision(own) == "int8"
 
 
 def test_a_refit_whose_int8_model_fails_is_judged_in_fp32_and_rejects_nothing(
