@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graft.core.artifact import MODEL_JSON, UNAVERAGED_DIR, read_card, write_card
+from graft.core.artifact import MODEL_JSON, ONNX_FILE, UNAVERAGED_DIR, read_card, write_card
 from graft.core.errors import ExportError
 from training.quantize import QuantizeOptions, quantize_run, recorded_int8, up_to_date
 
@@ -82,11 +82,20 @@ def serving_precision(run_dir: Path) -> str:
     return "int8" if settings is not None and settings.int8 else "fp32"
 
 
-def ensure_int8(run_dir: Path, options: QuantizeOptions) -> None:
-    """``model.int8.onnx`` for these weights and options: reused when up to date, else made (and checked)."""
-    if up_to_date(run_dir, options):
+def ensure_int8(run_dir: Path, options: QuantizeOptions, export: bool = False) -> None:
+    """``model.int8.onnx`` for these weights and options: reused when up to date, else made (and checked).
+
+    With ``export``, ``model.onnx`` (what the INT8 model is made from) is exported and verified first, but only
+    when the INT8 model must be made: on Kubernetes the training Job prepares a candidate and the admin then
+    prepares it again, and an up-to-date INT8 model was made from an ONNX export of these very weights.
+    """
+    from training.export import export_onnx
+
+    if up_to_date(run_dir, options) and (run_dir / ONNX_FILE).is_file():
         log.info("%s: the INT8 model is up to date (same weights, same options): reused", run_dir)
         return
+    if export:
+        export_onnx(run_dir)
     quantize_run(run_dir, options)
 
 
@@ -96,15 +105,12 @@ def prepare_like(run_dir: Path, champion_dir: Path | None) -> ExportSettings | N
     Called before the gate so that the gate judges the candidate as it would serve. A candidate whose INT8
     model fails its accuracy check raises :class:`graft.core.errors.QuantizationError`.
     """
-    from training.export import export_onnx
-
     settings = recorded_settings(champion_dir) if champion_dir is not None and champion_dir.is_dir() else None
     if settings is None:
         return None
     record_settings(run_dir, settings)
     if settings.quantize is not None:
-        export_onnx(run_dir)
-        ensure_int8(run_dir, settings.quantize)
+        ensure_int8(run_dir, settings.quantize, export=True)
     log.info("%s takes the champion's export settings: %s", run_dir, settings.as_record())
     _prepare_unaveraged(run_dir, settings)
     return settings
@@ -115,8 +121,6 @@ def _prepare_unaveraged(run_dir: Path, settings: ExportSettings) -> None:
     precision the candidate serves: an INT8 candidate against an FP32 refit would mix the quantization's error
     into the second judgement. Its INT8 model failing (the accuracy check, say) rejects nothing, as it never
     serves: it is then judged in FP32, with a warning."""
-    from training.export import export_onnx
-
     own = run_dir / UNAVERAGED_DIR
     if not (own / MODEL_JSON).is_file():
         return
@@ -128,8 +132,7 @@ def _prepare_unaveraged(run_dir: Path, settings: ExportSettings) -> None:
             # (most of the quantization's time) chose for both.
             options = replace(options, fp32_nodes=tuple(str(n) for n in picked))
         try:
-            export_onnx(own)
-            ensure_int8(own, options)
+            ensure_int8(own, options, export=True)
         except ExportError as e:  # QuantizationError included
             log.warning("%s: the refit's own model is judged in FP32: its INT8 model failed (%s)", own, e)
             return

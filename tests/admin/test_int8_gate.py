@@ -44,6 +44,13 @@ def always_bees(path: Path) -> None:
     save_classifier(path, "bees", nodes, inits, size=224, classes=2)
 
 
+def candidate_with_refit(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """An averaged candidate as training leaves it (no ONNX files yet), and its refit's own model inside it."""
+    no_onnx = shutil.ignore_patterns("model.onnx", "model.int8.onnx")
+    candidate = shutil.copytree(run, tmp_path / "candidate", ignore=no_onnx)
+    return candidate, shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=no_onnx)
+
+
 def test_gate_evaluates_the_int8_model_when_the_archive_serves_int8(
     int8_artifacts: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -87,11 +94,7 @@ def test_the_refit_alone_is_judged_in_int8_beside_an_int8_candidate(
     second judgement reads its INT8 model, not its FP32 weights."""
     run, _ = serving_artifacts
     champion, _ = int8_artifacts
-    candidate = tmp_path / "candidate"
-    no_onnx = shutil.ignore_patterns("model.onnx", "model.int8.onnx")
-    shutil.copytree(run, candidate, ignore=no_onnx)
-    shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=no_onnx)
-    own = candidate / UNAVERAGED_DIR
+    candidate, own = candidate_with_refit(run, tmp_path)
     assert serving_precision(own) == "fp32"
     default_prepare(candidate, champion)
     assert serving_precision(own) == "int8" and (own / ONNX_INT8_FILE).is_file()
@@ -136,10 +139,7 @@ def test_a_refit_whose_int8_model_fails_is_judged_in_fp32_and_rejects_nothing(
 ) -> None:
     run, _ = serving_artifacts
     champion, _ = int8_artifacts
-    candidate = tmp_path / "candidate"
-    no_onnx = shutil.ignore_patterns("model.onnx", "model.int8.onnx")
-    shutil.copytree(run, candidate, ignore=no_onnx)
-    own = shutil.copytree(run, candidate / UNAVERAGED_DIR, ignore=no_onnx)
+    candidate, own = candidate_with_refit(run, tmp_path)
     card = read_card(own)  # its calibration images are gone: quantizing it fails
     write_card(own, card.model_copy(update={"lineage": card.lineage.model_copy(
         update={"dataset_path": str(tmp_path / "gone")})}))  # fmt: skip
@@ -157,3 +157,23 @@ def test_no_recorded_choice_means_fp32_and_nothing_prepared(serving_artifacts: t
     before = (candidate / "model.json").read_text()
     assert default_prepare(candidate, None) is None and default_prepare(candidate, tmp_path / "missing") is None
     assert (candidate / "model.json").read_text() == before
+
+
+def test_preparing_again_reuses_the_onnx_and_int8_models_while_they_are_up_to_date(
+    serving_artifacts: tuple[Path, Path], int8_artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """On Kubernetes the training Job prepares the candidate and the admin prepares it again before judging:
+    the second time exports and quantizes nothing, unless the INT8 model no longer matches."""
+    run, _ = serving_artifacts
+    champion, _ = int8_artifacts
+    candidate, own = candidate_with_refit(run, tmp_path)
+    default_prepare(candidate, champion)
+    files = [d / f for d in (candidate, own) for f in ("model.onnx", ONNX_INT8_FILE)]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    default_prepare(candidate, champion)
+    assert {f: f.stat().st_mtime_ns for f in files} == before, "nothing is exported or quantized twice"
+    (own / ONNX_INT8_FILE).unlink()  # the refit's INT8 model gone: both of its files are made again
+    default_prepare(candidate, champion)
+    after = {f: f.stat().st_mtime_ns for f in files}
+    assert [f for f in files if after[f] != before[f]] == [own / "model.onnx", own / ONNX_INT8_FILE]
+    assert serving_precision(own) == "int8" and serving_precision(candidate) == "int8"
