@@ -165,15 +165,19 @@ def _points(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def describe(comparison: PairedComparison, left_out: int = 0) -> str:
-    """"+0.7 points (95% CI -2.1 to +3.5) on 340 paired images, 23 discordant (12 vs 11)"."""
+def describe(comparison: PairedComparison, left_out: int = 0, who: str = "candidate", again: bool = False) -> str:
+    """"candidate +0.7 points (95% CI -2.1 to +3.5) on 340 paired holdout images neither model saw, 23
+    discordant (12 only the candidate got right, 11 only the champion)"; ``again``: the images were described
+    already (the refit alone, judged on the candidate's images), "on the same 340 images"."""
     c = comparison
     unseen = " neither model saw" + (f" ({left_out} more left out: a model trained or selected on them)"
                                      if left_out else "")  # fmt: skip
+    images = f"the same {c.n} images" if again else f"{c.n} paired holdout images{unseen}"
     return (
-        f"candidate {_points(c.difference)} points ({100 * c.level:.0f}% CI {_points(c.ci_low)} to "
-        f"{_points(c.ci_high)}) on {c.n} paired holdout images{unseen}, {c.discordant} discordant "
-        f"({c.candidate_only} only the candidate got right, {c.champion_only} only the champion)"
+        f"{who} {_points(c.difference)} points ({100 * c.level:.0f}% CI {_points(c.ci_low)} to "
+        f"{_points(c.ci_high)}) on {images}, {c.discordant} discordant "
+        f"({c.candidate_only} only {'the ' if who == 'candidate' else ''}{who} got right, {c.champion_only} only the"
+        " champion)"
     )
 
 
@@ -269,13 +273,16 @@ def with_unaveraged(averaged: GateDecision, own: GateDecision) -> GateDecision:
         return averaged
     fell = [k for k in own.classes if k.fell]
     worse = cmp.p_worse < own.alpha or bool(fell)
-    said = describe(cmp, own.left_out).replace("candidate", "the refit alone", 1)
+    said = describe(cmp, own.left_out, who="the refit alone")
     record = {"summary": said, "p_worse": cmp.p_worse, "regressed": [k.label for k in fell],
               "rejected": worse and averaged.passed}  # fmt: skip
     if not averaged.passed:
         return replace(averaged, unaveraged=record)
     if not worse:
-        return replace(averaged, reason=f"{averaged.reason}; before averaging with the champion, {said}: not "
+        # After the averaged candidate's reason, which has described the images already.
+        again = averaged.comparison is not None and averaged.comparison.n == cmp.n
+        briefly = describe(cmp, own.left_out, who="the refit alone", again=again)
+        return replace(averaged, reason=f"{averaged.reason}; before averaging with the champion, {briefly}: not "
                        f"significantly worse (p={cmp.p_worse:.3g})", unaveraged=record)  # fmt: skip
     if fell and cmp.p_worse >= own.alpha:
         names = ", ".join(f"{k.label} {k.champion_recall:.2f} -> {k.candidate_recall:.2f} (p={k.p_fell:.3g})"

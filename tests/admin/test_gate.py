@@ -178,6 +178,7 @@ def test_an_averaged_candidate_serves_only_when_the_refit_alone_is_not_significa
     assert not out.passed and out.unaveraged is not None and out.unaveraged["rejected"]
     assert out.reason.startswith("rejected: before averaging with the champion, the refit alone -20.0 points")
     assert "significantly worse (p=0.0039" in out.reason
+    assert "on 40 paired holdout images neither model saw, 8 discordant (0 only the refit alone got right" in out.reason
     assert "averaged, as it would have served: candidate -7.5" in out.reason
     assert out.regressed == ["b"] and out.advice and "data check" in out.advice[0]
     assert out.candidate == d.candidate and out.comparison == d.comparison  # the report stays the averaged one's
@@ -186,6 +187,9 @@ def test_an_averaged_candidate_serves_only_when_the_refit_alone_is_not_significa
     assert fine.passed and fine.unaveraged is not None and not fine.unaveraged["rejected"]
     assert fine.reason.startswith(d.reason)
     assert "before averaging with the champion, the refit alone +0.0 points" in fine.reason
+    # The images are named once: the refit alone was judged on the same ones.
+    assert fine.reason.count("paired holdout images") == 1 and "on the same 40 images, 2 discordant" in fine.reason
+    assert "(1 only the refit alone got right, 1 only the champion)" in fine.reason, fine.reason
     # One class fell significantly while the whole did not: still rejected, the class named.
     three = ["a"] * 30 + ["b"] * 30 + ["c"] * 30
     champ3 = _preds(three, set(range(60, 68)))  # wrong on 8 of c
