@@ -156,8 +156,10 @@ class Client:
         body = self._json("GET", "/v1/samples", params={"offset": offset, "limit": limit, **filters})
         return list(body["samples"])
 
-    def relabel(self, sample_id: str, label: str) -> dict[str, Any]:
-        body: dict[str, Any] = self._json("PATCH", f"/v1/samples/{sample_id}", json={"label": label})
+    def relabel(self, sample_id: str, label: str, *, new_label: bool = False) -> dict[str, Any]:
+        """``new_label``: confirm a label close to a known one (the admin token only)."""
+        body: dict[str, Any] = self._json("PATCH", f"/v1/samples/{sample_id}",
+                                          json={"label": label, "new_label": new_label})  # fmt: skip
         return body
 
     def delete_sample(self, sample_id: str) -> dict[str, Any]:

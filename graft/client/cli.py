@@ -1,4 +1,5 @@
-"""``graft upload | retrain | status | models | promote | rollback | predict | review``: the admin from the shell.
+"""``graft upload | retrain | status | models | promote | rollback | predict | review | suspects | relabel |
+delete``: the admin from the shell.
 
 Each command is a few lines over :class:`graft.client.Client`; ``--json`` prints the API's JSON for scripts.
 Exit status: 0 done, 2 refused (the message says why), and for ``retrain --wait`` 0 promoted, 3 rejected,
@@ -15,6 +16,7 @@ from typing import Any
 
 from graft.client import render
 from graft.client.api import Client
+from graft.client.errors import ApiError
 from graft.client.jobs import Job
 from graft.core.errors import ConfigError
 
@@ -171,6 +173,62 @@ def _review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suspects(args: argparse.Namespace) -> int:
+    with client_of(args) as c:
+        job = c.job_handle(args.job).refresh() if args.job else _last_checked(c)
+        url = c.url
+    if job is None:
+        print("no recent job's data check lists samples to review")
+        return 0
+    if args.ids:
+        print("\n".join(s["id"] for s in job.suspects))
+    elif args.json:
+        _print_json({"job": job.id, "status": job.status, "suspects": job.suspects})
+    else:
+        print(render.suspects_table(job, f"{url}/console"))
+    return 0
+
+
+def _last_checked(c: Client, look_back: int = 20) -> Job | None:
+    """The newest of the last ``look_back`` jobs whose data check lists samples (a held job's, usually)."""
+    for data in c.jobs(limit=look_back):
+        job = Job(c, data["id"], data)
+        if job.suspects:
+            return job
+    return None
+
+
+def _each_sample(args: argparse.Namespace, act: Any, said: Any) -> int:
+    """``act(client, id)`` for every id given, going on past a refused one; exit status 1 when any was."""
+    refused = 0
+    with client_of(args) as c:
+        for sample_id in args.ids:
+            try:
+                answer = act(c, sample_id)
+            except ApiError as e:  # one bad id must not stop the others; unreachable still stops all
+                refused += 1
+                print(f"refused  {sample_id}: {e}", file=sys.stderr)
+                continue
+            _print_json(answer) if args.json else print(said(sample_id, answer))
+    return 1 if refused else 0
+
+
+def _relabel(args: argparse.Namespace) -> int:
+    def said(sample_id: str, a: dict[str, Any]) -> str:
+        now = a["sample"]["label"]
+        return f"{sample_id}: {a['previous_label']} -> {now}" if a["changed"] else f"{sample_id}: already {now}"
+
+    return _each_sample(args, lambda c, i: c.relabel(i, args.label, new_label=args.new_label), said)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    def said(sample_id: str, a: dict[str, Any]) -> str:
+        back = f"; {len(a['requeued'])} capture(s) back in the review queue" if a["requeued"] else ""
+        return f"{sample_id}: deleted ({a['deleted']['label']}, {a['deleted']['split']}){back}"
+
+    return _each_sample(args, lambda c, i: c.delete_sample(i), said)
+
+
 # ---------------------------------------------------------------------- parsers
 def register(sub: Any) -> None:
     common = [_connection_flags()]
@@ -229,3 +287,24 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--strategy", choices=["margin", "entropy", "random"], default="margin",
                    help="margin: smallest top-1 minus top-2 first (default); entropy: largest entropy first")
+    _register_corrections(add)
+
+
+def _register_corrections(add: Any) -> None:
+    p = add("suspects", _suspects, "list the samples a job's data check asks you to look at",
+            "The samples of a job's data check (a held job's, usually): new samples of a label the model in service "
+            "disagrees with unusually often, and those an earlier job listed that nobody reviewed. Without JOB_ID, "
+            "the newest recent job that lists any. Look at them in the console, then relabel or delete the wrong "
+            "ones (graft relabel / graft delete) and retrain.")
+    p.add_argument("job", nargs="?", metavar="JOB_ID", help="the job (default: the newest that lists samples)")
+    p.add_argument("--ids", action="store_true", help="print only the sample ids, one per line (for xargs)")
+    p = add("relabel", _relabel, "give stored samples another label",
+            "Relabel each sample ID (graft suspects lists them). A sample keeps its split: a holdout sample stays in "
+            "the holdout. Exit status 1 when any was refused (the reason is printed).")
+    p.add_argument("ids", nargs="+", metavar="ID", help="sample ids (the sha256 of the image's bytes)")
+    p.add_argument("--label", required=True, help="the right label")
+    p.add_argument("--new-label", action="store_true", help="confirm a label that looks like a typo of a known one")
+    p = add("delete", _delete, "delete stored samples",
+            "Delete each sample ID: the next snapshot leaves it out (a running job keeps its file until it ends). "
+            "Exit status 1 when any was refused (the reason is printed).")
+    p.add_argument("ids", nargs="+", metavar="ID", help="sample ids (graft suspects lists them)")

@@ -77,8 +77,8 @@ def verdict(job: Any) -> str:
         total = check.get("suspect_count", 0) + len(check.get("unreviewed") or []) or len(suspects)
         shown = ", ".join(f"{s['id'][:12]} ({s['label']}, the model says {s['predicted']})" for s in suspects[:5])
         lines.append(f"review: {total} sample(s) the model in service disagrees with: {shown}"
-                     f"{' ...' if total > 5 else ''}; the console's job page shows them all; relabel or delete "
-                     "the wrong ones and retrain")  # fmt: skip
+                     f"{' ...' if total > 5 else ''}; `graft suspects {job.id}` or the console's job page shows "
+                     "them all; relabel or delete the wrong ones and retrain")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -110,3 +110,18 @@ def review_table(items: Sequence[dict[str, Any]]) -> str:
         rows.append((it["id"][:12], it["predicted"], f"{it['margin']:.3f}", scores, it.get("seen", 1),
                      it.get("captured_at", "")))  # fmt: skip
     return table(rows, ("capture", "predicted", "margin", "top scores", "seen", "captured"))
+
+
+def suspects_table(job: Any, console: str) -> str:
+    """A job's data-check samples: full ids (to relabel or delete), the label given, what the model says."""
+    suspects = job.suspects
+    if not suspects:
+        return f"job {job.id} ({job.status}): its data check lists no samples to review"
+    rows = [(s["id"], s["label"], s.get("predicted") or "-", s.get("split", "")) for s in suspects]
+    return "\n".join([
+        f"job {job.id} ({job.status}): {len(suspects)} sample(s) to look at (the job's page: {console}/jobs/{job.id}; "
+        f"one sample: {console}/samples/ID)",
+        table(rows, ("sample", "label", "model says", "split")),
+        "wrong label: graft relabel ID... --label LABEL; not a picture of any label: graft delete ID...; then "
+        "graft retrain",
+    ])  # fmt: skip

@@ -9,6 +9,7 @@ The stand-in trainer's candidate sees colour too, so the gate (a tie) passes it:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from admin.runners.local import LocalJobRunner
 from admin.server import AdminServer
+from graft.cli import main
 from graft.client.jobs import Job
 from graft.client.render import verdict
 from tests.admin.test_jobs import Env, retrain
@@ -195,3 +197,45 @@ def test_listed_samples_hold_later_jobs_until_an_admin_decides(env: TintEnv) -> 
         job = retrain(api, env, 0.6)
         assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
         assert env.rollout.default_version("graft") == job["candidate_version"]
+
+
+def test_the_command_line_lists_the_samples_and_corrects_them(env: TintEnv, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`graft suspects`, `graft relabel` and `graft delete`, run as a user runs them, against the real admin."""
+
+    def graft(*argv: str) -> tuple[int, str, str]:
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    with env.server() as server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as api:
+        wait_ready(api)
+        monkeypatch.setenv("GRAFT_URL", server.url)
+        monkeypatch.setenv("GRAFT_TOKEN", ADMIN_TOKEN)
+        assert graft("suspects") == (0, "no recent job's data check lists samples to review\n", "")
+        job, wrong = held_job(api, env, 8000)
+        status, out, _ = graft("suspects")  # the newest job that lists samples: this one
+        assert status == 0 and f"job {job['id']} (held): 12 sample(s) to look at" in out, out
+        assert f"{server.url}/console/jobs/{job['id']}" in out and "graft relabel ID... --label LABEL" in out
+        rows = [line.split() for line in out.splitlines() if re.match(r"[0-9a-f]{64} ", line)]
+        assert sorted(r[0] for r in rows) == sorted(wrong) and {tuple(r[1:3]) for r in rows} == {("bees", "ants")}
+        status, out, _ = graft("suspects", job["id"], "--ids")
+        assert status == 0 and sorted(out.split()) == sorted(wrong)
+        assert graft("suspects", "nosuchjob")[0] == 2
+
+        # Ten relabelled (one of them twice: already done), one deleted, one unknown id refused: the rest go on.
+        status, out, err = graft("relabel", *wrong[:10], wrong[0], "f" * 64, "--label", "ants")
+        assert status == 1 and f"refused  {'f' * 64}: " in err and "no sample" in err, err
+        assert out.splitlines()[:10] == [f"{sid}: bees -> ants" for sid in wrong[:10]]
+        assert out.splitlines()[10] == f"{wrong[0]}: already ants"
+        assert [api.get(f"/v1/samples/{sid}").json()["label"] for sid in wrong[:10]] == ["ants"] * 10
+        status, out, err = graft("delete", wrong[10], "--json")
+        assert status == 0 and json.loads(out)["deleted"]["id"] == wrong[10], out + err
+        assert api.get(f"/v1/samples/{wrong[10]}").status_code == 404
+        status, _, err = graft("relabel", wrong[11], "--label", "bess")
+        assert status == 1 and "bess" in err, err  # a typo of a known label: refused, nothing stored
+        assert api.get(f"/v1/samples/{wrong[11]}").json()["label"] == "bees"
+        assert graft("delete", wrong[11])[0] == 0
+        # Every listed sample reviewed: the next job holds nothing and serves its candidate.
+        job = retrain(api, env, 0.6)
+        assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
