@@ -35,6 +35,7 @@ from graft.core.util import child_env, die_with_parent, write_atomic
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | None], list[str]]]
+ScoreFn = Callable[[Path, Sequence[tuple[Path, str]], str], list[list[float] | None]]
 
 
 class EvaluationTimeoutError(GraftError):
@@ -95,6 +96,20 @@ class ChildEvaluator:
                  out["asked"], len(samples) - out["asked"])  # fmt: skip
         return list(out["predictions"]), list(out["labels"])
 
+    def scores(self, score: ScoreFn, run_dir: Path, samples: Sequence[tuple[Path, str]]) -> list[list[float] | None]:
+        """``score(run_dir, samples, device)`` in a child process, under the same deadline; nothing is cached."""
+        name = name_of(score)
+        if name is None:
+            return score(run_dir, samples, self.device)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._n += 1
+        request, result = self.workdir / f"scores-{self._n}.json", self.workdir / f"scores-{self._n}.out.json"
+        request.write_text(json.dumps({"mode": "scores", "evaluate": name, "run_dir": str(run_dir),
+                                       "device": self.device, "samples": [[str(p), lab] for p, lab in samples],
+                                       "result": str(result)}))  # fmt: skip
+        self._run(request)
+        return list(json.loads(result.read_text())["scores"])
+
     @staticmethod
     def _env() -> dict[str, str]:
         """No secrets; this process's import path, so the child finds the same evaluate function."""
@@ -125,9 +140,13 @@ class ChildEvaluator:
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     request = json.loads(Path(argv[0]).read_text())
-    evaluate: EvaluateFn = load_named(request["evaluate"])
     run_dir, device = Path(request["run_dir"]), str(request["device"])
     samples = [(Path(p), str(label)) for p, label in request["samples"]]
+    if request.get("mode") == "scores":
+        score: ScoreFn = load_named(request["evaluate"])
+        write_atomic(Path(request["result"]), json.dumps({"scores": score(run_dir, samples, device)}).encode())
+        return 0
+    evaluate: EvaluateFn = load_named(request["evaluate"])
     if request["cached"]:
         preds, labels, asked = cached_predict(evaluate, run_dir, samples, device)
     else:

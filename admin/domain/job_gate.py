@@ -12,15 +12,16 @@ import logging
 import threading
 from pathlib import Path
 
-from admin.domain.evaluation_child import ChildEvaluator
+from admin.domain.evaluation_child import ChildEvaluator, EvaluationTimeoutError
 from admin.domain.gate import GateDecision, GateRule
 from admin.domain.job_evaluation import InJobPredictions, JobEvaluationPlan
 from admin.domain.job_services import JobServices
-from admin.domain.judge import for_new_samples, judge
+from admin.domain.judge import for_new_samples, judge, scores_for
 from admin.domain.label_check import LabelCheck, check_new_samples
 from admin.domain.snapshot import Snapshot
 from admin.store.rows import ModelVersion
 from graft.core.artifact import ModelCard, read_card
+from graft.core.errors import GraftError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,22 @@ def check_data(s: JobServices, job_id: str, job_dir: Path, snap: Snapshot, champ
         return None
     s.jobs.update(job_id, phase="checking")
     child = ChildEvaluator(for_new_samples(s.evaluate), st.eval_device, job_dir / "check", deadline, cancel)
+    scorer = scores_for(s.evaluate)
+
+    def score(run: Path, images: list[tuple[Path, str]]) -> list[list[float] | None]:
+        assert scorer is not None
+        try:
+            return child.scores(scorer, run, images)
+        except GraftError as e:  # the ranking is a convenience: the list is still right in id order
+            if isinstance(e, EvaluationTimeoutError) or (cancel is not None and cancel.is_set()):
+                raise
+            log.warning("job %s: the data check's samples are listed unranked: %s", job_id, e)
+            return [None] * len(images)
+
     check = check_new_samples(s.samples, s.audit, snap.holdout, snap.max_sample_seq, champion,
                               lambda run, images: child(run, images, True)[0], st.label_check_alpha,
-                              st.label_check_max, s.jobs.checks_since(champion.created_at,
-                                                                      champion.job_id))  # fmt: skip
+                              st.label_check_max, s.jobs.checks_since(champion.created_at, champion.job_id),
+                              score if scorer is not None else None)  # fmt: skip
     s.jobs.update(job_id, data_check=check.as_dict())
     log.info("job %s: %s", job_id, check.summary())
     return check

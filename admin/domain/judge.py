@@ -24,6 +24,8 @@ EvaluateFn = Callable[[Path, Sequence[tuple[Path, str]], str], tuple[list[str | 
 FROZEN_FEATURES = "frozen-features"  # in the state folder: the frozen stages' output per holdout image
 # (run folder, samples, the champion's cache used?) -> (predictions, labels): where the predictions run
 PredictFn = Callable[[Path, Sequence[tuple[Path, str]], bool], tuple[list[str | None], list[str]]]
+# (run folder, (image, given label) pairs, device) -> per image [p of the model's answer, p of the given label]
+ScoreFn = Callable[[Path, Sequence[tuple[Path, str]], str], list[list[float] | None]]
 
 
 def default_evaluate(
@@ -59,6 +61,29 @@ def _evaluate(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str,
 def for_new_samples(evaluate: EvaluateFn) -> EvaluateFn:
     """The evaluation the data check uses: the default one without its feature store, a test's stand-in as is."""
     return evaluate_whole if evaluate is default_evaluate else evaluate
+
+
+def label_scores(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str) -> list[list[float] | None]:
+    """Per ``(image, label it was given)``: ``[the model's probability for its own answer, for the given label]``
+    (None when unreadable, or the label is not the model's): how sure the model is that a label is wrong. Run as
+    the model serves (INT8 included)."""
+    from training.evaluate import predict_probabilities
+    from training.export_settings import serving_precision
+
+    probs, labels = predict_probabilities(run_dir, [p for p, _ in samples], device,
+                                          precision=serving_precision(run_dir))  # fmt: skip
+    pos = {label: i for i, label in enumerate(labels)}
+    return [[round(max(row), 4), round(row[pos[label]], 4)] if row and label in pos else None
+            for (_, label), row in zip(samples, probs, strict=True)]  # fmt: skip
+
+
+def scores_for(evaluate: EvaluateFn) -> ScoreFn | None:
+    """How the data check ranks what it lists: :func:`label_scores` beside the default evaluation; a test's
+    stand-in evaluation may carry its own (a ``scores`` attribute), else the list stays in id order."""
+    if evaluate is default_evaluate:
+        return label_scores
+    scores = getattr(evaluate, "scores", None)
+    return scores if callable(scores) else None
 
 
 def unaveraged_dir(run_dir: Path) -> Path | None:

@@ -31,6 +31,7 @@ from graft.core.manifest import Item
 
 MIN_EXCESS = 5  # disagreements beyond what the label's error rate explains, before a label is flagged
 MAX_LISTED = 200  # suspects kept in the job record (the counts say how many there were)
+MAX_SCORED = 2000  # suspects ranked by the model's probabilities before the first MAX_LISTED are kept
 
 
 def fisher_greater(k: int, n: int, m: int, big_m: int) -> float:
@@ -74,6 +75,8 @@ class Suspect:
     label: str  # the label it was uploaded with
     predicted: str | None  # what the model in service says it is
     split: str
+    confidence: float | None = None  # the model's probability for what it says (None: not scored)
+    label_probability: float | None = None  # ... for the label it was uploaded with: the lower, the likelier wrong
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,9 @@ def plan(new: Sequence[SampleRef], holdout: Sequence[Item], champion_run: Path, 
 
 
 def judge_labels(plan_: CheckPlan, predictions: Sequence[str | None], champion: str, alpha: float,
-                 min_excess: int = MIN_EXCESS) -> LabelCheck:  # fmt: skip
-    """The check's finding from the champion's predictions on ``plan_.images()`` (in that order)."""
+                 min_excess: int = MIN_EXCESS, max_listed: int = MAX_LISTED) -> LabelCheck:  # fmt: skip
+    """The check's finding from the champion's predictions on ``plan_.images()`` (in that order); the first
+    ``max_listed`` suspects, by sample id."""
     if len(predictions) != len(plan_.new) + len(plan_.baseline):
         raise ValueError(f"{len(predictions)} predictions for {len(plan_.new) + len(plan_.baseline)} images")
     new_preds, old_preds = predictions[: len(plan_.new)], predictions[len(plan_.new) :]
@@ -196,8 +200,23 @@ def judge_labels(plan_: CheckPlan, predictions: Sequence[str | None], champion: 
                 if s.label in flagged and pred is not None and pred != s.label]  # fmt: skip
     notes = list(plan_.notes)
     notes += [f"no older {t.label!r} holdout images to compare its new samples with" for t in tallies if not t.baseline]
-    return LabelCheck(champion, tallies, suspects[:MAX_LISTED], plan_.new_samples, len(plan_.new), alpha,
+    return LabelCheck(champion, tallies, suspects[:max_listed], plan_.new_samples, len(plan_.new), alpha,
                       len(suspects), notes)  # fmt: skip
+
+
+# (images with the labels they were given) -> per image [p of the model's answer, p of the given label], or None
+Scorer = Callable[[list[tuple[Path, str]]], list[list[float] | None]]
+
+
+def ranked(suspects: Sequence[Suspect], paths: dict[str, Path], score: Scorer) -> list[Suspect]:
+    """The suspects with the model's probabilities, the likeliest wrong label first (the smallest probability for
+    the label given, as label-quality tools rank them); those it could not score last, by id."""
+    scored = score([(paths[s.id], s.label) for s in suspects])
+    if len(scored) != len(suspects):
+        raise ValueError(f"{len(scored)} scores for {len(suspects)} suspects")
+    out = [replace(s, confidence=p[0], label_probability=p[1]) if p else s for s, p in zip(suspects, scored,
+                                                                                          strict=True)]  # fmt: skip
+    return sorted(out, key=lambda s: (s.label_probability is None, s.label_probability or 0.0, s.id))
 
 
 def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleStore,
@@ -209,7 +228,8 @@ def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleSto
     for job_id, check in earlier:
         for s in check.get("suspects") or []:
             listed.setdefault(str(s["id"]), (Suspect(str(s["id"]), str(s["label"]), s.get("predicted"),
-                                                     str(s.get("split", ""))), job_id))  # fmt: skip
+                                                     str(s.get("split", "")), s.get("confidence"),
+                                                     s.get("label_probability")), job_id))  # fmt: skip
     now = {r.id: r.label for r in samples.refs(listed, up_to_seq)}
     still = [(s, job) for s, job in listed.values() if now.get(s.id) == s.label]
     return [s for s, _ in still], sorted({job for _, job in still})
@@ -217,11 +237,13 @@ def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleSto
 
 def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: Sequence[Item], up_to_seq: int,
                       champion: ModelVersion, predict: Callable[[Path, list[tuple[Path, str]]], list[str | None]],
-                      alpha: float, cap: int,
-                      earlier: Sequence[tuple[str, dict[str, Any]]] = ()) -> LabelCheck:  # fmt: skip
+                      alpha: float, cap: int, earlier: Sequence[tuple[str, dict[str, Any]]] = (),
+                      score: Callable[[Path, list[tuple[Path, str]]], list[list[float] | None]] | None = None,
+                      ) -> LabelCheck:  # fmt: skip
     """The check as a job runs it: the samples since the champion's data (up to the job's snapshot, ``up_to_seq``)
     and those whose label the samples token changed since the champion was made, predicted by ``predict``; and the
-    suspects of ``earlier`` checks nobody has reviewed (:func:`unreviewed`)."""
+    suspects of ``earlier`` checks nobody has reviewed (:func:`unreviewed`). With ``score`` (the champion's
+    probabilities), the suspects are listed the likeliest wrong first (:func:`ranked`)."""
     assert champion.run_dir is not None
     new = samples.between(champion.max_sample_seq, up_to_seq)
     if audit is not None:  # a label the samples token changed is as new as an upload
@@ -229,7 +251,13 @@ def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: S
         new += samples.refs(relabelled - {s.id for s in new}, up_to_seq)
     chosen = plan(new, holdout, champion.run_dir, champion.labels, cap)
     predictions = predict(champion.run_dir, chosen.images()) if chosen.new else []
-    check = judge_labels(chosen, predictions, champion.version, alpha)
+    check = judge_labels(chosen, predictions, champion.version, alpha,
+                         max_listed=MAX_SCORED if score is not None else MAX_LISTED)  # fmt: skip
+    if score is not None and check.suspects:
+        run = champion.run_dir
+        paths = {ref.id: ref.path for ref in chosen.new}
+        check = replace(check, suspects=ranked(check.suspects, paths, lambda images: score(run, images)))
+    check = replace(check, suspects=check.suspects[:MAX_LISTED])
     old, jobs = unreviewed(earlier, samples, up_to_seq)
     listed = {s.id for s in check.suspects}
     old = [s for s in old if s.id not in listed]  # listed again by this check's own finding

@@ -75,7 +75,7 @@ def verdict(job: Any) -> str:
     if suspects := getattr(job, "suspects", []):
         check = job.data.get("data_check") or {}
         total = check.get("suspect_count", 0) + len(check.get("unreviewed") or []) or len(suspects)
-        shown = ", ".join(f"{s['id'][:12]} ({s['label']}, the model says {s['predicted']})" for s in suspects[:5])
+        shown = ", ".join(f"{s['id'][:12]} ({s['label']}, the model says {_says(s)})" for s in suspects[:5])
         lines.append(f"review: {total} sample(s) the model in service disagrees with: {shown}"
                      f"{' ...' if total > 5 else ''}; `graft suspects {job.id}` or the console's job page shows "
                      "them all; relabel or delete the wrong ones and retrain")  # fmt: skip
@@ -112,16 +112,28 @@ def review_table(items: Sequence[dict[str, Any]]) -> str:
     return table(rows, ("capture", "predicted", "margin", "top scores", "seen", "captured"))
 
 
+def _p(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "-"
+
+
+def _says(suspect: dict[str, Any]) -> str:
+    """``ants 0.97``: what the model in service says, and how sure it is (when the check scored it)."""
+    said = suspect.get("predicted") or "-"
+    conf = suspect.get("confidence")
+    return f"{said} {conf:.2f}" if isinstance(conf, int | float) else said
+
+
 def suspects_table(job: Any, console: str) -> str:
-    """A job's data-check samples: full ids (to relabel or delete), the label given, what the model says."""
+    """A job's data-check samples (the likeliest wrong label first when the check ranked them): full ids (to
+    relabel or delete), the label given and the model's probability for it, what the model says."""
     suspects = job.suspects
     if not suspects:
         return f"job {job.id} ({job.status}): its data check lists no samples to review"
-    rows = [(s["id"], s["label"], s.get("predicted") or "-", s.get("split", "")) for s in suspects]
+    rows = [(s["id"], s["label"], _p(s.get("label_probability")), _says(s), s.get("split", "")) for s in suspects]
     return "\n".join([
         f"job {job.id} ({job.status}): {len(suspects)} sample(s) to look at (the job's page: {console}/jobs/{job.id}; "
         f"one sample: {console}/samples/ID)",
-        table(rows, ("sample", "label", "model says", "split")),
+        table(rows, ("sample", "label", "p(label)", "model says", "split")),
         "wrong label: graft relabel ID... --label LABEL; not a picture of any label: graft delete ID...; then "
         "graft retrain",
     ])  # fmt: skip

@@ -10,6 +10,7 @@ The stand-in trainer's candidate sees colour too, so the gate (a tie) passes it:
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from graft.client.jobs import Job
 from graft.client.render import verdict
 from tests.admin.test_jobs import Env, retrain
 from tests.support.auth import ADMIN, ADMIN_TOKEN, SAMPLER, SAMPLES_TOKEN
-from tests.support.fakes import FAKE_TRAINER, placeholder_export, tint_evaluate, write_toy_card
+from tests.support.fakes import FAKE_TRAINER, placeholder_export, tint_evaluate, tint_evaluate_unranked, write_toy_card
 from tests.support.images import tinted, write
 from tests.support.waiting import wait_ready
 
@@ -44,9 +45,9 @@ class TintEnv(Env):
                                                                          red=label == "ants"))  # fmt: skip
         write_toy_card(self.initial, ["ants", "bees"], 0.6, dataset_path=self.base)
 
-    def server(self, **overrides: Any) -> AdminServer:
+    def server(self, evaluate: Any = tint_evaluate, **overrides: Any) -> AdminServer:
         runner = LocalJobRunner(command=FAKE_TRAINER, env=self.runner_env)
-        extra = {"evaluate": tint_evaluate, "export": placeholder_export}
+        extra = {"evaluate": evaluate, "export": placeholder_export}
         overrides.setdefault("samples_token", SAMPLES_TOKEN)
         return AdminServer(self.settings(**overrides), runner=runner, rollout=self.rollout, app_kwargs=extra)
 
@@ -91,6 +92,10 @@ def test_a_batch_of_wrong_labels_holds_the_candidate_and_lists_exactly_them(env:
     assert check["flagged"] == ["bees"] and check["champion"] == "1"
     assert sorted(s["id"] for s in check["suspects"]) == sorted(wrong), "the wrong labels, and nothing else"
     assert {s["predicted"] for s in check["suspects"]} == {"ants"} and check["suspect_count"] == 12
+    # Ranked by the champion's probabilities (scored in the evaluation's child process): the likeliest wrong first.
+    given = [s["label_probability"] for s in check["suspects"]]
+    assert given == sorted(given) and all(0 < p < 0.5 for p in given), given
+    assert all(s["confidence"] == pytest.approx(1 - s["label_probability"]) for s in check["suspects"])
     bees = next(t for t in check["labels"] if t["label"] == "bees")
     assert (bees["new"], bees["disagreed"], bees["baseline"], bees["missed"]) == (20, 12, 10, 0)
     ants = next(t for t in check["labels"] if t["label"] == "ants")
@@ -101,7 +106,8 @@ def test_a_batch_of_wrong_labels_holds_the_candidate_and_lists_exactly_them(env:
     assert env.rollout.default_version("graft") == "1", "nothing changed in service"
     words = verdict(Job(None, job["id"], job))  # type: ignore[arg-type]  # what `graft retrain --wait` prints
     assert words.startswith("held: version 2 waits for an admin") and "review: 12 sample(s)" in words, words
-    assert f"{check['suspects'][0]['id'][:12]} (bees, the model says ants)" in words
+    top = check["suspects"][0]
+    assert f"{top['id'][:12]} (bees, the model says ants {top['confidence']:.2f})" in words, words
 
     # The admin corrects them; the next job finds nothing unusual and serves its candidate.
     for sid in wrong:
@@ -161,7 +167,9 @@ def test_the_console_job_page_shows_the_samples_to_review(env: TintEnv) -> None:
         linked = set(re.findall(thumb, page))
         assert linked == set(wrong), page
         words = text_of(page)
-        assert "New samples to review" in words and "uploaded as bees, the model says ants" in words
+        assert "New samples to review" in words and "uploaded as bees, the model says ants (" in words
+        first = job["data_check"]["suspects"][0]
+        assert f"the model says ants ({100 * first['confidence']:.1f}% sure)" in words, words
         assert c.get(f"/console/samples/{wrong[0]}/image").status_code == 200
 
 
@@ -218,7 +226,10 @@ def test_the_command_line_lists_the_samples_and_corrects_them(env: TintEnv, caps
         assert status == 0 and f"job {job['id']} (held): 12 sample(s) to look at" in out, out
         assert f"{server.url}/console/jobs/{job['id']}" in out and "graft relabel ID... --label LABEL" in out
         rows = [line.split() for line in out.splitlines() if re.match(r"[0-9a-f]{64} ", line)]
-        assert sorted(r[0] for r in rows) == sorted(wrong) and {tuple(r[1:3]) for r in rows} == {("bees", "ants")}
+        assert [r[0] for r in rows] == [s["id"] for s in api.get(f"/v1/jobs/{job['id']}").json()["data_check"][
+            "suspects"]], "the check's order: the likeliest wrong label first"  # fmt: skip
+        assert sorted(r[0] for r in rows) == sorted(wrong) and {(r[1], r[3]) for r in rows} == {("bees", "ants")}
+        assert "p(label)" in out and all(float(r[2]) < 0.5 and 0.5 < float(r[4]) <= 1 for r in rows), out
         status, out, _ = graft("suspects", job["id"], "--ids")
         assert status == 0 and sorted(out.split()) == sorted(wrong)
         assert graft("suspects", "nosuchjob")[0] == 2
@@ -239,3 +250,18 @@ def test_the_command_line_lists_the_samples_and_corrects_them(env: TintEnv, caps
         # Every listed sample reviewed: the next job holds nothing and serves its candidate.
         job = retrain(api, env, 0.6)
         assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
+
+
+def test_without_the_model_s_probabilities_the_samples_are_listed_unranked(
+    env: TintEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ranking is a convenience: when its pass fails, the job still holds and lists every suspect, by id."""
+    caplog.set_level(logging.WARNING, logger="admin.domain.job_gate")
+    with env.server(evaluate=tint_evaluate_unranked) as server, httpx.Client(base_url=server.url, headers=ADMIN,
+                                                                             timeout=30) as api:  # fmt: skip
+        wait_ready(api)
+        job, wrong = held_job(api, env, 9000)
+    suspects = job["data_check"]["suspects"]
+    assert [s["id"] for s in suspects] == sorted(wrong) and {s["confidence"] for s in suspects} == {None}
+    assert "listed unranked" in caplog.text and "the ranking pass failed" in caplog.text, caplog.text
+

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.domain.evaluation_child import ChildEvaluator, EvaluationTimeoutError, name_of
+from admin.domain.evaluation_child import ChildEvaluator, EvaluationFailedError, EvaluationTimeoutError, name_of
 from admin.domain.prediction_cache import CACHE_NAME
 from tests.support.images import photo
 
@@ -73,3 +73,30 @@ def test_a_closure_is_evaluated_in_process(tmp_path: Path, holdout: list[tuple[P
     run.mkdir()
     preds, _ = ChildEvaluator(local, "cpu", tmp_path / "work", time.monotonic() + 60)(run, holdout, False)
     assert set(preds) == {str(os.getpid())}
+
+
+def scores_from_a_child(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str) -> list[list[float] | None]:
+    """[the process id, the image's size] per image: where it ran and on what; None for the label 'none'."""
+    return [None if label == "none" else [float(os.getpid()), float(p.stat().st_size)] for p, label in samples]
+
+
+def broken_scores(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str) -> list[list[float] | None]:
+    raise OSError("no model here")
+
+
+def test_the_data_check_s_scores_come_from_a_child_and_are_never_cached(
+    tmp_path: Path, holdout: list[tuple[Path, str]]
+) -> None:
+    run = tmp_path / "champion"
+    run.mkdir()
+    child = ChildEvaluator(where_and_what, "cpu", tmp_path / "work", time.monotonic() + 120)
+    asked = [*holdout[:2], (holdout[2][0], "none")]
+    scores = child.scores(scores_from_a_child, run, asked)
+    assert scores[2] is None and [s[1] for s in scores[:2]] == [p.stat().st_size for p, _ in holdout[:2]]  # type: ignore[index]
+    assert {s[0] for s in scores[:2]} != {os.getpid()}, "another process"  # type: ignore[index]
+    assert not (run / CACHE_NAME).exists(), "probabilities are not the predictions' cache"
+    with pytest.raises(EvaluationFailedError, match="no model here"):
+        child.scores(broken_scores, run, asked)
+    sleeper = ChildEvaluator(where_and_what, "cpu", tmp_path / "work2", time.monotonic() + 3)
+    with pytest.raises(EvaluationTimeoutError):
+        sleeper.scores(sleepy, run, asked)  # type: ignore[arg-type]

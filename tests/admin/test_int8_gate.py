@@ -13,7 +13,7 @@ import yaml
 
 from admin.domain.gate import GateRule
 from admin.domain.jobs import default_evaluate, default_prepare
-from admin.domain.judge import judge
+from admin.domain.judge import judge, label_scores
 from admin.domain.promotion import default_export
 from graft.core.artifact import ONNX_INT8_FILE, UNAVERAGED_DIR, read_card, write_card
 from graft.core.manifest import Item
@@ -177,3 +177,25 @@ def test_preparing_again_reuses_the_onnx_and_int8_models_while_they_are_up_to_da
     after = {f: f.stat().st_mtime_ns for f in files}
     assert [f for f in files if after[f] != before[f]] == [own / "model.onnx", own / ONNX_INT8_FILE]
     assert serving_precision(own) == "int8" and serving_precision(candidate) == "int8"
+
+
+def test_the_data_check_ranks_with_the_probabilities_of_the_model_as_it_serves(
+    serving_artifacts: tuple[Path, Path], int8_artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``label_scores``: per image, the probability of the model's own answer and of the label it was given,
+    from the real model (its INT8 file when it serves INT8); None for an unreadable file or a label it lacks."""
+    run, _ = serving_artifacts
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    asked = [*HOLDOUT[:4], (broken, "ants"), (HOLDOUT[0][0], "wasps")]
+    scores = label_scores(run, asked, "cpu")
+    predicted, _ = default_evaluate(run, HOLDOUT[:4], "cpu")
+    assert scores[4] is None and scores[5] is None
+    for (top, given), said, (_, label) in zip(scores[:4], predicted, HOLDOUT[:4], strict=True):  # type: ignore[misc]
+        assert 0.5 <= top <= 1 and 0 <= given <= top and (given == top) == (said == label)
+    champion = shutil.copytree(int8_artifacts[0], tmp_path / "champion")
+    always_bees(champion / ONNX_INT8_FILE)  # logits (0, 5) whatever it sees: p(bees) = 0.9933
+    both = [HOLDOUT[0], HOLDOUT[-1]]
+    assert {label for _, label in both} == {"ants", "bees"}
+    expected = [[0.9933, 0.9933 if label == "bees" else 0.0067] for _, label in both]
+    assert label_scores(champion, both, "cpu") == expected

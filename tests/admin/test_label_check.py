@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.domain.label_check import MIN_EXCESS, CheckPlan, fisher_greater, judge_labels, plan
+from admin.domain.label_check import MIN_EXCESS, CheckPlan, fisher_greater, judge_labels, plan, ranked
 from admin.store.rows import SampleRef
 from graft.core.manifest import Item
 from tests.support.fakes import write_toy_card
@@ -127,3 +127,29 @@ def test_plan_keeps_the_first_models_training_images_out_and_its_validation_imag
     assert blind.new == [] and "cannot be listed" in blind.notes[0]
     summary = judge_labels(blind, [], "3", alpha=0.01).summary()
     assert summary.startswith("data check: not run: the data the model at") and "lineage.dataset_path" in summary
+
+
+def test_suspects_are_ranked_the_likeliest_wrong_label_first() -> None:
+    """Label-quality order: the smallest probability the model gives the label a sample was uploaded with first;
+    samples it could not score (unreadable) last, by id; every suspect kept, only the order changes."""
+    new = [("bees", "ants")] * 6 + [("bees", "bees")] * 10
+    old = [("bees", "bees")] * 20
+    chosen, preds = _plan(new, old)
+    check = judge_labels(chosen, preds, "3", alpha=0.05, min_excess=1)
+    assert [s.id for s in check.suspects] == [f"{k:064x}" for k in range(6)], "id order before ranking"
+    p_label = {f"{k:064x}": p for k, p in enumerate([0.30, 0.02, None, 0.45, 0.10, None])}
+    asked: list[list[tuple[Path, str]]] = []
+
+    def score(images: list[tuple[Path, str]]) -> list[list[float] | None]:
+        asked.append(images)
+        ids = [f"{int(p.stem):064x}" for p, _ in images]
+        return [None if p_label[i] is None else [1 - p_label[i], p_label[i]] for i in ids]  # type: ignore[operator]
+
+    paths = {r.id: r.path for r in chosen.new}
+    out = ranked(check.suspects, paths, score)
+    assert asked == [[(Path(f"/s/{k}.png"), "bees") for k in range(6)]], "the suspects' own files and labels"
+    assert [int(s.id, 16) for s in out] == [1, 4, 0, 3, 2, 5]
+    assert [s.label_probability for s in out] == [0.02, 0.10, 0.30, 0.45, None, None]
+    assert out[0].confidence == pytest.approx(0.98) and out[-1].confidence is None
+    with pytest.raises(ValueError, match="3 scores for 6 suspects"):
+        ranked(check.suspects, paths, lambda images: [[0.5, 0.5]] * 3)

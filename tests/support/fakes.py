@@ -120,24 +120,55 @@ def fake_evaluate(
     return preds, labels
 
 
+def _redness(path: Path) -> float | None:
+    """The share of red in red + blue over the whole picture; None for an unreadable file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            r, _g, b = im.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))  # type: ignore[misc]
+    except OSError:
+        return None
+    return float(r / (r + b)) if r + b else 0.5
+
+
 def tint_evaluate(
     run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu"
 ) -> tuple[list[str | None], list[str]]:
     """A model that sees colour: reddish images are the card's first label, the others its second (whatever label
     they were uploaded with; ``tests.support.images.tinted`` makes them). None for an unreadable file."""
-    from PIL import Image
-
     labels = read_card(run_dir).labels
-    preds: list[str | None] = []
-    for path, _ in samples:
-        try:
-            with Image.open(path) as im:
-                r, _g, b = im.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))  # type: ignore[misc]
-        except OSError:
-            preds.append(None)
-            continue
-        preds.append(labels[0] if r > b else labels[1])
-    return preds, labels
+    reds = [_redness(path) for path, _ in samples]
+    return [None if red is None else labels[0] if red > 0.5 else labels[1] for red in reds], labels
+
+
+def tint_scores(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu") -> list[list[float] | None]:
+    """``tint_evaluate``'s probabilities: the share of red is the first label's (the data check's ranking reads
+    them: the redder a picture labelled with the second label, the likelier its label is wrong)."""
+    labels = read_card(run_dir).labels
+    out: list[list[float] | None] = []
+    for path, label in samples:
+        red = _redness(path)
+        probs = {} if red is None else {labels[0]: red, labels[1]: 1 - red}
+        out.append([max(probs.values()), probs[label]] if label in probs else None)
+    return out
+
+
+tint_evaluate.scores = tint_scores  # type: ignore[attr-defined]  # the data check ranks its list with these
+
+
+def failing_scores(run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu") -> list[list[float] | None]:
+    raise OSError("the ranking pass failed")
+
+
+def tint_evaluate_unranked(
+    run_dir: Path, samples: Sequence[tuple[Path, str]], device: str = "cpu"
+) -> tuple[list[str | None], list[str]]:
+    """``tint_evaluate`` whose probabilities cannot be had: the data check lists its samples unranked."""
+    return tint_evaluate(run_dir, samples, device)
+
+
+tint_evaluate_unranked.scores = failing_scores  # type: ignore[attr-defined]
 
 
 def card_mar(run_dir: Path, store: Path, name: str, version: str) -> Path:
