@@ -225,14 +225,15 @@ def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleSto
     with: nobody relabelled or deleted them. Which earlier checks count is the caller's choice (those since the
     champion's job: putting a held candidate in service accepts its data)."""
     listed: dict[str, tuple[Suspect, str]] = {}
-    for job_id, check in earlier:
+    for job_id, check in earlier:  # oldest first: the newest listing of a sample says it, the first job names it
         for s in check.get("suspects") or []:
-            listed.setdefault(str(s["id"]), (Suspect(str(s["id"]), str(s["label"]), s.get("predicted"),
-                                                     str(s.get("split", "")), s.get("confidence"),
-                                                     s.get("label_probability")), job_id))  # fmt: skip
+            seen = Suspect(str(s["id"]), str(s["label"]), s.get("predicted"), str(s.get("split", "")),
+                           s.get("confidence"), s.get("label_probability"))  # fmt: skip
+            listed[seen.id] = (seen, listed[seen.id][1] if seen.id in listed else job_id)
     now = {r.id: r.label for r in samples.refs(listed, up_to_seq)}
     still = [(s, job) for s, job in listed.values() if now.get(s.id) == s.label]
-    return [s for s, _ in still], sorted({job for _, job in still})
+    order = sorted(still, key=lambda x: (x[0].label_probability is None, x[0].label_probability or 0.0, x[0].id))
+    return [s for s, _ in order], sorted({job for _, job in still})
 
 
 def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: Sequence[Item], up_to_seq: int,

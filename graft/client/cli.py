@@ -125,7 +125,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"warning: {w}")
     if jobs:
         last = Job(c, jobs[0]["id"], jobs[0])
-        print(render.job_line(last) if not last.done else f"last job {last.id}: {last.status}: {last.reason}")
+        status = last.status
+        if status == "held" and last.candidate_version == str(ready.get("default_version")):
+            status = f"held, then put in service by an admin (version {last.candidate_version})"
+        print(render.job_line(last) if not last.done else f"last job {last.id}: {status}: {last.reason}")
     return 0 if ready.get("status") == "ready" else 1
 
 

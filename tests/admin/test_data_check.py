@@ -189,6 +189,8 @@ def test_listed_samples_hold_later_jobs_until_an_admin_decides(env: TintEnv) -> 
         assert sorted(s["id"] for s in check["unreviewed"]) == sorted(wrong) and check["unreviewed_from"] == [
             first["id"]]
         assert "the data check has samples nobody reviewed yet" in job["reason"], job["reason"]
+        given = [s["label_probability"] for s in check["unreviewed"]]
+        assert None not in given and given == sorted(given), "as the first job scored them, likeliest wrong first"
         assert f"12 sample(s) listed by job {first['id']} not reviewed yet" in job["reason"], job["reason"]
         # Relabelled or deleted: reviewed. The rest still hold the next candidate.
         for sid in wrong[:6]:
@@ -247,6 +249,11 @@ def test_the_command_line_lists_the_samples_and_corrects_them(env: TintEnv, caps
         assert status == 1 and "bess" in err, err  # a typo of a known label: refused, nothing stored
         assert api.get(f"/v1/samples/{wrong[11]}").json()["label"] == "bees"
         assert graft("delete", wrong[11])[0] == 0
+        status, out, _ = graft("status")
+        assert status == 0 and f"last job {job['id']}: held: " in out, out
+        assert graft("promote", job["candidate_version"])[0] == 0
+        status, out, _ = graft("status")
+        assert f"held, then put in service by an admin (version {job['candidate_version']})" in out, out
         # Every listed sample reviewed: the next job holds nothing and serves its candidate.
         job = retrain(api, env, 0.6)
         assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
