@@ -101,7 +101,8 @@ class JobOut(BaseModel):
     )
     data_check: dict[str, Any] | None = Field(
         default=None, description="the model in service on the new samples: per label, how often it disagrees with "
-        "them against its error rate on older holdout images; the flagged labels' samples to review (suspects)"
+        "them against its error rate on older holdout images; the flagged labels' samples to review (suspects: "
+        "id, label, predicted, split, confidence and label_probability, the likeliest wrong label first)"
     )
     promoted: bool
     reason: str
