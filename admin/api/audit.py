@@ -17,9 +17,9 @@ class AuditOut(BaseModel):
     id: int
     at: str
     actor: str = Field(description="the token's role: admin | samples | insecure")
-    action: str = Field(description="sample.add | sample.relabel | sample.delete | label.add | label.remove | "
-                        "label.rename | label.merge | review.label | review.skip | review.reject | review.undo | "
-                        "review.erase | erasure.lift")
+    action: str = Field(description="sample.add | sample.relabel | sample.delete | sample.confirm | label.add | "
+                        "label.remove | label.rename | label.merge | review.label | review.skip | review.reject | "
+                        "review.undo | review.erase | erasure.lift")
     target: str = Field(description="a sample id, a label, or a capture id")
     detail: dict[str, Any] = Field(description="what it was and what it became")
 

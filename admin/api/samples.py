@@ -1,5 +1,6 @@
 """``/v1/samples``: labelled images in (admin or samples token), statistics and metadata out (admin), and
-corrections: relabel (``PATCH``) and delete (``DELETE``), the samples token on its own training samples only."""
+corrections: relabel (``PATCH``) and delete (``DELETE``), the samples token on its own training samples only;
+confirm a label (``POST .../confirm``), the admin only."""
 
 from __future__ import annotations
 
@@ -155,3 +156,24 @@ async def delete_sample(request: Request, sample_id: str, role: Annotated[Role, 
     done = await run_in_threadpool(service(request).corrections.delete_sample, sample_id, role)
     return Deleted(deleted=SampleMetaOut.of(done.sample), requeued=done.requeued, file=done.file,
                    audit_id=done.audit_id)  # fmt: skip
+
+
+class Confirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(max_length=512, description="the label you looked at and found right (it must be the "
+                                                   "sample's label now: 409 otherwise)")  # fmt: skip
+
+
+class ConfirmedOut(BaseModel):
+    sample: SampleMetaOut
+    audit_id: int = Field(description="its entry in GET /v1/audit (action sample.confirm)")
+
+
+@router.post("/{sample_id}/confirm", response_model=ConfirmedOut)
+async def confirm_sample(request: Request, sample_id: str, body: Confirm,
+                         role: Annotated[Role, Depends(require_admin)]) -> ConfirmedOut:  # fmt: skip
+    """Say that a sample's label is right (admin): the data check neither lists it nor counts it against its label
+    any more, so it no longer holds a candidate. Relabel or delete a wrong one instead."""
+    done = await run_in_threadpool(service(request).corrections.confirm_sample, sample_id, body.label, role)
+    return ConfirmedOut(sample=SampleMetaOut.of(done.sample), audit_id=done.audit_id)
+

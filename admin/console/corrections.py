@@ -1,6 +1,7 @@
 """The console's correction forms (POST, each with the session's CSRF token): relabel or delete a sample from
-its page; approve, rename, merge or remove a label (admin). The rules are the API's (admin/domain/corrections.py):
-the samples token may correct only the training samples it uploaded; everything lands in the audit trail."""
+its page, or confirm its label (admin); approve, rename, merge or remove a label (admin). The rules are the
+API's (admin/domain/corrections.py): the samples token may correct only the training samples it uploaded;
+everything lands in the audit trail."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ async def relabel(request: Request, sample_id: str) -> Response:
     fix = service(request).corrections.relabel_sample
     done = await run_in_threadpool(fix, sample_id, label, session.role, form.get("new_label") == "true")
     return _see(f"/console/samples/{sample_id}", changed=f"{done.previous} -> {done.sample.label}")
+
+
+@router.post("/samples/{sample_id}/confirm")
+async def confirm(request: Request, sample_id: str) -> Response:
+    session, form = await checked_form(request)
+    label = _field(form, "label", "the label you found right")
+    done = await run_in_threadpool(service(request).corrections.confirm_sample, sample_id, label, session.role)
+    return _see(f"/console/samples/{sample_id}", confirmed=done.sample.label)
 
 
 @router.post("/samples/{sample_id}/delete")

@@ -124,7 +124,7 @@ def samples(request: Request, stored: int | None = None, duplicates: int | None 
 
 
 @router.get("/samples/{sample_id}")
-def sample(request: Request, sample_id: str, changed: str | None = None) -> Response:
+def sample(request: Request, sample_id: str, changed: str | None = None, confirmed: str | None = None) -> Response:
     """One sample: its image and facts; relabel and delete when this session may; its history (admin)."""
     session = session_of(request)
     svc = service(request)
@@ -132,7 +132,7 @@ def sample(request: Request, sample_id: str, changed: str | None = None) -> Resp
     svc.corrections.may_see(s, session.role)
     history = svc.audit.entries(50, target=s.id) if session.is_admin else []
     return page(request, "sample.html", s=s, labels=views.label_rows(svc, session.role), history=history,
-                changed=changed, refused=views.may_change(svc, s, session.role))  # fmt: skip
+                changed=changed, confirmed=confirmed, refused=views.may_change(svc, s, session.role))  # fmt: skip
 
 
 @router.get("/labels/{name}")

@@ -1,4 +1,4 @@
-"""Corrections of the collected data: delete or relabel a sample, rename or merge a label.
+"""Corrections of the collected data: delete, relabel or confirm a sample, rename or merge a label.
 
 Each correction is one transaction with its audit entry (who: the token's role; what; when; what it was), so
 a correction that fails changes nothing and the trail never disagrees with the data. The rules:
@@ -53,6 +53,12 @@ class Relabelled:
     sample: SampleMeta  # as it is now
     previous: str
     audit_id: int | None  # None: it had that label already, nothing changed
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    sample: SampleMeta
+    audit_id: int
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,22 @@ class Corrections:
         self.on_change([sample.label, name])
         log.info("sample %s relabelled %r -> %r (%s)", sample.id, sample.label, name, actor)
         return Relabelled(self.sample(sample.id), sample.label, audit_id)
+
+    def confirm_sample(self, sample_id: str, raw_label: str, actor: Actor) -> Confirmed:
+        """An admin looked and says the sample's label (``raw_label``, as they saw it) is right: the data check
+        no longer lists it or counts it against its label (admin/domain/label_check.py). Not the samples
+        token's: a confirmed sample no longer holds a candidate trained on it."""
+        if actor == "samples":
+            raise PermissionDeniedError("only the admin token may confirm a label: a confirmed sample no longer "
+                                        "holds a candidate trained on it")  # fmt: skip
+        sample = self.sample(sample_id)
+        label = normalize_label(raw_label)
+        if label != sample.label:
+            raise ConflictError(f"sample {sample.id} is labelled {sample.label!r} now, not {label!r}: look at it "
+                                "again, then confirm the label it has or relabel it")  # fmt: skip
+        audit_id = self.audit.record(actor, "sample.confirm", sample.id, label=sample.label, split=sample.split)
+        log.info("sample %s: label %r confirmed (%s)", sample.id, sample.label, actor)
+        return Confirmed(sample, audit_id)
 
     def sweep(self) -> str:
         """Remove the files of deleted samples unless a job is active; what happened to them, in words."""

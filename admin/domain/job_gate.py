@@ -63,9 +63,10 @@ def hold_reasons(s: JobServices, job_id: str, decision: GateDecision, check: Lab
     if check is not None and check.needs_review and s.settings.label_check == "hold":
         found = (f"found new {', '.join(repr(t.label) for t in check.flagged)} samples the model in service "
                  "disagrees with unusually often" if check.flagged else "has samples nobody reviewed yet")
-        why.append(f"the data check {found}: look at them (GET /v1/jobs/{job_id}: data_check.suspects and "
-                   "unreviewed, or the console's job page), relabel or delete the wrong ones and retrain; if "
-                   "they are right, an admin puts this candidate in service")  # fmt: skip
+        why.append(f"the data check {found}: look at them (graft suspects {job_id}, GET /v1/jobs/{job_id}: "
+                   "data_check.suspects and unreviewed, or the console's job page), relabel or delete the wrong "
+                   "ones, confirm the right ones and retrain; if they are all right, an admin puts this candidate "
+                   "in service")  # fmt: skip
     return why
 
 

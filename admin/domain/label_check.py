@@ -219,11 +219,12 @@ def ranked(suspects: Sequence[Suspect], paths: dict[str, Path], score: Scorer) -
     return sorted(out, key=lambda s: (s.label_probability is None, s.label_probability or 0.0, s.id))
 
 
-def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleStore,
-               up_to_seq: int) -> tuple[list[Suspect], list[str]]:  # fmt: skip
+def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleStore, up_to_seq: int,
+               confirmed: dict[str, str] | None = None) -> tuple[list[Suspect], list[str]]:  # fmt: skip
     """The suspects of earlier checks (job id, its ``data_check``) still stored under the label they were listed
-    with: nobody relabelled or deleted them. Which earlier checks count is the caller's choice (those since the
-    champion's job: putting a held candidate in service accepts its data)."""
+    with: nobody relabelled, deleted or confirmed them (``confirmed``: sample id -> the label an admin confirmed).
+    Which earlier checks count is the caller's choice (those since the champion's job: putting a held candidate
+    in service accepts its data)."""
     listed: dict[str, tuple[Suspect, str]] = {}
     for job_id, check in earlier:  # oldest first: the newest listing of a sample says it, the first job names it
         for s in check.get("suspects") or []:
@@ -231,7 +232,8 @@ def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleSto
                            s.get("confidence"), s.get("label_probability"))  # fmt: skip
             listed[seen.id] = (seen, listed[seen.id][1] if seen.id in listed else job_id)
     now = {r.id: r.label for r in samples.refs(listed, up_to_seq)}
-    still = [(s, job) for s, job in listed.values() if now.get(s.id) == s.label]
+    confirmed = confirmed or {}
+    still = [(s, job) for s, job in listed.values() if now.get(s.id) == s.label and confirmed.get(s.id) != s.label]
     order = sorted(still, key=lambda x: (x[0].label_probability is None, x[0].label_probability or 0.0, x[0].id))
     return [s for s, _ in order], sorted({job for _, job in still})
 
@@ -247,10 +249,17 @@ def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: S
     probabilities), the suspects are listed the likeliest wrong first (:func:`ranked`)."""
     assert champion.run_dir is not None
     new = samples.between(champion.max_sample_seq, up_to_seq)
+    confirmed: dict[str, str] = {}
     if audit is not None:  # a label the samples token changed is as new as an upload
         relabelled = set(audit.targets_since(champion.created_at, "sample.relabel", "samples"))
         new += samples.refs(relabelled - {s.id for s in new}, up_to_seq)
+        confirmed = audit.confirmed_since(champion.created_at)
+    vouched = [s for s in new if confirmed.get(s.id) == s.label]  # an admin looked: neither checked nor listed
+    new = [s for s in new if confirmed.get(s.id) != s.label]
     chosen = plan(new, holdout, champion.run_dir, champion.labels, cap)
+    if vouched:
+        chosen = replace(chosen, notes=[*chosen.notes, f"{len(vouched)} sample(s) whose label an admin confirmed "
+                                                       "are not checked"])  # fmt: skip
     predictions = predict(champion.run_dir, chosen.images()) if chosen.new else []
     check = judge_labels(chosen, predictions, champion.version, alpha,
                          max_listed=MAX_SCORED if score is not None else MAX_LISTED)  # fmt: skip
@@ -259,7 +268,7 @@ def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: S
         paths = {ref.id: ref.path for ref in chosen.new}
         check = replace(check, suspects=ranked(check.suspects, paths, lambda images: score(run, images)))
     check = replace(check, suspects=check.suspects[:MAX_LISTED])
-    old, jobs = unreviewed(earlier, samples, up_to_seq)
+    old, jobs = unreviewed(earlier, samples, up_to_seq, confirmed)
     listed = {s.id for s in check.suspects}
     old = [s for s in old if s.id not in listed]  # listed again by this check's own finding
     return replace(check, unreviewed=old[:MAX_LISTED], unreviewed_from=jobs)

@@ -38,6 +38,12 @@ class AuditStore:
                            (at, action, actor))  # fmt: skip
         return [str(r["target"]) for r in rows]
 
+    def confirmed_since(self, at: str) -> dict[str, str]:
+        """Sample id -> the label an admin last confirmed it with, at or after ``at`` (``sample.confirm``)."""
+        rows = self.db.all("SELECT target, detail FROM audit WHERE at >= ? AND action = 'sample.confirm' AND "
+                           "actor != 'samples' ORDER BY id", (at,))  # fmt: skip
+        return {str(r["target"]): str(loads(r["detail"], {}).get("label")) for r in rows}
+
     def entries(self, limit: int = 100, before: int | None = None, action: str | None = None,
                 target: str | None = None) -> list[AuditEntry]:  # fmt: skip
         """Newest first; ``before`` pages back (the smallest id of the previous page); ``action`` may end in

@@ -162,6 +162,11 @@ class Client:
                                           json={"label": label, "new_label": new_label})  # fmt: skip
         return body
 
+    def confirm(self, sample_id: str, label: str) -> dict[str, Any]:
+        """Say the sample's label (``label``, as you saw it) is right: the data check stops listing it (admin)."""
+        body: dict[str, Any] = self._json("POST", f"/v1/samples/{sample_id}/confirm", json={"label": label})
+        return body
+
     def delete_sample(self, sample_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self._json("DELETE", f"/v1/samples/{sample_id}")
         return body

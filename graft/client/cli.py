@@ -1,5 +1,5 @@
 """``graft upload | retrain | status | models | promote | rollback | predict | review | suspects | relabel |
-delete``: the admin from the shell.
+confirm | delete``: the admin from the shell.
 
 Each command is a few lines over :class:`graft.client.Client`; ``--json`` prints the API's JSON for scripts.
 Exit status: 0 done, 2 refused (the message says why), and for ``retrain --wait`` 0 promoted, 3 rejected,
@@ -224,6 +224,11 @@ def _relabel(args: argparse.Namespace) -> int:
     return _each_sample(args, lambda c, i: c.relabel(i, args.label, new_label=args.new_label), said)
 
 
+def _confirm(args: argparse.Namespace) -> int:
+    return _each_sample(args, lambda c, i: c.confirm(i, args.label),
+                        lambda sample_id, a: f"{sample_id}: {a['sample']['label']} confirmed")  # fmt: skip
+
+
 def _delete(args: argparse.Namespace) -> int:
     def said(sample_id: str, a: dict[str, Any]) -> str:
         back = f"; {len(a['requeued'])} capture(s) back in the review queue" if a["requeued"] else ""
@@ -307,6 +312,12 @@ def _register_corrections(add: Any) -> None:
     p.add_argument("ids", nargs="+", metavar="ID", help="sample ids (the sha256 of the image's bytes)")
     p.add_argument("--label", required=True, help="the right label")
     p.add_argument("--new-label", action="store_true", help="confirm a label that looks like a typo of a known one")
+    p = add("confirm", _confirm, "say that stored samples' label is right (admin)",
+            "Confirm that each sample ID is what --label says, after looking at it: the data check stops listing it "
+            "and no longer counts it against its label, so it holds no candidate. The label must be the sample's "
+            "label now (else it is refused: someone relabelled it). Exit status 1 when any was refused.")
+    p.add_argument("ids", nargs="+", metavar="ID", help="sample ids (graft suspects lists them)")
+    p.add_argument("--label", required=True, help="the label you found right (the samples' label)")
     p = add("delete", _delete, "delete stored samples",
             "Delete each sample ID: the next snapshot leaves it out (a running job keeps its file until it ends). "
             "Exit status 1 when any was refused (the reason is printed).")

@@ -134,6 +134,6 @@ def suspects_table(job: Any, console: str) -> str:
         f"job {job.id} ({job.status}): {len(suspects)} sample(s) to look at (the job's page: {console}/jobs/{job.id}; "
         f"one sample: {console}/samples/ID)",
         table(rows, ("sample", "label", "p(label)", "model says", "split")),
-        "wrong label: graft relabel ID... --label LABEL; not a picture of any label: graft delete ID...; then "
-        "graft retrain",
+        "wrong label: graft relabel ID... --label LABEL; not a picture of any label: graft delete ID...; right "
+        "after all: graft confirm ID... --label LABEL; then graft retrain",
     ])  # fmt: skip

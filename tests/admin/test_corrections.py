@@ -271,3 +271,23 @@ def test_a_deleted_sample_takes_its_frozen_features_with_it(admin: tuple[httpx.C
     assert list(kept.index) == [str(file_key(files[1]))] and kept.get(str(file_key(files[1]))).tolist() == [3.0, 4.0]
     rows = np.concatenate([np.load(p) for p in store.folder.glob("chunk-*.npy")])
     assert rows.tolist() == [[3.0, 4.0]], "the deleted image's row is not on disk any more"
+
+
+def test_confirming_a_label_is_the_admin_s_and_names_the_label_seen(admin: tuple[httpx.Client, AdminServer]) -> None:
+    c, _ = admin
+    (mine,) = pictures("train", 1, start=300)
+    sid = post(c, mine, "ants", headers=SAMPLER).json()["id"]
+    r = c.post(f"/v1/samples/{sid}/confirm", json={"label": "ants"}, headers=SAMPLER)
+    assert r.status_code == 403 and "needs the admin token" in error_of(r)["message"], r.text
+    r = c.post(f"/v1/samples/{sid}/confirm", json={"label": "bees"}, headers=ADMIN)
+    assert r.status_code == 409 and "labelled 'ants' now, not 'bees'" in error_of(r)["message"], r.text
+    for body in ({"label": "ants", "why": "x"}, {}):
+        assert c.post(f"/v1/samples/{sid}/confirm", json=body, headers=ADMIN).status_code == 422
+    assert c.post(f"/v1/samples/{'0' * 64}/confirm", json={"label": "ants"}, headers=ADMIN).status_code == 404
+    assert audit(c, action="sample.confirm") == [], "nothing refused left a trace"
+    r = c.post(f"/v1/samples/{sid}/confirm", json={"label": "ants"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["sample"]["label"] == "ants", r.text
+    (entry,) = audit(c, action="sample.confirm")
+    assert (entry["id"], entry["actor"], entry["target"]) == (r.json()["audit_id"], "admin", sid)
+    assert entry["detail"] == {"label": "ants", "split": "train"}
+    assert c.get(f"/v1/samples/{sid}", headers=ADMIN).json()["label"] == "ants", "confirming changes no data"

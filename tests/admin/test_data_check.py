@@ -272,3 +272,28 @@ def test_without_the_model_s_probabilities_the_samples_are_listed_unranked(
     assert [s["id"] for s in suspects] == sorted(wrong) and {s["confidence"] for s in suspects} == {None}
     assert "listed unranked" in caplog.text and "the ranking pass failed" in caplog.text, caplog.text
 
+
+
+def test_an_admin_who_confirms_a_label_takes_it_out_of_the_check(env: TintEnv, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Some listed samples are wrong (relabelled), some right after all (confirmed, `graft confirm`): the next job
+    neither checks nor lists the confirmed ones, so nothing holds it."""
+    with env.server() as server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as api:
+        wait_ready(api)
+        monkeypatch.setenv("GRAFT_URL", server.url)
+        monkeypatch.setenv("GRAFT_TOKEN", ADMIN_TOKEN)
+        job, wrong = held_job(api, env, 10_000)
+        right, fix = wrong[:4], wrong[4:]
+        assert main(["confirm", *right, "--label", "ants"]) == 1, "not the label they have: refused"
+        assert capsys.readouterr().err.count("labelled 'bees' now, not 'ants'") == 4
+        assert main(["confirm", *right, "--label", "bees"]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{sid}: bees confirmed" for sid in right]
+        for sid in fix:
+            assert api.patch(f"/v1/samples/{sid}", json={"label": "ants"}).status_code == 200
+        job = retrain(api, env, 0.6)
+        check = job["data_check"]
+        assert job["status"] == "succeeded" and job["promoted"], job
+        assert check["unreviewed"] == [] and check["flagged"] == [] and check["suspects"] == [], check
+        assert "4 sample(s) whose label an admin confirmed are not checked" in check["notes"], check["notes"]
+        bees = next(t for t in check["labels"] if t["label"] == "bees")
+        assert bees["new"] == 8, "the clean batch's 8 bees; the 4 confirmed ones are not checked"

@@ -121,7 +121,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 
 
 COMMANDS = ["export", "serve", "backbones", "demo", "upload", "retrain", "status", "models", "promote", "rollback",
-            "predict", "review", "suspects", "relabel", "delete"]  # fmt: skip
+            "predict", "review", "suspects", "relabel", "confirm", "delete"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -173,6 +173,14 @@ def test_labels_and_samples_are_corrected_from_the_console(server: tuple[AdminSe
     r = c.post(f"/console/samples/{ids[0]}/relabel", data={"label": "bees", "csrf": csrf})
     assert r.status_code == 303 and api.get(f"/v1/samples/{ids[0]}").json()["label"] == "bees"
     assert "sample.relabel" in c.get(r.headers["location"]).text, "its history is on its page"
+    assert "bees is right</button>" in c.get(f"/console/samples/{ids[0]}").text
+    assert c.post(f"/console/samples/{ids[0]}/confirm", data={"label": "bees"}).status_code == 403, "no CSRF"
+    refused = c.post(f"/console/samples/{ids[0]}/confirm", data={"label": "ants", "csrf": csrf})
+    assert refused.status_code == 409 and "labelled &#39;bees&#39; now" in refused.text, refused.text
+    r = c.post(f"/console/samples/{ids[0]}/confirm", data={"label": "bees", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"].endswith("?confirmed=bees")
+    confirmed = c.get(r.headers["location"]).text
+    assert "Label bees confirmed" in confirmed and "<td>sample.confirm</td>" in confirmed
     r = c.post(f"/console/samples/{ids[1]}/delete", data={"csrf": csrf})
     assert r.status_code == 303 and api.get(f"/v1/samples/{ids[1]}").status_code == 404
     label = c.get("/console/labels/battery")
@@ -198,6 +206,12 @@ def test_the_samples_token_sees_why_it_may_not_correct(server: tuple[AdminServer
     assert page.status_code == 403 and "only the admin token" in page.text and "Delete this sample" not in page.text
     csrf = csrf_of(c.get("/console/review").text)
     assert c.post(f"/console/samples/{theirs}/delete", data={"csrf": csrf}).status_code == 403
+    assert c.post(f"/console/samples/{theirs}/confirm", data={"label": "ants", "csrf": csrf}).status_code == 403
+    mine = httpx.post(f"{srv.url}/v1/samples", files={"file": ("b.png", photo(81), "image/png")},
+                      data={"label": "ants"}, headers=SAMPLER).json()["id"]  # fmt: skip
+    own = c.get(f"/console/samples/{mine}").text
+    assert "Relabel" in own and "is right</button>" not in own, "confirming is the admin's"
+    assert c.post(f"/console/samples/{mine}/confirm", data={"label": "ants", "csrf": csrf}).status_code == 403
     for path in ("/console/labels/ants", "/console/history"):
         assert c.get(path).status_code == 403, path
     assert c.post("/console/labels/ants/rename", data={"to": "x", "csrf": csrf}).status_code == 403
