@@ -206,6 +206,12 @@ def judge_labels(plan_: CheckPlan, predictions: Sequence[str | None], champion: 
 
 # (images with the labels they were given) -> per image [p of the model's answer, p of the given label], or None
 Scorer = Callable[[list[tuple[Path, str]]], list[list[float] | None]]
+RunScorer = Callable[[Path, list[tuple[Path, str]]], list[list[float] | None]]  # the same, of a run folder
+
+
+def likeliest_wrong_first(s: Suspect) -> tuple[bool, float, str]:
+    """Sort key: the smallest probability for the label given first; unscored ones last; then by id."""
+    return s.label_probability is None, s.label_probability or 0.0, s.id
 
 
 def ranked(suspects: Sequence[Suspect], paths: dict[str, Path], score: Scorer) -> list[Suspect]:
@@ -216,7 +222,7 @@ def ranked(suspects: Sequence[Suspect], paths: dict[str, Path], score: Scorer) -
         raise ValueError(f"{len(scored)} scores for {len(suspects)} suspects")
     out = [replace(s, confidence=p[0], label_probability=p[1]) if p else s for s, p in zip(suspects, scored,
                                                                                           strict=True)]  # fmt: skip
-    return sorted(out, key=lambda s: (s.label_probability is None, s.label_probability or 0.0, s.id))
+    return sorted(out, key=likeliest_wrong_first)
 
 
 def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleStore, up_to_seq: int,
@@ -234,15 +240,13 @@ def unreviewed(earlier: Sequence[tuple[str, dict[str, Any]]], samples: SampleSto
     now = {r.id: r.label for r in samples.refs(listed, up_to_seq)}
     confirmed = confirmed or {}
     still = [(s, job) for s, job in listed.values() if now.get(s.id) == s.label and confirmed.get(s.id) != s.label]
-    order = sorted(still, key=lambda x: (x[0].label_probability is None, x[0].label_probability or 0.0, x[0].id))
-    return [s for s, _ in order], sorted({job for _, job in still})
+    return sorted((s for s, _ in still), key=likeliest_wrong_first), sorted({job for _, job in still})
 
 
 def check_new_samples(samples: SampleStore, audit: AuditStore | None, holdout: Sequence[Item], up_to_seq: int,
                       champion: ModelVersion, predict: Callable[[Path, list[tuple[Path, str]]], list[str | None]],
                       alpha: float, cap: int, earlier: Sequence[tuple[str, dict[str, Any]]] = (),
-                      score: Callable[[Path, list[tuple[Path, str]]], list[list[float] | None]] | None = None,
-                      ) -> LabelCheck:  # fmt: skip
+                      score: RunScorer | None = None) -> LabelCheck:  # fmt: skip
     """The check as a job runs it: the samples since the champion's data (up to the job's snapshot, ``up_to_seq``)
     and those whose label the samples token changed since the champion was made, predicted by ``predict``; and the
     suspects of ``earlier`` checks nobody has reviewed (:func:`unreviewed`). With ``score`` (the champion's

@@ -16,7 +16,7 @@ from typing import Any
 
 from graft.client import render
 from graft.client.api import Client
-from graft.client.errors import ApiError
+from graft.client.errors import ApiError, UnauthorizedError
 from graft.client.jobs import Job
 from graft.core.errors import ConfigError
 
@@ -208,6 +208,8 @@ def _each_sample(args: argparse.Namespace, act: Any, said: Any) -> int:
         for sample_id in args.ids:
             try:
                 answer = act(c, sample_id)
+            except UnauthorizedError:  # a wrong token fails every id alike: say it once (exit status 2)
+                raise
             except ApiError as e:  # one bad id must not stop the others; unreachable still stops all
                 refused += 1
                 print(f"refused  {sample_id}: {e}", file=sys.stderr)
@@ -302,8 +304,9 @@ def _register_corrections(add: Any) -> None:
     p = add("suspects", _suspects, "list the samples a job's data check asks you to look at",
             "The samples of a job's data check (a held job's, usually): new samples of a label the model in service "
             "disagrees with unusually often, and those an earlier job listed that nobody reviewed. Without JOB_ID, "
-            "the newest recent job that lists any. Look at them in the console, then relabel or delete the wrong "
-            "ones (graft relabel / graft delete) and retrain.")
+            "the newest recent job that lists any, the likeliest wrong label first. Look at them in the console, then "
+            "relabel or delete the wrong ones and confirm the right ones (graft relabel / delete / confirm), and "
+            "retrain.")
     p.add_argument("job", nargs="?", metavar="JOB_ID", help="the job (default: the newest that lists samples)")
     p.add_argument("--ids", action="store_true", help="print only the sample ids, one per line (for xargs)")
     p = add("relabel", _relabel, "give stored samples another label",
@@ -311,7 +314,7 @@ def _register_corrections(add: Any) -> None:
             "the holdout. Exit status 1 when any was refused (the reason is printed).")
     p.add_argument("ids", nargs="+", metavar="ID", help="sample ids (the sha256 of the image's bytes)")
     p.add_argument("--label", required=True, help="the right label")
-    p.add_argument("--new-label", action="store_true", help="confirm a label that looks like a typo of a known one")
+    p.add_argument("--new-label", action="store_true", help="accept a label that looks like a typo of a known one")
     p = add("confirm", _confirm, "say that stored samples' label is right (admin)",
             "Confirm that each sample ID is what --label says, after looking at it: the data check stops listing it "
             "and no longer counts it against its label, so it holds no candidate. The label must be the sample's "

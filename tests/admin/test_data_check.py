@@ -249,6 +249,10 @@ def test_the_command_line_lists_the_samples_and_corrects_them(env: TintEnv, caps
         assert status == 1 and "bess" in err, err  # a typo of a known label: refused, nothing stored
         assert api.get(f"/v1/samples/{wrong[11]}").json()["label"] == "bees"
         assert graft("delete", wrong[11])[0] == 0
+        monkeypatch.setenv("GRAFT_TOKEN", "x" * 40)  # a wrong token fails every id alike: refused once, status 2
+        assert graft("relabel", *wrong[:3], "--label", "bees")[:2] == (2, "")
+        monkeypatch.setenv("GRAFT_TOKEN", ADMIN_TOKEN)
+        assert [api.get(f"/v1/samples/{sid}").json()["label"] for sid in wrong[:3]] == ["ants"] * 3
         status, out, _ = graft("status")
         assert status == 0 and f"last job {job['id']}: held: " in out, out
         assert graft("promote", job["candidate_version"])[0] == 0
