@@ -13,9 +13,12 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from admin.api.deps import service
-from admin.console.actions import checked_form
-from admin.console.render import ConsoleRoute
-from graft.core.errors import InvalidSampleError
+from admin.console.actions import check_csrf, checked_form
+from admin.console.render import ConsoleRoute, require_admin_page
+from admin.domain.corrections import Corrections
+from admin.domain.label_check import MAX_LISTED
+from admin.store.rows import Actor
+from graft.core.errors import GraftError, InvalidSampleError
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -54,6 +57,49 @@ async def delete(request: Request, sample_id: str) -> Response:
     session, _ = await checked_form(request, admin=False)
     done = await run_in_threadpool(service(request).corrections.delete_sample, sample_id, session.role)
     return _see("/console/samples", changed=f"deleted a sample of {done.sample.label}; its file: {done.file}")
+
+
+@router.post("/jobs/{job_id}/samples")
+async def review_listed(request: Request, job_id: str) -> Response:
+    """The job page's form over the samples its data check listed: relabel, confirm or delete the selected ones
+    (admin). Each goes through the same rules as one by one; a refused one is named and the others are done."""
+    session = require_admin_page(request)
+    async with request.form(max_files=0, max_fields=2 * MAX_LISTED + 8) as form:  # every listed sample selected
+        check_csrf(session, form.get("csrf"))
+        ids = [v for v in form.getlist("ids") if isinstance(v, str)]
+        action, label = str(form.get("action") or ""), str(form.get("label") or "").strip()
+    if action not in ("relabel", "confirm", "delete"):
+        raise InvalidSampleError(f"unknown action {action!r}: relabel, confirm or delete")
+    if not ids:
+        raise InvalidSampleError("select the samples to act on first")
+    if action == "relabel" and not label:
+        raise InvalidSampleError("choose the right label for the selected samples")
+    svc = service(request)
+    job = svc.jobs.get(job_id)
+    check = (job.data_check if job is not None else None) or {}
+    listed = {str(x["id"]): str(x["label"]) for x in [*(check.get("suspects") or []), *(check.get("unreviewed") or [])]}
+    if unknown := [i for i in ids if i not in listed]:
+        raise InvalidSampleError(f"{len(unknown)} selected sample(s) are not listed by job {job_id}: reload its page")
+    done, refused = await run_in_threadpool(_apply, svc.corrections, action, ids, label, listed, session.role)
+    said = f"{action}: {done} done" + (f"; refused: {'; '.join(refused)}" if refused else "")
+    return _see(f"/console/jobs/{job_id}", changed=said)
+
+
+def _apply(fix: Corrections, action: str, ids: list[str], label: str, listed: dict[str, str],
+           actor: Actor) -> tuple[int, list[str]]:  # fmt: skip
+    done, refused = 0, []
+    for sample_id in ids:
+        try:
+            if action == "relabel":
+                fix.relabel_sample(sample_id, label, actor)
+            elif action == "confirm":  # the label the page showed: 409 if someone changed it meanwhile
+                fix.confirm_sample(sample_id, listed[sample_id], actor)
+            else:
+                fix.delete_sample(sample_id, actor)
+            done += 1
+        except GraftError as e:
+            refused.append(f"{sample_id[:12]}: {e}")
+    return done, refused
 
 
 @router.post("/labels")

@@ -101,11 +101,12 @@ def jobs(request: Request) -> Response:
 
 
 @router.get("/jobs/{job_id}")
-def job(request: Request, job_id: str) -> Response:
+def job(request: Request, job_id: str, changed: str | None = None) -> Response:
     require_admin_page(request)
     svc = service(request)
     j = svc.jobs.get(job_id)
-    return page(request, "job.html", j=views.job_view(j, svc.registry.default_version()), log=views.log_tail(j))
+    return page(request, "job.html", j=views.job_view(j, svc.registry.default_version()), log=views.log_tail(j),
+                labels=views.label_rows(svc, "admin"), changed=changed)  # fmt: skip
 
 
 @router.get("/samples")

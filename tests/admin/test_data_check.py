@@ -9,11 +9,13 @@ The stand-in trainer's candidate sees colour too, so the gate (a tie) passes it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -153,15 +155,23 @@ def test_note_only_reports(env: TintEnv) -> None:
     assert job["data_check"]["flagged"] == ["bees"] and "data check: version 1 disagrees with 12 of" in job["reason"]
 
 
-def test_the_console_job_page_shows_the_samples_to_review(env: TintEnv) -> None:
-    from tests.console.test_job_pages import text_of
+@contextlib.contextmanager
+def held_on_console(env: TintEnv, start: int) -> Iterator[tuple[httpx.Client, httpx.Client, dict[str, Any], list[str],
+                                                                str]]:  # fmt: skip
+    """A held job (its wrong labels' ids), the API, and an admin's console session with the job's page."""
     from tests.console.test_pages import sign_in
 
     with env.server() as server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as api:
         wait_ready(api)
-        job, wrong = held_job(api, env, 6000)
+        job, wrong = held_job(api, env, start)
         c = sign_in(server, ADMIN_TOKEN)
-        page = c.get(f"/console/jobs/{job['id']}").text
+        yield api, c, job, wrong, c.get(f"/console/jobs/{job['id']}").text
+
+
+def test_the_console_job_page_shows_the_samples_to_review(env: TintEnv) -> None:
+    from tests.console.test_job_pages import text_of
+
+    with held_on_console(env, 6000) as (_api, c, job, wrong, page):
         # Each suspect: a thumbnail of the sample's image, linking to its page (relabel or delete there).
         thumb = r'<a href="/console/samples/([0-9a-f]{64})"><img src="/console/samples/\1/image"'
         linked = set(re.findall(thumb, page))
@@ -301,3 +311,33 @@ def test_an_admin_who_confirms_a_label_takes_it_out_of_the_check(env: TintEnv, c
         assert "4 sample(s) whose label an admin confirmed are not checked" in check["notes"], check["notes"]
         bees = next(t for t in check["labels"] if t["label"] == "bees")
         assert bees["new"] == 8, "the clean batch's 8 bees; the 4 confirmed ones are not checked"
+
+
+def test_the_job_page_relabels_confirms_and_deletes_the_selected_samples(env: TintEnv) -> None:
+    from tests.console.test_job_pages import text_of
+    from tests.console.test_pages import csrf_of, sign_in
+
+    with held_on_console(env, 11_000) as (api, c, job, wrong, page):
+        assert page.count('type="checkbox" name="ids"') == 12 and "Confirm selected" in page
+        csrf, url = csrf_of(page), f"/console/jobs/{job['id']}/samples"
+        assert c.post(url, data={"ids": wrong[:2], "action": "delete"}).status_code == 403, "no CSRF"
+        for bad in ({"action": "burn", "ids": wrong[:1]}, {"action": "relabel", "ids": wrong[:1]},
+                    {"action": "delete"}, {"action": "delete", "ids": ["f" * 64]}):  # fmt: skip
+            assert c.post(url, data={**bad, "csrf": csrf}).status_code == 400, bad
+        r = c.post(url, data={"ids": wrong[:8], "action": "relabel", "label": "ants", "csrf": csrf})
+        assert r.status_code == 303, r.text
+        assert "relabel: 8 done" in text_of(c.get(r.headers["location"]).text)
+        api.patch(f"/v1/samples/{wrong[8]}", json={"label": "ants"})  # changed by someone else meanwhile
+        r = c.post(url, data={"ids": wrong[8:11], "action": "confirm", "csrf": csrf})
+        words = text_of(c.get(r.headers["location"]).text)
+        assert "confirm: 2 done; refused: " in words and "labelled 'ants' now, not 'bees'" in words, words
+        r = c.post(url, data={"ids": wrong[11:], "action": "delete", "csrf": csrf})
+        assert "delete: 1 done" in text_of(c.get(r.headers["location"]).text)
+        assert [api.get(f"/v1/samples/{sid}").json()["label"] for sid in wrong[:11]] == ["ants"] * 9 + ["bees"] * 2
+        assert api.get(f"/v1/samples/{wrong[11]}").status_code == 404
+        assert [e["action"] for e in api.get("/v1/audit", params={"action": "sample.confirm"}).json()["entries"]] \
+            == ["sample.confirm"] * 2  # fmt: skip
+        job = retrain(api, env, 0.6)
+        assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
+        sampler = sign_in(SimpleNamespace(url=str(api.base_url).rstrip("/")), SAMPLES_TOKEN)  # type: ignore[arg-type]
+        assert sampler.post(url, data={"ids": wrong[:1], "action": "delete", "csrf": csrf}).status_code == 403
