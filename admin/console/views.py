@@ -32,7 +32,7 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 OUTCOMES = {
     "succeeded": "succeeded",
     "rejected": "rejected by the gate: the model in service stays",
-    "held": "held: it adds labels, an admin decides",
+    "held": "held: an admin decides",
     "failed": "failed: the model in service stays",
 }
 
@@ -45,6 +45,8 @@ def job_view(job: Job, in_service: str | None = None) -> dict[str, Any]:
     stage = job.phase if job.active else OUTCOMES.get(job.status, job.status)
     if job.status == "succeeded" and job.promoted:
         stage = f"promoted: version {job.candidate_version} is in service"
+    elif job.status == "held":
+        stage = _held(job, gate, in_service)
     return {
         "id": job.id, "status": job.status, "phase": job.phase, "progress": job.progress, "trigger": job.trigger,
         "active": job.active, "candidate": job.candidate_version, "champion": champion, "stage": stage,
@@ -56,6 +58,15 @@ def job_view(job: Job, in_service: str | None = None) -> dict[str, Any]:
         "gate_summary": gate.get("summary"), "gate_policy": gate.get("policy"), "advice": gate.get("advice") or [],
         "regressed": gate.get("regressed") or [], "check": job.data_check,
     }  # fmt: skip
+
+
+def _held(job: Job, gate: dict[str, Any], in_service: str | None) -> str:
+    """Why a held job waits (new labels, the data check, or both), or that an admin has since served it."""
+    if in_service is not None and job.candidate_version == in_service:
+        return f"held, then put in service by an admin: version {in_service} is in service"
+    why = (["it adds labels"] if gate.get("new_labels") else []) + \
+        (["the data check lists samples to review"] if (job.data_check or {}).get("needs_review") else [])  # fmt: skip
+    return f"held: {' and '.join(why) or 'it waits'}, an admin decides"
 
 
 def log_tail(job: Job, lines: int = LOG_LINES) -> str:

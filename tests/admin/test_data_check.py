@@ -178,6 +178,8 @@ def test_the_console_job_page_shows_the_samples_to_review(env: TintEnv) -> None:
         assert linked == set(wrong), page
         words = text_of(page)
         assert "New samples to review" in words and "uploaded as bees, the model says ants (" in words
+        assert "held: the data check lists samples to review, an admin decides" in words, words
+        assert "adds labels" not in words
         first = job["data_check"]["suspects"][0]
         assert f"the model says ants ({100 * first['confidence']:.1f}% sure)" in words, words
         assert c.get(f"/console/samples/{wrong[0]}/image").status_code == 200
@@ -337,6 +339,9 @@ def test_the_job_page_relabels_confirms_and_deletes_the_selected_samples(env: Ti
         assert api.get(f"/v1/samples/{wrong[11]}").status_code == 404
         assert [e["action"] for e in api.get("/v1/audit", params={"action": "sample.confirm"}).json()["entries"]] \
             == ["sample.confirm"] * 2  # fmt: skip
+        assert api.post(f"/v1/models/{job['candidate_version']}/promote").status_code == 200
+        words = text_of(c.get(f"/console/jobs/{job['id']}").text)
+        assert f"held, then put in service by an admin: version {job['candidate_version']} is in service" in words
         job = retrain(api, env, 0.6)
         assert job["status"] == "succeeded" and job["data_check"]["unreviewed"] == [], job["data_check"]
         sampler = sign_in(SimpleNamespace(url=str(api.base_url).rstrip("/")), SAMPLES_TOKEN)  # type: ignore[arg-type]

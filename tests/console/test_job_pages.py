@@ -137,3 +137,19 @@ def test_the_review_page_shows_its_current_order(env: Env, served: tuple[AdminSe
         assert order and order.group(1).startswith(words), strategy
         assert f'<span class="current" aria-current="true">{strategy}</span>' in page
         assert f'href="/console/review?strategy={strategy}"' not in page, "the current order is not a link"
+
+
+def test_a_held_job_says_why_it_waits() -> None:
+    from types import SimpleNamespace
+
+    from admin.console.views import _held
+
+    def job(new_labels: bool, review: bool) -> tuple[object, dict[str, object]]:
+        row = SimpleNamespace(candidate_version="3", data_check={"needs_review": review} if review else None)
+        return row, {"new_labels": ["wasps"] if new_labels else []}
+
+    assert _held(*job(True, False), "2") == "held: it adds labels, an admin decides"  # type: ignore[arg-type]
+    assert _held(*job(False, True), "2") == "held: the data check lists samples to review, an admin decides"  # type: ignore[arg-type]
+    assert _held(*job(True, True), None) == ("held: it adds labels and the data check lists samples to review, an "  # type: ignore[arg-type]
+                                             "admin decides")  # fmt: skip
+    assert _held(*job(True, True), "3").startswith("held, then put in service by an admin")  # type: ignore[arg-type]
