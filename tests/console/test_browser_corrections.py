@@ -125,3 +125,28 @@ def test_a_review_card_is_one_choice_not_a_button_per_label(browser: Any, admin:
     until(d, lambda d: second not in grid_ids(d), what="the keyed decision")
     labelled = api.get("/v1/review", params={"status": "labelled"}, headers=SAMPLER).json()["items"]
     assert {(i["id"], i["label"]) for i in labelled} == {(first, "hornets"), (second, "bees")}
+
+
+def test_the_data_check_s_samples_are_relabelled_together_from_the_job_page(browser: Any, tmp_path: Path,
+                                                                           free_port: int) -> None:  # fmt: skip
+    """A held job's page in a real browser: select the listed samples, type the right label, relabel them all."""
+    from tests.admin.test_data_check import TintEnv, held_job
+
+    env = TintEnv(tmp_path, free_port)
+    with env.server() as server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as api:
+        wait_ready(api)
+        job, wrong = held_job(api, env, 12_000)
+        d, url = browser, server.url
+        sign_in(d, url, ADMIN_TOKEN)
+        d.get(f"{url}/console/jobs/{job['id']}")
+        boxes = css(d, "input[name=ids]")
+        assert sorted(b.get_attribute("value") for b in boxes) == sorted(wrong)
+        chosen = [b.get_attribute("value") for b in boxes[:10]]
+        for box in boxes[:10]:
+            box.click()
+        css(d, "#bulk-label")[0].send_keys("ants")
+        css(d, "button[value=relabel]")[0].click()
+        until(d, lambda d: "relabel: 10 done" in d.page_source, what="the relabel")
+        shot(d, "job-relabelled-together")
+        labels = {sid: api.get(f"/v1/samples/{sid}").json()["label"] for sid in wrong}
+        assert sorted(sid for sid, label in labels.items() if label == "ants") == sorted(chosen)
