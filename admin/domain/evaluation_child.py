@@ -84,14 +84,7 @@ class ChildEvaluator:
             preds, labels = self.evaluate(run_dir, samples, self.device)
             save(run_dir, samples, preds, labels)
             return preds, labels
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._n += 1
-        request, result = self.workdir / f"evaluate-{self._n}.json", self.workdir / f"evaluate-{self._n}.out.json"
-        request.write_text(json.dumps({"evaluate": name, "run_dir": str(run_dir), "device": self.device,
-                                       "cached": cached, "samples": [[str(p), lab] for p, lab in samples],
-                                       "result": str(result)}))  # fmt: skip
-        self._run(request)
-        out = json.loads(result.read_text())
+        out = self._in_child("evaluate", name, run_dir, samples, cached=cached)
         log.info("evaluation of %s in a child process: %d image(s) predicted, %d from the cache", run_dir,
                  out["asked"], len(samples) - out["asked"])  # fmt: skip
         return list(out["predictions"]), list(out["labels"])
@@ -101,14 +94,20 @@ class ChildEvaluator:
         name = name_of(score)
         if name is None:
             return score(run_dir, samples, self.device)
+        return list(self._in_child("scores", name, run_dir, samples, mode="scores")["scores"])
+
+    def _in_child(self, kind: str, name: str, run_dir: Path, samples: Sequence[tuple[Path, str]],
+                  **fields: Any) -> dict[str, Any]:  # fmt: skip
+        """Write the request (``kind``-N.json), run the child until the deadline, read what it wrote."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._n += 1
-        request, result = self.workdir / f"scores-{self._n}.json", self.workdir / f"scores-{self._n}.out.json"
-        request.write_text(json.dumps({"mode": "scores", "evaluate": name, "run_dir": str(run_dir),
-                                       "device": self.device, "samples": [[str(p), lab] for p, lab in samples],
-                                       "result": str(result)}))  # fmt: skip
+        request, result = self.workdir / f"{kind}-{self._n}.json", self.workdir / f"{kind}-{self._n}.out.json"
+        request.write_text(json.dumps({"evaluate": name, "run_dir": str(run_dir), "device": self.device,
+                                       "samples": [[str(p), lab] for p, lab in samples], "result": str(result),
+                                       **fields}))  # fmt: skip
         self._run(request)
-        return list(json.loads(result.read_text())["scores"])
+        out: dict[str, Any] = json.loads(result.read_text())
+        return out
 
     @staticmethod
     def _env() -> dict[str, str]:
