@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from admin.domain.judge import evaluate_whole, label_scores
+from admin.domain.label_check import Suspect, ranked
 from training import TrainConfig, fit
 
 log = logging.getLogger("bench.suspect_ranking")
@@ -58,23 +59,25 @@ def one_seed(seed: int, per_class: int, batch: int, flip: int, work: Path) -> di
     wrong = {p for p in new_ants[:flip]}
     t0 = time.perf_counter()
     predicted, _ = evaluate_whole(run, uploads, "cpu")
-    suspects = [(p, label) for (p, label), said in zip(uploads, predicted, strict=True) if said not in (None, label)]
-    scores = label_scores(run, suspects, "cpu")
+    # As the check lists them: by sample id (the content hash), then in the product's own order (ranked()).
+    paths = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p, _ in uploads}
+    labels = {p: label for p, label in uploads}
+    by_id = sorted((Suspect(i, labels[p], said, "train") for (i, p), said in
+                    zip(paths.items(), predicted, strict=True) if said not in (None, labels[p])),
+                   key=lambda s: s.id)  # fmt: skip
+    ordered = ranked(by_id, paths, lambda images: label_scores(run, images, "cpu"))
     check_s = time.perf_counter() - t0
-    ids = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in suspects}
-    by_id = sorted(suspects, key=lambda s: ids[s[0]])
-    ranked = [s for _, s in sorted(zip(scores, suspects, strict=True),
-                                   key=lambda x: (x[0] is None, x[0][1] if x[0] else 0.0, ids[x[1][0]]))]  # fmt: skip
-    k = sum(p in wrong for p, _ in suspects)
+    wrong_ids = {i for i, p in paths.items() if p in wrong}
+    k = sum(s.id in wrong_ids for s in by_id)
 
-    def measure(order: list[tuple[Path, str]]) -> dict[str, Any]:
-        right_ranks = [i + 1 for i, (p, _) in enumerate(order) if p not in wrong]
-        return {"wrong_in_first_k": sum(p in wrong for p, _ in order[:k]),
+    def measure(order: list[Suspect]) -> dict[str, Any]:
+        right_ranks = [n + 1 for n, s in enumerate(order) if s.id not in wrong_ids]
+        return {"wrong_in_first_k": sum(s.id in wrong_ids for s in order[:k]),
                 "right_in_last_places": sum(r > k for r in right_ranks),  # the places a perfect order gives them
                 "right_label_ranks": right_ranks}  # fmt: skip
 
-    return {"seed": seed, "suspects": len(suspects), "wrong_listed": k, "wrong_uploaded": flip,
-            "right_listed": len(suspects) - k, "by_id": measure(by_id), "ranked": measure(ranked),
+    return {"seed": seed, "suspects": len(by_id), "wrong_listed": k, "wrong_uploaded": flip,
+            "right_listed": len(by_id) - k, "by_id": measure(by_id), "ranked": measure(ordered),
             "train_s": round(train_s, 1), "check_and_scores_s": round(check_s, 1)}  # fmt: skip
 
 
