@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from admin.api.deps import service
 from admin.console.actions import check_csrf, checked_form
 from admin.console.render import ConsoleRoute, require_admin_page
+from admin.console.views import listed_samples
 from admin.domain.corrections import Corrections
 from admin.domain.label_check import MAX_LISTED
 from admin.store.rows import Actor
@@ -76,8 +77,7 @@ async def review_listed(request: Request, job_id: str) -> Response:
         raise InvalidSampleError("choose the right label for the selected samples")
     svc = service(request)
     job = svc.jobs.get(job_id)
-    check = (job.data_check if job is not None else None) or {}
-    listed = {str(x["id"]): str(x["label"]) for x in [*(check.get("suspects") or []), *(check.get("unreviewed") or [])]}
+    listed = {str(x["id"]): str(x["label"]) for x in listed_samples(job.data_check if job is not None else None)}
     if unknown := [i for i in ids if i not in listed]:
         raise InvalidSampleError(f"{len(unknown)} selected sample(s) are not listed by job {job_id}: reload its page")
     done, refused = await run_in_threadpool(_apply, svc.corrections, action, ids, label, listed, session.role)

@@ -56,8 +56,14 @@ def job_view(job: Job, in_service: str | None = None) -> dict[str, Any]:
         "champion_accuracy": (job.champion_metrics or {}).get("accuracy"),
         "new_labels": gate.get("new_labels", []), "replay": job.replay, "promoted": job.promoted,
         "gate_summary": gate.get("summary"), "gate_policy": gate.get("policy"), "advice": gate.get("advice") or [],
-        "regressed": gate.get("regressed") or [], "check": job.data_check,
+        "regressed": gate.get("regressed") or [], "check": job.data_check, "listed": listed_samples(job.data_check),
     }  # fmt: skip
+
+
+def listed_samples(data_check: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The samples a job's data check asks about: this check's suspects, then those earlier jobs listed."""
+    check = data_check or {}
+    return [*(check.get("suspects") or []), *(check.get("unreviewed") or [])]
 
 
 def _held(job: Job, gate: dict[str, Any], in_service: str | None) -> str:
