@@ -326,6 +326,8 @@ def test_the_job_page_relabels_confirms_and_deletes_the_selected_samples(env: Ti
         for bad in ({"action": "burn", "ids": wrong[:1]}, {"action": "relabel", "ids": wrong[:1]},
                     {"action": "delete"}, {"action": "delete", "ids": ["f" * 64]}):  # fmt: skip
             assert c.post(url, data={**bad, "csrf": csrf}).status_code == 400, bad
+        flood = c.post(url, data={"ids": wrong * 40, "action": "delete", "csrf": csrf})  # 480 fields, over the cap
+        assert flood.status_code == 400 and all(api.get(f"/v1/samples/{sid}").status_code == 200 for sid in wrong)
         r = c.post(url, data={"ids": wrong[:8], "action": "relabel", "label": "ants", "csrf": csrf})
         assert r.status_code == 303, r.text
         assert "relabel: 8 done" in text_of(c.get(r.headers["location"]).text)
