@@ -106,6 +106,7 @@ ADMIN_ROUTES = [
     ("GET", "/v1/samples/stats"), ("GET", "/v1/samples/" + "0" * 64), ("POST", "/v1/retrain"), ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/x"), ("POST", "/v1/jobs/x/cancel"), ("GET", "/v1/models"), ("GET", "/v1/models/1"),
     ("POST", "/v1/models/1/promote"), ("POST", "/v1/rollback"), ("GET", "/v1/labels"), ("POST", "/v1/labels"),
+    ("POST", "/v1/samples/" + "0" * 64 + "/confirm"),
 ]  # fmt: skip
 
 
@@ -204,6 +205,14 @@ def admin_cases(admin_token: str, samples_token: str, image: bytes) -> list[Admi
         AdminCase("labels: bad name", "POST", "/v1/labels", {**admin, **JSON}, content=b'{"name": "a/b"}'),
         AdminCase("labels: remove a served one", "DELETE", "/v1/labels/ants", admin),
         AdminCase("promote unknown", "POST", "/v1/models/999/promote", admin),
+        AdminCase("confirm: unknown sample", "POST", f"/v1/samples/{'0' * 64}/confirm", {**admin, **JSON},
+                  content=b'{"label": "ants"}'),
+        AdminCase("confirm: malformed JSON", "POST", f"/v1/samples/{'0' * 64}/confirm", {**admin, **JSON},
+                  content=b"{nope"),
+        AdminCase("confirm: extra field", "POST", f"/v1/samples/{'0' * 64}/confirm", {**admin, **JSON},
+                  content=b'{"label": "ants", "split": "train"}'),
+        AdminCase("confirm: 70 KB label", "POST", f"/v1/samples/{'0' * 64}/confirm", {**admin, **JSON},
+                  content=json.dumps({"label": "x" * 70_000}).encode()),
     ]  # fmt: skip
     return cases
 
